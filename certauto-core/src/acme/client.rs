@@ -1,0 +1,700 @@
+//! [`AcmeClient`]: the RFC 8555 protocol, request by request.
+//!
+//! The client knows nothing of storage, solvers or policy: it sends signed
+//! requests and parses answers. [`AcmeIssuer`](crate::AcmeIssuer) drives it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use serde::Serialize;
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::acme::chain::PemChain;
+use crate::acme::http::{Response, build_http_client};
+use crate::acme::jws::{AccountKey, ExternalAccountKey, KeyId, b64, sign_jws};
+use crate::acme::problem::{Problem, ProblemType};
+use crate::acme::types::{
+    AccountResource, AuthorizationResource, AuthorizationStatus, ChallengeResource, Directory,
+    NewOrderRequest, OrderResource, OrderStatus, RevocationReason, WireIdentifier,
+};
+use crate::error::{AcmeError, ConfigError};
+use crate::identifier::Identifier;
+
+/// An ACME account: its URL at the CA, its key and its last known state.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The account URL (the `kid` of every request).
+    pub url: String,
+    /// The account key.
+    pub key: Arc<AccountKey>,
+    /// The account object as last returned by the CA.
+    pub resource: AccountResource,
+}
+
+/// An order: its URL and its last known state.
+#[derive(Debug, Clone)]
+pub struct Order {
+    /// The order URL.
+    pub url: String,
+    /// The order object as last returned by the CA.
+    pub resource: OrderResource,
+}
+
+/// Options for creating an account.
+#[derive(Debug, Clone, Default)]
+pub struct NewAccountOptions {
+    /// Contact URLs, such as `mailto:admin@example.com`.
+    pub contact: Vec<String>,
+    /// Whether the CA's terms of service are agreed.
+    pub terms_of_service_agreed: bool,
+    /// External Account Binding credentials, for CAs that require them.
+    pub external_account: Option<ExternalAccountKey>,
+}
+
+/// Limits and timings of an [`AcmeClient`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ClientLimits {
+    /// The largest response body accepted (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// How many `badNonce` rejections in a row are retried (default 20).
+    pub bad_nonce_retries: u32,
+    /// The first polling interval (default 50 ms); it doubles up to `poll_max_interval`.
+    pub poll_initial_interval: Duration,
+    /// The longest polling interval, and the cap on a CA's `Retry-After` (default 10 s).
+    pub poll_max_interval: Duration,
+    /// How long an authorization or order may take before giving up (default 5 minutes).
+    pub poll_timeout: Duration,
+    /// The timeout of one HTTP request (default 30 s).
+    pub request_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+            bad_nonce_retries: 20,
+            poll_initial_interval: Duration::from_millis(50),
+            poll_max_interval: Duration::from_secs(10),
+            poll_timeout: Duration::from_secs(300),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Builds an [`AcmeClient`].
+#[derive(Debug, Clone)]
+pub struct AcmeClientBuilder {
+    directory_url: String,
+    extra_roots: Vec<CertificateDer<'static>>,
+    mozilla_roots: bool,
+    user_agent: String,
+    limits: ClientLimits,
+}
+
+impl AcmeClientBuilder {
+    /// Trusts these roots, in addition to Mozilla's, for the CA's own HTTPS
+    /// (for a private CA or a test CA such as Pebble).
+    pub fn trust_roots(mut self, roots: impl IntoIterator<Item = CertificateDer<'static>>) -> Self {
+        self.extra_roots.extend(roots);
+        self
+    }
+
+    /// Trusts only the roots given with [`trust_roots`](Self::trust_roots), not Mozilla's.
+    pub fn only_trusted_roots(mut self) -> Self {
+        self.mozilla_roots = false;
+        self
+    }
+
+    /// Sets the User-Agent (RFC 8555 §6.1 asks clients to send one).
+    pub fn user_agent(mut self, ua: impl Into<String>) -> Self {
+        self.user_agent = ua.into();
+        self
+    }
+
+    /// Sets limits and timings.
+    pub fn limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Fetches the directory and returns the client.
+    pub async fn build(self) -> Result<AcmeClient, crate::Error> {
+        let url = self.directory_url.trim().to_owned();
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(ConfigError::InvalidUrl {
+                url,
+                reason: "the ACME directory URL must be http(s)",
+            }
+            .into());
+        }
+        let http = build_http_client(
+            &self.extra_roots,
+            self.mozilla_roots,
+            self.limits.request_timeout,
+            &self.user_agent,
+        )?;
+        let mut client = AcmeClient {
+            http,
+            directory_url: url.clone(),
+            directory: placeholder_directory(),
+            nonces: Mutex::new(Vec::new()),
+            limits: self.limits,
+        };
+        let resp = client.get(&url).await?;
+        if !resp.is_success() {
+            return Err(client.error_from(resp).into());
+        }
+        client.directory = resp.json()?;
+        Ok(client)
+    }
+}
+
+fn placeholder_directory() -> Directory {
+    serde_json::from_value(json!({
+        "newNonce": "", "newAccount": "", "newOrder": "", "revokeCert": "", "keyChange": ""
+    }))
+    .unwrap_or_else(|_| unreachable!("static JSON matches Directory"))
+}
+
+const MAX_POOLED_NONCES: usize = 32;
+
+/// A client for one ACME CA (RFC 8555).
+///
+/// Cheap to share behind an `Arc`; every method takes `&self`. Nonces from
+/// every response are pooled and reused; `badNonce` rejections are retried
+/// transparently with the fresh nonce the CA sends along.
+#[derive(Debug)]
+pub struct AcmeClient {
+    http: reqwest::Client,
+    directory_url: String,
+    directory: Directory,
+    nonces: Mutex<Vec<String>>,
+    limits: ClientLimits,
+}
+
+impl AcmeClient {
+    /// Starts building a client for the CA whose directory is at `directory_url`.
+    pub fn builder(directory_url: impl Into<String>) -> AcmeClientBuilder {
+        AcmeClientBuilder {
+            directory_url: directory_url.into(),
+            extra_roots: Vec::new(),
+            mozilla_roots: true,
+            user_agent: concat!("certauto/", env!("CARGO_PKG_VERSION")).to_owned(),
+            limits: ClientLimits::default(),
+        }
+    }
+
+    /// The directory URL.
+    pub fn directory_url(&self) -> &str {
+        &self.directory_url
+    }
+
+    /// The CA's directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &ClientLimits {
+        &self.limits
+    }
+
+    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Response, AcmeError> {
+        let resp = req.send().await.map_err(|e| AcmeError::Transport {
+            url: url.to_owned(),
+            source: Box::new(e),
+        })?;
+        let resp = Response::read(url, resp, self.limits.max_body_bytes).await?;
+        if let Some(nonce) = &resp.nonce {
+            self.pool_nonce(nonce.clone());
+        }
+        Ok(resp)
+    }
+
+    async fn get(&self, url: &str) -> Result<Response, AcmeError> {
+        self.send(self.http.get(url), url).await
+    }
+
+    fn pool_nonce(&self, nonce: String) {
+        let mut pool = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() >= MAX_POOLED_NONCES {
+            pool.remove(0);
+        }
+        pool.push(nonce);
+    }
+
+    async fn nonce(&self) -> Result<String, AcmeError> {
+        if let Some(n) = self
+            .nonces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+        {
+            return Ok(n);
+        }
+        let url = self.directory.new_nonce.clone();
+        let resp = self.send(self.http.head(&url), &url).await?;
+        if !resp.is_success() {
+            return Err(self.error_from(resp));
+        }
+        // `send` pooled it; take it back out.
+        let nonce = resp.nonce.ok_or(AcmeError::MissingHeader {
+            url,
+            header: "Replay-Nonce",
+        })?;
+        let mut pool = self.nonces.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pos) = pool.iter().position(|n| *n == nonce) {
+            pool.remove(pos);
+        }
+        Ok(nonce)
+    }
+
+    fn error_from(&self, resp: Response) -> AcmeError {
+        if resp.is_problem()
+            && let Ok(problem) = resp.json::<Problem>()
+        {
+            return AcmeError::Problem {
+                url: resp.url,
+                status: resp.status,
+                problem,
+            };
+        }
+        AcmeError::UnexpectedStatus {
+            status: resp.status,
+            body: resp.body_snippet(),
+            url: resp.url,
+        }
+    }
+
+    /// Signs and POSTs, retrying `badNonce` with fresh nonces. Returns only
+    /// successful responses; anything else becomes an error carrying the problem.
+    async fn post(
+        &self,
+        key: &AccountKey,
+        key_id: KeyId<'_>,
+        url: &str,
+        payload: Option<&[u8]>,
+        accept: Option<&str>,
+    ) -> Result<Response, AcmeError> {
+        let attempts = self.limits.bad_nonce_retries.saturating_add(1);
+        for attempt in 1..=attempts {
+            let nonce = self.nonce().await?;
+            let jws = sign_jws(key, key_id, Some(&nonce), url, payload)?;
+            let body = serde_json::to_vec(&jws).map_err(|e| AcmeError::InvalidResponse {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
+            let mut req = self
+                .http
+                .post(url)
+                .header(http::header::CONTENT_TYPE, "application/jose+json")
+                .body(body);
+            if let Some(accept) = accept {
+                req = req.header(http::header::ACCEPT, accept);
+            }
+            let resp = self.send(req, url).await?;
+            if resp.is_success() {
+                return Ok(resp);
+            }
+            let err = self.error_from(resp);
+            match &err {
+                AcmeError::Problem { problem, .. } if problem.is_bad_nonce() => {
+                    tracing::debug!(url, attempt, "badNonce, retrying with a fresh nonce");
+                    continue;
+                }
+                _ => return Err(err),
+            }
+        }
+        Err(AcmeError::NonceRetriesExhausted {
+            url: url.to_owned(),
+            attempts,
+        })
+    }
+
+    async fn post_json<T: Serialize>(
+        &self,
+        account: &Account,
+        url: &str,
+        payload: &T,
+    ) -> Result<Response, AcmeError> {
+        let body = serde_json::to_vec(payload).map_err(|e| AcmeError::InvalidResponse {
+            url: url.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.post(&account.key, KeyId::Kid(&account.url), url, Some(&body), None)
+            .await
+    }
+
+    /// POST-as-GET (§6.3).
+    async fn post_as_get(
+        &self,
+        account: &Account,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<Response, AcmeError> {
+        self.post(&account.key, KeyId::Kid(&account.url), url, None, accept)
+            .await
+    }
+
+    // ---- accounts (§7.3) ----
+
+    /// Creates an account, or returns the existing one for this key (§7.3).
+    pub async fn new_account(
+        &self,
+        key: Arc<AccountKey>,
+        opts: &NewAccountOptions,
+    ) -> Result<Account, AcmeError> {
+        if self.directory.meta.external_account_required && opts.external_account.is_none() {
+            return Err(AcmeError::ExternalAccountRequired);
+        }
+        if self.directory.meta.terms_of_service.is_some() && !opts.terms_of_service_agreed {
+            return Err(AcmeError::TermsNotAgreed);
+        }
+        let url = self.directory.new_account.clone();
+        let mut payload = json!({
+            "termsOfServiceAgreed": opts.terms_of_service_agreed,
+        });
+        if !opts.contact.is_empty() {
+            payload["contact"] = json!(opts.contact);
+        }
+        if let Some(eab) = &opts.external_account {
+            payload["externalAccountBinding"] = serde_json::to_value(eab.bind(key.jwk(), &url)?)
+                .map_err(|e| AcmeError::InvalidResponse {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        }
+        let body = payload.to_string();
+        let resp = self
+            .post(&key, KeyId::Jwk, &url, Some(body.as_bytes()), None)
+            .await
+            .map_err(map_account_errors)?;
+        Ok(Account {
+            url: resp.require_location()?,
+            resource: resp.json()?,
+            key,
+        })
+    }
+
+    /// Finds the existing account for `key` (`onlyReturnExisting`, §7.3.1).
+    pub async fn find_account(&self, key: Arc<AccountKey>) -> Result<Account, AcmeError> {
+        let url = self.directory.new_account.clone();
+        let body = br#"{"onlyReturnExisting":true}"#;
+        let resp = self
+            .post(&key, KeyId::Jwk, &url, Some(body), None)
+            .await
+            .map_err(map_account_errors)?;
+        Ok(Account {
+            url: resp.require_location()?,
+            resource: resp.json()?,
+            key,
+        })
+    }
+
+    /// Fetches the account object.
+    pub async fn get_account(&self, account: &Account) -> Result<AccountResource, AcmeError> {
+        self.post_json(account, &account.url, &json!({}))
+            .await?
+            .json()
+    }
+
+    /// Replaces the account's contact URLs (§7.3.2).
+    pub async fn update_contacts(
+        &self,
+        account: &Account,
+        contact: &[String],
+    ) -> Result<AccountResource, AcmeError> {
+        self.post_json(account, &account.url, &json!({ "contact": contact }))
+            .await?
+            .json()
+    }
+
+    /// Deactivates the account (§7.3.6). It cannot be used afterwards.
+    pub async fn deactivate_account(
+        &self,
+        account: &Account,
+    ) -> Result<AccountResource, AcmeError> {
+        self.post_json(account, &account.url, &json!({ "status": "deactivated" }))
+            .await?
+            .json()
+    }
+
+    /// Replaces the account key with `new_key` (§7.3.5). Returns the account with the new key.
+    pub async fn change_key(
+        &self,
+        account: &Account,
+        new_key: Arc<AccountKey>,
+    ) -> Result<Account, AcmeError> {
+        let url = self.directory.key_change.clone();
+        let inner_payload = serde_json::to_vec(&json!({
+            "account": account.url,
+            "oldKey": account.key.jwk(),
+        }))
+        .map_err(|e| AcmeError::InvalidResponse {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        let inner = sign_jws(&new_key, KeyId::Jwk, None, &url, Some(&inner_payload))?;
+        let outer = serde_json::to_vec(&inner).map_err(|e| AcmeError::InvalidResponse {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+        self.post(&account.key, KeyId::Kid(&account.url), &url, Some(&outer), None)
+            .await?;
+        Ok(Account {
+            url: account.url.clone(),
+            key: new_key,
+            resource: account.resource.clone(),
+        })
+    }
+
+    // ---- orders (§7.4) ----
+
+    /// Creates an order for `identifiers`; `replaces` is the ARI CertID of the
+    /// certificate it replaces (RFC 9773), if any.
+    pub async fn new_order(
+        &self,
+        account: &Account,
+        identifiers: &[Identifier],
+        replaces: Option<&str>,
+    ) -> Result<Order, AcmeError> {
+        let url = self.directory.new_order.clone();
+        let req = NewOrderRequest {
+            identifiers: identifiers.iter().map(WireIdentifier::from).collect(),
+            replaces,
+        };
+        let resp = self.post_json(account, &url, &req).await?;
+        Ok(Order {
+            url: resp.require_location()?,
+            resource: resp.json()?,
+        })
+    }
+
+    /// Fetches an order.
+    pub async fn get_order(&self, account: &Account, url: &str) -> Result<Order, AcmeError> {
+        let resource = self.post_as_get(account, url, None).await?.json()?;
+        Ok(Order {
+            url: url.to_owned(),
+            resource,
+        })
+    }
+
+    /// Fetches an authorization.
+    pub async fn get_authorization(
+        &self,
+        account: &Account,
+        url: &str,
+    ) -> Result<AuthorizationResource, AcmeError> {
+        self.post_as_get(account, url, None).await?.json()
+    }
+
+    /// Tells the CA the challenge is ready to be validated (§7.5.1).
+    pub async fn respond_to_challenge(
+        &self,
+        account: &Account,
+        url: &str,
+    ) -> Result<ChallengeResource, AcmeError> {
+        self.post_json(account, url, &json!({})).await?.json()
+    }
+
+    /// Deactivates an authorization (§7.5.2), e.g. after a failed attempt.
+    pub async fn deactivate_authorization(
+        &self,
+        account: &Account,
+        url: &str,
+    ) -> Result<AuthorizationResource, AcmeError> {
+        self.post_json(account, url, &json!({ "status": "deactivated" }))
+            .await?
+            .json()
+    }
+
+    /// Polls an authorization until it leaves `pending`, within the poll timeout.
+    pub async fn poll_authorization(
+        &self,
+        account: &Account,
+        url: &str,
+    ) -> Result<AuthorizationResource, AcmeError> {
+        let mut poller = Poller::new(&self.limits, format!("authorization {url}"));
+        loop {
+            let resp = self.post_as_get(account, url, None).await?;
+            let authz: AuthorizationResource = resp.json()?;
+            if authz.status != AuthorizationStatus::Pending {
+                return Ok(authz);
+            }
+            poller.wait(resp.retry_after).await?;
+        }
+    }
+
+    /// Sends the CSR (DER) to finalize the order (§7.4).
+    pub async fn finalize(
+        &self,
+        account: &Account,
+        order: &Order,
+        csr_der: &[u8],
+    ) -> Result<Order, AcmeError> {
+        let resp = self
+            .post_json(account, &order.resource.finalize, &json!({ "csr": b64(csr_der) }))
+            .await?;
+        Ok(Order {
+            url: order.url.clone(),
+            resource: resp.json()?,
+        })
+    }
+
+    /// Polls an order until it is `valid` or `invalid` (or, with
+    /// `until_ready`, until it is `ready`), within the poll timeout.
+    pub async fn poll_order(
+        &self,
+        account: &Account,
+        url: &str,
+        until_ready: bool,
+    ) -> Result<Order, AcmeError> {
+        let mut poller = Poller::new(&self.limits, format!("order {url}"));
+        loop {
+            let resp = self.post_as_get(account, url, None).await?;
+            let resource: OrderResource = resp.json()?;
+            match resource.status {
+                OrderStatus::Valid | OrderStatus::Invalid => {
+                    return Ok(Order {
+                        url: url.to_owned(),
+                        resource,
+                    });
+                }
+                OrderStatus::Ready if until_ready => {
+                    return Ok(Order {
+                        url: url.to_owned(),
+                        resource,
+                    });
+                }
+                _ => poller.wait(resp.retry_after).await?,
+            }
+        }
+    }
+
+    /// Downloads the certificate chain, and with `alternates` every alternate
+    /// chain the CA links to (§7.4.2). The default chain comes first.
+    pub async fn download_certificate(
+        &self,
+        account: &Account,
+        url: &str,
+        alternates: bool,
+    ) -> Result<Vec<PemChain>, AcmeError> {
+        const PEM_CHAIN: &str = "application/pem-certificate-chain";
+        let resp = self.post_as_get(account, url, Some(PEM_CHAIN)).await?;
+        let mut chains = vec![pem_chain(&resp)?];
+        if alternates {
+            let links: Vec<String> = resp
+                .links
+                .iter()
+                .filter(|(rel, _)| rel == "alternate")
+                .map(|(_, u)| u.clone())
+                .take(8)
+                .collect();
+            for link in links {
+                let alt = self.post_as_get(account, &link, Some(PEM_CHAIN)).await?;
+                chains.push(pem_chain(&alt)?);
+            }
+        }
+        Ok(chains)
+    }
+
+    /// Revokes a certificate (DER), signing with the account key (§7.6).
+    pub async fn revoke_with_account(
+        &self,
+        account: &Account,
+        cert_der: &[u8],
+        reason: Option<RevocationReason>,
+    ) -> Result<(), AcmeError> {
+        let url = self.directory.revoke_cert.clone();
+        let payload = revocation_payload(cert_der, reason);
+        self.post(&account.key, KeyId::Kid(&account.url), &url, Some(&payload), None)
+            .await?;
+        Ok(())
+    }
+
+    /// Revokes a certificate (DER), signing with the certificate's own key (§7.6).
+    pub async fn revoke_with_certificate_key(
+        &self,
+        cert_key: &AccountKey,
+        cert_der: &[u8],
+        reason: Option<RevocationReason>,
+    ) -> Result<(), AcmeError> {
+        let url = self.directory.revoke_cert.clone();
+        let payload = revocation_payload(cert_der, reason);
+        self.post(cert_key, KeyId::Jwk, &url, Some(&payload), None)
+            .await?;
+        Ok(())
+    }
+}
+
+fn map_account_errors(e: AcmeError) -> AcmeError {
+    match &e {
+        AcmeError::Problem { problem, .. } => match problem.kind() {
+            ProblemType::AccountDoesNotExist => AcmeError::AccountDoesNotExist,
+            _ => e,
+        },
+        _ => e,
+    }
+}
+
+fn revocation_payload(cert_der: &[u8], reason: Option<RevocationReason>) -> Vec<u8> {
+    let mut payload = json!({ "certificate": b64(cert_der) });
+    if let Some(reason) = reason {
+        payload["reason"] = json!(reason.code());
+    }
+    payload.to_string().into_bytes()
+}
+
+fn pem_chain(resp: &Response) -> Result<PemChain, AcmeError> {
+    let pem = String::from_utf8(resp.body.clone()).map_err(|_| AcmeError::InvalidResponse {
+        url: resp.url.clone(),
+        reason: "certificate chain is not UTF-8 PEM".into(),
+    })?;
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(AcmeError::InvalidResponse {
+            url: resp.url.clone(),
+            reason: "no PEM certificate in the response".into(),
+        });
+    }
+    Ok(PemChain {
+        url: resp.url.clone(),
+        pem,
+    })
+}
+
+/// Bounded exponential polling that honours `Retry-After`.
+struct Poller {
+    what: String,
+    interval: Duration,
+    max: Duration,
+    deadline: Instant,
+    timeout: Duration,
+}
+
+impl Poller {
+    fn new(limits: &ClientLimits, what: String) -> Self {
+        Self {
+            what,
+            interval: limits.poll_initial_interval,
+            max: limits.poll_max_interval,
+            deadline: Instant::now() + limits.poll_timeout,
+            timeout: limits.poll_timeout,
+        }
+    }
+
+    async fn wait(&mut self, retry_after: Option<Duration>) -> Result<(), AcmeError> {
+        let delay = retry_after.unwrap_or(self.interval).min(self.max);
+        self.interval = (self.interval * 2).min(self.max);
+        if Instant::now() + delay > self.deadline {
+            return Err(AcmeError::Timeout {
+                what: self.what.clone(),
+                secs: self.timeout.as_secs(),
+            });
+        }
+        tokio::time::sleep(delay).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,270 @@
+//! HTTP plumbing for the ACME client: TLS setup, bounded bodies, headers.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+
+use crate::error::{AcmeError, ConfigError};
+
+/// The rustls crypto provider used everywhere in CertAuto: ring, never the process default.
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the reqwest client that talks to the CA: Mozilla's roots (unless
+/// disabled) plus `extra_roots`, ALPN `http/1.1`, bounded timeouts.
+pub(crate) fn build_http_client(
+    extra_roots: &[CertificateDer<'static>],
+    mozilla_roots: bool,
+    timeout: Duration,
+    user_agent: &str,
+) -> Result<reqwest::Client, ConfigError> {
+    let mut roots = rustls::RootCertStore::empty();
+    if mozilla_roots {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    }
+    for root in extra_roots {
+        roots
+            .add(root.clone())
+            .map_err(|e| ConfigError::InvalidRoots(e.to_string()))?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ConfigError::InvalidRoots(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .user_agent(user_agent)
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .map_err(|e| ConfigError::InvalidRoots(format!("HTTP client: {e}")))
+}
+
+/// Parses PEM data holding one or more CA certificates.
+pub fn parse_pem_roots(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem).collect();
+    let certs = certs.map_err(|e| ConfigError::InvalidRoots(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(ConfigError::InvalidRoots(
+            "no CERTIFICATE block found".into(),
+        ));
+    }
+    Ok(certs)
+}
+
+/// A response with its body read (bounded) and the headers ACME cares about.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub(crate) url: String,
+    pub(crate) status: u16,
+    pub(crate) content_type: Option<String>,
+    pub(crate) location: Option<String>,
+    pub(crate) nonce: Option<String>,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) links: Vec<(String, String)>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl Response {
+    pub(crate) async fn read(
+        url: &str,
+        mut resp: reqwest::Response,
+        limit: usize,
+    ) -> Result<Self, AcmeError> {
+        let headers = resp.headers();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type");
+        let location = header("location");
+        let nonce = header("replay-nonce").filter(|n| is_valid_nonce(n));
+        let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let links = headers
+            .get_all("link")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_link_header)
+            .collect();
+        let status = resp.status().as_u16();
+        if resp.content_length().is_some_and(|len| len > limit as u64) {
+            return Err(AcmeError::BodyTooLarge {
+                url: url.to_owned(),
+                limit,
+            });
+        }
+        let mut body = Vec::new();
+        loop {
+            let chunk = resp.chunk().await.map_err(|e| AcmeError::Transport {
+                url: url.to_owned(),
+                source: Box::new(e),
+            })?;
+            let Some(chunk) = chunk else { break };
+            if body.len() + chunk.len() > limit {
+                return Err(AcmeError::BodyTooLarge {
+                    url: url.to_owned(),
+                    limit,
+                });
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Self {
+            url: url.to_owned(),
+            status,
+            content_type,
+            location,
+            nonce,
+            retry_after,
+            links,
+            body,
+        })
+    }
+
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub(crate) fn is_problem(&self) -> bool {
+        self.content_type
+            .as_deref()
+            .is_some_and(|ct| ct.trim_start().starts_with("application/problem+json"))
+    }
+
+    /// The body, shortened and made printable, for error messages.
+    pub(crate) fn body_snippet(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let mut s: String = text.chars().take(200).collect();
+        if text.chars().count() > 200 {
+            s.push('…');
+        }
+        s
+    }
+
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, AcmeError> {
+        serde_json::from_slice(&self.body).map_err(|e| AcmeError::InvalidResponse {
+            url: self.url.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub(crate) fn require_location(&self) -> Result<String, AcmeError> {
+        self.location.clone().ok_or(AcmeError::MissingHeader {
+            url: self.url.clone(),
+            header: "Location",
+        })
+    }
+}
+
+/// RFC 8555 §6.5.1: a nonce is a non-empty base64url string.
+fn is_valid_nonce(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 512
+        && n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// A date in the past gives zero; absurd values are capped at one day.
+pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    const CAP: Duration = Duration::from_secs(86_400);
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(CAP));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(CAP))
+}
+
+/// Parses one `Link` header value into `(rel, url)` pairs (RFC 8288, the subset ACME uses).
+pub(crate) fn parse_link_header(value: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = value;
+    while let Some(start) = rest.find('<') {
+        let Some(end) = rest[start..].find('>') else {
+            break;
+        };
+        let url = rest[start + 1..start + end].trim().to_owned();
+        let after = &rest[start + end + 1..];
+        // The parameters run until the next link (a comma followed by '<') or the end.
+        let params_end = after.find(",").and_then(|c| {
+            after[c..]
+                .trim_start_matches([',', ' '])
+                .starts_with('<')
+                .then_some(c)
+        });
+        let params = &after[..params_end.unwrap_or(after.len())];
+        for param in params.split(';') {
+            let param = param.trim();
+            if let Some((k, v)) = param.split_once('=')
+                && k.trim().eq_ignore_ascii_case("rel")
+            {
+                for rel in v.trim().trim_matches('"').split_whitespace() {
+                    out.push((rel.to_ascii_lowercase(), url.clone()));
+                }
+            }
+        }
+        rest = &after[params_end.unwrap_or(after.len())..];
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        let links = parse_link_header(
+            r#"<https://ca/cert/1/1>;rel="alternate", <https://ca/dir>; rel="index""#,
+        );
+        assert_eq!(
+            links,
+            vec![
+                ("alternate".into(), "https://ca/cert/1/1".into()),
+                ("index".into(), "https://ca/dir".into())
+            ]
+        );
+        assert_eq!(
+            parse_link_header("<https://a/b,c>;rel=up"),
+            vec![("up".into(), "https://a/b,c".into())]
+        );
+        assert!(parse_link_header("garbage").is_empty());
+        assert!(parse_link_header("<unterminated").is_empty());
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(
+            parse_retry_after("999999999", now),
+            Some(Duration::from_secs(86_400))
+        );
+    }
+
+    #[test]
+    fn nonce_validation() {
+        assert!(is_valid_nonce("oFvnlFP1wIhRlYS2jTaXbA"));
+        assert!(!is_valid_nonce(""));
+        assert!(!is_valid_nonce("a b"));
+    }
+}

@@ -1,0 +1,521 @@
+//! [`Config`]: obtain, renew and revoke certificates, serialised per name.
+//!
+//! Work on one certificate is serialised twice: by an in-process mutex (so
+//! two tasks of one process never both order), and by the storage lock (so
+//! two processes sharing storage never both order). Under the lock, storage is
+//! checked first, so a certificate another instance already obtained is reused.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex as StdMutex};
+
+use crate::acme::types::RevocationReason;
+use crate::certificate::Certificate;
+use crate::clock::{Clock, SystemClock};
+use crate::error::{CertificateError, ConfigError, Error};
+use crate::events::{Event, EventHandler};
+use crate::identifier::Identifier;
+use crate::issuer::{IssueRequest, Issuer};
+use crate::keys::{CertificateKey, KeyType};
+use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
+
+/// The default renewal window: renew when less than a third of the lifetime remains.
+pub const DEFAULT_RENEWAL_RATIO: f64 = 1.0 / 3.0;
+
+/// Builds a [`Config`].
+pub struct ConfigBuilder {
+    storage: Option<Arc<dyn Storage>>,
+    issuers: Vec<Arc<dyn Issuer>>,
+    key_type: KeyType,
+    renewal_ratio: f64,
+    handlers: Vec<EventHandler>,
+    clock: Arc<dyn Clock>,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("storage", &self.storage)
+            .field("issuers", &self.issuers)
+            .field("key_type", &self.key_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigBuilder {
+    /// Where certificates, keys and locks are kept (default: [`FileStorage`]
+    /// in the OS data folder).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The issuers, tried in order until one succeeds.
+    pub fn issuers(mut self, issuers: Vec<Arc<dyn Issuer>>) -> Self {
+        self.issuers = issuers;
+        self
+    }
+
+    /// Adds an issuer after those already configured.
+    pub fn issuer(mut self, issuer: impl Issuer + 'static) -> Self {
+        self.issuers.push(Arc::new(issuer));
+        self
+    }
+
+    /// The type of new certificate keys (default ECDSA P-256).
+    pub fn key_type(mut self, key_type: KeyType) -> Self {
+        self.key_type = key_type;
+        self
+    }
+
+    /// Renew when less than this fraction of the lifetime remains (default 1/3).
+    /// Values outside (0, 1) are clamped.
+    pub fn renewal_window_ratio(mut self, ratio: f64) -> Self {
+        self.renewal_ratio = if ratio.is_finite() {
+            ratio.clamp(0.01, 0.99)
+        } else {
+            DEFAULT_RENEWAL_RATIO
+        };
+        self
+    }
+
+    /// Adds an event handler.
+    pub fn on_event(mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// The clock used for renewal decisions (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Builds the config.
+    pub fn build(self) -> Config {
+        let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
+            Ok(fs) => Arc::new(fs) as Arc<dyn Storage>,
+            Err(e) => {
+                tracing::warn!(error = %e, "no default storage folder; keeping certificates in memory");
+                Arc::new(MemoryStorage::new())
+            }
+        });
+        Config {
+            inner: Arc::new(Inner {
+                storage,
+                issuers: self.issuers,
+                key_type: self.key_type,
+                renewal_ratio: self.renewal_ratio,
+                handlers: self.handlers,
+                clock: self.clock,
+                name_locks: StdMutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// The central coordinator: obtains, renews and revokes certificates through
+/// its issuers and keeps them in its storage. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), certauto_core::Error> {
+/// use std::sync::Arc;
+/// use certauto_core::{AcmeIssuer, Config, FileStorage, LETS_ENCRYPT_STAGING};
+///
+/// let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
+/// let issuer = AcmeIssuer::builder()
+///     .ca(LETS_ENCRYPT_STAGING)
+///     .email("admin@example.com")
+///     .agreed(true)
+///     .storage(storage.clone())
+///     .build();
+/// let config = Config::builder().storage(storage).issuer(issuer).build();
+/// let cert = config.obtain(["example.com", "www.example.com"]).await?;
+/// println!("valid until {:?}", cert.not_after());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    issuers: Vec<Arc<dyn Issuer>>,
+    key_type: KeyType,
+    renewal_ratio: f64,
+    handlers: Vec<EventHandler>,
+    clock: Arc<dyn Clock>,
+    name_locks: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("storage", &self.inner.storage)
+            .field("issuers", &self.inner.issuers)
+            .field("key_type", &self.inner.key_type)
+            .field("renewal_ratio", &self.inner.renewal_ratio)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Holds the in-process and the storage lock for one certificate.
+struct NameGuard<'a> {
+    config: &'a Config,
+    storage_lock: String,
+    _local: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl NameGuard<'_> {
+    async fn release(self) {
+        if let Err(e) = self.config.inner.storage.unlock(&self.storage_lock).await {
+            tracing::warn!(lock = %self.storage_lock, error = %e, "could not release storage lock");
+        }
+    }
+}
+
+impl Config {
+    /// Starts building a config.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            storage: None,
+            issuers: Vec::new(),
+            key_type: KeyType::default(),
+            renewal_ratio: DEFAULT_RENEWAL_RATIO,
+            handlers: Vec::new(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The issuers, in order.
+    pub fn issuers(&self) -> &[Arc<dyn Issuer>] {
+        &self.inner.issuers
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The renewal window ratio.
+    pub fn renewal_ratio(&self) -> f64 {
+        self.inner.renewal_ratio
+    }
+
+    /// Sends an event to every handler.
+    pub fn emit(&self, event: &Event) {
+        tracing::debug!(event = event.name(), names = ?event.names(), "event");
+        for handler in &self.inner.handlers {
+            handler(event);
+        }
+    }
+
+    async fn lock_name(&self, primary: &Identifier) -> Result<NameGuard<'_>, Error> {
+        let local = {
+            let mut locks = self
+                .inner
+                .name_locks
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // Drop entries nobody holds, so the map stays small.
+            locks.retain(|_, m| Arc::strong_count(m) > 1);
+            locks
+                .entry(primary.storage_key())
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+                .clone()
+        };
+        let local = local.lock_owned().await;
+        let storage_lock = keys::cert_lock(primary);
+        self.inner.storage.lock(&storage_lock).await?;
+        Ok(NameGuard {
+            config: self,
+            storage_lock,
+            _local: local,
+        })
+    }
+
+    fn usable_issuers(&self, ids: &[Identifier]) -> Result<Vec<Arc<dyn Issuer>>, Error> {
+        if self.inner.issuers.is_empty() {
+            return Err(ConfigError::NoIssuers.into());
+        }
+        let mut first_err = None;
+        let mut usable = Vec::new();
+        for issuer in &self.inner.issuers {
+            match issuer.precheck(ids) {
+                Ok(()) => usable.push(issuer.clone()),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (usable.is_empty(), first_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(usable),
+        }
+    }
+
+    /// Loads the stored certificate whose primary name is `names[0]` and which
+    /// covers every name, from the first issuer that has one.
+    pub async fn load<I, S>(&self, names: I) -> Result<Option<Certificate>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ids = Identifier::parse_all(names)?;
+        self.load_ids(&ids).await
+    }
+
+    async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
+        for issuer in &self.inner.issuers {
+            let issuer_key = issuer.issuer_key();
+            match self.load_from(&issuer_key, &ids[0]).await {
+                Ok(Some(cert)) if ids.iter().all(|id| cert.covers(id)) => return Ok(Some(cert)),
+                Ok(_) => {}
+                Err(Error::Certificate(e)) => {
+                    tracing::warn!(name = %ids[0], issuer = %issuer_key, error = %e,
+                        "stored certificate is unusable; it will be replaced");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    async fn load_from(
+        &self,
+        issuer_key: &str,
+        primary: &Identifier,
+    ) -> Result<Option<Certificate>, Error> {
+        let storage = &self.inner.storage;
+        let chain = match storage.load(&keys::cert_chain(issuer_key, primary)).await {
+            Ok(c) => c,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let key = match storage.load(&keys::cert_key(issuer_key, primary)).await {
+            Ok(k) => k,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let chain = String::from_utf8(chain)
+            .map_err(|_| CertificateError::Parse("chain is not UTF-8".into()))?;
+        let key =
+            String::from_utf8(key).map_err(|_| CertificateError::Parse("key is not UTF-8".into()))?;
+        Ok(Some(Certificate::from_pem(&chain, &key, issuer_key)?))
+    }
+
+    async fn store(&self, cert: &Certificate, primary: &Identifier) -> Result<(), Error> {
+        let storage = &self.inner.storage;
+        let issuer_key = cert.issuer_key();
+        let meta = serde_json::to_vec_pretty(&cert.metadata())
+            .map_err(|e| CertificateError::Metadata(e.to_string()))?;
+        // Each write is atomic; a crash between them leaves a key that does not
+        // match the chain, which `load` detects and replaces.
+        storage
+            .store(&keys::cert_key(issuer_key, primary), cert.key_pem().as_bytes())
+            .await?;
+        storage
+            .store(&keys::cert_chain(issuer_key, primary), cert.chain_pem().as_bytes())
+            .await?;
+        storage
+            .store(&keys::cert_meta(issuer_key, primary), &meta)
+            .await?;
+        Ok(())
+    }
+
+    /// Obtains a certificate covering `names` (the first is the primary name,
+    /// under which it is stored), unless storage already holds one that covers
+    /// them and is outside its renewal window.
+    pub async fn obtain<I, S>(&self, names: I) -> Result<Certificate, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let ids = Identifier::parse_all(names)?;
+        let issuers = self.usable_issuers(&ids)?;
+        let guard = self.lock_name(&ids[0]).await?;
+        let result = async {
+            if let Some(cert) = self.load_ids(&ids).await?
+                && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
+            {
+                tracing::debug!(names = ?ids, serial = %cert.serial_hex(), "certificate already in storage");
+                return Ok(cert);
+            }
+            self.issue(&ids, &issuers, false, None).await
+        }
+        .await;
+        guard.release().await;
+        result
+    }
+
+    /// Renews the certificate for `names` if it is inside its renewal window
+    /// (or missing). If another instance renewed it meanwhile, its certificate
+    /// is loaded instead.
+    pub async fn renew<I, S>(&self, names: I) -> Result<Certificate, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.renew_inner(Identifier::parse_all(names)?, false).await
+    }
+
+    /// Renews the certificate for `names` now, whatever its remaining lifetime.
+    pub async fn force_renew<I, S>(&self, names: I) -> Result<Certificate, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        self.renew_inner(Identifier::parse_all(names)?, true).await
+    }
+
+    async fn renew_inner(&self, ids: Vec<Identifier>, force: bool) -> Result<Certificate, Error> {
+        let issuers = self.usable_issuers(&ids)?;
+        let guard = self.lock_name(&ids[0]).await?;
+        let result = async {
+            let existing = self.load_ids(&ids).await?;
+            if let Some(cert) = &existing
+                && !force
+                && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
+            {
+                return Ok(cert.clone());
+            }
+            let replaces = existing.as_ref().and_then(Certificate::ari_cert_id);
+            self.issue(&ids, &issuers, existing.is_some(), replaces.as_deref())
+                .await
+        }
+        .await;
+        guard.release().await;
+        result
+    }
+
+    /// Issues through the issuers in order, stores the result and emits events.
+    /// `replaces` is the ARI CertID of the certificate a renewal replaces.
+    async fn issue(
+        &self,
+        ids: &[Identifier],
+        issuers: &[Arc<dyn Issuer>],
+        renewal: bool,
+        replaces: Option<&str>,
+    ) -> Result<Certificate, Error> {
+        let names: Vec<String> = ids.iter().map(|i| i.as_str().into_owned()).collect();
+        self.emit(&Event::CertObtaining {
+            names: names.clone(),
+            renewal,
+        });
+        let result = self.try_issuers(ids, issuers, replaces).await;
+        match &result {
+            Ok(cert) => {
+                tracing::info!(names = ?names, serial = %cert.serial_hex(), issuer = cert.issuer_key(), renewal, "certificate obtained");
+                self.emit(&Event::CertObtained {
+                    names: names.clone(),
+                    renewal,
+                    issuer: cert.issuer_key().to_owned(),
+                    serial: cert.serial_hex(),
+                    not_after: cert.not_after(),
+                });
+                if renewal {
+                    self.emit(&Event::CertRenewed {
+                        names,
+                        issuer: cert.issuer_key().to_owned(),
+                        serial: cert.serial_hex(),
+                        not_after: cert.not_after(),
+                    });
+                }
+            }
+            Err(e) => {
+                tracing::error!(names = ?names, error = %e, renewal, "could not obtain certificate");
+                self.emit(&Event::CertFailed {
+                    names,
+                    renewal,
+                    error: e.to_string(),
+                    attempt: 1,
+                    retry_at: None,
+                });
+            }
+        }
+        result
+    }
+
+    async fn try_issuers(
+        &self,
+        ids: &[Identifier],
+        issuers: &[Arc<dyn Issuer>],
+        replaces: Option<&str>,
+    ) -> Result<Certificate, Error> {
+        let key = CertificateKey::generate(self.inner.key_type)?;
+        let csr = key.csr(ids)?;
+        let key_pem = key.to_pem();
+        let mut errors = Vec::new();
+        for issuer in issuers {
+            let issuer_key = issuer.issuer_key();
+            let request = IssueRequest::new(ids, &csr).replaces(replaces);
+            let issued = match issuer.issue(&request).await {
+                Ok(issued) => issued,
+                Err(e) => {
+                    tracing::warn!(issuer = %issuer_key, error = %e, "issuer failed");
+                    errors.push((issuer_key, e));
+                    continue;
+                }
+            };
+            let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
+            self.store(&cert, &ids[0]).await?;
+            return Ok(cert);
+        }
+        if errors.len() == 1 {
+            // A single issuer's error is more useful unwrapped.
+            if let Some((_, e)) = errors.pop() {
+                return Err(e);
+            }
+        }
+        Err(Error::AllIssuersFailed(errors))
+    }
+
+    /// Revokes the stored certificate whose primary name is `name` and removes
+    /// it from storage.
+    pub async fn revoke(
+        &self,
+        name: &str,
+        reason: Option<RevocationReason>,
+    ) -> Result<Certificate, Error> {
+        let id = Identifier::parse(name)?;
+        let guard = self.lock_name(&id).await?;
+        let result = async {
+            for issuer in &self.inner.issuers {
+                let issuer_key = issuer.issuer_key();
+                let Some(cert) = self.load_from(&issuer_key, &id).await? else {
+                    continue;
+                };
+                issuer.revoke(&cert, reason).await?;
+                let storage = &self.inner.storage;
+                for key in [
+                    keys::cert_chain(&issuer_key, &id),
+                    keys::cert_key(&issuer_key, &id),
+                    keys::cert_meta(&issuer_key, &id),
+                ] {
+                    if let Err(e) = storage.delete(&key).await
+                        && !e.is_not_found()
+                    {
+                        return Err(e.into());
+                    }
+                }
+                self.emit(&Event::CertRevoked {
+                    names: cert.names().iter().map(|n| n.as_str().into_owned()).collect(),
+                    issuer: issuer_key,
+                    serial: cert.serial_hex(),
+                    reason,
+                });
+                return Ok(cert);
+            }
+            Err(ConfigError::NotManaged(id.to_string()).into())
+        }
+        .await;
+        guard.release().await;
+        result
+    }
+}

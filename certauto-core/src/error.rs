@@ -1,0 +1,278 @@
+//! Errors. One [`Error`] for the crate, with a typed sub-enum per area.
+
+use crate::acme::problem::Problem;
+use crate::acme::types::ChallengeType;
+use crate::identifier::NameError;
+use crate::storage::StorageError;
+
+/// Any error from CertAuto.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name was refused before any request was made.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The ACME exchange failed.
+    #[error(transparent)]
+    Acme(#[from] AcmeError),
+    /// Storage failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A key could not be generated, parsed or used.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// A certificate could not be parsed or is unusable.
+    #[error(transparent)]
+    Certificate(#[from] CertificateError),
+    /// A challenge solver failed.
+    #[error(transparent)]
+    Solver(#[from] SolverError),
+    /// The configuration does not allow the operation.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Every configured issuer failed; the errors are in the order tried.
+    #[error("all issuers failed: {}", display_all(.0))]
+    AllIssuersFailed(Vec<(String, Error)>),
+}
+
+fn display_all(errors: &[(String, Error)]) -> String {
+    errors
+        .iter()
+        .map(|(issuer, e)| format!("[{issuer}] {e}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// The CA's problem document, if this error carries one.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            Error::Acme(e) => e.problem(),
+            Error::AllIssuersFailed(all) => all.iter().find_map(|(_, e)| e.problem()),
+            _ => None,
+        }
+    }
+}
+
+/// Errors of the ACME protocol exchange.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcmeError {
+    /// The CA answered with a problem document.
+    #[error("the CA refused {url} (HTTP {status}): {problem}")]
+    Problem {
+        /// The request URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The problem document.
+        problem: Problem,
+    },
+    /// The request could not be sent or the response not received.
+    #[error("request to {url} failed: {source}")]
+    Transport {
+        /// The request URL.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The CA answered with an unexpected HTTP status and no problem document.
+    #[error("unexpected HTTP {status} from {url}: {body}")]
+    UnexpectedStatus {
+        /// The request URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the body, for diagnosis.
+        body: String,
+    },
+    /// The response body exceeded the size bound.
+    #[error("response from {url} is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The request URL.
+        url: String,
+        /// The bound.
+        limit: usize,
+    },
+    /// The response could not be parsed.
+    #[error("invalid response from {url}: {reason}")]
+    InvalidResponse {
+        /// The request URL.
+        url: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// A required header was missing.
+    #[error("response from {url} lacks the {header} header")]
+    MissingHeader {
+        /// The request URL.
+        url: String,
+        /// The header name.
+        header: &'static str,
+    },
+    /// The CA kept rejecting our nonces.
+    #[error("the CA rejected {attempts} nonces in a row for {url}")]
+    NonceRetriesExhausted {
+        /// The request URL.
+        url: String,
+        /// How many attempts were made.
+        attempts: u32,
+    },
+    /// The order became invalid.
+    #[error("order {url} is invalid{}", .problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default())]
+    OrderInvalid {
+        /// The order URL.
+        url: String,
+        /// Why, if the CA said.
+        problem: Option<Problem>,
+    },
+    /// An authorization failed.
+    #[error("authorization for {identifier} failed{}", .problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default())]
+    AuthorizationFailed {
+        /// The identifier.
+        identifier: String,
+        /// The challenge that was attempted.
+        challenge: Option<ChallengeType>,
+        /// Why, if the CA said.
+        problem: Option<Problem>,
+    },
+    /// None of the offered challenges has a configured solver.
+    #[error("no configured solver for {identifier}: the CA offered {offered:?}")]
+    NoUsableChallenge {
+        /// The identifier.
+        identifier: String,
+        /// The challenge types offered.
+        offered: Vec<String>,
+    },
+    /// Polling did not reach a final state in time.
+    #[error("{what} did not complete within {secs} s")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// The bound, in seconds.
+        secs: u64,
+    },
+    /// No account exists for this key (`onlyReturnExisting`).
+    #[error("no account exists at the CA for this key")]
+    AccountDoesNotExist,
+    /// The CA requires External Account Binding but none was configured.
+    #[error("the CA requires External Account Binding (EAB) credentials")]
+    ExternalAccountRequired,
+    /// The terms of service must be agreed first.
+    #[error("the CA's terms of service must be agreed (set `agreed(true)`)")]
+    TermsNotAgreed,
+    /// Signing failed.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+}
+
+impl AcmeError {
+    /// The CA's problem document, if any.
+    pub fn problem(&self) -> Option<&Problem> {
+        match self {
+            AcmeError::Problem { problem, .. } => Some(problem),
+            AcmeError::OrderInvalid { problem, .. }
+            | AcmeError::AuthorizationFailed { problem, .. } => problem.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// Key errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// Key generation failed.
+    #[error("could not generate a {0} key")]
+    Generation(&'static str),
+    /// RSA keys need the `rsa` cargo feature.
+    #[error("RSA key generation needs the `rsa` cargo feature of certauto-core")]
+    RsaFeatureDisabled,
+    /// The key is not of a supported type.
+    #[error("unsupported key type")]
+    Unsupported,
+    /// The PEM could not be parsed.
+    #[error("invalid PEM private key")]
+    InvalidPem,
+    /// Signing failed.
+    #[error("signing failed")]
+    Signing,
+    /// The EAB MAC key is not valid base64url.
+    #[error("the External Account Binding MAC key is not valid base64url")]
+    InvalidEabKey,
+    /// Building the CSR failed.
+    #[error("could not build the CSR: {0}")]
+    Csr(String),
+}
+
+/// Certificate errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertificateError {
+    /// The PEM chain holds no certificate.
+    #[error("no certificate in PEM data")]
+    Empty,
+    /// A certificate could not be parsed.
+    #[error("invalid certificate: {0}")]
+    Parse(String),
+    /// The stored metadata is unreadable.
+    #[error("invalid certificate metadata: {0}")]
+    Metadata(String),
+    /// The private key does not belong to the certificate.
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+}
+
+/// Challenge solver errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SolverError {
+    /// The solver could not listen.
+    #[error("could not listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The solver does not support this challenge.
+    #[error("solver cannot solve {0} challenges")]
+    Unsupported(ChallengeType),
+    /// Any other solver failure, described.
+    #[error("challenge solver failed: {0}")]
+    Failed(String),
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// No issuer is configured.
+    #[error("no issuer configured")]
+    NoIssuers,
+    /// Wildcard names can only be validated through DNS-01.
+    #[error("wildcard name {name} needs a DNS-01 solver; HTTP-01 and TLS-ALPN-01 cannot validate wildcards")]
+    WildcardNeedsDns01 {
+        /// The wildcard name.
+        name: String,
+    },
+    /// No certificate is stored for the name.
+    #[error("no certificate is managed for {0}")]
+    NotManaged(String),
+    /// No solver is configured.
+    #[error("no challenge solver configured for this issuer")]
+    NoSolvers,
+    /// A URL is not usable.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A PEM bundle of trusted roots could not be parsed.
+    #[error("invalid trusted root certificates: {0}")]
+    InvalidRoots(String),
+}

@@ -1,0 +1,112 @@
+//! Certificate lifecycle events.
+//!
+//! ```
+//! use certauto_core::{Config, Event};
+//!
+//! let config = Config::builder()
+//!     .on_event(|event: &Event| println!("{}: {:?}", event.name(), event.names()))
+//!     .build();
+//! # let _ = config;
+//! ```
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::acme::types::RevocationReason;
+
+/// Something that happened to a managed certificate.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// An obtain or renewal is starting (`cert_obtaining`).
+    CertObtaining {
+        /// The names.
+        names: Vec<String>,
+        /// Whether this is a renewal.
+        renewal: bool,
+    },
+    /// A certificate was obtained, by a first obtain or a renewal (`cert_obtained`).
+    CertObtained {
+        /// The names.
+        names: Vec<String>,
+        /// Whether this was a renewal.
+        renewal: bool,
+        /// The issuer that issued it.
+        issuer: String,
+        /// Serial number (hex).
+        serial: String,
+        /// End of validity.
+        not_after: SystemTime,
+    },
+    /// A certificate was renewed (`cert_renewed`), emitted after `CertObtained`.
+    CertRenewed {
+        /// The names.
+        names: Vec<String>,
+        /// The issuer that issued it.
+        issuer: String,
+        /// Serial number (hex).
+        serial: String,
+        /// End of validity.
+        not_after: SystemTime,
+    },
+    /// An obtain or renewal failed (`cert_failed`).
+    CertFailed {
+        /// The names.
+        names: Vec<String>,
+        /// Whether this was a renewal.
+        renewal: bool,
+        /// The error, as text.
+        error: String,
+        /// Which attempt this was (1 for the first).
+        attempt: u32,
+        /// When the next attempt is scheduled, if any.
+        retry_at: Option<SystemTime>,
+    },
+    /// A certificate was revoked (`cert_revoked`).
+    CertRevoked {
+        /// The names.
+        names: Vec<String>,
+        /// The issuer.
+        issuer: String,
+        /// Serial number (hex).
+        serial: String,
+        /// The reason given.
+        reason: Option<RevocationReason>,
+    },
+    /// A managed certificate was loaded from storage into the cache (`cached_managed_cert`).
+    CachedManagedCert {
+        /// The names.
+        names: Vec<String>,
+        /// Serial number (hex).
+        serial: String,
+    },
+}
+
+impl Event {
+    /// The event's name, as in the README (`cert_obtained`, ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Event::CertObtaining { .. } => "cert_obtaining",
+            Event::CertObtained { .. } => "cert_obtained",
+            Event::CertRenewed { .. } => "cert_renewed",
+            Event::CertFailed { .. } => "cert_failed",
+            Event::CertRevoked { .. } => "cert_revoked",
+            Event::CachedManagedCert { .. } => "cached_managed_cert",
+        }
+    }
+
+    /// The names the event is about.
+    pub fn names(&self) -> &[String] {
+        match self {
+            Event::CertObtaining { names, .. }
+            | Event::CertObtained { names, .. }
+            | Event::CertRenewed { names, .. }
+            | Event::CertFailed { names, .. }
+            | Event::CertRevoked { names, .. }
+            | Event::CachedManagedCert { names, .. } => names,
+        }
+    }
+}
+
+/// A callback receiving events. It runs inline: keep it quick and never block.
+pub type EventHandler = Arc<dyn Fn(&Event) + Send + Sync>;

@@ -1,0 +1,600 @@
+//! [`AcmeIssuer`]: certificates from any ACME CA.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use rustls_pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, OnceCell};
+
+use super::{IssueRequest, IssuedCertificate, Issuer};
+use crate::acme::chain::{ChainPreference, select_chain};
+use crate::acme::client::{Account, AcmeClient, ClientLimits, NewAccountOptions, Order};
+use crate::acme::jws::{AccountKey, AccountKeyType, ExternalAccountKey};
+use crate::acme::types::{
+    AuthorizationResource, AuthorizationStatus, ChallengeStatus, ChallengeType, OrderStatus,
+    RevocationReason,
+};
+use crate::certificate::Certificate;
+use crate::challenge::{Challenge, Http01Solver, Solver};
+use crate::error::{AcmeError, ConfigError, Error};
+use crate::identifier::Identifier;
+use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory: use it while developing.
+pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
+
+/// The order in which challenge types are tried when several are configured.
+const CHALLENGE_PREFERENCE: [ChallengeType; 3] = [
+    ChallengeType::Http01,
+    ChallengeType::TlsAlpn01,
+    ChallengeType::Dns01,
+];
+
+/// Builds an [`AcmeIssuer`].
+#[derive(Debug)]
+pub struct AcmeIssuerBuilder {
+    ca: String,
+    email: Option<String>,
+    agreed: bool,
+    external_account: Option<ExternalAccountKey>,
+    account_key_type: AccountKeyType,
+    solvers: BTreeMap<ChallengeType, Arc<dyn Solver>>,
+    trusted_roots: Vec<CertificateDer<'static>>,
+    only_trusted_roots: bool,
+    chain_preference: ChainPreference,
+    storage: Option<Arc<dyn Storage>>,
+    limits: ClientLimits,
+}
+
+impl AcmeIssuerBuilder {
+    /// The CA's directory URL (default: [`LETS_ENCRYPT_PRODUCTION`]).
+    pub fn ca(mut self, directory_url: impl Into<String>) -> Self {
+        self.ca = directory_url.into();
+        self
+    }
+
+    /// The account's contact e-mail.
+    pub fn email(mut self, email: impl Into<String>) -> Self {
+        self.email = Some(email.into());
+        self
+    }
+
+    /// Whether you agree to the CA's terms of service (required by most CAs).
+    pub fn agreed(mut self, agreed: bool) -> Self {
+        self.agreed = agreed;
+        self
+    }
+
+    /// External Account Binding credentials (RFC 8555 §7.3.4).
+    pub fn external_account(mut self, eab: ExternalAccountKey) -> Self {
+        self.external_account = Some(eab);
+        self
+    }
+
+    /// The account key type (default ES256).
+    pub fn account_key_type(mut self, kind: AccountKeyType) -> Self {
+        self.account_key_type = kind;
+        self
+    }
+
+    /// The HTTP-01 solver.
+    pub fn http01_solver(self, solver: impl Solver + 'static) -> Self {
+        self.solver(ChallengeType::Http01, Arc::new(solver))
+    }
+
+    /// The TLS-ALPN-01 solver.
+    pub fn tls_alpn01_solver(self, solver: impl Solver + 'static) -> Self {
+        self.solver(ChallengeType::TlsAlpn01, Arc::new(solver))
+    }
+
+    /// The DNS-01 solver (the only one that can validate wildcards).
+    pub fn dns01_solver(self, solver: impl Solver + 'static) -> Self {
+        self.solver(ChallengeType::Dns01, Arc::new(solver))
+    }
+
+    /// A solver for any challenge type.
+    pub fn solver(mut self, challenge: ChallengeType, solver: Arc<dyn Solver>) -> Self {
+        self.solvers.insert(challenge, solver);
+        self
+    }
+
+    /// Extra roots to trust for the CA's own HTTPS (a private CA, Pebble).
+    pub fn trust_roots(mut self, roots: impl IntoIterator<Item = CertificateDer<'static>>) -> Self {
+        self.trusted_roots.extend(roots);
+        self
+    }
+
+    /// Trust only the roots given with [`trust_roots`](Self::trust_roots) for the CA's HTTPS.
+    pub fn only_trusted_roots(mut self) -> Self {
+        self.only_trusted_roots = true;
+        self
+    }
+
+    /// Which chain to keep when the CA offers alternates.
+    pub fn chain_preference(mut self, pref: ChainPreference) -> Self {
+        self.chain_preference = pref;
+        self
+    }
+
+    /// Where the account is kept (default: [`FileStorage`] in the OS data folder).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Protocol limits and timings.
+    pub fn client_limits(mut self, limits: ClientLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Builds the issuer. No request is made until it is first used.
+    pub fn build(self) -> AcmeIssuer {
+        let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
+            Ok(fs) => Arc::new(fs) as Arc<dyn Storage>,
+            Err(e) => {
+                tracing::warn!(error = %e, "no default storage folder; keeping the ACME account in memory");
+                Arc::new(MemoryStorage::new())
+            }
+        });
+        let mut solvers = self.solvers;
+        if solvers.is_empty() {
+            solvers.insert(ChallengeType::Http01, Arc::new(Http01Solver::default()));
+        }
+        let issuer_key = keys::issuer_key_from_url(&self.ca);
+        AcmeIssuer {
+            inner: Arc::new(Inner {
+                ca: self.ca,
+                issuer_key,
+                email: self.email.filter(|e| !e.trim().is_empty()),
+                agreed: self.agreed,
+                external_account: self.external_account,
+                account_key_type: self.account_key_type,
+                solvers,
+                trusted_roots: self.trusted_roots,
+                only_trusted_roots: self.only_trusted_roots,
+                chain_preference: self.chain_preference,
+                storage,
+                limits: self.limits,
+                client: OnceCell::new(),
+                account: Mutex::new(None),
+            }),
+        }
+    }
+}
+
+/// Obtains certificates from an ACME CA, keeping its account in storage.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), certauto_core::Error> {
+/// use std::sync::Arc;
+/// use certauto_core::{AcmeIssuer, FileStorage, Http01Solver, LETS_ENCRYPT_STAGING};
+///
+/// let issuer = AcmeIssuer::builder()
+///     .ca(LETS_ENCRYPT_STAGING)
+///     .email("admin@example.com")
+///     .agreed(true)
+///     .http01_solver(Http01Solver::new(80))
+///     .storage(Arc::new(FileStorage::new("/var/lib/certauto")))
+///     .build();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AcmeIssuer {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ca: String,
+    issuer_key: String,
+    email: Option<String>,
+    agreed: bool,
+    external_account: Option<ExternalAccountKey>,
+    account_key_type: AccountKeyType,
+    solvers: BTreeMap<ChallengeType, Arc<dyn Solver>>,
+    trusted_roots: Vec<CertificateDer<'static>>,
+    only_trusted_roots: bool,
+    chain_preference: ChainPreference,
+    storage: Arc<dyn Storage>,
+    limits: ClientLimits,
+    client: OnceCell<Arc<AcmeClient>>,
+    account: Mutex<Option<Account>>,
+}
+
+/// The account record kept beside the account key.
+#[derive(Debug, Serialize, Deserialize)]
+struct AccountRecord {
+    url: String,
+    #[serde(default)]
+    contact: Vec<String>,
+}
+
+/// A challenge presented to a solver, remembered for cleanup.
+struct Presented {
+    challenge: Challenge,
+    solver: Arc<dyn Solver>,
+    authz_url: String,
+}
+
+impl AcmeIssuer {
+    /// Starts building an issuer.
+    pub fn builder() -> AcmeIssuerBuilder {
+        AcmeIssuerBuilder {
+            ca: LETS_ENCRYPT_PRODUCTION.to_owned(),
+            email: None,
+            agreed: false,
+            external_account: None,
+            account_key_type: AccountKeyType::default(),
+            solvers: BTreeMap::new(),
+            trusted_roots: Vec::new(),
+            only_trusted_roots: false,
+            chain_preference: ChainPreference::default(),
+            storage: None,
+            limits: ClientLimits::default(),
+        }
+    }
+
+    /// The CA's directory URL.
+    pub fn ca(&self) -> &str {
+        &self.inner.ca
+    }
+
+    /// The protocol client, created (and the directory fetched) on first use.
+    pub async fn client(&self) -> Result<Arc<AcmeClient>, Error> {
+        let inner = &self.inner;
+        inner
+            .client
+            .get_or_try_init(|| async {
+                let mut b = AcmeClient::builder(&inner.ca)
+                    .trust_roots(inner.trusted_roots.iter().cloned())
+                    .limits(inner.limits.clone());
+                if inner.only_trusted_roots {
+                    b = b.only_trusted_roots();
+                }
+                Ok::<_, Error>(Arc::new(b.build().await?))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The ACME account: loaded from storage, or found or created at the CA
+    /// and then stored. Creation is serialised across instances by a storage lock.
+    pub async fn account(&self) -> Result<Account, Error> {
+        let mut cached = self.inner.account.lock().await;
+        if let Some(account) = cached.as_ref() {
+            return Ok(account.clone());
+        }
+        let client = self.client().await?;
+        let storage = &self.inner.storage;
+        let email = self.inner.email.as_deref();
+        let lock = keys::account_lock(&self.inner.issuer_key, email);
+        storage.lock(&lock).await?;
+        let result = self.load_or_create_account(&client).await;
+        if let Err(e) = storage.unlock(&lock).await {
+            tracing::warn!(error = %e, "could not release the account lock");
+        }
+        let account = result?;
+        *cached = Some(account.clone());
+        Ok(account)
+    }
+
+    async fn load_or_create_account(&self, client: &AcmeClient) -> Result<Account, Error> {
+        let storage = &self.inner.storage;
+        let email = self.inner.email.as_deref();
+        let key_path = keys::account_key(&self.inner.issuer_key, email);
+        let record_path = keys::account_record(&self.inner.issuer_key, email);
+        let key = match storage.load(&key_path).await {
+            Ok(pem) => {
+                let pem = String::from_utf8(pem).map_err(|_| crate::error::KeyError::InvalidPem)?;
+                Some(Arc::new(AccountKey::from_pem(&pem)?))
+            }
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(key) = key {
+            match storage.load(&record_path).await {
+                Ok(bytes) => {
+                    if let Ok(record) = serde_json::from_slice::<AccountRecord>(&bytes) {
+                        tracing::debug!(account = %record.url, "using stored ACME account");
+                        return Ok(Account {
+                            url: record.url,
+                            key,
+                            resource: serde_json::from_value(serde_json::json!({
+                                "status": "valid", "contact": record.contact
+                            }))
+                            .map_err(|e| AcmeError::InvalidResponse {
+                                url: self.inner.ca.clone(),
+                                reason: e.to_string(),
+                            })?,
+                        });
+                    }
+                    tracing::warn!("stored ACME account record is unreadable; looking the account up");
+                }
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e.into()),
+            }
+            let account = match client.find_account(key.clone()).await {
+                Ok(account) => account,
+                Err(AcmeError::AccountDoesNotExist) => {
+                    client.new_account(key, &self.account_options()).await?
+                }
+                Err(e) => return Err(e.into()),
+            };
+            self.store_account_record(&account).await?;
+            return Ok(account);
+        }
+        let key = Arc::new(AccountKey::generate(self.inner.account_key_type)?);
+        let account = client.new_account(key.clone(), &self.account_options()).await?;
+        // Key first: a record without its key is useless, a key without a record is recoverable.
+        storage.store(&key_path, key.to_pem().as_bytes()).await?;
+        self.store_account_record(&account).await?;
+        tracing::info!(account = %account.url, ca = %self.inner.ca, "created ACME account");
+        Ok(account)
+    }
+
+    async fn store_account_record(&self, account: &Account) -> Result<(), Error> {
+        let record = AccountRecord {
+            url: account.url.clone(),
+            contact: account.resource.contact.clone(),
+        };
+        let path = keys::account_record(&self.inner.issuer_key, self.inner.email.as_deref());
+        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| AcmeError::InvalidResponse {
+            url: account.url.clone(),
+            reason: e.to_string(),
+        })?;
+        self.inner.storage.store(&path, &bytes).await?;
+        Ok(())
+    }
+
+    fn account_options(&self) -> NewAccountOptions {
+        NewAccountOptions {
+            contact: self
+                .inner
+                .email
+                .iter()
+                .map(|e| format!("mailto:{}", e.trim()))
+                .collect(),
+            terms_of_service_agreed: self.inner.agreed,
+            external_account: self.inner.external_account.clone(),
+        }
+    }
+
+    /// Picks the solver for an authorization: DNS-01 only for wildcards,
+    /// otherwise the first configured type the CA offers.
+    fn choose(
+        &self,
+        authz: &AuthorizationResource,
+    ) -> Option<(ChallengeType, Arc<dyn Solver>, String, String)> {
+        for kind in &CHALLENGE_PREFERENCE {
+            if authz.wildcard && *kind != ChallengeType::Dns01 {
+                continue;
+            }
+            let Some(solver) = self.inner.solvers.get(kind) else {
+                continue;
+            };
+            if let Some(ch) = authz.challenges.iter().find(|c| &c.type_ == kind)
+                && let Some(token) = &ch.token
+            {
+                return Some((kind.clone(), solver.clone(), token.clone(), ch.url.clone()));
+            }
+        }
+        None
+    }
+
+    async fn present_all(
+        &self,
+        client: &AcmeClient,
+        account: &Account,
+        order: &Order,
+        presented: &mut Vec<Presented>,
+    ) -> Result<(), Error> {
+        for authz_url in &order.resource.authorizations {
+            let authz = client.get_authorization(account, authz_url).await?;
+            let identifier = authz
+                .identifier
+                .to_identifier()
+                .ok_or_else(|| AcmeError::InvalidResponse {
+                    url: authz_url.clone(),
+                    reason: format!("unusable identifier {:?}", authz.identifier.value),
+                })?;
+            match authz.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                _ => {
+                    return Err(AcmeError::AuthorizationFailed {
+                        identifier: identifier.to_string(),
+                        challenge: None,
+                        problem: authz.challenges.iter().find_map(|c| c.error.clone()),
+                    }
+                    .into());
+                }
+            }
+            let Some((kind, solver, token, url)) = self.choose(&authz) else {
+                return Err(AcmeError::NoUsableChallenge {
+                    identifier: identifier.to_string(),
+                    offered: authz
+                        .challenges
+                        .iter()
+                        .map(|c| c.type_.as_str().to_owned())
+                        .collect(),
+                }
+                .into());
+            };
+            let key_authorization = account.key.key_authorization(&token);
+            let challenge = Challenge::new(identifier, kind, token, key_authorization, url);
+            solver.present(&challenge).await?;
+            presented.push(Presented {
+                challenge,
+                solver,
+                authz_url: authz_url.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn validate_all(
+        &self,
+        client: &AcmeClient,
+        account: &Account,
+        presented: &[Presented],
+    ) -> Result<(), Error> {
+        for p in presented {
+            p.solver.wait(&p.challenge).await?;
+        }
+        for p in presented {
+            let ch = client.respond_to_challenge(account, &p.challenge.url).await?;
+            if ch.status == ChallengeStatus::Invalid {
+                return Err(self.authz_failed(p, ch.error));
+            }
+        }
+        for p in presented {
+            let authz = client.poll_authorization(account, &p.authz_url).await?;
+            if authz.status != AuthorizationStatus::Valid {
+                let problem = authz
+                    .challenges
+                    .iter()
+                    .find(|c| c.url == p.challenge.url)
+                    .and_then(|c| c.error.clone());
+                return Err(self.authz_failed(p, problem));
+            }
+        }
+        Ok(())
+    }
+
+    fn authz_failed(&self, p: &Presented, problem: Option<crate::acme::Problem>) -> Error {
+        AcmeError::AuthorizationFailed {
+            identifier: p.challenge.identifier.to_string(),
+            challenge: Some(p.challenge.challenge_type.clone()),
+            problem,
+        }
+        .into()
+    }
+
+    async fn run_order(
+        &self,
+        client: &AcmeClient,
+        account: &Account,
+        request: &IssueRequest<'_>,
+    ) -> Result<IssuedCertificate, Error> {
+        let order = client
+            .new_order(account, request.names, request.replaces)
+            .await?;
+        tracing::debug!(order = %order.url, names = ?request.names, "created order");
+        let mut presented = Vec::new();
+        let result = async {
+            self.present_all(client, account, &order, &mut presented)
+                .await?;
+            self.validate_all(client, account, &presented).await
+        }
+        .await;
+        for p in &presented {
+            if let Err(e) = p.solver.cleanup(&p.challenge).await {
+                tracing::warn!(error = %e, identifier = %p.challenge.identifier, "challenge cleanup failed");
+            }
+        }
+        result?;
+        let mut order = order;
+        if order.resource.status != OrderStatus::Ready {
+            order = client.poll_order(account, &order.url, true).await?;
+        }
+        if order.resource.status == OrderStatus::Invalid {
+            return Err(AcmeError::OrderInvalid {
+                url: order.url,
+                problem: order.resource.error,
+            }
+            .into());
+        }
+        let mut order = client.finalize(account, &order, request.csr_der).await?;
+        if order.resource.status != OrderStatus::Valid {
+            order = client.poll_order(account, &order.url, false).await?;
+        }
+        let Some(cert_url) = order.resource.certificate.clone().filter(|_| {
+            order.resource.status == OrderStatus::Valid
+        }) else {
+            return Err(AcmeError::OrderInvalid {
+                url: order.url,
+                problem: order.resource.error,
+            }
+            .into());
+        };
+        let want_alternates = self.inner.chain_preference != ChainPreference::Default;
+        let chains = client
+            .download_certificate(account, &cert_url, want_alternates)
+            .await?;
+        let chosen = select_chain(&chains, &self.inner.chain_preference)
+            .cloned()
+            .ok_or_else(|| AcmeError::InvalidResponse {
+                url: cert_url.clone(),
+                reason: "no certificate chain".into(),
+            })?;
+        Ok(IssuedCertificate::new(chosen.pem, Some(chosen.url)))
+    }
+
+    /// Revokes with the certificate's own key instead of the account key
+    /// (for a certificate issued to another account).
+    pub async fn revoke_with_certificate_key(
+        &self,
+        certificate: &Certificate,
+        reason: Option<RevocationReason>,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let key = AccountKey::from_pem(certificate.key_pem())?;
+        client
+            .revoke_with_certificate_key(&key, certificate.leaf(), reason)
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Issuer for AcmeIssuer {
+    fn issuer_key(&self) -> String {
+        self.inner.issuer_key.clone()
+    }
+
+    fn precheck(&self, names: &[Identifier]) -> Result<(), Error> {
+        if let Some(wild) = names.iter().find(|n| n.is_wildcard())
+            && !self.inner.solvers.contains_key(&ChallengeType::Dns01)
+        {
+            return Err(ConfigError::WildcardNeedsDns01 {
+                name: wild.to_string(),
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
+        self.precheck(request.names)?;
+        let client = self.client().await?;
+        let account = self.account().await?;
+        self.run_order(&client, &account, request).await
+    }
+
+    async fn revoke(
+        &self,
+        certificate: &Certificate,
+        reason: Option<RevocationReason>,
+    ) -> Result<(), Error> {
+        let client = self.client().await?;
+        let account = self.account().await?;
+        match client
+            .revoke_with_account(&account, certificate.leaf(), reason)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // Issued to another account: the certificate key can still revoke it.
+            Err(AcmeError::Problem { problem, .. })
+                if problem.kind() == crate::acme::ProblemType::Unauthorized =>
+            {
+                self.revoke_with_certificate_key(certificate, reason).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}

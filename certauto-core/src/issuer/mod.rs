@@ -1,0 +1,88 @@
+//! Issuers: where certificates come from.
+//!
+//! [`Config`](crate::Config) generates the key and CSR and hands them to an
+//! [`Issuer`]; with several issuers configured it tries them in order
+//! (failover). [`AcmeIssuer`] obtains certificates from any ACME CA.
+
+use std::fmt::Debug;
+
+use async_trait::async_trait;
+
+use crate::acme::types::RevocationReason;
+use crate::certificate::Certificate;
+use crate::error::Error;
+use crate::identifier::Identifier;
+
+mod acme;
+
+pub use acme::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
+
+/// What to issue.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IssueRequest<'a> {
+    /// The names, primary first; the CSR carries exactly these.
+    pub names: &'a [Identifier],
+    /// The DER CSR.
+    pub csr_der: &'a [u8],
+    /// The ARI CertID of the certificate being replaced (RFC 9773), for renewals.
+    pub replaces: Option<&'a str>,
+}
+
+impl<'a> IssueRequest<'a> {
+    /// Creates a request.
+    pub fn new(names: &'a [Identifier], csr_der: &'a [u8]) -> Self {
+        Self {
+            names,
+            csr_der,
+            replaces: None,
+        }
+    }
+
+    /// Sets the certificate this replaces.
+    pub fn replaces(mut self, cert_id: Option<&'a str>) -> Self {
+        self.replaces = cert_id;
+        self
+    }
+}
+
+/// A certificate chain an issuer produced.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IssuedCertificate {
+    /// The PEM chain, leaf first.
+    pub chain_pem: String,
+    /// Where the CA keeps it, if it says.
+    pub url: Option<String>,
+}
+
+impl IssuedCertificate {
+    /// Creates an issued certificate.
+    pub fn new(chain_pem: String, url: Option<String>) -> Self {
+        Self { chain_pem, url }
+    }
+}
+
+/// Something that issues certificates.
+#[async_trait]
+pub trait Issuer: Send + Sync + Debug {
+    /// A stable, storage-safe name for this issuer; certificates are stored
+    /// under it (`certificates/<issuer_key>/...`).
+    fn issuer_key(&self) -> String;
+
+    /// Refuses, before any network request, names this issuer cannot issue
+    /// for as configured (e.g. a wildcard without a DNS-01 solver).
+    fn precheck(&self, _names: &[Identifier]) -> Result<(), Error> {
+        Ok(())
+    }
+
+    /// Issues a certificate.
+    async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error>;
+
+    /// Revokes a certificate this issuer issued.
+    async fn revoke(
+        &self,
+        certificate: &Certificate,
+        reason: Option<RevocationReason>,
+    ) -> Result<(), Error>;
+}

@@ -1,0 +1,67 @@
+//! # CertAuto core
+//!
+//! Automatic HTTPS for Rust: obtain, renew, store and serve TLS certificates
+//! from any ACME CA ([RFC 8555](https://www.rfc-editor.org/rfc/rfc8555)) —
+//! Let's Encrypt, ZeroSSL, Google Trust Services, Pebble — with a few lines of code.
+//!
+//! This crate is the engine: an RFC 8555 client of its own ([`AcmeClient`]),
+//! issuers ([`AcmeIssuer`]), challenge solvers ([`Http01Solver`]), storage
+//! ([`FileStorage`]) and the coordinator that ties them together ([`Config`]).
+//!
+//! ## Quick start
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), certauto_core::Error> {
+//! use std::sync::Arc;
+//! use certauto_core::{AcmeIssuer, Config, FileStorage, Http01Solver, LETS_ENCRYPT_STAGING};
+//!
+//! let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
+//! let issuer = AcmeIssuer::builder()
+//!     .ca(LETS_ENCRYPT_STAGING)
+//!     .email("admin@example.com")
+//!     .agreed(true)
+//!     .http01_solver(Http01Solver::new(80))
+//!     .storage(storage.clone())
+//!     .build();
+//! let config = Config::builder().storage(storage).issuer(issuer).build();
+//!
+//! let cert = config.obtain(["example.com", "www.example.com"]).await?;
+//! println!("{} valid until {:?}", cert.serial_hex(), cert.not_after());
+//! # Ok(()) }
+//! ```
+//!
+//! Every rustls object CertAuto builds uses the *ring* provider explicitly
+//! ([`crypto_provider`]), never the process default. The ring provider has no
+//! post-quantum hybrid key exchange.
+
+pub mod acme;
+mod certificate;
+pub mod challenge;
+mod clock;
+mod config;
+mod error;
+mod events;
+mod identifier;
+pub mod issuer;
+mod keys;
+pub mod storage;
+
+pub use acme::{
+    AccountKey, AccountKeyType, AcmeClient, ChainPreference, ExternalAccountKey, Problem,
+    ProblemType, RevocationReason, crypto_provider, parse_pem_roots,
+};
+pub use certificate::{Certificate, CertificateMetadata};
+pub use challenge::{Challenge, ChallengeTokens, Http01Solver, Solver};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
+pub use error::{
+    AcmeError, CertificateError, ConfigError, Error, KeyError, SolverError,
+};
+pub use events::{Event, EventHandler};
+pub use identifier::{DomainName, Identifier, NameError};
+pub use issuer::{
+    AcmeIssuer, AcmeIssuerBuilder, IssueRequest, IssuedCertificate, Issuer,
+    LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
+};
+pub use keys::{CertificateKey, KeyType};
+pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};

@@ -1,0 +1,144 @@
+//! The storage layout: every key CertAuto reads or writes is built here.
+//!
+//! ```text
+//! certificates/<issuer>/<name>/<name>.crt   PEM certificate chain
+//! certificates/<issuer>/<name>/<name>.key   PEM private key
+//! certificates/<issuer>/<name>/<name>.json  metadata
+//! ocsp/<name>-<hash>                         cached OCSP responses
+//! acme/<issuer>/users/<email>/<email>.json   ACME account
+//! acme/<issuer>/users/<email>/<email>.key    ACME account key
+//! locks/<name>.lock                          lock files (FileStorage)
+//! ```
+//!
+//! `<issuer>` is an [`Issuer::issuer_key`](crate::Issuer::issuer_key), `<name>` an
+//! [`Identifier::storage_key`], `<email>` a sanitised e-mail address (or
+//! `default` when none is configured).
+
+use crate::identifier::{Identifier, safe_key_component};
+
+/// Prefix of all certificate keys.
+pub const CERTIFICATES_PREFIX: &str = "certificates";
+/// Prefix of all ACME account keys.
+pub const ACME_PREFIX: &str = "acme";
+/// Prefix of all OCSP staple keys.
+pub const OCSP_PREFIX: &str = "ocsp";
+
+/// The folder of one certificate from one issuer.
+pub fn cert_dir(issuer_key: &str, name: &Identifier) -> String {
+    format!(
+        "{CERTIFICATES_PREFIX}/{}/{}",
+        safe_key_component(issuer_key),
+        name.storage_key()
+    )
+}
+
+/// The PEM chain of the certificate whose primary name is `name`.
+pub fn cert_chain(issuer_key: &str, name: &Identifier) -> String {
+    let n = name.storage_key();
+    format!("{}/{n}.crt", cert_dir(issuer_key, name))
+}
+
+/// The PEM private key of the certificate whose primary name is `name`.
+pub fn cert_key(issuer_key: &str, name: &Identifier) -> String {
+    let n = name.storage_key();
+    format!("{}/{n}.key", cert_dir(issuer_key, name))
+}
+
+/// The JSON metadata of the certificate whose primary name is `name`.
+pub fn cert_meta(issuer_key: &str, name: &Identifier) -> String {
+    let n = name.storage_key();
+    format!("{}/{n}.json", cert_dir(issuer_key, name))
+}
+
+/// The folder of one ACME account at one CA.
+pub fn account_dir(issuer_key: &str, email: Option<&str>) -> String {
+    let user = email
+        .filter(|e| !e.trim().is_empty())
+        .map_or_else(|| "default".to_owned(), safe_key_component);
+    format!(
+        "{ACME_PREFIX}/{}/users/{user}",
+        safe_key_component(issuer_key)
+    )
+}
+
+/// The JSON record of an ACME account.
+pub fn account_record(issuer_key: &str, email: Option<&str>) -> String {
+    let dir = account_dir(issuer_key, email);
+    let leaf = dir.rsplit('/').next().unwrap_or("default").to_owned();
+    format!("{dir}/{leaf}.json")
+}
+
+/// The PEM private key of an ACME account.
+pub fn account_key(issuer_key: &str, email: Option<&str>) -> String {
+    let dir = account_dir(issuer_key, email);
+    let leaf = dir.rsplit('/').next().unwrap_or("default").to_owned();
+    format!("{dir}/{leaf}.key")
+}
+
+/// The name of the lock that serialises work on the certificate for `name`.
+pub fn cert_lock(name: &Identifier) -> String {
+    format!("cert_{}", name.storage_key())
+}
+
+/// The name of the lock that serialises creating an ACME account.
+pub fn account_lock(issuer_key: &str, email: Option<&str>) -> String {
+    let user = email
+        .filter(|e| !e.trim().is_empty())
+        .map_or_else(|| "default".to_owned(), safe_key_component);
+    format!("account_{}_{user}", safe_key_component(issuer_key))
+}
+
+/// Turns a CA directory URL into an issuer key: host, port and path, with every
+/// character outside `[a-z0-9._-]` replaced (as certmagic does), for example
+/// `acme-v02.api.letsencrypt.org-directory`.
+pub fn issuer_key_from_url(url: &str) -> String {
+    let rest = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .trim_end_matches('/');
+    let key: String = rest
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    safe_key_component(&key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::validate_key;
+
+    #[test]
+    fn layout() {
+        let id = Identifier::parse("*.Example.com").unwrap();
+        let issuer = issuer_key_from_url("https://acme-v02.api.letsencrypt.org/directory");
+        assert_eq!(issuer, "acme-v02.api.letsencrypt.org-directory");
+        assert_eq!(
+            cert_chain(&issuer, &id),
+            "certificates/acme-v02.api.letsencrypt.org-directory/wildcard_.example.com/wildcard_.example.com.crt"
+        );
+        assert_eq!(
+            account_key(&issuer, Some("Me@Example.com")),
+            "acme/acme-v02.api.letsencrypt.org-directory/users/me@example.com/me@example.com.key"
+        );
+        assert_eq!(
+            account_record("127.0.0.1-14000-dir", None),
+            "acme/127.0.0.1-14000-dir/users/default/default.json"
+        );
+        for key in [
+            cert_chain(&issuer, &id),
+            cert_key(&issuer, &id),
+            cert_meta(&issuer, &id),
+            account_key(&issuer, Some("../../etc/passwd")),
+            account_record(&issuer_key_from_url("https://x/../../y"), Some("/")),
+        ] {
+            validate_key(&key).unwrap();
+        }
+    }
+}

@@ -1,0 +1,430 @@
+//! An in-memory [`Storage`] backend, for tests and single-process use.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Bound;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::{KeyInfo, Storage, StorageError, validate_key};
+
+/// A [`Storage`] that keeps everything in memory.
+///
+/// Clones share the same values and the same locks, so a clone handed to another
+/// task or component sees everything this one stores and is excluded by its
+/// locks. Nothing survives the process: use it for tests or for a single
+/// process that does not need to keep certificates across restarts.
+///
+/// # Locks
+///
+/// [`lock`](Storage::lock) is real mutual exclusion among all clones: a second
+/// `lock` of the same name waits (without polling) until the holder calls
+/// [`unlock`](Storage::unlock). In-memory locks never expire: the lock table
+/// lives in the same process as every holder, so a holder cannot die while
+/// the process lives on. A task that forgets to unlock (for example because it
+/// panicked) keeps the lock held, exactly like a forgotten mutex guard would.
+///
+/// # Keys
+///
+/// Keys are validated with [`validate_key`]. As in a file system, a key cannot
+/// hold a value and have keys below it at the same time: storing `a/b` when
+/// `a` holds a value (or `a` when `a/b` exists) is refused with
+/// [`StorageError::InvalidKey`].
+#[derive(Debug, Default, Clone)]
+pub struct MemoryStorage {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Values by key, with the time they were stored.
+    values: Mutex<BTreeMap<String, (Vec<u8>, SystemTime)>>,
+    /// Names of the locks currently held.
+    locks: Mutex<HashSet<String>>,
+    /// Woken whenever a lock is released.
+    released: Notify,
+}
+
+/// Locks a std mutex, ignoring poisoning: the data it guards stays consistent
+/// because no operation here can panic half-way through an update.
+fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// `prefix` followed by `/`: every key strictly below `prefix` starts with it.
+fn dir_prefix(prefix: &str) -> String {
+    if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    }
+}
+
+/// The keys of `map` that start with `start`, in order.
+fn keys_below<'a>(
+    map: &'a BTreeMap<String, (Vec<u8>, SystemTime)>,
+    start: &'a str,
+) -> impl Iterator<Item = &'a String> + 'a {
+    map.range::<str, _>((Bound::Included(start), Bound::Unbounded))
+        .map(|(k, _)| k)
+        .take_while(move |k| k.starts_with(start))
+}
+
+fn check_lock_name(name: &str) -> Result<(), StorageError> {
+    if name.is_empty() {
+        return Err(StorageError::InvalidKey {
+            key: String::new(),
+            reason: "empty lock name",
+        });
+    }
+    Ok(())
+}
+
+impl MemoryStorage {
+    /// Creates an empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn values(&self) -> MutexGuard<'_, BTreeMap<String, (Vec<u8>, SystemTime)>> {
+        guard(&self.inner.values)
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let mut values = self.values();
+        // A key cannot be both a value and a "directory", as in a file system.
+        let mut end = 0;
+        while let Some(pos) = key[end..].find('/') {
+            end += pos;
+            if values.contains_key(&key[..end]) {
+                return Err(StorageError::InvalidKey {
+                    key: key.to_owned(),
+                    reason: "a parent of the key holds a value",
+                });
+            }
+            end += 1;
+        }
+        let below = dir_prefix(key);
+        if keys_below(&values, &below).next().is_some() {
+            return Err(StorageError::InvalidKey {
+                key: key.to_owned(),
+                reason: "the key has keys below it",
+            });
+        }
+        values.insert(key.to_owned(), (value.to_vec(), SystemTime::now()));
+        tracing::debug!(key, len = value.len(), "memory storage: stored");
+        Ok(())
+    }
+
+    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+        validate_key(key)?;
+        self.values()
+            .get(key)
+            .map(|(value, _)| value.clone())
+            .ok_or_else(|| StorageError::NotFound(key.to_owned()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let mut values = self.values();
+        let below = dir_prefix(key);
+        let doomed: Vec<String> = keys_below(&values, &below).cloned().collect();
+        let had_value = values.remove(key).is_some();
+        if !had_value && doomed.is_empty() {
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
+        for k in &doomed {
+            values.remove(k);
+        }
+        tracing::debug!(
+            key,
+            removed = doomed.len() + usize::from(had_value),
+            "memory storage: deleted"
+        );
+        Ok(())
+    }
+
+    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+        validate_key(key)?;
+        let values = self.values();
+        let below = dir_prefix(key);
+        Ok(values.contains_key(key) || keys_below(&values, &below).next().is_some())
+    }
+
+    /// Lists the keys below `prefix`; an empty `prefix` lists from the top.
+    ///
+    /// Returns [`StorageError::NotFound`] when `prefix` is neither a value nor
+    /// has keys below it, and an empty list when it holds a value.
+    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+        if !prefix.is_empty() {
+            validate_key(prefix)?;
+        }
+        let values = self.values();
+        let below = dir_prefix(prefix);
+        let mut found = keys_below(&values, &below).peekable();
+        if found.peek().is_none() {
+            if prefix.is_empty() || values.contains_key(prefix) {
+                return Ok(Vec::new());
+            }
+            return Err(StorageError::NotFound(prefix.to_owned()));
+        }
+        if recursive {
+            // BTreeMap iteration is already sorted.
+            return Ok(found.cloned().collect());
+        }
+        let children: BTreeSet<String> = found
+            .map(|k| {
+                let rest = &k[below.len()..];
+                let child = rest.split('/').next().unwrap_or(rest);
+                format!("{below}{child}")
+            })
+            .collect();
+        Ok(children.into_iter().collect())
+    }
+
+    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError> {
+        validate_key(key)?;
+        let values = self.values();
+        if let Some((value, modified)) = values.get(key) {
+            return Ok(KeyInfo::new(
+                key.to_owned(),
+                Some(*modified),
+                value.len() as u64,
+                true,
+            ));
+        }
+        let below = dir_prefix(key);
+        if keys_below(&values, &below).next().is_some() {
+            return Ok(KeyInfo::new(key.to_owned(), None, 0, false));
+        }
+        Err(StorageError::NotFound(key.to_owned()))
+    }
+
+    /// Acquires the lock `name`, waiting until no clone of this storage holds it.
+    ///
+    /// In-memory locks never expire (see the type docs) and the wait has no
+    /// time limit; wrap the call in [`tokio::time::timeout`] to bound it.
+    async fn lock(&self, name: &str) -> Result<(), StorageError> {
+        check_lock_name(name)?;
+        loop {
+            // Register for the wake-up before checking, so that an unlock
+            // between the check and the await is not missed.
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if guard(&self.inner.locks).insert(name.to_owned()) {
+                tracing::debug!(lock = name, "memory storage: lock acquired");
+                return Ok(());
+            }
+            tracing::debug!(lock = name, "memory storage: waiting for lock");
+            released.await;
+        }
+    }
+
+    async fn unlock(&self, name: &str) -> Result<(), StorageError> {
+        if !guard(&self.inner.locks).remove(name) {
+            return Err(StorageError::NotLocked(name.to_owned()));
+        }
+        tracing::debug!(lock = name, "memory storage: lock released");
+        self.inner.released.notify_waiters();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Upper bound for operations that should finish at once; only fails hung tests.
+    const HANG: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn round_trip_and_overwrite() {
+        let s = MemoryStorage::new();
+        s.store("a/b", b"one").await.unwrap();
+        assert_eq!(s.load("a/b").await.unwrap(), b"one");
+        s.store("a/b", b"two").await.unwrap();
+        assert_eq!(s.load("a/b").await.unwrap(), b"two");
+        let info = s.stat("a/b").await.unwrap();
+        assert!(info.is_terminal);
+        assert_eq!(info.size, 3);
+        assert!(info.modified.is_some());
+        let dir = s.stat("a").await.unwrap();
+        assert!(!dir.is_terminal);
+        assert_eq!(dir.size, 0);
+        assert!(s.exists("a").await.unwrap());
+        assert!(s.exists("a/b").await.unwrap());
+        assert!(!s.exists("a/c").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn not_found() {
+        let s = MemoryStorage::new();
+        s.store("ab", b"x").await.unwrap();
+        assert!(s.load("a").await.unwrap_err().is_not_found());
+        assert!(s.stat("a").await.unwrap_err().is_not_found());
+        assert!(s.delete("a").await.unwrap_err().is_not_found());
+        assert!(s.list("a", false).await.unwrap_err().is_not_found());
+        assert!(!s.exists("a").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn clones_share_values() {
+        let s = MemoryStorage::new();
+        let t = s.clone();
+        s.store("k", b"v").await.unwrap();
+        assert_eq!(t.load("k").await.unwrap(), b"v");
+        // A new storage is separate.
+        assert!(
+            MemoryStorage::new()
+                .load("k")
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+    }
+
+    #[tokio::test]
+    async fn list_semantics() {
+        let s = MemoryStorage::new();
+        for k in ["a/x", "a/b/c", "a/b/d/e", "a-b/z", "a0", "b"] {
+            s.store(k, k.as_bytes()).await.unwrap();
+        }
+        assert_eq!(s.list("a", false).await.unwrap(), vec!["a/b", "a/x"]);
+        assert_eq!(
+            s.list("a", true).await.unwrap(),
+            vec!["a/b/c", "a/b/d/e", "a/x"]
+        );
+        assert_eq!(s.list("a/b", false).await.unwrap(), vec!["a/b/c", "a/b/d"]);
+        assert_eq!(
+            s.list("", false).await.unwrap(),
+            vec!["a", "a-b", "a0", "b"]
+        );
+        assert_eq!(s.list("", true).await.unwrap().len(), 6);
+        assert!(s.list("a/x", false).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn delete_tree() {
+        let s = MemoryStorage::new();
+        for k in ["a/b/c", "a/b/d", "a/e", "ab"] {
+            s.store(k, b"v").await.unwrap();
+        }
+        s.delete("a/b").await.unwrap();
+        assert_eq!(s.list("a", true).await.unwrap(), vec!["a/e"]);
+        s.delete("a").await.unwrap();
+        assert!(!s.exists("a").await.unwrap());
+        assert_eq!(s.load("ab").await.unwrap(), b"v");
+        s.delete("ab").await.unwrap();
+        assert!(s.load("ab").await.unwrap_err().is_not_found());
+    }
+
+    #[tokio::test]
+    async fn invalid_keys_refused() {
+        let s = MemoryStorage::new();
+        for bad in ["", "/a", "a/", "../a", "a/../b", "a//b", "a\\b"] {
+            assert!(
+                matches!(
+                    s.store(bad, b"x").await,
+                    Err(StorageError::InvalidKey { .. })
+                ),
+                "{bad:?}"
+            );
+            assert!(matches!(
+                s.load(bad).await,
+                Err(StorageError::InvalidKey { .. })
+            ));
+        }
+        s.store("a", b"x").await.unwrap();
+        assert!(matches!(
+            s.store("a/b", b"x").await,
+            Err(StorageError::InvalidKey { .. })
+        ));
+        s.store("c/d", b"x").await.unwrap();
+        assert!(matches!(
+            s.store("c", b"x").await,
+            Err(StorageError::InvalidKey { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn lock_excludes_clones() {
+        let s = MemoryStorage::new();
+        let t = s.clone();
+        s.lock("l").await.unwrap();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let waiter = tokio::spawn(async move {
+            t.lock("l").await.unwrap();
+            tx.send(()).unwrap();
+            t
+        });
+        // Let the waiter run until it blocks on the lock.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(rx.try_recv().is_err(), "second lock acquired while held");
+        // Another name is independent.
+        tokio::time::timeout(HANG, s.lock("other"))
+            .await
+            .unwrap()
+            .unwrap();
+        s.unlock("l").await.unwrap();
+        let t = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
+        rx.await.unwrap();
+        t.unlock("l").await.unwrap();
+        s.unlock("other").await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lock_is_mutual_exclusion_under_contention() {
+        let s = MemoryStorage::new();
+        let inside = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = s.clone();
+            let inside = inside.clone();
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..20 {
+                    s.lock("l").await.unwrap();
+                    let n = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    assert_eq!(n, 0, "two holders at once");
+                    tokio::task::yield_now().await;
+                    inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    s.unlock("l").await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(HANG, t).await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn unlock_unheld_is_not_locked() {
+        let s = MemoryStorage::new();
+        assert!(matches!(
+            s.unlock("nope").await,
+            Err(StorageError::NotLocked(_))
+        ));
+        s.lock("l").await.unwrap();
+        s.unlock("l").await.unwrap();
+        assert!(matches!(
+            s.unlock("l").await,
+            Err(StorageError::NotLocked(_))
+        ));
+        assert!(matches!(
+            s.lock("").await,
+            Err(StorageError::InvalidKey { .. })
+        ));
+    }
+}

@@ -1,0 +1,194 @@
+//! Persistent storage for certificates, keys, ACME accounts, OCSP staples and locks.
+//!
+//! Everything CertAuto keeps goes through the [`Storage`] trait, so a cluster of
+//! instances that share one storage backend share certificates, accounts and
+//! locks. [`FileStorage`] is the default; [`MemoryStorage`] is for tests and
+//! single-process use.
+//!
+//! Keys are `/`-separated paths of non-empty components such as
+//! `certificates/acme-v02.api.letsencrypt.org-directory/example.com/example.com.crt`.
+//! The helpers in [`keys`] build every key CertAuto uses from validated
+//! [`Identifier`](crate::Identifier)s, so user input never becomes a path directly.
+//!
+//! ```
+//! # async fn demo() -> Result<(), certauto_core::StorageError> {
+//! use certauto_core::{MemoryStorage, Storage};
+//!
+//! let storage = MemoryStorage::new();
+//! storage.store("a/b", b"hello").await?;
+//! assert_eq!(storage.load("a/b").await?, b"hello");
+//! assert_eq!(storage.list("a", false).await?, vec!["a/b".to_string()]);
+//! # Ok(()) }
+//! ```
+
+use std::fmt::Debug;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+
+mod file;
+pub mod keys;
+mod memory;
+
+pub use file::{FileStorage, FileStorageBuilder};
+pub use memory::MemoryStorage;
+
+/// Errors from a [`Storage`] backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The key does not exist. Backends MUST return this (and not another
+    /// variant) for a missing key, so callers can tell absence from failure.
+    #[error("storage key {0:?} not found")]
+    NotFound(String),
+    /// The key is not acceptable to the backend (empty component, `..`, absolute path...).
+    #[error("invalid storage key {key:?}: {reason}")]
+    InvalidKey {
+        /// The refused key.
+        key: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// Waiting for a lock took longer than allowed.
+    #[error("timed out waiting for lock {0:?}")]
+    LockTimeout(String),
+    /// Unlocking a lock this instance does not hold.
+    #[error("lock {0:?} is not held by this instance")]
+    NotLocked(String),
+    /// An I/O error from the backend.
+    #[error("storage I/O error on {key:?}: {source}")]
+    Io {
+        /// The key being accessed.
+        key: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A backend-specific failure (network store unreachable, ...).
+    #[error("storage backend error: {0}")]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StorageError {
+    /// Whether this error means "the key does not exist".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound(_))
+    }
+}
+
+/// Facts about a stored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The key.
+    pub key: String,
+    /// When the value was last written, if the backend knows.
+    pub modified: Option<SystemTime>,
+    /// The size of the value in bytes (0 for a non-terminal key).
+    pub size: u64,
+    /// Whether the key holds a value (true) or only has keys below it (false).
+    pub is_terminal: bool,
+}
+
+impl KeyInfo {
+    /// Creates a `KeyInfo`.
+    pub fn new(key: String, modified: Option<SystemTime>, size: u64, is_terminal: bool) -> Self {
+        Self {
+            key,
+            modified,
+            size,
+            is_terminal,
+        }
+    }
+}
+
+/// A key-value store with locks, shared by every instance of a cluster.
+///
+/// # Contract
+///
+/// Implementations MUST:
+/// - be safe to call concurrently from many tasks and, for shared backends, from
+///   many processes or machines;
+/// - make [`store`](Storage::store) atomic: a concurrent or later
+///   [`load`](Storage::load) sees either the old value or the new one, never a
+///   mix, and a crash during `store` leaves the old value intact;
+/// - return [`StorageError::NotFound`] from `load`, `delete` and `stat` when the
+///   key does not exist (a `delete` of a missing key may instead succeed);
+/// - treat keys as `/`-separated paths: `list("a", false)` returns the keys
+///   directly below `a` (both values and "directories"), `list("a", true)` returns
+///   every terminal key below `a`; both return full keys, and an unknown prefix
+///   gives [`StorageError::NotFound`] or an empty list;
+/// - implement [`lock`](Storage::lock) as a mutual-exclusion lock across every
+///   client of the storage: it waits while another client holds the lock, and
+///   a lock whose holder died MUST expire so that work resumes (the expiry is
+///   the backend's to choose; [`FileStorage`] breaks locks not refreshed for 10 s);
+/// - let the holder release its lock with [`unlock`](Storage::unlock).
+///
+/// Values may hold private keys: backends MUST keep them readable by their owner
+/// only (as [`FileStorage`] does with mode 0600).
+#[async_trait]
+pub trait Storage: Send + Sync + Debug {
+    /// Stores `value` at `key`, replacing any previous value atomically.
+    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
+    /// Loads the value at `key`.
+    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError>;
+    /// Deletes `key` and, if it is a directory, everything below it.
+    async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Whether `key` exists.
+    async fn exists(&self, key: &str) -> Result<bool, StorageError>;
+    /// Lists the keys below `prefix`, see the trait docs.
+    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError>;
+    /// Facts about `key`.
+    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError>;
+    /// Acquires the lock `name`, waiting while another client holds it.
+    async fn lock(&self, name: &str) -> Result<(), StorageError>;
+    /// Releases the lock `name`, acquired by this client.
+    async fn unlock(&self, name: &str) -> Result<(), StorageError>;
+}
+
+/// Checks that a key is a relative `/`-separated path of ordinary components.
+///
+/// Every backend that maps keys to paths or URLs should call this first.
+pub fn validate_key(key: &str) -> Result<(), StorageError> {
+    let invalid = |reason| StorageError::InvalidKey {
+        key: key.chars().take(300).collect(),
+        reason,
+    };
+    if key.is_empty() {
+        return Err(invalid("empty key"));
+    }
+    if key.len() > 1024 {
+        return Err(invalid("key longer than 1024 bytes"));
+    }
+    if key.contains('\\') || key.contains('\0') {
+        return Err(invalid("backslash or NUL in key"));
+    }
+    for component in key.split('/') {
+        match component {
+            "" => return Err(invalid("empty component (leading, trailing or double '/')")),
+            "." | ".." => return Err(invalid("'.' or '..' component")),
+            c if c.chars().any(|ch| ch.is_control()) => {
+                return Err(invalid("control character in key"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_validation() {
+        for good in ["a", "a/b", "certificates/x/wildcard_.example.com/y.crt"] {
+            validate_key(good).unwrap();
+        }
+        for bad in [
+            "", "/a", "a/", "a//b", "../a", "a/../b", "a/.", "a\\b", "a\0", "a/\nb",
+        ] {
+            assert!(validate_key(bad).is_err(), "{bad:?}");
+        }
+    }
+}
