@@ -305,8 +305,8 @@ impl Config {
         };
         let chain = String::from_utf8(chain)
             .map_err(|_| CertificateError::Parse("chain is not UTF-8".into()))?;
-        let key =
-            String::from_utf8(key).map_err(|_| CertificateError::Parse("key is not UTF-8".into()))?;
+        let key = String::from_utf8(key)
+            .map_err(|_| CertificateError::Parse("key is not UTF-8".into()))?;
         Ok(Some(Certificate::from_pem(&chain, &key, issuer_key)?))
     }
 
@@ -318,10 +318,16 @@ impl Config {
         // Each write is atomic; a crash between them leaves a key that does not
         // match the chain, which `load` detects and replaces.
         storage
-            .store(&keys::cert_key(issuer_key, primary), cert.key_pem().as_bytes())
+            .store(
+                &keys::cert_key(issuer_key, primary),
+                cert.key_pem().as_bytes(),
+            )
             .await?;
         storage
-            .store(&keys::cert_chain(issuer_key, primary), cert.chain_pem().as_bytes())
+            .store(
+                &keys::cert_chain(issuer_key, primary),
+                cert.chain_pem().as_bytes(),
+            )
             .await?;
         storage
             .store(&keys::cert_meta(issuer_key, primary), &meta)
@@ -505,7 +511,11 @@ impl Config {
                     }
                 }
                 self.emit(&Event::CertRevoked {
-                    names: cert.names().iter().map(|n| n.as_str().into_owned()).collect(),
+                    names: cert
+                        .names()
+                        .iter()
+                        .map(|n| n.as_str().into_owned())
+                        .collect(),
                     issuer: issuer_key,
                     serial: cert.serial_hex(),
                     reason,

@@ -66,7 +66,7 @@ pub enum AcmeError {
         /// The HTTP status.
         status: u16,
         /// The problem document.
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The request could not be sent or the response not received.
     #[error("request to {url} failed: {source}")]
@@ -125,7 +125,7 @@ pub enum AcmeError {
         /// The order URL.
         url: String,
         /// Why, if the CA said.
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
     },
     /// An authorization failed.
     #[error("authorization for {identifier} failed{}", .problem.as_ref().map(|p| format!(": {p}")).unwrap_or_default())]
@@ -135,7 +135,7 @@ pub enum AcmeError {
         /// The challenge that was attempted.
         challenge: Option<ChallengeType>,
         /// Why, if the CA said.
-        problem: Option<Problem>,
+        problem: Option<Box<Problem>>,
     },
     /// None of the offered challenges has a configured solver.
     #[error("no configured solver for {identifier}: the CA offered {offered:?}")]
@@ -173,7 +173,7 @@ impl AcmeError {
         match self {
             AcmeError::Problem { problem, .. } => Some(problem),
             AcmeError::OrderInvalid { problem, .. }
-            | AcmeError::AuthorizationFailed { problem, .. } => problem.as_ref(),
+            | AcmeError::AuthorizationFailed { problem, .. } => problem.as_deref(),
             _ => None,
         }
     }
@@ -253,7 +253,9 @@ pub enum ConfigError {
     #[error("no issuer configured")]
     NoIssuers,
     /// Wildcard names can only be validated through DNS-01.
-    #[error("wildcard name {name} needs a DNS-01 solver; HTTP-01 and TLS-ALPN-01 cannot validate wildcards")]
+    #[error(
+        "wildcard name {name} needs a DNS-01 solver; HTTP-01 and TLS-ALPN-01 cannot validate wildcards"
+    )]
     WildcardNeedsDns01 {
         /// The wildcard name.
         name: String,

@@ -346,6 +346,7 @@ pub(crate) fn safe_key_component(input: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -429,7 +430,11 @@ mod tests {
             ),
         ];
         for (input, want) in cases {
-            assert_eq!(Identifier::parse(input).unwrap_err(), want, "input {input:?}");
+            assert_eq!(
+                Identifier::parse(input).unwrap_err(),
+                want,
+                "input {input:?}"
+            );
         }
         let long_label = format!("{}.com", "a".repeat(64));
         assert!(matches!(
@@ -461,12 +466,21 @@ mod tests {
         assert!(!wild.matches(&DomainName::parse("example.com").unwrap()));
         let name = DomainName::parse("a.example.com").unwrap();
         assert_eq!(name.wildcard_parent().unwrap(), wild);
-        assert_eq!(DomainName::parse("example.com").unwrap().wildcard_parent(), None);
+        assert_eq!(
+            DomainName::parse("example.com").unwrap().wildcard_parent(),
+            None
+        );
     }
 
     #[test]
     fn storage_keys_are_safe() {
-        for input in ["*.example.com", "localhost", "xn--bcher-kva.example", "::1", "10.0.0.1"] {
+        for input in [
+            "*.example.com",
+            "localhost",
+            "xn--bcher-kva.example",
+            "::1",
+            "10.0.0.1",
+        ] {
             let key = Identifier::parse(input).unwrap().storage_key();
             assert!(
                 key.chars()

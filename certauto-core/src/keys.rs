@@ -205,9 +205,13 @@ mod tests {
     #[test]
     fn csr_carries_every_san_and_a_cn() {
         let key = CertificateKey::generate(KeyType::EcdsaP256).unwrap();
-        let names =
-            Identifier::parse_all(["example.com", "*.example.org", "www.example.com", "127.0.0.1"])
-                .unwrap();
+        let names = Identifier::parse_all([
+            "example.com",
+            "*.example.org",
+            "www.example.com",
+            "127.0.0.1",
+        ])
+        .unwrap();
         let der = key.csr(&names).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         let info = &csr.certification_request_info;
@@ -234,16 +238,14 @@ mod tests {
         assert_eq!(ips, vec![vec![127, 0, 0, 1]]);
         assert_eq!(
             info.subject_pki.subject_public_key.data.as_ref(),
-            &key.key_pair().public_key_raw()[..]
+            key.key_pair().public_key_raw()
         );
     }
 
     #[test]
     fn ip_only_csr_has_empty_subject() {
         let key = CertificateKey::generate(KeyType::EcdsaP384).unwrap();
-        let der = key
-            .csr(&Identifier::parse_all(["::1"]).unwrap())
-            .unwrap();
+        let der = key.csr(&Identifier::parse_all(["::1"]).unwrap()).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&der).unwrap();
         assert_eq!(csr.certification_request_info.subject.iter().count(), 0);
     }

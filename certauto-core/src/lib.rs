@@ -54,9 +54,7 @@ pub use certificate::{Certificate, CertificateMetadata};
 pub use challenge::{Challenge, ChallengeTokens, Http01Solver, Solver};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
-pub use error::{
-    AcmeError, CertificateError, ConfigError, Error, KeyError, SolverError,
-};
+pub use error::{AcmeError, CertificateError, ConfigError, Error, KeyError, SolverError};
 pub use events::{Event, EventHandler};
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{

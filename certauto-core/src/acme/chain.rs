@@ -71,7 +71,10 @@ pub fn select_chain<'a>(chains: &'a [PemChain], pref: &ChainPreference) -> Optio
         ChainPreference::IssuerCommonName(cn) => chains
             .iter()
             .find(|c| c.issuer_common_names().iter().any(|i| i == cn)),
-        ChainPreference::Shortest => chains.iter().filter(|c| !c.is_empty()).min_by_key(|c| c.len()),
+        ChainPreference::Shortest => chains
+            .iter()
+            .filter(|c| !c.is_empty())
+            .min_by_key(|c| c.len()),
     };
     chosen.or_else(|| chains.first())
 }
@@ -85,7 +88,9 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         let cert = params.clone().self_signed(&key).unwrap();
         (cert, rcgen::Issuer::new(params, key))
     }
@@ -127,13 +132,19 @@ mod tests {
         assert_eq!(chains[0].len(), 3);
         let pick = |p| select_chain(&chains, &p).unwrap().url.clone();
         assert_eq!(pick(ChainPreference::Default), "Root A");
-        assert_eq!(pick(ChainPreference::RootCommonName("Root C".into())), "Root C");
+        assert_eq!(
+            pick(ChainPreference::RootCommonName("Root C".into())),
+            "Root C"
+        );
         assert_eq!(
             pick(ChainPreference::IssuerCommonName("Root B int 0".into())),
             "Root B"
         );
         assert_eq!(pick(ChainPreference::Shortest), "Root B");
-        assert_eq!(pick(ChainPreference::RootCommonName("nope".into())), "Root A");
+        assert_eq!(
+            pick(ChainPreference::RootCommonName("nope".into())),
+            "Root A"
+        );
         assert!(select_chain(&[], &ChainPreference::Shortest).is_none());
     }
 }

@@ -227,12 +227,7 @@ impl AcmeClient {
     }
 
     async fn nonce(&self) -> Result<String, AcmeError> {
-        if let Some(n) = self
-            .nonces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-        {
+        if let Some(n) = self.nonces.lock().unwrap_or_else(|e| e.into_inner()).pop() {
             return Ok(n);
         }
         let url = self.directory.new_nonce.clone();
@@ -259,7 +254,7 @@ impl AcmeClient {
             return AcmeError::Problem {
                 url: resp.url,
                 status: resp.status,
-                problem,
+                problem: Box::new(problem),
             };
         }
         AcmeError::UnexpectedStatus {
@@ -324,8 +319,14 @@ impl AcmeClient {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-        self.post(&account.key, KeyId::Kid(&account.url), url, Some(&body), None)
-            .await
+        self.post(
+            &account.key,
+            KeyId::Kid(&account.url),
+            url,
+            Some(&body),
+            None,
+        )
+        .await
     }
 
     /// POST-as-GET (§6.3).
@@ -442,8 +443,14 @@ impl AcmeClient {
             url: url.clone(),
             reason: e.to_string(),
         })?;
-        self.post(&account.key, KeyId::Kid(&account.url), &url, Some(&outer), None)
-            .await?;
+        self.post(
+            &account.key,
+            KeyId::Kid(&account.url),
+            &url,
+            Some(&outer),
+            None,
+        )
+        .await?;
         Ok(Account {
             url: account.url.clone(),
             key: new_key,
@@ -536,7 +543,11 @@ impl AcmeClient {
         csr_der: &[u8],
     ) -> Result<Order, AcmeError> {
         let resp = self
-            .post_json(account, &order.resource.finalize, &json!({ "csr": b64(csr_der) }))
+            .post_json(
+                account,
+                &order.resource.finalize,
+                &json!({ "csr": b64(csr_der) }),
+            )
             .await?;
         Ok(Order {
             url: order.url.clone(),
@@ -610,8 +621,14 @@ impl AcmeClient {
     ) -> Result<(), AcmeError> {
         let url = self.directory.revoke_cert.clone();
         let payload = revocation_payload(cert_der, reason);
-        self.post(&account.key, KeyId::Kid(&account.url), &url, Some(&payload), None)
-            .await?;
+        self.post(
+            &account.key,
+            KeyId::Kid(&account.url),
+            &url,
+            Some(&payload),
+            None,
+        )
+        .await?;
         Ok(())
     }
 

@@ -87,7 +87,8 @@ impl Response {
         let content_type = header("content-type");
         let location = header("location");
         let nonce = header("replay-nonce").filter(|n| is_valid_nonce(n));
-        let retry_after = header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
         let links = headers
             .get_all("link")
             .iter()
@@ -167,8 +168,7 @@ impl Response {
 fn is_valid_nonce(n: &str) -> bool {
     !n.is_empty()
         && n.len() <= 512
-        && n
-            .bytes()
+        && n.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
@@ -245,7 +245,10 @@ mod tests {
     #[test]
     fn retry_after_forms() {
         let now = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
-        assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
         assert_eq!(
             parse_retry_after("Sun, 06 Nov 1994 08:50:37 GMT", now),
             Some(Duration::from_secs(60))

@@ -82,7 +82,10 @@ impl Jwk {
             Jwk::Okp { crv, x } => format!(r#"{{"crv":"{crv}","kty":"OKP","x":"{x}"}}"#),
             Jwk::Rsa { n, e } => format!(r#"{{"e":"{e}","kty":"RSA","n":"{n}"}}"#),
         };
-        b64(ring::digest::digest(&ring::digest::SHA256, canonical.as_bytes()))
+        b64(ring::digest::digest(
+            &ring::digest::SHA256,
+            canonical.as_bytes(),
+        ))
     }
 }
 
@@ -231,7 +234,10 @@ impl AccountKey {
 
 /// JWK integers are unsigned big-endian without leading zero octets (RFC 7518 §6.3.1).
 fn strip_leading_zeros(b: &[u8]) -> &[u8] {
-    let start = b.iter().position(|x| *x != 0).unwrap_or(b.len().saturating_sub(1));
+    let start = b
+        .iter()
+        .position(|x| *x != 0)
+        .unwrap_or(b.len().saturating_sub(1));
     &b[start..]
 }
 
@@ -440,7 +446,10 @@ mod tests {
             crv: "Ed25519",
             x: b64(kp.public_key().as_ref()),
         };
-        assert_eq!(jwk.thumbprint(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+        assert_eq!(
+            jwk.thumbprint(),
+            "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+        );
         let input = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc";
         assert_eq!(
             b64(kp.sign(input.as_bytes())),

@@ -106,7 +106,12 @@ impl Http01Solver {
 
     /// The address the listener is bound to while running.
     pub async fn local_addr(&self) -> Option<SocketAddr> {
-        self.state.lock().await.running.as_ref().map(|r| r.local_addr)
+        self.state
+            .lock()
+            .await
+            .running
+            .as_ref()
+            .map(|r| r.local_addr)
     }
 
     async fn start_listener(&self, addr: SocketAddr) -> Result<Running, SolverError> {
@@ -158,7 +163,11 @@ impl Http01Solver {
     }
 }
 
-fn answer(tokens: &ChallengeTokens, req: &Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+fn answer(
+    tokens: &ChallengeTokens,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<Full<Bytes>> {
     let found = if req.method() == Method::GET || req.method() == Method::HEAD {
         tokens.for_path(req.uri().path())
     } else {
@@ -227,9 +236,11 @@ mod tests {
 
     async fn raw_get(addr: SocketAddr, path: &str) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut out = String::new();
         s.read_to_string(&mut out).await.unwrap();
         out

@@ -307,13 +307,17 @@ impl AcmeIssuer {
                             resource: serde_json::from_value(serde_json::json!({
                                 "status": "valid", "contact": record.contact
                             }))
-                            .map_err(|e| AcmeError::InvalidResponse {
-                                url: self.inner.ca.clone(),
-                                reason: e.to_string(),
+                            .map_err(|e| {
+                                AcmeError::InvalidResponse {
+                                    url: self.inner.ca.clone(),
+                                    reason: e.to_string(),
+                                }
                             })?,
                         });
                     }
-                    tracing::warn!("stored ACME account record is unreadable; looking the account up");
+                    tracing::warn!(
+                        "stored ACME account record is unreadable; looking the account up"
+                    );
                 }
                 Err(e) if e.is_not_found() => {}
                 Err(e) => return Err(e.into()),
@@ -329,7 +333,9 @@ impl AcmeIssuer {
             return Ok(account);
         }
         let key = Arc::new(AccountKey::generate(self.inner.account_key_type)?);
-        let account = client.new_account(key.clone(), &self.account_options()).await?;
+        let account = client
+            .new_account(key.clone(), &self.account_options())
+            .await?;
         // Key first: a record without its key is useless, a key without a record is recoverable.
         storage.store(&key_path, key.to_pem().as_bytes()).await?;
         self.store_account_record(&account).await?;
@@ -395,13 +401,14 @@ impl AcmeIssuer {
     ) -> Result<(), Error> {
         for authz_url in &order.resource.authorizations {
             let authz = client.get_authorization(account, authz_url).await?;
-            let identifier = authz
-                .identifier
-                .to_identifier()
-                .ok_or_else(|| AcmeError::InvalidResponse {
-                    url: authz_url.clone(),
-                    reason: format!("unusable identifier {:?}", authz.identifier.value),
-                })?;
+            let identifier =
+                authz
+                    .identifier
+                    .to_identifier()
+                    .ok_or_else(|| AcmeError::InvalidResponse {
+                        url: authz_url.clone(),
+                        reason: format!("unusable identifier {:?}", authz.identifier.value),
+                    })?;
             match authz.status {
                 AuthorizationStatus::Valid => continue,
                 AuthorizationStatus::Pending => {}
@@ -409,7 +416,11 @@ impl AcmeIssuer {
                     return Err(AcmeError::AuthorizationFailed {
                         identifier: identifier.to_string(),
                         challenge: None,
-                        problem: authz.challenges.iter().find_map(|c| c.error.clone()),
+                        problem: authz
+                            .challenges
+                            .iter()
+                            .find_map(|c| c.error.clone())
+                            .map(Box::new),
                     }
                     .into());
                 }
@@ -447,7 +458,9 @@ impl AcmeIssuer {
             p.solver.wait(&p.challenge).await?;
         }
         for p in presented {
-            let ch = client.respond_to_challenge(account, &p.challenge.url).await?;
+            let ch = client
+                .respond_to_challenge(account, &p.challenge.url)
+                .await?;
             if ch.status == ChallengeStatus::Invalid {
                 return Err(self.authz_failed(p, ch.error));
             }
@@ -470,7 +483,7 @@ impl AcmeIssuer {
         AcmeError::AuthorizationFailed {
             identifier: p.challenge.identifier.to_string(),
             challenge: Some(p.challenge.challenge_type.clone()),
-            problem,
+            problem: problem.map(Box::new),
         }
         .into()
     }
@@ -505,7 +518,7 @@ impl AcmeIssuer {
         if order.resource.status == OrderStatus::Invalid {
             return Err(AcmeError::OrderInvalid {
                 url: order.url,
-                problem: order.resource.error,
+                problem: order.resource.error.map(Box::new),
             }
             .into());
         }
@@ -513,12 +526,15 @@ impl AcmeIssuer {
         if order.resource.status != OrderStatus::Valid {
             order = client.poll_order(account, &order.url, false).await?;
         }
-        let Some(cert_url) = order.resource.certificate.clone().filter(|_| {
-            order.resource.status == OrderStatus::Valid
-        }) else {
+        let Some(cert_url) = order
+            .resource
+            .certificate
+            .clone()
+            .filter(|_| order.resource.status == OrderStatus::Valid)
+        else {
             return Err(AcmeError::OrderInvalid {
                 url: order.url,
-                problem: order.resource.error,
+                problem: order.resource.error.map(Box::new),
             }
             .into());
         };

@@ -111,6 +111,7 @@ pub fn issuer_key_from_url(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::storage::validate_key;
 

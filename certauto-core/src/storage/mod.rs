@@ -178,6 +178,7 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

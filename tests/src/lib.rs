@@ -1,0 +1,88 @@
+//! Test harness for CertAuto's end-to-end tests against a real [Pebble] ACME server.
+//!
+//! [`Pebble::builder`] starts, per test, a `pebble-challtestsrv` (the mock DNS server every
+//! name resolves through, answering 127.0.0.1) and a `pebble` configured with a freshly
+//! generated HTTPS certificate, everything on free 127.0.0.1 ports inside a temporary
+//! directory. Both processes are killed when the [`Pebble`] value is dropped.
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use certauto_tests::Pebble;
+//!
+//! let pebble = Pebble::builder().nonce_reject_percent(0).start().await;
+//! let directory = pebble.directory_url();        // https://127.0.0.1:<port>/dir
+//! let trust = pebble.https_ca_pem();             // trust this for Pebble's HTTPS
+//! let http01_port = pebble.http_port();          // listen here for HTTP-01
+//! let root = pebble.root_der(0).await;           // verify issued chains against this
+//! # let _ = (directory, trust, http01_port, root);
+//! # }
+//! ```
+//!
+//! The binaries come from the Debian package `pebble` (2.4); they are looked up on `PATH`
+//! and a missing binary is a test failure, never a skip.
+//!
+//! [Pebble]: https://github.com/letsencrypt/pebble
+
+mod dns;
+mod pebble;
+mod pki;
+mod util;
+
+use std::sync::{Arc, Once};
+
+use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::ServerCertVerifier;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+pub use pebble::{PEBBLE_EXAMPLE_EAB_KEYS, Pebble, PebbleBuilder, normalize_serial, serial_hex};
+
+/// Installs a `tracing` fmt subscriber that writes through the test harness's captured
+/// output. Safe to call from every test; only the first call does anything (and it is a
+/// no-op if another global subscriber is already set).
+///
+/// `RUST_LOG` selects what is shown (default `warn`), e.g.
+/// `RUST_LOG=certauto_core=debug,certauto_tests=info`.
+pub fn init_tracing() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+/// Verifies a certificate chain like a TLS client would: `chain_der[0]` is the leaf, the rest
+/// are intermediates (any order), `root_der` is the only trust anchor, `name` is the server
+/// name (DNS name or IP address literal), at the current time. Uses rustls's
+/// `WebPkiServerVerifier` with the ring provider.
+pub fn webpki_verify_chain(
+    chain_der: &[Vec<u8>],
+    root_der: &[u8],
+    name: &str,
+) -> Result<(), String> {
+    let (leaf, intermediates) = chain_der
+        .split_first()
+        .ok_or_else(|| "empty certificate chain".to_owned())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root_der.to_vec()))
+        .map_err(|e| format!("root certificate rejected: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| format!("building the verifier failed: {e}"))?;
+    let server_name = ServerName::try_from(name.to_owned())
+        .map_err(|e| format!("invalid server name {name:?}: {e}"))?;
+    let leaf = CertificateDer::from(leaf.clone());
+    let intermediates: Vec<CertificateDer<'static>> = intermediates
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    verifier
+        .verify_server_cert(&leaf, &intermediates, &server_name, &[], UnixTime::now())
+        .map(|_| ())
+        .map_err(|e| format!("chain does not verify for {name:?}: {e}"))
+}
