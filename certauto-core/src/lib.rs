@@ -63,3 +63,8 @@ pub use issuer::{
 };
 pub use keys::{CertificateKey, KeyType};
 pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
