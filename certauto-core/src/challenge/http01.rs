@@ -144,7 +144,7 @@ impl Http01Solver {
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req| {
                         let tokens = tokens.clone();
-                        async move { Ok::<_, Infallible>(answer(&tokens, &req, peer)) }
+                        async move { Ok::<_, Infallible>(answer(&tokens, &req, peer).await) }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
@@ -163,15 +163,16 @@ impl Http01Solver {
     }
 }
 
-fn answer(
+async fn answer(
     tokens: &ChallengeTokens,
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let found = if req.method() == Method::GET || req.method() == Method::HEAD {
-        tokens.for_path(req.uri().path())
-    } else {
-        None
+    let token = ChallengeTokens::token_from_path(req.uri().path())
+        .filter(|_| req.method() == Method::GET || req.method() == Method::HEAD);
+    let found = match token {
+        Some(token) => tokens.get(token).await,
+        None => None,
     };
     let response = match found {
         Some(key_authorization) => {
@@ -207,13 +208,20 @@ impl Solver for Http01Solver {
             state.running = Some(self.start_listener(addr).await?);
         }
         state.active += 1;
-        self.tokens
-            .insert(&challenge.token, &challenge.key_authorization);
+        drop(state);
+        if let Err(e) = self
+            .tokens
+            .present(&challenge.token, &challenge.key_authorization)
+            .await
+        {
+            self.cleanup(challenge).await?;
+            return Err(e);
+        }
         Ok(())
     }
 
     async fn cleanup(&self, challenge: &Challenge) -> Result<(), SolverError> {
-        self.tokens.remove(&challenge.token);
+        self.tokens.remove(&challenge.token).await;
         let mut state = self.state.lock().await;
         state.active = state.active.saturating_sub(1);
         if state.active == 0

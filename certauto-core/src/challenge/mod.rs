@@ -16,6 +16,7 @@ use crate::acme::jws::b64;
 use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
 use crate::identifier::Identifier;
+use crate::storage::Storage;
 
 mod http01;
 
@@ -99,56 +100,108 @@ pub trait Solver: Send + Sync + Debug {
     async fn cleanup(&self, challenge: &Challenge) -> Result<(), SolverError>;
 }
 
-/// HTTP-01 key authorizations by token, shared between solvers and HTTP handlers
-/// (such as certauto-tower's `AcmeLayer`) that answer challenges.
+/// HTTP-01 key authorizations by token, shared between solvers and the HTTP
+/// handlers that answer challenges (such as certauto-tower's `AcmeLayer`).
+///
+/// With [`with_storage`](Self::with_storage), presented tokens are also
+/// written to the shared [`Storage`], so any instance of a cluster answers a
+/// challenge another instance presented (the CA may reach either one).
 #[derive(Debug, Clone, Default)]
 pub struct ChallengeTokens {
-    inner: Arc<RwLock<HashMap<String, String>>>,
+    local: Arc<RwLock<HashMap<String, String>>>,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+/// The storage key of a presented HTTP-01 token.
+fn token_key(token: &str) -> String {
+    format!("acme/challenge_tokens/{token}")
+}
+
+/// Whether `token` is a well-formed ACME token (base64url characters).
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 256
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl ChallengeTokens {
-    /// An empty set.
+    /// An empty, process-local set.
     pub fn new() -> Self {
         Self::default()
     }
 
-    /// Records the key authorization for `token`.
-    pub fn insert(&self, token: &str, key_authorization: &str) {
-        self.inner
+    /// Also keeps tokens in `storage`, shared by the cluster.
+    pub fn with_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Records the key authorization for `token` (locally, and in storage if configured).
+    pub async fn present(&self, token: &str, key_authorization: &str) -> Result<(), SolverError> {
+        if !is_token(token) {
+            return Err(SolverError::Failed(format!("malformed token {token:?}")));
+        }
+        self.local
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(token.to_owned(), key_authorization.to_owned());
+        if let Some(storage) = &self.storage {
+            storage
+                .store(&token_key(token), key_authorization.as_bytes())
+                .await
+                .map_err(|e| SolverError::Failed(format!("storing the token: {e}")))?;
+        }
+        Ok(())
     }
 
     /// Forgets `token`.
-    pub fn remove(&self, token: &str) {
-        self.inner
+    pub async fn remove(&self, token: &str) {
+        self.local
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(token);
+        if let Some(storage) = &self.storage
+            && is_token(token)
+            && let Err(e) = storage.delete(&token_key(token)).await
+            && !e.is_not_found()
+        {
+            tracing::warn!(error = %e, "could not remove a challenge token from storage");
+        }
     }
 
-    /// The key authorization for `token`, if presented.
-    pub fn get(&self, token: &str) -> Option<String> {
-        self.inner
+    /// The key authorization for `token` if this process presented it.
+    pub fn get_local(&self, token: &str) -> Option<String> {
+        self.local
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(token)
             .cloned()
     }
 
-    /// The key authorization for an HTTP-01 request path, if it is a challenge path
-    /// for a presented token.
-    pub fn for_path(&self, path: &str) -> Option<String> {
-        let token = path.strip_prefix(HTTP01_PATH_PREFIX)?;
-        if token.is_empty()
-            || !token
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+    /// The key authorization for `token`, from this process or from storage.
+    pub async fn get(&self, token: &str) -> Option<String> {
+        if let Some(found) = self.get_local(token) {
+            return Some(found);
+        }
+        let storage = self.storage.as_ref()?;
+        if !is_token(token) {
             return None;
         }
-        self.get(token)
+        let bytes = storage.load(&token_key(token)).await.ok()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    /// Whether tokens are shared through storage.
+    pub fn is_shared(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// The token of an HTTP-01 request path, if it is one.
+    pub fn token_from_path(path: &str) -> Option<&str> {
+        path.strip_prefix(HTTP01_PATH_PREFIX)
+            .filter(|t| is_token(t))
     }
 }
 
@@ -175,18 +228,32 @@ mod tests {
         );
     }
 
-    #[test]
-    fn tokens_by_path() {
-        let t = ChallengeTokens::new();
-        t.insert("abc-_1", "abc-_1.x");
+    #[tokio::test]
+    async fn tokens_by_path_locally_and_through_storage() {
         assert_eq!(
-            t.for_path("/.well-known/acme-challenge/abc-_1").as_deref(),
-            Some("abc-_1.x")
+            ChallengeTokens::token_from_path("/.well-known/acme-challenge/abc-_1"),
+            Some("abc-_1")
         );
-        assert_eq!(t.for_path("/.well-known/acme-challenge/"), None);
-        assert_eq!(t.for_path("/.well-known/acme-challenge/../x"), None);
-        assert_eq!(t.for_path("/other"), None);
-        t.remove("abc-_1");
-        assert_eq!(t.get("abc-_1"), None);
+        assert_eq!(
+            ChallengeTokens::token_from_path("/.well-known/acme-challenge/"),
+            None
+        );
+        assert_eq!(
+            ChallengeTokens::token_from_path("/.well-known/acme-challenge/../x"),
+            None
+        );
+        assert_eq!(ChallengeTokens::token_from_path("/other"), None);
+
+        let storage: Arc<dyn Storage> = Arc::new(crate::MemoryStorage::new());
+        let a = ChallengeTokens::new().with_storage(storage.clone());
+        let b = ChallengeTokens::new().with_storage(storage);
+        a.present("abc-_1", "abc-_1.x").await.unwrap();
+        assert_eq!(a.get_local("abc-_1").as_deref(), Some("abc-_1.x"));
+        assert_eq!(b.get_local("abc-_1"), None);
+        assert_eq!(b.get("abc-_1").await.as_deref(), Some("abc-_1.x"));
+        assert!(a.present("../x", "k").await.is_err());
+        a.remove("abc-_1").await;
+        assert_eq!(b.get("abc-_1").await, None);
+        assert_eq!(ChallengeTokens::new().get("nope").await, None);
     }
 }
