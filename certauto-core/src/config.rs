@@ -10,13 +10,16 @@ use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex};
 
 use crate::acme::types::RevocationReason;
+use crate::cache::CertCache;
 use crate::certificate::Certificate;
+use crate::challenge::TlsAlpnChallenges;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{CertificateError, ConfigError, Error};
 use crate::events::{Event, EventHandler};
 use crate::identifier::Identifier;
-use crate::issuer::{IssueRequest, Issuer};
+use crate::issuer::{IssueRequest, Issuer, LocalCa, is_local_name};
 use crate::keys::{CertificateKey, KeyType};
+use crate::resolver::CertResolver;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
 
 /// The default renewal window: renew when less than a third of the lifetime remains.
@@ -30,6 +33,11 @@ pub struct ConfigBuilder {
     renewal_ratio: f64,
     handlers: Vec<EventHandler>,
     clock: Arc<dyn Clock>,
+    cache: Option<CertCache>,
+    tls_alpn: TlsAlpnChallenges,
+    local_names_use_local_ca: bool,
+    local_ca_lifetime: Option<std::time::Duration>,
+    default_name: Option<String>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -91,6 +99,40 @@ impl ConfigBuilder {
         self
     }
 
+    /// The certificate cache (default: a new one with the default capacity).
+    pub fn cache(mut self, cache: CertCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The TLS-ALPN-01 challenge certificates the resolver serves; give the
+    /// same set to a [`TlsAlpn01Solver::inline`](crate::challenge::TlsAlpn01Solver::inline)
+    /// to answer TLS-ALPN-01 on the application's own TLS port.
+    pub fn tls_alpn_challenges(mut self, challenges: TlsAlpnChallenges) -> Self {
+        self.tls_alpn = challenges;
+        self
+    }
+
+    /// Sends local names (`localhost`, IP addresses, `.internal`, `.localhost`,
+    /// `.test`) to the configured issuers too, instead of the local CA.
+    pub fn public_ca_for_local_names(mut self) -> Self {
+        self.local_names_use_local_ca = false;
+        self
+    }
+
+    /// The lifetime of local CA leaves (default 7 days).
+    pub fn local_ca_leaf_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.local_ca_lifetime = Some(lifetime);
+        self
+    }
+
+    /// The name whose certificate is served to clients that send no SNI
+    /// (default: the first managed name).
+    pub fn default_server_name(mut self, name: impl Into<String>) -> Self {
+        self.default_name = Some(name.into());
+        self
+    }
+
     /// Builds the config.
     pub fn build(self) -> Config {
         let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -100,6 +142,13 @@ impl ConfigBuilder {
                 Arc::new(MemoryStorage::new())
             }
         });
+        let mut local_ca = LocalCa::new(storage.clone());
+        if let Some(lifetime) = self.local_ca_lifetime {
+            local_ca = local_ca.leaf_lifetime(lifetime);
+        }
+        let cache = self.cache.unwrap_or_default();
+        let resolver = CertResolver::new(cache.clone(), self.tls_alpn.clone());
+        resolver.set_default_name(self.default_name.clone());
         Config {
             inner: Arc::new(Inner {
                 storage,
@@ -109,6 +158,12 @@ impl ConfigBuilder {
                 handlers: self.handlers,
                 clock: self.clock,
                 name_locks: StdMutex::new(HashMap::new()),
+                local_ca: Arc::new(local_ca),
+                local_names_use_local_ca: self.local_names_use_local_ca,
+                cache,
+                resolver: Arc::new(resolver),
+                default_name_set: self.default_name.is_some(),
+                managed: StdMutex::new(Vec::new()),
             }),
         }
     }
@@ -147,6 +202,12 @@ struct Inner {
     handlers: Vec<EventHandler>,
     clock: Arc<dyn Clock>,
     name_locks: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    local_ca: Arc<LocalCa>,
+    local_names_use_local_ca: bool,
+    cache: CertCache,
+    resolver: Arc<CertResolver>,
+    default_name_set: bool,
+    managed: StdMutex<Vec<Vec<Identifier>>>,
 }
 
 impl fmt::Debug for Config {
@@ -185,6 +246,11 @@ impl Config {
             renewal_ratio: DEFAULT_RENEWAL_RATIO,
             handlers: Vec::new(),
             clock: Arc::new(SystemClock),
+            cache: None,
+            tls_alpn: TlsAlpnChallenges::new(),
+            local_names_use_local_ca: true,
+            local_ca_lifetime: None,
+            default_name: None,
         }
     }
 
@@ -206,6 +272,174 @@ impl Config {
     /// The renewal window ratio.
     pub fn renewal_ratio(&self) -> f64 {
         self.inner.renewal_ratio
+    }
+
+    /// The certificate cache.
+    pub fn cache(&self) -> &CertCache {
+        &self.inner.cache
+    }
+
+    /// The resolver serving the cache in TLS handshakes.
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.inner.resolver.clone()
+    }
+
+    /// The local CA (used for local names and when no issuer is configured).
+    pub fn local_ca(&self) -> &LocalCa {
+        &self.inner.local_ca
+    }
+
+    /// A rustls server config (ring provider, TLS 1.2 and 1.3) resolving
+    /// through [`resolver`](Self::resolver), with ALPN `h2`, `http/1.1` and
+    /// `acme-tls/1` (so TLS-ALPN-01 is answered on this port).
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        let mut config = self.server_config_without_alpn();
+        config.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::challenge::tls_alpn01::ACME_TLS_ALPN.to_vec(),
+        ];
+        config
+    }
+
+    /// Like [`server_config`](Self::server_config) with only `acme-tls/1` in
+    /// ALPN, for servers that add their own protocols (actix-web prepends
+    /// `h2` and `http/1.1`).
+    pub fn server_config_without_alpn(&self) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
+            .with_safe_default_protocol_versions()
+            // The ring provider supports the default versions; this cannot fail.
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"))
+            .with_no_client_auth()
+            .with_cert_resolver(self.inner.resolver.clone());
+        config.alpn_protocols = vec![crate::challenge::tls_alpn01::ACME_TLS_ALPN.to_vec()];
+        config
+    }
+
+    /// Names under management (each list is one certificate, primary first).
+    pub fn managed(&self) -> Vec<Vec<Identifier>> {
+        self.inner
+            .managed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record_managed(&self, ids: &[Identifier]) {
+        let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        if !managed.iter().any(|m| m.first() == ids.first()) {
+            managed.push(ids.to_vec());
+        }
+        if !self.inner.default_name_set && managed.len() == 1 {
+            self.inner
+                .resolver
+                .set_default_name(Some(ids[0].as_str().into_owned()));
+        }
+    }
+
+    /// Manages one certificate per name: loads what storage holds into the
+    /// cache (`cached_managed_cert`), obtains what is missing or due, and
+    /// records the names for maintenance. Returns when every name has a
+    /// certificate, or with the first error.
+    pub async fn manage<I, S>(&self, names: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<Identifier> = names
+            .into_iter()
+            .map(|n| Identifier::parse(n.as_ref()))
+            .collect::<Result<_, _>>()?;
+        for id in &names {
+            self.usable_issuers(std::slice::from_ref(id))?;
+        }
+        for id in names {
+            self.manage_one(vec![id]).await?;
+        }
+        Ok(())
+    }
+
+    /// Like [`manage`](Self::manage), but returns at once: certificates
+    /// already in storage are loaded first, the rest are obtained in the
+    /// background (so an HTTP-01 or TLS-ALPN-01 challenge can be answered by
+    /// the application's own listeners, started after this call). Failures are
+    /// reported through `cert_failed` events and logs.
+    pub async fn manage_in_background<I, S>(&self, names: I) -> Result<(), Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<Identifier> = names
+            .into_iter()
+            .map(|n| Identifier::parse(n.as_ref()))
+            .collect::<Result<_, _>>()?;
+        for id in &names {
+            self.usable_issuers(std::slice::from_ref(id))?;
+        }
+        for id in names {
+            let ids = vec![id];
+            self.record_managed(&ids);
+            if self.load_into_cache(&ids).await?.is_some() {
+                continue;
+            }
+            let config = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = config.manage_one(ids).await {
+                    tracing::warn!(error = %e, "background obtain failed");
+                }
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads a stored, not-due certificate for `ids` into the cache.
+    async fn load_into_cache(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
+        let Some(cert) = self.load_ids(ids).await? else {
+            return Ok(None);
+        };
+        if cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio) {
+            return Ok(None);
+        }
+        if self.ensure_cached(&cert)? {
+            self.emit(&Event::CachedManagedCert {
+                names: cert
+                    .names()
+                    .iter()
+                    .map(|n| n.as_str().into_owned())
+                    .collect(),
+                serial: cert.serial_hex(),
+            });
+        }
+        Ok(Some(cert))
+    }
+
+    /// Puts `cert` in the cache unless it is already what serves its primary
+    /// name. Returns whether it was inserted.
+    fn ensure_cached(&self, cert: &Certificate) -> Result<bool, Error> {
+        let Some(primary) = cert.names().first() else {
+            return Ok(false);
+        };
+        let serial = cert.serial_hex();
+        if self
+            .inner
+            .cache
+            .get(&primary.as_str())
+            .is_some_and(|c| c.serial() == serial)
+        {
+            return Ok(false);
+        }
+        self.inner.cache.insert(cert, true)?;
+        Ok(true)
+    }
+
+    async fn manage_one(&self, ids: Vec<Identifier>) -> Result<(), Error> {
+        self.record_managed(&ids);
+        if self.load_into_cache(&ids).await?.is_some() {
+            return Ok(());
+        }
+        self.obtain(ids.iter().map(|i| i.as_str().into_owned()))
+            .await?;
+        Ok(())
     }
 
     /// Sends an event to every handler.
@@ -240,13 +474,25 @@ impl Config {
         })
     }
 
+    /// The issuers for `ids`: the local CA when no issuer is configured or
+    /// (unless turned off) when every name is local; else the configured ones.
+    fn candidate_issuers(&self, ids: &[Identifier]) -> Vec<Arc<dyn Issuer>> {
+        let local = self.inner.local_names_use_local_ca && ids.iter().all(is_local_name);
+        if self.inner.issuers.is_empty() || local {
+            vec![self.inner.local_ca.clone() as Arc<dyn Issuer>]
+        } else {
+            self.inner.issuers.clone()
+        }
+    }
+
     fn usable_issuers(&self, ids: &[Identifier]) -> Result<Vec<Arc<dyn Issuer>>, Error> {
-        if self.inner.issuers.is_empty() {
+        let candidates = self.candidate_issuers(ids);
+        if candidates.is_empty() {
             return Err(ConfigError::NoIssuers.into());
         }
         let mut first_err = None;
         let mut usable = Vec::new();
-        for issuer in &self.inner.issuers {
+        for issuer in &candidates {
             match issuer.precheck(ids) {
                 Ok(()) => usable.push(issuer.clone()),
                 Err(e) => {
@@ -272,7 +518,7 @@ impl Config {
     }
 
     async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
-        for issuer in &self.inner.issuers {
+        for issuer in &self.candidate_issuers(ids) {
             let issuer_key = issuer.issuer_key();
             match self.load_from(&issuer_key, &ids[0]).await {
                 Ok(Some(cert)) if ids.iter().all(|id| cert.covers(id)) => return Ok(Some(cert)),
@@ -351,6 +597,7 @@ impl Config {
                 && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
             {
                 tracing::debug!(names = ?ids, serial = %cert.serial_hex(), "certificate already in storage");
+                self.ensure_cached(&cert)?;
                 return Ok(cert);
             }
             self.issue(&ids, &issuers, false, None).await
@@ -389,6 +636,8 @@ impl Config {
                 && !force
                 && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
             {
+                // Not due, or another instance renewed it meanwhile: serve what storage has.
+                self.ensure_cached(cert)?;
                 return Ok(cert.clone());
             }
             let replaces = existing.as_ref().and_then(Certificate::ari_cert_id);
@@ -471,6 +720,8 @@ impl Config {
             };
             let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
             self.store(&cert, &ids[0]).await?;
+            // Stored first, then swapped in: the old certificate serves until now.
+            self.inner.cache.insert(&cert, true)?;
             return Ok(cert);
         }
         if errors.len() == 1 {
@@ -492,12 +743,13 @@ impl Config {
         let id = Identifier::parse(name)?;
         let guard = self.lock_name(&id).await?;
         let result = async {
-            for issuer in &self.inner.issuers {
+            for issuer in &self.candidate_issuers(std::slice::from_ref(&id)) {
                 let issuer_key = issuer.issuer_key();
                 let Some(cert) = self.load_from(&issuer_key, &id).await? else {
                     continue;
                 };
                 issuer.revoke(&cert, reason).await?;
+                self.inner.cache.remove(id.as_str().as_ref());
                 let storage = &self.inner.storage;
                 for key in [
                     keys::cert_chain(&issuer_key, &id),

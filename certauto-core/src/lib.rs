@@ -35,6 +35,7 @@
 //! post-quantum hybrid key exchange.
 
 pub mod acme;
+mod cache;
 mod certificate;
 pub mod challenge;
 mod clock;
@@ -44,14 +45,18 @@ mod events;
 mod identifier;
 pub mod issuer;
 mod keys;
+mod resolver;
 pub mod storage;
 
 pub use acme::{
     AccountKey, AccountKeyType, AcmeClient, ChainPreference, ExternalAccountKey, Problem,
     ProblemType, RevocationReason, crypto_provider, parse_pem_roots,
 };
+pub use cache::{CachedCert, CertCache, DEFAULT_CACHE_CAPACITY};
 pub use certificate::{Certificate, CertificateMetadata};
-pub use challenge::{Challenge, ChallengeTokens, Http01Solver, Solver};
+pub use challenge::{
+    Challenge, ChallengeTokens, Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
 pub use error::{AcmeError, CertificateError, ConfigError, Error, KeyError, SolverError};
@@ -59,10 +64,35 @@ pub use events::{Event, EventHandler};
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
     AcmeIssuer, AcmeIssuerBuilder, IssueRequest, IssuedCertificate, Issuer,
-    LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING,
+    LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LocalCa,
 };
 pub use keys::{CertificateKey, KeyType};
+pub use resolver::{CertResolver, UnknownNameHook};
 pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};
+
+/// Manages certificates for `domains` with the default [`Config`] and returns
+/// a rustls server config that serves them.
+///
+/// The default config keeps everything in [`FileStorage`] at the OS default
+/// folder and, with no ACME issuer configured, issues from the [`LocalCa`]
+/// (so this works offline). For a public CA, build a [`Config`] with an
+/// [`AcmeIssuer`] and call [`Config::manage`] and [`Config::server_config`].
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), certauto_core::Error> {
+/// let tls = certauto_core::manage(["localhost"]).await?;
+/// # let _ = tls;
+/// # Ok(()) }
+/// ```
+pub async fn manage<I, S>(domains: I) -> Result<rustls::ServerConfig, Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let config = Config::builder().build();
+    config.manage(domains).await?;
+    Ok(config.server_config())
+}
 
 /// The README's examples, compiled as doc tests.
 #[cfg(doctest)]

@@ -51,7 +51,10 @@ async fn fault_injector(route: fn(&str, SocketAddr) -> Fault) -> SocketAddr {
                 let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                 match route(&path, addr) {
                     Fault::Fixed(status, headers, body) => {
-                        let mut out = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n", body.len());
+                        let mut out = format!(
+                            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+                            body.len()
+                        );
                         for (k, v) in headers {
                             out.push_str(&format!("{k}: {v}\r\n"));
                         }
@@ -102,10 +105,7 @@ async fn client_for(addr: SocketAddr) -> Result<AcmeClient, Error> {
 
 #[tokio::test]
 async fn oversized_directory_is_refused() {
-    let addr = fault_injector(|_, _| {
-        Fault::Fixed("200 OK", vec![], vec![b' '; 2 << 20])
-    })
-    .await;
+    let addr = fault_injector(|_, _| Fault::Fixed("200 OK", vec![], vec![b' '; 2 << 20])).await;
     let err = client_for(addr).await.unwrap_err();
     assert!(
         matches!(err, Error::Acme(AcmeError::BodyTooLarge { limit, .. }) if limit == 1 << 20),
@@ -125,10 +125,8 @@ async fn endless_chunked_body_is_cut_at_the_bound() {
 
 #[tokio::test]
 async fn malformed_directory_is_a_typed_error() {
-    let addr = fault_injector(|_, _| {
-        Fault::Fixed("200 OK", vec![], b"{\"newNonce\": 42".to_vec())
-    })
-    .await;
+    let addr =
+        fault_injector(|_, _| Fault::Fixed("200 OK", vec![], b"{\"newNonce\": 42".to_vec())).await;
     let err = client_for(addr).await.unwrap_err();
     assert!(
         matches!(err, Error::Acme(AcmeError::InvalidResponse { .. })),
@@ -171,7 +169,13 @@ async fn missing_nonce_and_location_are_typed_errors() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AcmeError::MissingHeader { header: "Replay-Nonce", .. }),
+        matches!(
+            err,
+            AcmeError::MissingHeader {
+                header: "Replay-Nonce",
+                ..
+            }
+        ),
         "{err}"
     );
 
@@ -197,7 +201,13 @@ async fn missing_nonce_and_location_are_typed_errors() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, AcmeError::MissingHeader { header: "Location", .. }),
+        matches!(
+            err,
+            AcmeError::MissingHeader {
+                header: "Location",
+                ..
+            }
+        ),
         "{err}"
     );
 }

@@ -19,8 +19,10 @@ use crate::identifier::Identifier;
 use crate::storage::Storage;
 
 mod http01;
+pub mod tls_alpn01;
 
 pub use http01::Http01Solver;
+pub use tls_alpn01::{TlsAlpn01Solver, TlsAlpnChallenges};
 
 /// The path prefix of HTTP-01 challenges (RFC 8555 §8.3).
 pub const HTTP01_PATH_PREFIX: &str = "/.well-known/acme-challenge/";

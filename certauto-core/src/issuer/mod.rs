@@ -14,8 +14,10 @@ use crate::error::Error;
 use crate::identifier::Identifier;
 
 mod acme;
+mod local;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
+pub use local::{DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, is_local_name};
 
 /// What to issue.
 #[derive(Debug, Clone)]

@@ -690,6 +690,10 @@ impl FileStorage {
 
 #[async_trait]
 impl Storage for FileStorage {
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.key_path(key).ok()
+    }
+
     async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         let path = self.key_path(key)?;
         let value = value.to_vec();

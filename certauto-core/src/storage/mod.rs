@@ -144,6 +144,12 @@ pub trait Storage: Send + Sync + Debug {
     async fn lock(&self, name: &str) -> Result<(), StorageError>;
     /// Releases the lock `name`, acquired by this client.
     async fn unlock(&self, name: &str) -> Result<(), StorageError>;
+
+    /// Where `key` lives on the local file system, for backends that keep
+    /// files (used to tell people where to find, e.g., the local CA's root).
+    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
+        None
+    }
 }
 
 /// Checks that a key is a relative `/`-separated path of ordinary components.

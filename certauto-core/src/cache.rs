@@ -1,0 +1,470 @@
+//! [`CertCache`]: certificates ready for TLS handshakes, indexed by name.
+//!
+//! Lookups are exact match first, then a one-label wildcard (`a.example.com`
+//! is served by `*.example.com`, `a.b.example.com` is not); names are
+//! case-insensitive. The handshake path takes one uncontended read lock and
+//! allocates nothing for lower-case SNI (rustls lower-cases it).
+//!
+//! The cache holds at most [`capacity`](CertCache::with_capacity) certificates
+//! (default 100,000). Eviction rule: when a new certificate would exceed the
+//! capacity, the cached certificate that expires first is evicted, unmanaged
+//! (on-demand) certificates before managed ones.
+//!
+//! ```
+//! use certauto_core::CertCache;
+//! let cache = CertCache::new();
+//! assert!(cache.get("example.com").is_none());
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::sync::watch;
+
+use crate::acme::http::crypto_provider;
+use crate::certificate::Certificate;
+use crate::error::CertificateError;
+use crate::identifier::Identifier;
+
+/// The default capacity of a [`CertCache`].
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+
+/// A certificate in the cache: what the handshake needs, and the facts maintenance needs.
+pub struct CachedCert {
+    certified_key: Arc<CertifiedKey>,
+    names: Vec<Identifier>,
+    not_before: SystemTime,
+    not_after: SystemTime,
+    serial: String,
+    issuer_key: String,
+    ari_cert_id: Option<String>,
+    ocsp_urls: Vec<String>,
+    managed: bool,
+}
+
+impl fmt::Debug for CachedCert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedCert")
+            .field("names", &self.names)
+            .field("serial", &self.serial)
+            .field("not_after", &self.not_after)
+            .field("managed", &self.managed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CachedCert {
+    /// Builds the rustls key (ring provider) from a certificate.
+    pub fn new(cert: &Certificate, managed: bool) -> Result<Self, CertificateError> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            crate::keys::CertificateKey::from_pem(cert.key_pem())
+                .map_err(|_| CertificateError::KeyMismatch)?
+                .to_pkcs8_der(),
+        ));
+        let certified_key = CertifiedKey::from_der(cert.chain().to_vec(), key, &crypto_provider())
+            .map_err(|e| CertificateError::Parse(e.to_string()))?;
+        Ok(Self {
+            certified_key: Arc::new(certified_key),
+            names: cert.names().to_vec(),
+            not_before: cert.not_before(),
+            not_after: cert.not_after(),
+            serial: cert.serial_hex(),
+            issuer_key: cert.issuer_key().to_owned(),
+            ari_cert_id: cert.ari_cert_id(),
+            ocsp_urls: cert.ocsp_urls().to_vec(),
+            managed,
+        })
+    }
+
+    /// The rustls certified key served in handshakes.
+    pub fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified_key
+    }
+
+    /// The names covered.
+    pub fn names(&self) -> &[Identifier] {
+        &self.names
+    }
+
+    /// Start of validity.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
+    }
+
+    /// End of validity.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    /// Serial number (hex).
+    pub fn serial(&self) -> &str {
+        &self.serial
+    }
+
+    /// The issuer it came from.
+    pub fn issuer_key(&self) -> &str {
+        &self.issuer_key
+    }
+
+    /// The ARI CertID, if the certificate has an AKI.
+    pub fn ari_cert_id(&self) -> Option<&str> {
+        self.ari_cert_id.as_deref()
+    }
+
+    /// OCSP responder URLs.
+    pub fn ocsp_urls(&self) -> &[String] {
+        &self.ocsp_urls
+    }
+
+    /// Whether the certificate is managed (renewed by maintenance) rather than on-demand.
+    pub fn is_managed(&self) -> bool {
+        self.managed
+    }
+
+    /// A copy with `staple` as the OCSP response served in handshakes.
+    pub fn with_ocsp(&self, staple: Option<Vec<u8>>) -> Self {
+        let mut ck = (*self.certified_key).clone();
+        ck.ocsp = staple;
+        Self {
+            certified_key: Arc::new(ck),
+            names: self.names.clone(),
+            serial: self.serial.clone(),
+            issuer_key: self.issuer_key.clone(),
+            ari_cert_id: self.ari_cert_id.clone(),
+            ocsp_urls: self.ocsp_urls.clone(),
+            ..*self
+        }
+    }
+}
+
+type EntryId = usize;
+
+fn id_of(e: &Arc<CachedCert>) -> EntryId {
+    Arc::as_ptr(e) as EntryId
+}
+
+#[derive(Default)]
+struct Index {
+    /// Exact names (wildcards excluded).
+    exact: HashMap<String, Arc<CachedCert>>,
+    /// Wildcards, keyed by the name below the `*` (`example.com` for `*.example.com`).
+    wildcard: HashMap<String, Arc<CachedCert>>,
+    /// Every entry still serving a name, with how many names it serves.
+    live: HashMap<EntryId, (Arc<CachedCert>, usize)>,
+    /// Eviction order: unmanaged first, then earliest expiry.
+    order: BTreeSet<(bool, SystemTime, EntryId)>,
+}
+
+impl Index {
+    fn slot(&mut self, id: &Identifier) -> (&mut HashMap<String, Arc<CachedCert>>, String) {
+        let name = id.as_str();
+        match name.strip_prefix("*.") {
+            Some(base) => (&mut self.wildcard, base.to_owned()),
+            None => (&mut self.exact, name.into_owned()),
+        }
+    }
+
+    fn put(&mut self, id: &Identifier, entry: &Arc<CachedCert>) {
+        let (map, key) = self.slot(id);
+        let old = map.insert(key, entry.clone());
+        self.retain(entry);
+        if let Some(old) = old {
+            self.release(&old);
+        }
+    }
+
+    fn retain(&mut self, e: &Arc<CachedCert>) {
+        let id = id_of(e);
+        match self.live.get_mut(&id) {
+            Some((_, slots)) => *slots += 1,
+            None => {
+                self.live.insert(id, (e.clone(), 1));
+                self.order.insert((e.managed, e.not_after, id));
+            }
+        }
+    }
+
+    fn release(&mut self, e: &Arc<CachedCert>) {
+        let id = id_of(e);
+        if let Some((_, slots)) = self.live.get_mut(&id) {
+            *slots -= 1;
+            if *slots == 0 {
+                self.live.remove(&id);
+                self.order.remove(&(e.managed, e.not_after, id));
+            }
+        }
+    }
+
+    fn remove_entry(&mut self, entry: &Arc<CachedCert>) {
+        for id in &entry.names {
+            let (map, key) = self.slot(id);
+            if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
+                map.remove(&key);
+                self.release(entry);
+            }
+        }
+    }
+}
+
+/// In-memory certificates for TLS handshakes. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct CertCache {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    index: RwLock<Index>,
+    count: std::sync::atomic::AtomicUsize,
+    capacity: usize,
+    stop: watch::Sender<bool>,
+}
+
+impl fmt::Debug for CertCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertCache")
+            .field("len", &self.len())
+            .field("capacity", &self.inner.capacity)
+            .finish()
+    }
+}
+
+impl Default for CertCache {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CertCache {
+    /// An empty cache with the default capacity.
+    pub fn new() -> Self {
+        Self::with_capacity(DEFAULT_CACHE_CAPACITY)
+    }
+
+    /// An empty cache holding at most `capacity` certificates (at least 1).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                index: RwLock::new(Index::default()),
+                count: std::sync::atomic::AtomicUsize::new(0),
+                capacity: capacity.max(1),
+                stop: watch::channel(false).0,
+            }),
+        }
+    }
+
+    /// Adds a certificate (replacing, for each of its names, what served that name).
+    pub fn insert(
+        &self,
+        cert: &Certificate,
+        managed: bool,
+    ) -> Result<Arc<CachedCert>, CertificateError> {
+        let entry = Arc::new(CachedCert::new(cert, managed)?);
+        self.insert_entry(entry.clone());
+        Ok(entry)
+    }
+
+    /// Adds a prepared entry.
+    pub fn insert_entry(&self, entry: Arc<CachedCert>) {
+        let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+        // Each name now points at the new entry; an old entry serving no name is dropped.
+        for id in &entry.names {
+            index.put(id, &entry);
+        }
+        while index.live.len() > self.inner.capacity {
+            let new_id = id_of(&entry);
+            let victim = index
+                .order
+                .iter()
+                .find(|(_, _, id)| *id != new_id)
+                .and_then(|(_, _, id)| index.live.get(id))
+                .map(|(e, _)| e.clone());
+            let Some(victim) = victim else { break };
+            tracing::debug!(names = ?victim.names, "cache full: evicting the certificate that expires first");
+            index.remove_entry(&victim);
+        }
+        self.inner
+            .count
+            .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The entry serving `name`: exact match, then a one-label wildcard.
+    pub fn get(&self, name: &str) -> Option<Arc<CachedCert>> {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        lookup(&index, name)
+    }
+
+    /// The certified key for an SNI value: the handshake path.
+    pub fn certified_key(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+        lookup(&index, sni).map(|e| e.certified_key.clone())
+    }
+
+    /// Removes every entry covering `name` exactly.
+    pub fn remove(&self, name: &str) -> Option<Arc<CachedCert>> {
+        let id = Identifier::parse(name).ok()?;
+        let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+        let (map, key) = index.slot(&id);
+        let entry = map.get(&key).cloned()?;
+        index.remove_entry(&entry);
+        self.inner
+            .count
+            .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+        Some(entry)
+    }
+
+    /// Every distinct cached certificate.
+    pub fn entries(&self) -> Vec<Arc<CachedCert>> {
+        self.inner
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .live
+            .values()
+            .map(|(e, _)| e.clone())
+            .collect()
+    }
+
+    /// The number of distinct certificates.
+    pub fn len(&self) -> usize {
+        self.inner.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the cache is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The capacity.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity
+    }
+
+    /// Signals background maintenance to stop.
+    pub fn stop(&self) {
+        self.inner.stop.send_replace(true);
+    }
+
+    /// Whether [`stop`](Self::stop) was called.
+    pub fn is_stopped(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
+    /// A receiver that changes to `true` when [`stop`](Self::stop) is called.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.inner.stop.subscribe()
+    }
+}
+
+fn lookup(index: &Index, name: &str) -> Option<Arc<CachedCert>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return lookup(index, &name.to_ascii_lowercase());
+    }
+    if let Some(e) = index.exact.get(name) {
+        return Some(e.clone());
+    }
+    let (_, parent) = name.split_once('.')?;
+    index.wildcard.get(parent).cloned()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::issuer::LocalCa;
+    use crate::storage::MemoryStorage;
+
+    async fn cert(ca: &LocalCa, names: &[&str]) -> Certificate {
+        ca.issue_for(&Identifier::parse_all(names).unwrap())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn exact_then_wildcard_case_insensitive() {
+        let ca = LocalCa::new(Arc::new(MemoryStorage::new()));
+        let cache = CertCache::new();
+        cache
+            .insert(&cert(&ca, &["*.example.com"]).await, true)
+            .unwrap();
+        let exact = cache
+            .insert(&cert(&ca, &["www.example.com"]).await, true)
+            .unwrap();
+        assert_eq!(cache.len(), 2);
+        assert_eq!(
+            cache.get("WWW.Example.com").unwrap().serial(),
+            exact.serial()
+        );
+        assert_eq!(
+            cache.get("www.example.com.").unwrap().serial(),
+            exact.serial()
+        );
+        assert_ne!(
+            cache.get("api.example.com").unwrap().serial(),
+            exact.serial()
+        );
+        assert!(cache.get("a.b.example.com").is_none());
+        assert!(cache.get("example.com").is_none());
+        assert!(cache.certified_key("api.example.com").is_some());
+    }
+
+    #[tokio::test]
+    async fn replacing_a_name_drops_the_old_entry() {
+        let ca = LocalCa::new(Arc::new(MemoryStorage::new()));
+        let cache = CertCache::new();
+        cache
+            .insert(&cert(&ca, &["a.test", "b.test"]).await, true)
+            .unwrap();
+        let new = cache
+            .insert(&cert(&ca, &["a.test", "b.test"]).await, true)
+            .unwrap();
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.get("b.test").unwrap().serial(), new.serial());
+        assert!(cache.remove("a.test").is_some());
+        assert!(cache.get("b.test").is_none());
+        assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn capacity_evicts_the_earliest_expiry_unmanaged_first() {
+        let ca = LocalCa::new(Arc::new(MemoryStorage::new()));
+        let cache = CertCache::with_capacity(2);
+        cache
+            .insert(&cert(&ca, &["managed.test"]).await, true)
+            .unwrap();
+        cache
+            .insert(&cert(&ca, &["ondemand.test"]).await, false)
+            .unwrap();
+        cache.insert(&cert(&ca, &["new.test"]).await, true).unwrap();
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get("ondemand.test").is_none());
+        assert!(cache.get("managed.test").is_some());
+        assert!(cache.get("new.test").is_some());
+    }
+
+    #[tokio::test]
+    async fn ocsp_staple_is_carried_by_a_new_entry() {
+        let ca = LocalCa::new(Arc::new(MemoryStorage::new()));
+        let cache = CertCache::new();
+        let e = cache.insert(&cert(&ca, &["o.test"]).await, true).unwrap();
+        cache.insert_entry(Arc::new(e.with_ocsp(Some(vec![1, 2, 3]))));
+        assert_eq!(
+            cache.certified_key("o.test").unwrap().ocsp.as_deref(),
+            Some(&[1u8, 2, 3][..])
+        );
+    }
+
+    #[test]
+    fn stop_signal() {
+        let cache = CertCache::new();
+        let rx = cache.stop_signal();
+        assert!(!cache.is_stopped());
+        cache.clone().stop();
+        assert!(cache.is_stopped());
+        assert!(*rx.borrow());
+    }
+}
