@@ -40,6 +40,7 @@ mod certificate;
 pub mod challenge;
 mod clock;
 mod config;
+pub mod env;
 mod error;
 mod events;
 mod identifier;

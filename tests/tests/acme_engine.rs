@@ -25,7 +25,7 @@ fn http01(pebble: &Pebble) -> Http01Solver {
 fn issuer_for(pebble: &Pebble, storage: Arc<dyn Storage>) -> certauto_core::AcmeIssuerBuilder {
     AcmeIssuer::builder()
         .ca(pebble.directory_url())
-        .email("test@certauto.test")
+        .email("test@certauto.example")
         .agreed(true)
         .trust_roots([CertificateDer::from(pebble.https_ca_der())])
         .only_trusted_roots()
@@ -61,17 +61,17 @@ async fn obtains_a_single_name_and_the_chain_verifies() {
     let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()));
     let config = config_for(&pebble, storage.clone());
 
-    let cert = config.obtain(["single.certauto.test"]).await.unwrap();
+    let cert = config.obtain(["single.certauto.example"]).await.unwrap();
     assert_eq!(cert.names().len(), 1);
-    assert_eq!(cert.names()[0].as_str(), "single.certauto.test");
+    assert_eq!(cert.names()[0].as_str(), "single.certauto.example");
     assert!(cert.chain().len() >= 2, "leaf and intermediate");
     assert_eq!(cert.key_type(), KeyType::EcdsaP256);
-    assert_verifies(&pebble, &cert, "single.certauto.test").await;
+    assert_verifies(&pebble, &cert, "single.certauto.example").await;
 
     // Stored in the documented layout, the key private to its owner.
     let issuer = certauto_core::storage::keys::issuer_key_from_url(&pebble.directory_url());
     let key_path = dir.path().join(format!(
-        "certificates/{issuer}/single.certauto.test/single.certauto.test.key"
+        "certificates/{issuer}/single.certauto.example/single.certauto.example.key"
     ));
     let mode = std::os::unix::fs::PermissionsExt::mode(
         &std::fs::metadata(&key_path).unwrap().permissions(),
@@ -80,16 +80,16 @@ async fn obtains_a_single_name_and_the_chain_verifies() {
     assert!(
         dir.path()
             .join(format!(
-                "certificates/{issuer}/single.certauto.test/single.certauto.test.json"
+                "certificates/{issuer}/single.certauto.example/single.certauto.example.json"
             ))
             .exists()
     );
 
     // A second obtain reuses what storage holds.
-    let again = config.obtain(["SINGLE.certauto.test."]).await.unwrap();
+    let again = config.obtain(["SINGLE.certauto.example."]).await.unwrap();
     assert_eq!(again.serial(), cert.serial());
     let loaded = config
-        .load(["single.certauto.test"])
+        .load(["single.certauto.example"])
         .await
         .unwrap()
         .unwrap();
@@ -100,7 +100,9 @@ async fn obtains_a_single_name_and_the_chain_verifies() {
 async fn obtains_many_sans_including_an_ip_address() {
     let pebble = start(Pebble::builder()).await;
     let config = config_for(&pebble, Arc::new(MemoryStorage::new()));
-    let mut names: Vec<String> = (0..12).map(|i| format!("san{i}.certauto.test")).collect();
+    let mut names: Vec<String> = (0..12)
+        .map(|i| format!("san{i}.certauto.example"))
+        .collect();
     names.push("127.0.0.1".to_owned());
     let cert = config.obtain(&names).await.unwrap();
     assert_eq!(cert.names().len(), names.len());
@@ -134,7 +136,7 @@ async fn every_certificate_key_type() {
             .issuer(issuer.clone())
             .key_type(kt)
             .build();
-        let name = format!("kt{i}.certauto.test");
+        let name = format!("kt{i}.certauto.example");
         let cert = config
             .obtain([name.as_str()])
             .await
@@ -174,7 +176,7 @@ async fn every_account_key_type() {
             .account_key_type(kind)
             .build();
         let config = Config::builder().storage(storage).issuer(issuer).build();
-        let name = format!("acct{i}.certauto.test");
+        let name = format!("acct{i}.certauto.example");
         config
             .obtain([name.as_str()])
             .await
@@ -216,7 +218,7 @@ async fn account_lifecycle_find_update_rollover_deactivate() {
         Err(AcmeError::AccountDoesNotExist)
     ));
     let opts = NewAccountOptions {
-        contact: vec!["mailto:a@certauto.test".into()],
+        contact: vec!["mailto:a@certauto.example".into()],
         terms_of_service_agreed: true,
         external_account: None,
     };
@@ -227,10 +229,13 @@ async fn account_lifecycle_find_update_rollover_deactivate() {
     assert_eq!(same.url, account.url);
 
     let updated = client
-        .update_contacts(&account, &["mailto:b@certauto.test".into()])
+        .update_contacts(&account, &["mailto:b@certauto.example".into()])
         .await
         .unwrap();
-    assert_eq!(updated.contact, vec!["mailto:b@certauto.test".to_owned()]);
+    assert_eq!(
+        updated.contact,
+        vec!["mailto:b@certauto.example".to_owned()]
+    );
 
     let new_key = Arc::new(AccountKey::generate(AccountKeyType::Es384).unwrap());
     let rolled = client.change_key(&account, new_key.clone()).await.unwrap();
@@ -264,12 +269,12 @@ async fn revocation_by_account_key_and_by_certificate_key() {
         })
         .build();
 
-    let cert = config.obtain(["revoke1.certauto.test"]).await.unwrap();
+    let cert = config.obtain(["revoke1.certauto.example"]).await.unwrap();
     let status = pebble.cert_status(&cert.serial_hex()).await;
     assert_eq!(status["Status"], "Valid", "{status}");
     config
         .revoke(
-            "revoke1.certauto.test",
+            "revoke1.certauto.example",
             Some(RevocationReason::KeyCompromise),
         )
         .await
@@ -279,18 +284,18 @@ async fn revocation_by_account_key_and_by_certificate_key() {
     assert_eq!(revoked.load(Ordering::SeqCst), 1);
     assert!(
         config
-            .load(["revoke1.certauto.test"])
+            .load(["revoke1.certauto.example"])
             .await
             .unwrap()
             .is_none()
     );
     // Revoking something not managed is a clear error.
     assert!(matches!(
-        config.revoke("revoke1.certauto.test", None).await,
+        config.revoke("revoke1.certauto.example", None).await,
         Err(Error::Config(ConfigError::NotManaged(_)))
     ));
 
-    let cert2 = config.obtain(["revoke2.certauto.test"]).await.unwrap();
+    let cert2 = config.obtain(["revoke2.certauto.example"]).await.unwrap();
     issuer
         .revoke_with_certificate_key(&cert2, Some(RevocationReason::Superseded))
         .await
@@ -323,7 +328,7 @@ async fn external_account_binding() {
     // Without EAB: refused before sending, with a typed error.
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let config = config_for(&pebble, storage);
-    let err = config.obtain(["eab.certauto.test"]).await.unwrap_err();
+    let err = config.obtain(["eab.certauto.example"]).await.unwrap_err();
     assert!(
         matches!(err, Error::Acme(AcmeError::ExternalAccountRequired)),
         "{err}"
@@ -336,8 +341,8 @@ async fn external_account_binding() {
         .external_account(ExternalAccountKey::new(kid, &hmac).unwrap())
         .build();
     let config = Config::builder().storage(storage).issuer(issuer).build();
-    let cert = config.obtain(["eab.certauto.test"]).await.unwrap();
-    assert_verifies(&pebble, &cert, "eab.certauto.test").await;
+    let cert = config.obtain(["eab.certauto.example"]).await.unwrap();
+    assert_verifies(&pebble, &cert, "eab.certauto.example").await;
 
     // A wrong MAC key is the CA's refusal, carried as a problem document.
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
@@ -358,7 +363,7 @@ async fn succeeds_when_half_the_nonces_are_rejected() {
     let pebble = start(Pebble::builder().nonce_reject_percent(50)).await;
     let config = config_for(&pebble, Arc::new(MemoryStorage::new()));
     for i in 0..3 {
-        let name = format!("nonce{i}.certauto.test");
+        let name = format!("nonce{i}.certauto.example");
         let cert = config.obtain([name.as_str()]).await.unwrap();
         assert_verifies(&pebble, &cert, &name).await;
     }
@@ -387,7 +392,7 @@ async fn alternate_chain_by_root_common_name() {
             .chain_preference(ChainPreference::RootCommonName(cn.clone()))
             .build();
         let config = Config::builder().storage(storage).issuer(issuer).build();
-        let name = format!("alt{want}.certauto.test");
+        let name = format!("alt{want}.certauto.example");
         let cert = config.obtain([name.as_str()]).await.unwrap();
         webpki_verify_chain(&der_chain(&cert), &root, &name)
             .unwrap_or_else(|e| panic!("chain for root {want} ({cn}): {e}"));
@@ -421,8 +426,8 @@ async fn two_engines_on_one_storage_obtain_one_certificate() {
     let a = make(&pebble);
     let b = make(&pebble);
     let (ca, cb) = tokio::join!(
-        a.obtain(["shared.certauto.test"]),
-        b.obtain(["shared.certauto.test"])
+        a.obtain(["shared.certauto.example"]),
+        b.obtain(["shared.certauto.example"])
     );
     let (ca, cb) = (ca.unwrap(), cb.unwrap());
     assert_eq!(ca.serial(), cb.serial());
@@ -444,14 +449,21 @@ async fn forced_renewal_replaces_the_stored_certificate() {
             }
         })
         .build();
-    let first = config.obtain(["renew.certauto.test"]).await.unwrap();
+    let first = config.obtain(["renew.certauto.example"]).await.unwrap();
     // Not due: renew returns the same certificate.
-    let same = config.renew(["renew.certauto.test"]).await.unwrap();
+    let same = config.renew(["renew.certauto.example"]).await.unwrap();
     assert_eq!(same.serial(), first.serial());
-    let second = config.force_renew(["renew.certauto.test"]).await.unwrap();
+    let second = config
+        .force_renew(["renew.certauto.example"])
+        .await
+        .unwrap();
     assert_ne!(second.serial(), first.serial());
     assert_eq!(renewed.load(Ordering::SeqCst), 1);
-    let loaded = config.load(["renew.certauto.test"]).await.unwrap().unwrap();
+    let loaded = config
+        .load(["renew.certauto.example"])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(loaded.serial(), second.serial());
 }
 
@@ -482,14 +494,17 @@ async fn ca_refusals_are_typed_errors_with_the_problem_document() {
             }
         })
         .build();
-    let err = config.obtain(["refused.certauto.test"]).await.unwrap_err();
+    let err = config
+        .obtain(["refused.certauto.example"])
+        .await
+        .unwrap_err();
     match &err {
         Error::Acme(AcmeError::AuthorizationFailed {
             identifier,
             challenge,
             problem,
         }) => {
-            assert_eq!(identifier, "refused.certauto.test");
+            assert_eq!(identifier, "refused.certauto.example");
             assert_eq!(challenge.as_ref(), Some(&ChallengeType::Http01));
             let problem = problem.as_ref().expect("the CA says why");
             assert!(
@@ -506,7 +521,7 @@ async fn ca_refusals_are_typed_errors_with_the_problem_document() {
         other => panic!("unexpected error: {other}"),
     }
     assert_eq!(failed.load(Ordering::SeqCst), 1);
-    assert!(err.to_string().contains("refused.certauto.test"));
+    assert!(err.to_string().contains("refused.certauto.example"));
 }
 
 #[tokio::test]
@@ -522,32 +537,38 @@ async fn bad_input_is_refused_before_any_request() {
     let config = Config::builder().storage(storage).issuer(issuer).build();
     for bad in [
         "",
-        "a..b.test",
-        "-x.test",
-        "x_y.test",
-        "exa mple.test",
-        "foo.*.test",
+        "a..b.example",
+        "-x.example",
+        "x_y.example",
+        "exa mple.example",
+        "foo.*.example",
         "a/../b",
     ] {
         let err = config.obtain([bad]).await.unwrap_err();
         assert!(matches!(err, Error::Name(_)), "{bad:?}: {err}");
     }
-    let long = format!("{}.test", "a".repeat(64));
+    let long = format!("{}.example", "a".repeat(64));
     assert!(matches!(
         config.obtain([long.as_str()]).await.unwrap_err(),
         Error::Name(NameError::LabelTooLong { .. })
     ));
-    let err = config.obtain(["*.wild.test"]).await.unwrap_err();
+    let err = config.obtain(["*.wild.example"]).await.unwrap_err();
     assert!(
         matches!(err, Error::Config(ConfigError::WildcardNeedsDns01 { .. })),
         "{err}"
     );
-    // A config with no issuer says so.
+    // A config with no issuer uses the local CA: works offline.
     let none = Config::builder()
         .storage(Arc::new(MemoryStorage::new()))
         .build();
-    assert!(matches!(
-        none.obtain(["a.test"]).await.unwrap_err(),
-        Error::Config(ConfigError::NoIssuers)
-    ));
+    let cert = none.obtain(["a.example"]).await.unwrap();
+    assert_eq!(cert.issuer_key(), "local");
+    // Local names go to the local CA even when an ACME issuer is configured.
+    let local = config.obtain(["app.test"]).await.unwrap();
+    assert_eq!(local.issuer_key(), "local");
+    let root = config.local_ca().root_pem().await.unwrap();
+    let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(root.as_bytes())
+        .map(|c: CertificateDer<'static>| c.as_ref().to_vec())
+        .unwrap();
+    webpki_verify_chain(&der_chain(&local), &root_der, "app.test").unwrap();
 }

@@ -1,0 +1,284 @@
+//! Configuration from environment variables, for servers configured the
+//! twelve-factor way (the examples use it).
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `CERTAUTO_DOMAINS` | comma-separated names | `localhost` |
+//! | `CERTAUTO_DIRECTORY` | ACME directory URL; unset means the local CA | unset |
+//! | `CERTAUTO_CA_ROOTS` | PEM file of extra roots to trust for the CA's own HTTPS | unset |
+//! | `CERTAUTO_EMAIL` | ACME account e-mail | unset |
+//! | `CERTAUTO_STORAGE` | storage folder | the OS data folder |
+//! | `CERTAUTO_HTTP_ADDR` | HTTP listen address (challenges, redirect) | `127.0.0.1:8080` |
+//! | `CERTAUTO_HTTPS_ADDR` | HTTPS listen address | `127.0.0.1:8443` |
+//! | `CERTAUTO_CHALLENGE` | `http-01` or `tls-alpn-01` | `http-01` |
+//! | `CERTAUTO_RENEW_CHECK` | renewal-check interval, e.g. `2s`, `10m` | `10m` |
+//!
+//! A bad value is an [`EnvError`] naming the variable.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+
+use crate::acme::types::ChallengeType;
+use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver, TlsAlpnChallenges};
+use crate::config::Config;
+use crate::identifier::Identifier;
+use crate::issuer::AcmeIssuer;
+use crate::storage::{FileStorage, Storage};
+
+/// A bad environment variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {reason}")]
+#[non_exhaustive]
+pub struct EnvError {
+    /// The variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+fn bad(var: &'static str, reason: impl Into<String>) -> EnvError {
+    EnvError {
+        var,
+        reason: reason.into(),
+    }
+}
+
+/// Settings read from `CERTAUTO_*` variables.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EnvSettings {
+    /// The names to manage, one certificate each.
+    pub domains: Vec<Identifier>,
+    /// The ACME directory URL; `None` means the local CA.
+    pub directory: Option<String>,
+    /// Extra roots for the CA's HTTPS.
+    pub ca_roots: Vec<CertificateDer<'static>>,
+    /// The account e-mail.
+    pub email: Option<String>,
+    /// The storage folder.
+    pub storage: PathBuf,
+    /// The HTTP listen address.
+    pub http_addr: SocketAddr,
+    /// The HTTPS listen address.
+    pub https_addr: SocketAddr,
+    /// `http-01` or `tls-alpn-01`.
+    pub challenge: ChallengeType,
+    /// How often maintenance checks for renewals.
+    pub renew_check: Duration,
+}
+
+/// What [`EnvSettings::build`] wires together.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct EnvSetup {
+    /// The config, with the ACME issuer (or none: the local CA).
+    pub config: Config,
+    /// The HTTP-01 tokens to answer on the HTTP port (e.g. with `AcmeLayer`).
+    pub tokens: ChallengeTokens,
+}
+
+/// Parses a duration such as `500ms`, `2s`, `10m`, `1h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.checked_mul(60)?),
+        "h" => Duration::from_secs(n.checked_mul(3600)?),
+        _ => return None,
+    };
+    (!d.is_zero()).then_some(d)
+}
+
+impl EnvSettings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, EnvError> {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get` (for tests and other sources).
+    pub fn from_vars(get: impl Fn(&str) -> Option<String>) -> Result<Self, EnvError> {
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
+        let domains = match var("CERTAUTO_DOMAINS") {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|d| Identifier::parse(d).map_err(|e| bad("CERTAUTO_DOMAINS", e.to_string())))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => vec![
+                Identifier::parse("localhost")
+                    .map_err(|e| bad("CERTAUTO_DOMAINS", e.to_string()))?,
+            ],
+        };
+        if domains.is_empty() {
+            return Err(bad("CERTAUTO_DOMAINS", "no names given"));
+        }
+        let directory = var("CERTAUTO_DIRECTORY");
+        if let Some(d) = &directory
+            && !(d.starts_with("https://") || d.starts_with("http://"))
+        {
+            return Err(bad("CERTAUTO_DIRECTORY", "must be an http(s) URL"));
+        }
+        let ca_roots = match var("CERTAUTO_CA_ROOTS") {
+            Some(path) => {
+                let pem = std::fs::read(&path)
+                    .map_err(|e| bad("CERTAUTO_CA_ROOTS", format!("{path}: {e}")))?;
+                crate::acme::parse_pem_roots(&pem)
+                    .map_err(|e| bad("CERTAUTO_CA_ROOTS", format!("{path}: {e}")))?
+            }
+            None => Vec::new(),
+        };
+        let storage = match var("CERTAUTO_STORAGE") {
+            Some(p) => PathBuf::from(p),
+            None => FileStorage::default_root().ok_or_else(|| {
+                bad(
+                    "CERTAUTO_STORAGE",
+                    "unset, and no default data folder (HOME) is known",
+                )
+            })?,
+        };
+        let addr = |k: &'static str, default: &str| -> Result<SocketAddr, EnvError> {
+            var(k)
+                .unwrap_or_else(|| default.to_owned())
+                .parse()
+                .map_err(|_| bad(k, "must be an address such as 0.0.0.0:443"))
+        };
+        let challenge = match var("CERTAUTO_CHALLENGE").as_deref() {
+            None | Some("http-01") => ChallengeType::Http01,
+            Some("tls-alpn-01") => ChallengeType::TlsAlpn01,
+            Some(other) => {
+                return Err(bad(
+                    "CERTAUTO_CHALLENGE",
+                    format!("{other:?}: expected http-01 or tls-alpn-01"),
+                ));
+            }
+        };
+        let renew_check = match var("CERTAUTO_RENEW_CHECK") {
+            Some(v) => parse_duration(&v).ok_or_else(|| {
+                bad(
+                    "CERTAUTO_RENEW_CHECK",
+                    format!("{v:?}: expected e.g. 2s, 10m, 1h"),
+                )
+            })?,
+            None => Duration::from_secs(600),
+        };
+        Ok(Self {
+            domains,
+            directory,
+            ca_roots,
+            email: var("CERTAUTO_EMAIL"),
+            storage,
+            http_addr: addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?,
+            https_addr: addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?,
+            challenge,
+            renew_check,
+        })
+    }
+
+    /// Builds the config: file storage, the ACME issuer when a directory is
+    /// set (with the chosen challenge answered on the application's own
+    /// ports), the local CA otherwise.
+    pub fn build(&self) -> EnvSetup {
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&self.storage));
+        let tokens = ChallengeTokens::new().with_storage(storage.clone());
+        let tls_alpn = TlsAlpnChallenges::new();
+        let mut builder = Config::builder()
+            .storage(storage.clone())
+            .tls_alpn_challenges(tls_alpn.clone());
+        if let Some(directory) = &self.directory {
+            let mut issuer = AcmeIssuer::builder()
+                .ca(directory)
+                .agreed(true)
+                .trust_roots(self.ca_roots.iter().cloned())
+                .storage(storage);
+            if let Some(email) = &self.email {
+                issuer = issuer.email(email);
+            }
+            issuer = match self.challenge {
+                ChallengeType::TlsAlpn01 => {
+                    issuer.tls_alpn01_solver(TlsAlpn01Solver::inline(tls_alpn))
+                }
+                _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
+            };
+            builder = builder.issuer(issuer.build());
+        }
+        EnvSetup {
+            config: builder.build(),
+            tokens,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<EnvSettings, EnvError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .chain([("CERTAUTO_STORAGE".to_owned(), "/tmp/x".to_owned())])
+            .collect();
+        EnvSettings::from_vars(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_and_values() {
+        let s = from(&[]).unwrap();
+        assert_eq!(s.domains.len(), 1);
+        assert_eq!(s.domains[0].as_str(), "localhost");
+        assert!(s.directory.is_none());
+        assert_eq!(s.http_addr.port(), 8080);
+        assert_eq!(s.renew_check, Duration::from_secs(600));
+        let s = from(&[
+            ("CERTAUTO_DOMAINS", "a.test, B.test"),
+            ("CERTAUTO_CHALLENGE", "tls-alpn-01"),
+            ("CERTAUTO_RENEW_CHECK", "2s"),
+            ("CERTAUTO_HTTPS_ADDR", "[::1]:9443"),
+        ])
+        .unwrap();
+        assert_eq!(s.domains[1].as_str(), "b.test");
+        assert_eq!(s.challenge, ChallengeType::TlsAlpn01);
+        assert_eq!(s.renew_check, Duration::from_secs(2));
+        assert_eq!(s.https_addr.port(), 9443);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        for (k, v) in [
+            ("CERTAUTO_DOMAINS", "a..b"),
+            ("CERTAUTO_DIRECTORY", "ftp://x"),
+            ("CERTAUTO_HTTP_ADDR", "nope"),
+            ("CERTAUTO_CHALLENGE", "dns-02"),
+            ("CERTAUTO_RENEW_CHECK", "soon"),
+            ("CERTAUTO_CA_ROOTS", "/nonexistent/roots.pem"),
+        ] {
+            let err = from(&[(k, v)]).unwrap_err();
+            assert_eq!(err.var, k);
+            assert!(err.to_string().starts_with(k));
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
+        assert_eq!(parse_duration("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_duration("0s"), None);
+        assert_eq!(parse_duration("1d"), None);
+    }
+}

@@ -1,0 +1,71 @@
+//! Run with: `cargo run -p example-actix`
+//!
+//! An actix-web HTTPS server whose certificates CertAuto obtains and swaps
+//! live (`bind_acme`). With no `CERTAUTO_DIRECTORY` it uses the local CA
+//! (offline); with one, it obtains from that ACME CA, answering HTTP-01 on its
+//! own HTTP port or TLS-ALPN-01 on its own HTTPS port. Configuration:
+//! `CERTAUTO_*` variables, see `certauto_core::env`. `GET /` answers 200 over
+//! HTTPS; HTTP redirects.
+
+use std::process::ExitCode;
+
+use actix_web::{App, HttpServer, web};
+use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect};
+use certauto_core::env::EnvSettings;
+
+#[actix_web::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("example-actix: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = EnvSettings::from_env()?;
+    let setup = settings.build();
+    let config = setup.config;
+    let tokens = setup.tokens;
+
+    let https_listener = std::net::TcpListener::bind(settings.https_addr)?;
+    let https_port = https_listener.local_addr()?.port();
+    let https = HttpServer::new(|| {
+        App::new().route(
+            "/",
+            web::get().to(|| async { "Hello from CertAuto over HTTPS\n" }),
+        )
+    })
+    .listen_acme(https_listener, &config)?
+    .run();
+    let http = HttpServer::new(move || {
+        App::new()
+            .configure(acme_http01(tokens.clone()))
+            .default_service(https_redirect(https_port))
+    })
+    .bind(settings.http_addr)?
+    .run();
+
+    config
+        .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
+        .await?;
+    tracing::info!(
+        https = %settings.https_addr,
+        http = %settings.http_addr,
+        domains = ?settings.domains,
+        "serving"
+    );
+    // actix handles SIGINT/SIGTERM: both servers stop gracefully.
+    let (a, b) = tokio::join!(https, http);
+    config.cache().stop();
+    a?;
+    b?;
+    Ok(())
+}

@@ -1,0 +1,78 @@
+//! Run with: `cargo run -p example-axum`
+//!
+//! An axum HTTPS server whose certificates CertAuto obtains and swaps live.
+//! With no `CERTAUTO_DIRECTORY` it uses the local CA (offline); with one, it
+//! obtains from that ACME CA, answering HTTP-01 on its own HTTP port or
+//! TLS-ALPN-01 on its own HTTPS port. Configuration: `CERTAUTO_*` variables,
+//! see `certauto_core::env`. `GET /` answers 200 over HTTPS; HTTP redirects.
+
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::routing::get;
+use certauto_core::env::EnvSettings;
+use tokio::net::TcpListener;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    match run().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("example-axum: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let settings = EnvSettings::from_env()?;
+    let setup = settings.build();
+    let config = setup.config;
+
+    // Listen first: the challenges are answered on these ports.
+    let http = TcpListener::bind(settings.http_addr).await?;
+    let https = TcpListener::bind(settings.https_addr).await?;
+    let https_port = https.local_addr()?.port();
+    tokio::spawn(certauto_axum::serve_http(http, setup.tokens, https_port));
+
+    config
+        .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
+        .await?;
+
+    let app = Router::new().route("/", get(|| async { "Hello from CertAuto over HTTPS\n" }));
+    tracing::info!(
+        https = %settings.https_addr,
+        http = %settings.http_addr,
+        domains = ?settings.domains,
+        "serving"
+    );
+    certauto_axum::serve(https, app, &config)?
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    config.cache().stop();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            let _ = ctrl_c.await;
+            return;
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
