@@ -62,7 +62,7 @@ impl CachedCert {
     pub fn new(cert: &Certificate, managed: bool) -> Result<Self, CertificateError> {
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
             crate::keys::CertificateKey::from_pem(cert.key_pem())
-                .map_err(|_| CertificateError::KeyMismatch)?
+                .map_err(CertificateError::InvalidKey)?
                 .to_pkcs8_der(),
         ));
         let certified_key = CertifiedKey::from_der(cert.chain().to_vec(), key, &crypto_provider())

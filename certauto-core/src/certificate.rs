@@ -68,7 +68,7 @@ impl Certificate {
         let leaf_der = chain.first().ok_or(CertificateError::Empty)?;
         let (_, leaf) = X509Certificate::from_der(leaf_der)
             .map_err(|e| CertificateError::Parse(e.to_string()))?;
-        let key = CertificateKey::from_pem(key_pem).map_err(|_| CertificateError::KeyMismatch)?;
+        let key = CertificateKey::from_pem(key_pem).map_err(CertificateError::InvalidKey)?;
         if leaf.public_key().subject_public_key.data.as_ref() != key.key_pair().public_key_raw() {
             return Err(CertificateError::KeyMismatch);
         }

@@ -222,6 +222,9 @@ pub enum CertificateError {
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate")]
     KeyMismatch,
+    /// The private key could not be read.
+    #[error("unreadable private key: {0}")]
+    InvalidKey(#[source] KeyError),
 }
 
 /// Challenge solver errors.

@@ -97,9 +97,29 @@ impl CertificateKey {
         Ok(Self { key_pair, key_type })
     }
 
-    /// Loads a PKCS#8 PEM private key.
+    /// Loads a PEM private key: PKCS#8 (`PRIVATE KEY`), SEC1 (`EC PRIVATE
+    /// KEY`, as OpenSSL and lego write) or PKCS#1 (`RSA PRIVATE KEY`).
     pub fn from_pem(pem: &str) -> Result<Self, KeyError> {
-        let key_pair = rcgen::KeyPair::from_pem(pem).map_err(|_| KeyError::InvalidPem)?;
+        use rustls_pki_types::PrivateKeyDer;
+        use rustls_pki_types::pem::PemObject as _;
+        let der =
+            PrivateKeyDer::from_pem_slice(pem.as_bytes()).map_err(|_| KeyError::InvalidPem)?;
+        let candidates: Vec<Vec<u8>> = match &der {
+            PrivateKeyDer::Pkcs8(k) => vec![k.secret_pkcs8_der().to_vec()],
+            PrivateKeyDer::Sec1(k) => [OID_P256, OID_P384]
+                .iter()
+                .map(|curve| pkcs8_wrap(&[OID_EC_PUBLIC_KEY, curve].concat(), k.secret_sec1_der()))
+                .collect(),
+            PrivateKeyDer::Pkcs1(k) => vec![pkcs8_wrap(
+                &[OID_RSA_ENCRYPTION, DER_NULL].concat(),
+                k.secret_pkcs1_der(),
+            )],
+            _ => return Err(KeyError::Unsupported),
+        };
+        let key_pair = candidates
+            .iter()
+            .find_map(|pkcs8| rcgen::KeyPair::try_from(pkcs8.as_slice()).ok())
+            .ok_or(KeyError::Unsupported)?;
         let alg = key_pair.algorithm();
         let key_type = if alg == &rcgen::PKCS_ECDSA_P256_SHA256 {
             KeyType::EcdsaP256
@@ -163,6 +183,42 @@ impl CertificateKey {
     pub(crate) fn key_pair(&self) -> &rcgen::KeyPair {
         &self.key_pair
     }
+}
+
+const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+const OID_RSA_ENCRYPTION: &[u8] = &[
+    0x06, 0x09, 0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01,
+];
+const DER_NULL: &[u8] = &[0x05, 0x00];
+
+/// A DER TLV.
+fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes = len.to_be_bytes();
+        let skip = bytes.iter().take_while(|b| **b == 0).count();
+        out.push(0x80 | (bytes.len() - skip) as u8);
+        out.extend_from_slice(&bytes[skip..]);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// Wraps a SEC1 or PKCS#1 private key in PKCS#8 (RFC 5208) with the given
+/// AlgorithmIdentifier contents.
+fn pkcs8_wrap(algorithm: &[u8], private_key: &[u8]) -> Vec<u8> {
+    let body = [
+        der(0x02, &[0x00]),
+        der(0x30, algorithm),
+        der(0x04, private_key),
+    ]
+    .concat();
+    der(0x30, &body)
 }
 
 /// Encodes DER as PEM with the given label.
@@ -279,6 +335,52 @@ mod tests {
             CertificateKey::generate(KeyType::Rsa2048),
             Err(KeyError::RsaFeatureDisabled)
         ));
+    }
+
+    #[test]
+    fn sec1_and_pkcs1_keys_load() {
+        // SEC1 "EC PRIVATE KEY" as OpenSSL and lego write it, for P-256 and P-384.
+        for kt in [KeyType::EcdsaP256, KeyType::EcdsaP384] {
+            let key = CertificateKey::generate(kt).unwrap();
+            let pkcs8 = key.to_pkcs8_der();
+            // The SEC1 key is the OCTET STRING inside the PKCS#8 structure: find it
+            // by re-wrapping candidates until one round-trips.
+            let sec1 = extract_sec1(&pkcs8);
+            let pem = pem_encode("EC PRIVATE KEY", &sec1);
+            let loaded = CertificateKey::from_pem(&pem).unwrap();
+            assert_eq!(loaded.key_type(), kt);
+            assert_eq!(loaded.public_key_der(), key.public_key_der());
+        }
+        assert!(matches!(
+            CertificateKey::from_pem(
+                "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----\n"
+            ),
+            Err(KeyError::Unsupported | KeyError::InvalidPem)
+        ));
+    }
+
+    /// The privateKey OCTET STRING of a PKCS#8 key:
+    /// SEQUENCE { INTEGER, SEQUENCE algorithm, OCTET STRING key }.
+    fn extract_sec1(pkcs8: &[u8]) -> Vec<u8> {
+        let (body, _) = read_tlv(pkcs8);
+        let (_, rest) = read_tlv(body);
+        let (_, rest) = read_tlv(rest);
+        let (key, _) = read_tlv(rest);
+        key.to_vec()
+    }
+
+    /// Splits a DER TLV into its content and what follows.
+    fn read_tlv(b: &[u8]) -> (&[u8], &[u8]) {
+        let (len, hdr) = if b[1] < 0x80 {
+            (b[1] as usize, 2)
+        } else {
+            let n = (b[1] & 0x7f) as usize;
+            let len = b[2..2 + n]
+                .iter()
+                .fold(0usize, |a, x| a * 256 + *x as usize);
+            (len, 2 + n)
+        };
+        (&b[hdr..hdr + len], &b[hdr + len..])
     }
 
     #[test]
