@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, SystemTime};
 
 use crate::acme::types::RevocationReason;
 use crate::cache::CertCache;
@@ -19,6 +20,8 @@ use crate::events::{Event, EventHandler};
 use crate::identifier::Identifier;
 use crate::issuer::{IssueRequest, Issuer, LocalCa, is_local_name};
 use crate::keys::{CertificateKey, KeyType};
+use crate::maintain::CertState;
+use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
 use crate::resolver::CertResolver;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
 
@@ -38,6 +41,8 @@ pub struct ConfigBuilder {
     local_names_use_local_ca: bool,
     local_ca_lifetime: Option<std::time::Duration>,
     default_name: Option<String>,
+    rate_limit: (u32, Duration),
+    renew_interval: Duration,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -126,6 +131,20 @@ impl ConfigBuilder {
         self
     }
 
+    /// At most `max` issuance requests per `window` to each issuer (default
+    /// 20 per minute), shared by obtains, renewals and on-demand issuance.
+    pub fn issuance_rate_limit(mut self, max: u32, window: Duration) -> Self {
+        self.rate_limit = (max, window);
+        self
+    }
+
+    /// How often [`start_maintenance`](crate::start_maintenance) checks for
+    /// renewals (default 10 minutes).
+    pub fn renew_check_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// The name whose certificate is served to clients that send no SNI
     /// (default: the first managed name).
     pub fn default_server_name(mut self, name: impl Into<String>) -> Self {
@@ -164,6 +183,10 @@ impl ConfigBuilder {
                 resolver: Arc::new(resolver),
                 default_name_set: self.default_name.is_some(),
                 managed: StdMutex::new(Vec::new()),
+                rate_limit: self.rate_limit,
+                rate_limiters: StdMutex::new(HashMap::new()),
+                renew_interval: self.renew_interval,
+                maintenance: StdMutex::new(HashMap::new()),
             }),
         }
     }
@@ -208,6 +231,10 @@ struct Inner {
     resolver: Arc<CertResolver>,
     default_name_set: bool,
     managed: StdMutex<Vec<Vec<Identifier>>>,
+    rate_limit: (u32, Duration),
+    rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
+    renew_interval: Duration,
+    maintenance: StdMutex<HashMap<String, CertState>>,
 }
 
 impl fmt::Debug for Config {
@@ -219,6 +246,17 @@ impl fmt::Debug for Config {
             .field("renewal_ratio", &self.inner.renewal_ratio)
             .finish_non_exhaustive()
     }
+}
+
+/// When [`Config::renew_inner`] orders a new certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum RenewMode {
+    /// If the stored certificate is missing or inside its renewal window.
+    IfDue,
+    /// Always.
+    Force,
+    /// Unless storage already holds a certificate other than this serial.
+    Replace(String),
 }
 
 /// Holds the in-process and the storage lock for one certificate.
@@ -251,6 +289,8 @@ impl Config {
             local_names_use_local_ca: true,
             local_ca_lifetime: None,
             default_name: None,
+            rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
+            renew_interval: crate::maintain::DEFAULT_RENEW_INTERVAL,
         }
     }
 
@@ -272,6 +312,45 @@ impl Config {
     /// The renewal window ratio.
     pub fn renewal_ratio(&self) -> f64 {
         self.inner.renewal_ratio
+    }
+
+    /// The issuance rate limiter of one issuer.
+    pub fn rate_limiter(&self, issuer_key: &str) -> Arc<RateLimiter> {
+        let mut limiters = self
+            .inner
+            .rate_limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        limiters
+            .entry(issuer_key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(RateLimiter::new(
+                    self.inner.rate_limit.0,
+                    self.inner.rate_limit.1,
+                ))
+            })
+            .clone()
+    }
+
+    /// How often maintenance checks for renewals.
+    pub fn renew_check_interval(&self) -> Duration {
+        self.inner.renew_interval
+    }
+
+    pub(crate) fn maintenance_state(&self) -> &StdMutex<HashMap<String, CertState>> {
+        &self.inner.maintenance
+    }
+
+    /// The issuer a stored certificate came from, by issuer key.
+    pub(crate) fn issuer_by_key(&self, issuer_key: &str) -> Option<Arc<dyn Issuer>> {
+        if issuer_key == self.inner.local_ca.issuer_key() {
+            return Some(self.inner.local_ca.clone());
+        }
+        self.inner
+            .issuers
+            .iter()
+            .find(|i| i.issuer_key() == issuer_key)
+            .cloned()
     }
 
     /// The certificate cache.
@@ -600,7 +679,7 @@ impl Config {
                 self.ensure_cached(&cert)?;
                 return Ok(cert);
             }
-            self.issue(&ids, &issuers, false, None).await
+            self.issue(&ids, &issuers, false, None, None).await
         }
         .await;
         guard.release().await;
@@ -615,7 +694,8 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.renew_inner(Identifier::parse_all(names)?, false).await
+        self.renew_inner(Identifier::parse_all(names)?, RenewMode::IfDue, None)
+            .await
     }
 
     /// Renews the certificate for `names` now, whatever its remaining lifetime.
@@ -624,25 +704,45 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.renew_inner(Identifier::parse_all(names)?, true).await
+        self.renew_inner(Identifier::parse_all(names)?, RenewMode::Force, None)
+            .await
     }
 
-    async fn renew_inner(&self, ids: Vec<Identifier>, force: bool) -> Result<Certificate, Error> {
+    /// Renews `ids`; `retry` is the attempt number and next retry time to
+    /// report if this attempt fails (maintenance's backoff schedule).
+    pub(crate) async fn renew_inner(
+        &self,
+        ids: Vec<Identifier>,
+        mode: RenewMode,
+        retry: Option<(u32, SystemTime)>,
+    ) -> Result<Certificate, Error> {
         let issuers = self.usable_issuers(&ids)?;
         let guard = self.lock_name(&ids[0]).await?;
         let result = async {
             let existing = self.load_ids(&ids).await?;
-            if let Some(cert) = &existing
-                && !force
-                && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
-            {
-                // Not due, or another instance renewed it meanwhile: serve what storage has.
-                self.ensure_cached(cert)?;
-                return Ok(cert.clone());
+            if let Some(cert) = &existing {
+                let now = self.inner.clock.now();
+                let keep = match &mode {
+                    RenewMode::IfDue => !cert.needs_renewal(now, self.inner.renewal_ratio),
+                    RenewMode::Force => false,
+                    // Storage holds a newer certificate than the one we set out
+                    // to replace: another instance renewed it.
+                    RenewMode::Replace(serial) => cert.serial_hex() != *serial,
+                };
+                if keep {
+                    self.ensure_cached(cert)?;
+                    return Ok(cert.clone());
+                }
             }
             let replaces = existing.as_ref().and_then(Certificate::ari_cert_id);
-            self.issue(&ids, &issuers, existing.is_some(), replaces.as_deref())
-                .await
+            self.issue(
+                &ids,
+                &issuers,
+                existing.is_some(),
+                replaces.as_deref(),
+                retry,
+            )
+            .await
         }
         .await;
         guard.release().await;
@@ -657,6 +757,7 @@ impl Config {
         issuers: &[Arc<dyn Issuer>],
         renewal: bool,
         replaces: Option<&str>,
+        retry: Option<(u32, SystemTime)>,
     ) -> Result<Certificate, Error> {
         let names: Vec<String> = ids.iter().map(|i| i.as_str().into_owned()).collect();
         self.emit(&Event::CertObtaining {
@@ -689,8 +790,8 @@ impl Config {
                     names,
                     renewal,
                     error: e.to_string(),
-                    attempt: 1,
-                    retry_at: None,
+                    attempt: retry.map_or(1, |(attempt, _)| attempt),
+                    retry_at: retry.map(|(_, at)| at),
                 });
             }
         }
@@ -710,6 +811,7 @@ impl Config {
         for issuer in issuers {
             let issuer_key = issuer.issuer_key();
             let request = IssueRequest::new(ids, &csr).replaces(replaces);
+            self.rate_limiter(&issuer_key).acquire().await;
             let issued = match issuer.issue(&request).await {
                 Ok(issued) => issued,
                 Err(e) => {

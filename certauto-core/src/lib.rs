@@ -46,6 +46,8 @@ mod events;
 mod identifier;
 pub mod issuer;
 mod keys;
+pub mod maintain;
+mod ratelimit;
 mod resolver;
 pub mod storage;
 
@@ -68,6 +70,8 @@ pub use issuer::{
     LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LocalCa,
 };
 pub use keys::{CertificateKey, KeyType};
+pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
+pub use ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
 pub use resolver::{CertResolver, UnknownNameHook};
 pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};
 

@@ -33,6 +33,20 @@ pub struct Account {
     pub resource: AccountResource,
 }
 
+/// A CA's suggested renewal window (ARI, RFC 9773 §4.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RenewalInfo {
+    /// Renew no earlier than this.
+    pub window_start: std::time::SystemTime,
+    /// Renew before this.
+    pub window_end: std::time::SystemTime,
+    /// Why the window is what it is (e.g. an incident), if the CA says.
+    pub explanation_url: Option<String>,
+    /// When to ask again (`Retry-After`).
+    pub retry_after: Option<Duration>,
+}
+
 /// An order: its URL and its last known state.
 #[derive(Debug, Clone)]
 pub struct Order {
@@ -610,6 +624,53 @@ impl AcmeClient {
             }
         }
         Ok(chains)
+    }
+
+    /// Fetches the CA's suggested renewal window for a certificate (ARI,
+    /// [RFC 9773](https://www.rfc-editor.org/rfc/rfc9773)). `Ok(None)` when the
+    /// CA offers no `renewalInfo`.
+    pub async fn renewal_info(&self, cert_id: &str) -> Result<Option<RenewalInfo>, AcmeError> {
+        let Some(base) = &self.directory.renewal_info else {
+            return Ok(None);
+        };
+        let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
+        let resp = self.get(&url).await?;
+        if !resp.is_success() {
+            return Err(self.error_from(resp));
+        }
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Wire {
+            suggested_window: WireWindow,
+            #[serde(rename = "explanationURL", default)]
+            explanation_url: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct WireWindow {
+            start: String,
+            end: String,
+        }
+        let wire: Wire = resp.json()?;
+        let invalid = |reason: String| AcmeError::InvalidResponse {
+            url: url.clone(),
+            reason,
+        };
+        let parse = |s: &str| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map(std::time::SystemTime::from)
+                .map_err(|e| invalid(format!("bad time {s:?}: {e}")))
+        };
+        let start = parse(&wire.suggested_window.start)?;
+        let end = parse(&wire.suggested_window.end)?;
+        if end <= start {
+            return Err(invalid("suggested window ends before it starts".into()));
+        }
+        Ok(Some(RenewalInfo {
+            window_start: start,
+            window_end: end,
+            explanation_url: wire.explanation_url,
+            retry_after: resp.retry_after,
+        }))
     }
 
     /// Revokes a certificate (DER), signing with the account key (§7.6).

@@ -11,7 +11,9 @@ pub mod problem;
 pub mod types;
 
 pub use chain::{ChainPreference, PemChain, select_chain};
-pub use client::{Account, AcmeClient, AcmeClientBuilder, ClientLimits, NewAccountOptions, Order};
+pub use client::{
+    Account, AcmeClient, AcmeClientBuilder, ClientLimits, NewAccountOptions, Order, RenewalInfo,
+};
 pub use http::{crypto_provider, parse_pem_roots};
 pub use jws::{AccountKey, AccountKeyType, ExternalAccountKey, Jwk};
 pub use problem::{Problem, ProblemType, Subproblem};

@@ -589,7 +589,30 @@ impl Issuer for AcmeIssuer {
         self.precheck(request.names)?;
         let client = self.client().await?;
         let account = self.account().await?;
-        self.run_order(&client, &account, request).await
+        // `replaces` only goes to CAs that speak ARI.
+        let mut request = request.clone();
+        if client.directory().renewal_info.is_none() {
+            request.replaces = None;
+        }
+        match self.run_order(&client, &account, &request).await {
+            // The predecessor was already replaced (e.g. by another instance):
+            // order without the hint rather than fail.
+            Err(Error::Acme(AcmeError::Problem { problem, .. }))
+                if problem.kind() == crate::acme::ProblemType::AlreadyReplaced =>
+            {
+                let request = request.replaces(None);
+                self.run_order(&client, &account, &request).await
+            }
+            other => other,
+        }
+    }
+
+    async fn renewal_info(
+        &self,
+        ari_cert_id: &str,
+    ) -> Result<Option<crate::acme::RenewalInfo>, Error> {
+        let client = self.client().await?;
+        Ok(client.renewal_info(ari_cert_id).await?)
     }
 
     async fn revoke(

@@ -81,6 +81,15 @@ pub trait Issuer: Send + Sync + Debug {
     /// Issues a certificate.
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error>;
 
+    /// The CA's suggested renewal window for the certificate with this ARI
+    /// CertID (RFC 9773), or `Ok(None)` when the issuer has no such notion.
+    async fn renewal_info(
+        &self,
+        _ari_cert_id: &str,
+    ) -> Result<Option<crate::acme::RenewalInfo>, Error> {
+        Ok(None)
+    }
+
     /// Revokes a certificate this issuer issued.
     async fn revoke(
         &self,
