@@ -12,6 +12,7 @@ packages=()
 command -v pebble >/dev/null 2>&1 || packages+=(pebble)
 command -v pebble-challtestsrv >/dev/null 2>&1 || packages+=(pebble)
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
+command -v curl >/dev/null 2>&1 || packages+=(curl)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -196,7 +196,8 @@ impl EnvSettings {
         let tls_alpn = TlsAlpnChallenges::new();
         let mut builder = Config::builder()
             .storage(storage.clone())
-            .tls_alpn_challenges(tls_alpn.clone());
+            .tls_alpn_challenges(tls_alpn.clone())
+            .renew_check_interval(self.renew_check);
         if let Some(directory) = &self.directory {
             let mut issuer = AcmeIssuer::builder()
                 .ca(directory)

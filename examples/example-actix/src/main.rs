@@ -56,6 +56,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config
         .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
         .await?;
+    // Renewal checks every CERTAUTO_RENEW_CHECK (default 10 minutes).
+    let maintenance = certauto_core::start_maintenance(&config);
     tracing::info!(
         https = %settings.https_addr,
         http = %settings.http_addr,
@@ -65,6 +67,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     // actix handles SIGINT/SIGTERM: both servers stop gracefully.
     let (a, b) = tokio::join!(https, http);
     config.cache().stop();
+    maintenance.await;
     a?;
     b?;
     Ok(())

@@ -43,6 +43,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config
         .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
         .await?;
+    // Renewal checks every CERTAUTO_RENEW_CHECK (default 10 minutes).
+    let maintenance = certauto_core::start_maintenance(&config);
 
     let app = Router::new().route("/", get(|| async { "Hello from CertAuto over HTTPS\n" }));
     tracing::info!(
@@ -55,6 +57,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     config.cache().stop();
+    maintenance.await;
     Ok(())
 }
 

@@ -1,0 +1,642 @@
+//! End-to-end scenarios shared by `examples/example-axum/tests/e2e.rs` and
+//! `examples/example-actix/tests/e2e.rs` (each includes this file with
+//! `#[path = "../../e2e_common.rs"] mod e2e_common;`).
+//!
+//! A scenario spawns the example binary as a child process, configured only
+//! through `CERTAUTO_*` variables, waits (bounded polling) until it serves
+//! HTTPS, and then checks it from the outside like a user would: reqwest,
+//! a raw TLS handshake, `curl`, and raw HTTP on the redirect port.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use certauto_tests::{Pebble, init_tracing, webpki_verify_chain};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// The public-looking name the Pebble scenarios manage (not a local-CA name).
+const DOMAIN: &str = "app1.example";
+/// What `GET /` of both examples answers.
+const BODY: &str = "Hello from CertAuto over HTTPS\n";
+/// Bound on waiting for the example to reach a state (certificate served,
+/// local CA root written).
+const READY_DEADLINE: Duration = Duration::from_secs(60);
+/// Pause between two polls while waiting.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// Timeout of one request or handshake.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a scenario is started afresh when the example could not bind a
+/// port (another process took it between choosing and binding).
+const MAX_ATTEMPTS: u32 = 3;
+/// Lines of each log shown when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+/// An HTTP-01 token nobody presented.
+const UNKNOWN_CHALLENGE: &str = "/.well-known/acme-challenge/unknownToken_0123456789-abcdef";
+
+const CURL_MISSING: &str = "curl not found on PATH: install the Debian package curl \
+                            (apt-get install -y curl)";
+
+const PROXY_ENV_VARS: &[&str] = &[
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "all_proxy",
+    "no_proxy",
+];
+
+// ----- scenarios -----
+
+/// The example obtains a certificate for [`DOMAIN`] from a fresh Pebble with
+/// `challenge` (`http-01` or `tls-alpn-01`), answered on its own ports, and
+/// then serves it.
+pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
+    init_tracing();
+    let curl = curl_path();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let pebble = Pebble::builder().start().await;
+        let mut app = App::new(bin);
+        let https_ca = app.write("pebble-https-ca.pem", &pebble.https_ca_pem());
+        let root_pem = pebble.root_pem(0).await;
+        let root_der = pebble.root_der(0).await;
+        let root_file = app.write("pebble-root.pem", &root_pem);
+        let http_addr = loopback(pebble.http_port());
+        let https_addr = loopback(pebble.tls_port());
+        let storage = app.storage();
+        app.spawn(&[
+            ("CERTAUTO_DOMAINS", DOMAIN.to_owned()),
+            ("CERTAUTO_DIRECTORY", pebble.directory_url()),
+            ("CERTAUTO_CA_ROOTS", path_str(&https_ca)),
+            ("CERTAUTO_STORAGE", path_str(&storage)),
+            ("CERTAUTO_HTTP_ADDR", http_addr.to_string()),
+            ("CERTAUTO_HTTPS_ADDR", https_addr.to_string()),
+            ("CERTAUTO_CHALLENGE", challenge.to_owned()),
+        ]);
+
+        let client = https_client(&root_der, DOMAIN, https_addr);
+        let url = format!("https://{DOMAIN}:{}/", https_addr.port());
+        match wait_https(&mut app, &client, &url).await {
+            Wait::Ready => {}
+            Wait::PortTaken if attempt < MAX_ATTEMPTS => {
+                eprintln!("attempt {attempt}: the example could not bind its ports; retrying");
+                continue;
+            }
+            Wait::PortTaken => panic!("the example could not bind its ports {MAX_ATTEMPTS} times"),
+        }
+
+        check_https(&client, &url).await;
+        check_served_chain(&root_der, DOMAIN, https_addr).await;
+        check_curl(&curl, &root_file, DOMAIN, https_addr).await;
+        check_http_port(http_addr, DOMAIN, https_addr.port()).await;
+        app.assert_running();
+        return;
+    }
+}
+
+/// With no ACME directory, the example issues for `localhost` from its local
+/// CA, offline; clients trusting `<storage>/local_ca/root.crt` connect.
+pub(crate) async fn local_ca_scenario(bin: &str) {
+    const NAME: &str = "localhost";
+    init_tracing();
+    let curl = curl_path();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let mut app = App::new(bin);
+        let [http_port, https_port] = free_ports();
+        let http_addr = loopback(http_port);
+        let https_addr = loopback(https_port);
+        let storage = app.storage();
+        app.spawn(&[
+            ("CERTAUTO_DOMAINS", NAME.to_owned()),
+            ("CERTAUTO_STORAGE", path_str(&storage)),
+            ("CERTAUTO_HTTP_ADDR", http_addr.to_string()),
+            ("CERTAUTO_HTTPS_ADDR", https_addr.to_string()),
+        ]);
+
+        let root_file = storage.join("local_ca").join("root.crt");
+        let root_der = match wait_for(&mut app, "the local CA root", || {
+            let root_file = root_file.clone();
+            async move { read_root(&root_file) }
+        })
+        .await
+        {
+            Ok(root) => root,
+            Err(Exited::PortTaken) if attempt < MAX_ATTEMPTS => {
+                eprintln!("attempt {attempt}: the example could not bind its ports; retrying");
+                continue;
+            }
+            Err(Exited::PortTaken) => {
+                panic!("the example could not bind its ports {MAX_ATTEMPTS} times")
+            }
+        };
+
+        let client = https_client(&root_der, NAME, https_addr);
+        let url = format!("https://{NAME}:{}/", https_addr.port());
+        match wait_https(&mut app, &client, &url).await {
+            Wait::Ready => {}
+            // The ports were bound once the root was written.
+            Wait::PortTaken => panic!("the example exited after writing its root"),
+        }
+
+        check_https(&client, &url).await;
+        check_served_chain(&root_der, NAME, https_addr).await;
+        check_curl(&curl, &root_file, NAME, https_addr).await;
+        check_http_port(http_addr, NAME, https_addr.port()).await;
+        app.assert_running();
+        return;
+    }
+}
+
+// ----- the checks -----
+
+/// `GET /` answers 200 with the example's body.
+async fn check_https(client: &reqwest::Client, url: &str) {
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+    let status = response.status();
+    let body = response
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: reading the body: {e:?}"));
+    assert_eq!(status, reqwest::StatusCode::OK, "GET {url}: body {body:?}");
+    assert_eq!(body, BODY, "GET {url}");
+}
+
+/// The chain served for `name` verifies against `root_der` alone, and its
+/// leaf names exactly `name`.
+async fn check_served_chain(root_der: &[u8], name: &str, addr: SocketAddr) {
+    let chain = served_chain(root_der, name, addr).await;
+    assert!(!chain.is_empty(), "no certificates served for {name}");
+    webpki_verify_chain(&chain, root_der, name)
+        .unwrap_or_else(|e| panic!("the chain served for {name} does not verify: {e}"));
+    let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0])
+        .unwrap_or_else(|e| panic!("the leaf served for {name} does not parse: {e}"));
+    let san = leaf
+        .subject_alternative_name()
+        .unwrap_or_else(|e| panic!("the leaf's subjectAltName does not parse: {e}"))
+        .unwrap_or_else(|| panic!("the leaf served for {name} has no subjectAltName"));
+    let dns_names: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        dns_names,
+        vec![name.to_owned()],
+        "DNS names of the leaf served for {name}"
+    );
+}
+
+/// `curl --cacert <root>` fetches `/` over HTTPS.
+async fn check_curl(curl: &Path, root_file: &Path, name: &str, addr: SocketAddr) {
+    let port = addr.port();
+    let url = format!("https://{name}:{port}/");
+    let out = run_curl(
+        curl,
+        &[
+            "--cacert".to_owned(),
+            path_str(root_file),
+            "--resolve".to_owned(),
+            format!("{name}:{port}:{}", addr.ip()),
+            url.clone(),
+        ],
+    )
+    .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "curl {url} failed ({}): {}{stdout}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout, BODY, "curl {url}");
+}
+
+/// The HTTP port redirects (308) to HTTPS on `https_port`, keeping path and
+/// query, and answers an unknown challenge token with 404, not a redirect.
+async fn check_http_port(http_addr: SocketAddr, host: &str, https_port: u16) {
+    let target = "/some/path?q=1";
+    let response = raw_http_get(http_addr, host, target).await;
+    assert_eq!(response.status, 308, "GET {target}: {response:?}");
+    assert_eq!(
+        response.header("location"),
+        Some(format!("https://{host}:{https_port}{target}").as_str()),
+        "GET {target}: {response:?}"
+    );
+
+    let response = raw_http_get(http_addr, host, UNKNOWN_CHALLENGE).await;
+    assert_eq!(
+        response.status, 404,
+        "GET {UNKNOWN_CHALLENGE}: {response:?}"
+    );
+    assert_eq!(
+        response.header("location"),
+        None,
+        "GET {UNKNOWN_CHALLENGE}: {response:?}"
+    );
+}
+
+// ----- waiting -----
+
+enum Wait {
+    Ready,
+    PortTaken,
+}
+
+/// Waits until `url` answers over HTTPS (any status) with the client's
+/// roots, i.e. the certificate is being served.
+async fn wait_https(app: &mut App, client: &reqwest::Client, url: &str) -> Wait {
+    let what = format!("GET {url} to succeed over HTTPS");
+    let ready = wait_for(app, &what, || async move {
+        client
+            .get(url)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    match ready {
+        Ok(()) => Wait::Ready,
+        Err(Exited::PortTaken) => Wait::PortTaken,
+    }
+}
+
+/// The example exited because a port was taken (worth retrying).
+enum Exited {
+    PortTaken,
+}
+
+/// Polls `probe` every [`POLL_INTERVAL`] until it succeeds, for at most
+/// [`READY_DEADLINE`]. Panics when the deadline passes or the example exits
+/// for any reason but a taken port.
+async fn wait_for<T, F, Fut>(app: &mut App, what: &str, mut probe: F) -> Result<T, Exited>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + READY_DEADLINE;
+    let mut polls = 0u32;
+    loop {
+        if let Some(status) = app.exited() {
+            if app.stderr().contains("Address already in use") {
+                return Err(Exited::PortTaken);
+            }
+            panic!("{} exited ({status}) while waiting for {what}", app.name());
+        }
+        polls += 1;
+        let last = match probe().await {
+            Ok(value) => return Ok(value),
+            Err(e) => e,
+        };
+        if tokio::time::Instant::now() >= deadline {
+            panic!(
+                "{} did not reach the state within {READY_DEADLINE:?} ({polls} polls): waiting \
+                 for {what}; last error: {last}",
+                app.name()
+            );
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+fn read_root(path: &Path) -> Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let cert = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .ok_or_else(|| format!("{}: no certificate yet", path.display()))?
+        .map_err(|e| format!("{}: {e:?}", path.display()))?;
+    Ok(cert.to_vec())
+}
+
+// ----- the example process -----
+
+/// The example binary as a child process, with its own temporary folder for
+/// storage and logs. Killed when dropped; its log tails are printed then if
+/// the test is failing.
+struct App {
+    bin: String,
+    child: Option<Child>,
+    // Dropped after `Drop::drop` has killed the child.
+    dir: TempDir,
+}
+
+impl App {
+    fn new(bin: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("certauto-e2e-")
+            .tempdir()
+            .expect("create a temporary folder for the example");
+        std::fs::create_dir(dir.path().join("storage")).expect("create the storage folder");
+        Self {
+            bin: bin.to_owned(),
+            child: None,
+            dir,
+        }
+    }
+
+    fn name(&self) -> String {
+        Path::new(&self.bin)
+            .file_name()
+            .map_or_else(|| self.bin.clone(), |n| n.to_string_lossy().into_owned())
+    }
+
+    fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    fn write(&self, file: &str, contents: &str) -> PathBuf {
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    fn stdout_path(&self) -> PathBuf {
+        self.dir.path().join("stdout.log")
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// Starts the binary with `vars` (and `RUST_LOG=info`), no other
+    /// `CERTAUTO_*` or proxy variables.
+    fn spawn(&mut self, vars: &[(&str, String)]) {
+        assert!(self.child.is_none(), "spawned twice");
+        let create = |path: PathBuf| {
+            std::fs::File::create(&path)
+                .unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+        };
+        let mut cmd = Command::new(&self.bin);
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("CERTAUTO_") {
+                cmd.env_remove(&key);
+            }
+        }
+        for var in PROXY_ENV_VARS {
+            cmd.env_remove(var);
+        }
+        cmd.envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(create(self.stdout_path())))
+            .stderr(Stdio::from(create(self.stderr_path())))
+            .kill_on_drop(true);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", self.bin));
+        self.child = Some(child);
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        child.try_wait().ok().flatten()
+    }
+
+    fn assert_running(&mut self) {
+        if let Some(status) = self.exited() {
+            panic!("{} exited ({status}) during the checks", self.name());
+        }
+    }
+
+    fn log_report(&self) -> String {
+        let mut report = String::new();
+        for (what, path) in [
+            ("stdout", self.stdout_path()),
+            ("stderr", self.stderr_path()),
+        ] {
+            let _ = writeln!(
+                report,
+                "--- {} {what} (last {LOG_TAIL_LINES} lines) ---\n{}",
+                self.name(),
+                tail(&path, LOG_TAIL_LINES)
+            );
+        }
+        report
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+            // Reap it (bounded), so its ports are free for the next attempt.
+            for _ in 0..400 {
+                match child.try_wait() {
+                    Ok(None) => std::thread::sleep(Duration::from_millis(5)),
+                    Ok(Some(_)) | Err(_) => break,
+                }
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "e2e: the example's output (the test failed):\n{}",
+                self.log_report()
+            );
+        }
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("<{e}>\n"));
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = all[all.len().saturating_sub(lines)..].join("\n");
+    out.push('\n');
+    out
+}
+
+// ----- clients -----
+
+/// A rustls client config (ring provider, ALPN `http/1.1`) trusting only `root_der`.
+fn client_config(root_der: &[u8]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(root_der.to_vec()))
+        .expect("add the root to a root store");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("the ring provider supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// A reqwest client trusting only `root_der` that resolves `name` to `addr`.
+fn https_client(root_der: &[u8], name: &str, addr: SocketAddr) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(client_config(root_der))
+        .resolve(name, addr)
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(REQUEST_TIMEOUT)
+        .timeout(REQUEST_TIMEOUT)
+        .build()
+        .expect("build the reqwest client")
+}
+
+/// The certificates `addr` serves for SNI `name` (handshake trusting only `root_der`).
+async fn served_chain(root_der: &[u8], name: &str, addr: SocketAddr) -> Vec<Vec<u8>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config(root_der)));
+    let server_name =
+        ServerName::try_from(name.to_owned()).unwrap_or_else(|e| panic!("server name {name}: {e}"));
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        connector.connect(server_name, tcp).await
+    };
+    let tls = tokio::time::timeout(REQUEST_TIMEOUT, handshake)
+        .await
+        .unwrap_or_else(|_| panic!("TLS handshake with {addr} ({name}) timed out"))
+        .unwrap_or_else(|e| panic!("TLS handshake with {addr} ({name}): {e}"));
+    tls.get_ref()
+        .1
+        .peer_certificates()
+        .unwrap_or_else(|| panic!("{addr} sent no certificates"))
+        .iter()
+        .map(|c| c.as_ref().to_vec())
+        .collect()
+}
+
+/// An HTTP/1.1 response: status and headers (names lower-cased).
+#[derive(Debug)]
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET target` with `Host: host` over a plain TCP connection to `addr`.
+async fn raw_http_get(addr: SocketAddr, host: &str, target: &str) -> RawResponse {
+    let exchange = async {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+        let request = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        tcp.write_all(request.as_bytes()).await?;
+        let mut raw = Vec::new();
+        tcp.read_to_end(&mut raw).await?;
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| panic!("GET http://{addr}{target} timed out"))
+        .unwrap_or_else(|e| panic!("GET http://{addr}{target}: {e}"));
+    let text = String::from_utf8_lossy(&raw);
+    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("GET http://{addr}{target}: bad response {text:?}"));
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawResponse { status, headers }
+}
+
+/// Where `curl` is; a missing curl fails the test.
+fn curl_path() -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .map(|dir| dir.join("curl"))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{CURL_MISSING}"))
+}
+
+/// Runs curl (quiet, no proxy, bounded time) with `args`.
+async fn run_curl(curl: &Path, args: &[String]) -> Output {
+    let mut cmd = Command::new(curl);
+    for var in PROXY_ENV_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--noproxy",
+        "*",
+        "--max-time",
+        "20",
+    ])
+    .args(args)
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
+    cmd.output()
+        .await
+        .unwrap_or_else(|e| panic!("run {} ({CURL_MISSING}): {e}", curl.display()))
+}
+
+// ----- ports and paths -----
+
+/// Ports this test binary has handed out already: the kernel may hand a
+/// just-released port out again.
+static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Two distinct free ports on 127.0.0.1 (bound together, then released).
+fn free_ports() -> [u16; 2] {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    for _ in 0..64 {
+        if ports.len() == 2 {
+            break;
+        }
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("local_addr").port();
+        held.push(listener);
+        if HANDED_OUT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(port)
+        {
+            ports.push(port);
+        }
+    }
+    drop(held);
+    match ports[..] {
+        [a, b] => [a, b],
+        _ => panic!("could not find two free ports on 127.0.0.1"),
+    }
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str()
+        .unwrap_or_else(|| panic!("non-UTF-8 path {}", path.display()))
+        .to_owned()
+}

@@ -1,0 +1,27 @@
+//! End to end: the example-actix binary, configured only through `CERTAUTO_*`
+//! variables, obtains a certificate from a real Pebble (HTTP-01 and
+//! TLS-ALPN-01, answered on its own ports) or from its local CA (offline), and
+//! serves it to reqwest, a raw TLS handshake and curl; its HTTP port
+//! redirects. The scenarios live in `examples/e2e_common.rs`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../../e2e_common.rs"]
+mod e2e_common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_example-actix");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_http01() {
+    e2e_common::pebble_scenario(BIN, "http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_tls_alpn01() {
+    e2e_common::pebble_scenario(BIN, "tls-alpn-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_ca_localhost_offline() {
+    e2e_common::local_ca_scenario(BIN).await;
+}
