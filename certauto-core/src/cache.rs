@@ -29,6 +29,7 @@ use crate::acme::http::crypto_provider;
 use crate::certificate::Certificate;
 use crate::error::CertificateError;
 use crate::identifier::Identifier;
+use crate::name_table::NameTable;
 
 /// The default capacity of a [`CertCache`].
 pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
@@ -157,6 +158,11 @@ struct Index {
     live: HashMap<EntryId, (Arc<CachedCert>, usize)>,
     /// Eviction order: unmanaged first, then earliest expiry.
     order: BTreeSet<(bool, SystemTime, EntryId)>,
+    /// The handshake path's copy of `exact`: certified keys stored inline
+    /// with their names, one cold cache line per hit fewer.
+    keys_exact: NameTable<Arc<CertifiedKey>>,
+    /// The handshake path's copy of `wildcard`.
+    keys_wildcard: NameTable<Arc<CertifiedKey>>,
 }
 
 impl Index {
@@ -169,8 +175,15 @@ impl Index {
     }
 
     fn put(&mut self, id: &Identifier, entry: &Arc<CachedCert>) {
+        let wildcard = id.is_wildcard();
         let (map, key) = self.slot(id);
-        let old = map.insert(key, entry.clone());
+        let old = map.insert(key.clone(), entry.clone());
+        let keys = if wildcard {
+            &mut self.keys_wildcard
+        } else {
+            &mut self.keys_exact
+        };
+        keys.insert(&key, entry.certified_key.clone());
         self.retain(entry);
         if let Some(old) = old {
             self.release(&old);
@@ -201,9 +214,15 @@ impl Index {
 
     fn remove_entry(&mut self, entry: &Arc<CachedCert>) {
         for id in &entry.names {
+            let wildcard = id.is_wildcard();
             let (map, key) = self.slot(id);
             if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
                 map.remove(&key);
+                if wildcard {
+                    self.keys_wildcard.remove(&key);
+                } else {
+                    self.keys_exact.remove(&key);
+                }
                 self.release(entry);
             }
         }
@@ -291,6 +310,28 @@ impl CertCache {
             .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Replaces `current` by `new` (for example the same certificate with a
+    /// fresh OCSP staple), but only if `current` still serves its first name:
+    /// a certificate renewed in the meantime is never put back. Returns
+    /// whether it replaced.
+    pub fn replace_entry(&self, current: &Arc<CachedCert>, new: Arc<CachedCert>) -> bool {
+        let Some(first) = current.names.first() else {
+            return false;
+        };
+        let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+        let (map, key) = index.slot(first);
+        if !map.get(&key).is_some_and(|e| Arc::ptr_eq(e, current)) {
+            return false;
+        }
+        for id in &new.names {
+            index.put(id, &new);
+        }
+        self.inner
+            .count
+            .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+        true
+    }
+
     /// The entry serving `name`: exact match, then a one-label wildcard.
     pub fn get(&self, name: &str) -> Option<Arc<CachedCert>> {
         let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
@@ -300,7 +341,7 @@ impl CertCache {
     /// The certified key for an SNI value: the handshake path.
     pub fn certified_key(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        lookup(&index, sni).map(|e| e.certified_key.clone())
+        lookup_key(&index, sni).cloned()
     }
 
     /// Removes every entry covering `name` exactly.
@@ -371,12 +412,39 @@ fn lookup(index: &Index, name: &str) -> Option<Arc<CachedCert>> {
     index.wildcard.get(parent).cloned()
 }
 
+/// [`lookup`] on the handshake path's tables.
+fn lookup_key<'a>(index: &'a Index, name: &str) -> Option<&'a Arc<CertifiedKey>> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        let lower = name.to_ascii_lowercase();
+        return lookup_key(index, &lower);
+    }
+    if let Some(key) = index.keys_exact.get(name) {
+        return Some(key);
+    }
+    let (_, parent) = name.split_once('.')?;
+    index.keys_wildcard.get(parent)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::issuer::LocalCa;
     use crate::storage::MemoryStorage;
+
+    /// The handshake path's tables agree with the bookkeeping maps.
+    fn assert_consistent(cache: &CertCache, names: &[&str]) {
+        for name in names {
+            let via_entry = cache.get(name).map(|e| e.certified_key().clone());
+            let via_key = cache.certified_key(name);
+            match (via_entry, via_key) {
+                (Some(a), Some(b)) => assert!(Arc::ptr_eq(&a, &b), "{name}"),
+                (None, None) => {}
+                (a, b) => panic!("{name}: entry {:?}, key {:?}", a.is_some(), b.is_some()),
+            }
+        }
+    }
 
     async fn cert(ca: &LocalCa, names: &[&str]) -> Certificate {
         ca.issue_for(&Identifier::parse_all(names).unwrap())
@@ -410,6 +478,17 @@ mod tests {
         assert!(cache.get("a.b.example.com").is_none());
         assert!(cache.get("example.com").is_none());
         assert!(cache.certified_key("api.example.com").is_some());
+        assert_consistent(
+            &cache,
+            &[
+                "WWW.Example.com",
+                "www.example.com.",
+                "api.example.com",
+                "API.EXAMPLE.COM",
+                "a.b.example.com",
+                "example.com",
+            ],
+        );
     }
 
     #[tokio::test]
@@ -424,8 +503,10 @@ mod tests {
             .unwrap();
         assert_eq!(cache.len(), 1);
         assert_eq!(cache.get("b.test").unwrap().serial(), new.serial());
+        assert_consistent(&cache, &["a.test", "b.test"]);
         assert!(cache.remove("a.test").is_some());
         assert!(cache.get("b.test").is_none());
+        assert_consistent(&cache, &["a.test", "b.test"]);
         assert!(cache.is_empty());
     }
 
@@ -444,6 +525,7 @@ mod tests {
         assert!(cache.get("ondemand.test").is_none());
         assert!(cache.get("managed.test").is_some());
         assert!(cache.get("new.test").is_some());
+        assert_consistent(&cache, &["managed.test", "ondemand.test", "new.test"]);
     }
 
     #[tokio::test]
@@ -456,6 +538,22 @@ mod tests {
             cache.certified_key("o.test").unwrap().ocsp.as_deref(),
             Some(&[1u8, 2, 3][..])
         );
+    }
+
+    #[tokio::test]
+    async fn replace_entry_only_replaces_what_still_serves() {
+        let ca = LocalCa::new(Arc::new(MemoryStorage::new()));
+        let cache = CertCache::new();
+        let old = cache.insert(&cert(&ca, &["r.test"]).await, true).unwrap();
+        let stapled = Arc::new(old.with_ocsp(Some(vec![7])));
+        assert!(cache.replace_entry(&old, stapled.clone()));
+        assert_eq!(cache.certified_key("r.test").unwrap().ocsp, Some(vec![7]));
+        // A renewal replaced it: a late staple for the old entry is dropped.
+        let renewed = cache.insert(&cert(&ca, &["r.test"]).await, true).unwrap();
+        assert!(!cache.replace_entry(&stapled, Arc::new(stapled.with_ocsp(None))));
+        assert_eq!(cache.get("r.test").unwrap().serial(), renewed.serial());
+        assert_eq!(cache.len(), 1);
+        assert_consistent(&cache, &["r.test"]);
     }
 
     #[test]

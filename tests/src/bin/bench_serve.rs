@@ -1,4 +1,5 @@
-//! Run with: cargo run --release -p certauto-tests --bin bench-serve
+//! Run with: `cargo run --release -p certauto-tests --bin bench-serve [lookups]`
+//! (`lookups` measures only the lookup times and the memory per certificate.)
 //!
 //! Serving benchmark: what CertAuto costs on the request path. Every figure is measured
 //! against a baseline in the same run, interleaved with it, because the machine is shared.
@@ -155,7 +156,21 @@ fn main() -> ExitCode {
 
 fn run() -> BenchResult<()> {
     let started = Instant::now();
-    let wrk = find_on_path("wrk").ok_or_else(|| WRK_MISSING.to_owned())?;
+    // `bench-serve lookups` measures only (2) and (3).
+    let only_lookups = match std::env::args().nth(1).as_deref() {
+        None => false,
+        Some("lookups") => true,
+        Some(other) => {
+            return Err(format!(
+                "unknown argument {other:?} (expected none or `lookups`)"
+            ));
+        }
+    };
+    let wrk = if only_lookups {
+        None
+    } else {
+        Some(find_on_path("wrk").ok_or_else(|| WRK_MISSING.to_owned())?)
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut loads = vec![("start".to_owned(), loadavg())];
 
@@ -215,16 +230,20 @@ fn run() -> BenchResult<()> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    let handshakes = runtime.block_on(handshake_bench(
-        cores,
-        &caches,
-        &entries,
-        &generated.root_der,
-        baseline_chain,
-        baseline_key,
-        &plain,
-        &mut loads,
-    ))?;
+    let handshakes = if only_lookups {
+        None
+    } else {
+        Some(runtime.block_on(handshake_bench(
+            cores,
+            &caches,
+            &entries,
+            &generated.root_der,
+            baseline_chain,
+            baseline_key,
+            &plain,
+            &mut loads,
+        ))?)
+    };
     runtime.shutdown_timeout(Duration::from_secs(5));
 
     // ----- (2) lookups -----
@@ -237,7 +256,10 @@ fn run() -> BenchResult<()> {
     drop(entries);
 
     // ----- (4) requests/s with wrk -----
-    let requests = http_bench(&wrk, &mut loads)?;
+    let requests = match &wrk {
+        Some(wrk) => Some(http_bench(wrk, &mut loads)?),
+        None => None,
+    };
     loads.push(("end".to_owned(), loadavg()));
 
     Report {
@@ -1925,9 +1947,11 @@ struct Report {
     cores: usize,
     generation: Duration,
     memory: MemoryFigures,
-    handshakes: HandshakeFigures,
+    /// `None` when only the lookups and memory were asked for.
+    handshakes: Option<HandshakeFigures>,
     lookups: LookupFigures,
-    requests: RequestFigures,
+    /// `None` when only the lookups and memory were asked for.
+    requests: Option<RequestFigures>,
     loads: Vec<(String, String)>,
     total: Duration,
 }
@@ -1967,74 +1991,74 @@ impl Report {
         println!("total run time: {:.0} s", self.total.as_secs_f64());
         println!();
 
-        let h = &self.handshakes;
-        println!(
-            "(1) full TLS 1.3 handshakes/s, loopback, {} client tasks, no resumption; baseline \
-             = with_single_cert; per round {HANDSHAKES} handshakes per configuration in \
-             {CHUNKS} chunks alternating with the baseline's; {ROUNDS} rounds",
-            h.concurrency
-        );
-        println!(
-            "    {} handshakes checked first with a WebPKI client trusting the LocalCa root \
-             (right certificate for exact and wildcard names; unknown names refused)",
-            h.checked
-        );
-        println!(
-            "| cached certificates | baseline handshakes/s, median (per round) | resolver \
-             handshakes/s, median (per round) | ratio per round | median ratio | CPU us per \
-             handshake, baseline / resolver (medians) | CPU ratio baseline/resolver per round |"
-        );
         let mut ratio_100k = f64::NAN;
         let mut cpu_ratio_100k = f64::NAN;
-        for run in &h.runs {
-            let ratios = run.ratios();
-            let cpu_ratios = run.cpu_ratios();
-            let m = median(&ratios);
-            if run.size == TOTAL_CERTS {
-                ratio_100k = m;
-                cpu_ratio_100k = median(&cpu_ratios);
+        if let Some(h) = &self.handshakes {
+            println!(
+                "(1) full TLS 1.3 handshakes/s, loopback, {} client tasks, no resumption; baseline \
+                 = with_single_cert; per round {HANDSHAKES} handshakes per configuration in \
+                 {CHUNKS} chunks alternating with the baseline's; {ROUNDS} rounds",
+                h.concurrency
+            );
+            println!(
+                "    {} handshakes checked first with a WebPKI client trusting the LocalCa root \
+                 (right certificate for exact and wildcard names; unknown names refused)",
+                h.checked
+            );
+            println!(
+                "| cached certificates | baseline handshakes/s, median (per round) | resolver \
+                 handshakes/s, median (per round) | ratio per round | median ratio | CPU us per \
+                 handshake, baseline / resolver (medians) | CPU ratio baseline/resolver per round |"
+            );
+            for run in &h.runs {
+                let ratios = run.ratios();
+                let cpu_ratios = run.cpu_ratios();
+                let m = median(&ratios);
+                if run.size == TOTAL_CERTS {
+                    ratio_100k = m;
+                    cpu_ratio_100k = median(&cpu_ratios);
+                }
+                println!(
+                    "| {} | {:.0} ({}) | {:.0} ({}) | {} | {:.3} | {:.0} / {:.0} | {} |",
+                    run.size,
+                    median(&run.baseline),
+                    list(&run.baseline, 0),
+                    median(&run.resolver),
+                    list(&run.resolver, 0),
+                    list(&ratios, 3),
+                    m,
+                    median(&run.baseline_cpu),
+                    median(&run.resolver_cpu),
+                    list(&cpu_ratios, 3)
+                );
             }
+            let t = h.timer_ns;
             println!(
-                "| {} | {:.0} ({}) | {:.0} ({}) | {} | {:.3} | {:.0} / {:.0} | {} |",
-                run.size,
-                median(&run.baseline),
-                list(&run.baseline, 0),
-                median(&run.resolver),
-                list(&run.resolver, 0),
-                list(&ratios, 3),
-                m,
-                median(&run.baseline_cpu),
-                median(&run.resolver_cpu),
-                list(&cpu_ratios, 3)
+                "    resolve() timed inside real handshakes ({} calls each, interleaved; one \
+                 Instant::now()+elapsed() pair costs {t:.1} ns and is subtracted), ns median / p90 / \
+                 mean:",
+                h.resolve_calls
             );
+            for (label, r) in [
+                (
+                    "SingleCertAndKey (rustls, with_single_cert's resolver)",
+                    h.resolve_single,
+                ),
+                (
+                    "plain two-map resolver, 100000 certificates",
+                    h.resolve_plain,
+                ),
+                ("CertResolver, 100000 certificates", h.resolve_100k),
+            ] {
+                println!(
+                    "      {label:<56} {:.0} / {:.0} / {:.0}",
+                    r.median - t,
+                    r.p90 - t,
+                    r.mean - t
+                );
+            }
+            println!();
         }
-        let t = h.timer_ns;
-        println!(
-            "    resolve() timed inside real handshakes ({} calls each, interleaved; one \
-             Instant::now()+elapsed() pair costs {t:.1} ns and is subtracted), ns median / p90 / \
-             mean:",
-            h.resolve_calls
-        );
-        for (label, r) in [
-            (
-                "SingleCertAndKey (rustls, with_single_cert's resolver)",
-                h.resolve_single,
-            ),
-            (
-                "plain two-map resolver, 100000 certificates",
-                h.resolve_plain,
-            ),
-            ("CertResolver, 100000 certificates", h.resolve_100k),
-        ] {
-            println!(
-                "      {label:<56} {:.0} / {:.0} / {:.0}",
-                r.median - t,
-                r.p90 - t,
-                r.mean - t
-            );
-        }
-        println!();
-
         let l = &self.lookups;
         println!(
             "(2) lookups at {TOTAL_CERTS} certificates, {LOOKUPS} per run cycling through \
@@ -2103,90 +2127,92 @@ impl Report {
         );
         println!();
 
-        let r = &self.requests;
-        println!(
-            "(4) requests/s, wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, server on a \
-             one-worker tokio runtime; {ROUNDS} runs per server per case, back to back, the \
-             order alternating; server CPU us per request from schedstat. Then {FINE_PAIRS} \
-             back-to-back pairs of -d{FINE_SECONDS}s runs per case, ratio within each pair."
-        );
-        println!(
-            "| case | baseline req/s, median (per run) | layered req/s, median (per run) | \
-             ratio per round | ratio of medians | server CPU us/request baseline / layered \
-             (medians) | {FINE_PAIRS} fine pairs: median ratio (quartiles) | answer bytes |"
-        );
         let mut worst_pass_through = f64::INFINITY;
         let mut worst_fine = f64::INFINITY;
-        for (pair, bytes) in r.pairs.iter().zip(&r.response_bytes) {
-            let ratio = median(&pair.layered) / median(&pair.baseline);
-            let fine = median(&pair.fine_ratios);
-            if !pair.label.starts_with("(b)") {
-                worst_pass_through = worst_pass_through.min(ratio);
-                worst_fine = worst_fine.min(fine);
-            }
-            println!(
-                "| {} | {}: {:.0} ({}) | {}: {:.0} ({}) | {} | {:.3} | {:.2} / {:.2} | {:.3} \
-                 ({:.3}-{:.3}) | {bytes} |",
-                pair.label,
-                pair.baseline_label,
-                median(&pair.baseline),
-                list(&pair.baseline, 0),
-                pair.layered_label,
-                median(&pair.layered),
-                list(&pair.layered, 0),
-                list(&pair.ratios(), 3),
-                ratio,
-                median(&pair.baseline_cpu),
-                median(&pair.layered_cpu),
-                fine,
-                quantile(&pair.fine_ratios, 0.25),
-                quantile(&pair.fine_ratios, 0.75)
-            );
-        }
-        println!(
-            "    in-process calls (no network; per round the median of {IN_PROCESS_CHUNKS} chunks of \
-             {IN_PROCESS_CHUNK} calls per service, the two services taking turns; {ROUNDS} \
-             rounds): ns per request, and the requests/s ratio this predicts when the difference \
-             is added to the lowest server CPU per request measured with wrk"
-        );
-        println!(
-            "| case | baseline ns/request, median (per round) | layered ns/request, median (per \
-             round) | difference | predicted requests/s ratio |"
-        );
         let mut worst_predicted = f64::INFINITY;
-        for pair in &r.pairs {
-            let base = median(&pair.in_process.0);
-            let layered = median(&pair.in_process.1);
-            let server_ns = pair
-                .baseline_cpu
-                .iter()
-                .chain(&pair.layered_cpu)
-                .copied()
-                .fold(f64::INFINITY, f64::min)
-                * 1000.0;
-            let predicted = server_ns / (server_ns + layered - base);
-            if !pair.label.starts_with("(b)") {
-                worst_predicted = worst_predicted.min(predicted);
+        if let Some(r) = &self.requests {
+            println!(
+                "(4) requests/s, wrk -t1 -c{WRK_CONNECTIONS} -d{WRK_SECONDS}s, server on a \
+                 one-worker tokio runtime; {ROUNDS} runs per server per case, back to back, the \
+                 order alternating; server CPU us per request from schedstat. Then {FINE_PAIRS} \
+                 back-to-back pairs of -d{FINE_SECONDS}s runs per case, ratio within each pair."
+            );
+            println!(
+                "| case | baseline req/s, median (per run) | layered req/s, median (per run) | \
+                 ratio per round | ratio of medians | server CPU us/request baseline / layered \
+                 (medians) | {FINE_PAIRS} fine pairs: median ratio (quartiles) | answer bytes |"
+            );
+            for (pair, bytes) in r.pairs.iter().zip(&r.response_bytes) {
+                let ratio = median(&pair.layered) / median(&pair.baseline);
+                let fine = median(&pair.fine_ratios);
+                if !pair.label.starts_with("(b)") {
+                    worst_pass_through = worst_pass_through.min(ratio);
+                    worst_fine = worst_fine.min(fine);
+                }
+                println!(
+                    "| {} | {}: {:.0} ({}) | {}: {:.0} ({}) | {} | {:.3} | {:.2} / {:.2} | {:.3} \
+                     ({:.3}-{:.3}) | {bytes} |",
+                    pair.label,
+                    pair.baseline_label,
+                    median(&pair.baseline),
+                    list(&pair.baseline, 0),
+                    pair.layered_label,
+                    median(&pair.layered),
+                    list(&pair.layered, 0),
+                    list(&pair.ratios(), 3),
+                    ratio,
+                    median(&pair.baseline_cpu),
+                    median(&pair.layered_cpu),
+                    fine,
+                    quantile(&pair.fine_ratios, 0.25),
+                    quantile(&pair.fine_ratios, 0.75)
+                );
             }
             println!(
-                "| {} | {:.0} ({}) | {:.0} ({}) | {:+.0} ns | {:.3} |",
-                pair.label,
-                base,
-                list(&pair.in_process.0, 0),
-                layered,
-                list(&pair.in_process.1, 0),
-                layered - base,
-                predicted
+                "    in-process calls (no network; per round the median of {IN_PROCESS_CHUNKS} chunks of \
+                 {IN_PROCESS_CHUNK} calls per service, the two services taking turns; {ROUNDS} \
+                 rounds): ns per request, and the requests/s ratio this predicts when the difference \
+                 is added to the lowest server CPU per request measured with wrk"
+            );
+            println!(
+                "| case | baseline ns/request, median (per round) | layered ns/request, median (per \
+                 round) | difference | predicted requests/s ratio |"
+            );
+            for pair in &r.pairs {
+                let base = median(&pair.in_process.0);
+                let layered = median(&pair.in_process.1);
+                let server_ns = pair
+                    .baseline_cpu
+                    .iter()
+                    .chain(&pair.layered_cpu)
+                    .copied()
+                    .fold(f64::INFINITY, f64::min)
+                    * 1000.0;
+                let predicted = server_ns / (server_ns + layered - base);
+                if !pair.label.starts_with("(b)") {
+                    worst_predicted = worst_predicted.min(predicted);
+                }
+                println!(
+                    "| {} | {:.0} ({}) | {:.0} ({}) | {:+.0} ns | {:.3} |",
+                    pair.label,
+                    base,
+                    list(&pair.in_process.0, 0),
+                    layered,
+                    list(&pair.in_process.1, 0),
+                    layered - base,
+                    predicted
+                );
+            }
+            println!();
+        }
+        println!("goals:");
+        if self.handshakes.is_some() {
+            println!(
+                "  handshakes at {TOTAL_CERTS} names >= 0.97x baseline: {ratio_100k:.3}x -> {} \
+                 (by CPU time per handshake: {cpu_ratio_100k:.3}x)",
+                verdict(ratio_100k >= 0.97)
             );
         }
-        println!();
-
-        println!("goals:");
-        println!(
-            "  handshakes at {TOTAL_CERTS} names >= 0.97x baseline: {ratio_100k:.3}x -> {} \
-             (by CPU time per handshake: {cpu_ratio_100k:.3}x)",
-            verdict(ratio_100k >= 0.97)
-        );
         println!(
             "  lookup < 200 ns: {:.1} ns -> {} (on-CPU {:.1} ns; hot set of {HOT_SET} names: \
              {:.1} ns -> {})",
@@ -2201,15 +2227,17 @@ impl Report {
             per_cert / 1024.0,
             verdict(per_cert < 8192.0)
         );
-        println!(
-            "  requests/s with a layer's pass-through >= 0.98x bare: worst ratio of medians \
-             {worst_pass_through:.3}x -> {}; worst median of the fine pairs {worst_fine:.3}x -> {}",
-            verdict(worst_pass_through >= 0.98),
-            verdict(worst_fine >= 0.98)
-        );
-        println!(
-            "    predicted from the in-process cost: worst {worst_predicted:.3}x -> {}",
-            verdict(worst_predicted >= 0.98)
-        );
+        if self.requests.is_some() {
+            println!(
+                "  requests/s with a layer's pass-through >= 0.98x bare: worst ratio of medians \
+                 {worst_pass_through:.3}x -> {}; worst median of the fine pairs {worst_fine:.3}x -> {}",
+                verdict(worst_pass_through >= 0.98),
+                verdict(worst_fine >= 0.98)
+            );
+            println!(
+                "    predicted from the in-process cost: worst {worst_predicted:.3}x -> {}",
+                verdict(worst_predicted >= 0.98)
+            );
+        }
     }
 }
