@@ -13,6 +13,7 @@ command -v pebble >/dev/null 2>&1 || packages+=(pebble)
 command -v pebble-challtestsrv >/dev/null 2>&1 || packages+=(pebble)
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
+command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

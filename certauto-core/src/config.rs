@@ -43,6 +43,7 @@ pub struct ConfigBuilder {
     default_name: Option<String>,
     rate_limit: (u32, Duration),
     renew_interval: Duration,
+    ocsp_interval: Duration,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -145,6 +146,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// How often [`start_maintenance`](crate::start_maintenance) refreshes
+    /// OCSP staples with [`Config::check_ocsp`] (default 1 hour).
+    pub fn ocsp_check_interval(mut self, interval: Duration) -> Self {
+        self.ocsp_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
     /// The name whose certificate is served to clients that send no SNI
     /// (default: the first managed name).
     pub fn default_server_name(mut self, name: impl Into<String>) -> Self {
@@ -186,6 +194,7 @@ impl ConfigBuilder {
                 rate_limit: self.rate_limit,
                 rate_limiters: StdMutex::new(HashMap::new()),
                 renew_interval: self.renew_interval,
+                ocsp_interval: self.ocsp_interval,
                 maintenance: StdMutex::new(HashMap::new()),
             }),
         }
@@ -234,6 +243,7 @@ struct Inner {
     rate_limit: (u32, Duration),
     rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
     renew_interval: Duration,
+    ocsp_interval: Duration,
     maintenance: StdMutex<HashMap<String, CertState>>,
 }
 
@@ -291,6 +301,7 @@ impl Config {
             default_name: None,
             rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
             renew_interval: crate::maintain::DEFAULT_RENEW_INTERVAL,
+            ocsp_interval: crate::ocsp::DEFAULT_OCSP_CHECK_INTERVAL,
         }
     }
 
@@ -335,6 +346,11 @@ impl Config {
     /// How often maintenance checks for renewals.
     pub fn renew_check_interval(&self) -> Duration {
         self.inner.renew_interval
+    }
+
+    /// How often maintenance refreshes OCSP staples.
+    pub fn ocsp_check_interval(&self) -> Duration {
+        self.inner.ocsp_interval
     }
 
     pub(crate) fn maintenance_state(&self) -> &StdMutex<HashMap<String, CertState>> {
@@ -417,9 +433,11 @@ impl Config {
     }
 
     /// Manages one certificate per name: loads what storage holds into the
-    /// cache (`cached_managed_cert`), obtains what is missing or due, and
-    /// records the names for maintenance. Returns when every name has a
-    /// certificate, or with the first error.
+    /// cache (`cached_managed_cert`), obtains what is missing or due (unless a
+    /// failed renewal is waiting for its retry time: then the stored
+    /// certificate serves until maintenance retries), and records the names
+    /// for maintenance. Returns when every name has a certificate, or with
+    /// the first error.
     pub async fn manage<I, S>(&self, names: I) -> Result<(), Error>
     where
         I: IntoIterator<Item = S>,
@@ -462,9 +480,12 @@ impl Config {
                 continue;
             }
             let config = self.clone();
+            // Through the retry schedule: a failure is retried by maintenance
+            // after its backoff, not at once by the next check.
             tokio::spawn(async move {
-                if let Err(e) = config.manage_one(ids).await {
-                    tracing::warn!(error = %e, "background obtain failed");
+                let outcome = config.renew_with_backoff(ids, RenewMode::IfDue).await;
+                if outcome != crate::maintain::RenewOutcome::Renewed {
+                    tracing::warn!(?outcome, "background obtain did not complete");
                 }
             });
         }
@@ -476,7 +497,12 @@ impl Config {
         let Some(cert) = self.load_ids(ids).await? else {
             return Ok(None);
         };
-        if cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio) {
+        let now = self.inner.clock.now();
+        // A due certificate whose renewal failed (before a restart, too) keeps
+        // serving while it is valid: the retry waits for its backoff.
+        if cert.needs_renewal(now, self.inner.renewal_ratio)
+            && (cert.is_expired(now) || !self.retry_pending(&ids[0]).await)
+        {
             return Ok(None);
         }
         if self.ensure_cached(&cert)? {
@@ -489,6 +515,7 @@ impl Config {
                 serial: cert.serial_hex(),
             });
         }
+        self.staple_loaded(&cert, ids).await;
         Ok(Some(cert))
     }
 
@@ -683,6 +710,9 @@ impl Config {
         }
         .await;
         guard.release().await;
+        if let Ok(cert) = &result {
+            self.staple_new(cert).await;
+        }
         result
     }
 
@@ -746,6 +776,9 @@ impl Config {
         }
         .await;
         guard.release().await;
+        if let Ok(cert) = &result {
+            self.staple_new(cert).await;
+        }
         result
     }
 

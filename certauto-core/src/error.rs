@@ -30,6 +30,9 @@ pub enum Error {
     /// The configuration does not allow the operation.
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// OCSP stapling failed.
+    #[error(transparent)]
+    Ocsp(#[from] OcspError),
     /// Every configured issuer failed; the errors are in the order tried.
     #[error("all issuers failed: {}", display_all(.0))]
     AllIssuersFailed(Vec<(String, Error)>),
@@ -280,4 +283,87 @@ pub enum ConfigError {
     /// A PEM bundle of trusted roots could not be parsed.
     #[error("invalid trusted root certificates: {0}")]
     InvalidRoots(String),
+}
+
+/// OCSP errors: fetching or verifying a response ([`crate::ocsp`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OcspError {
+    /// The certificate has no OCSP responder URL.
+    #[error("the certificate names no OCSP responder")]
+    NoResponder,
+    /// The served chain holds no issuer certificate to check the response against.
+    #[error("the certificate chain has no issuer certificate")]
+    NoIssuer,
+    /// The certificate or its issuer could not be parsed or do not belong together.
+    #[error("unusable certificate for OCSP: {0}")]
+    Certificate(String),
+    /// The request could not be sent or the response not received.
+    #[error("OCSP request to {url} failed: {source}")]
+    Transport {
+        /// The responder URL.
+        url: String,
+        /// The underlying error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The responder answered with an HTTP error status.
+    #[error("OCSP responder {url} answered HTTP {status}")]
+    HttpStatus {
+        /// The responder URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// The response body exceeded the size bound.
+    #[error("OCSP response from {url} is larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The responder URL.
+        url: String,
+        /// The bound.
+        limit: usize,
+    },
+    /// The response is not valid DER of the expected structure.
+    #[error("malformed OCSP response: {0}")]
+    Malformed(&'static str),
+    /// The responder did not answer `successful` (RFC 6960 §4.2.1:
+    /// 1 malformedRequest, 2 internalError, 3 tryLater, 5 sigRequired, 6 unauthorized).
+    #[error("the OCSP responder refused the request (responseStatus {status})")]
+    Unsuccessful {
+        /// The `responseStatus` code.
+        status: u8,
+    },
+    /// The response is not an `id-pkix-ocsp-basic` response.
+    #[error("unsupported OCSP response type")]
+    UnsupportedResponseType,
+    /// The signature algorithm or the signer's key type is not supported.
+    #[error("unsupported OCSP signature algorithm or key type")]
+    UnsupportedAlgorithm,
+    /// The response's signature does not verify.
+    #[error("the OCSP response signature does not verify")]
+    BadSignature,
+    /// The response is signed by neither the issuer nor a responder the issuer authorised.
+    #[error("the OCSP response is signed by neither the issuer nor an authorised responder")]
+    UntrustedResponder,
+    /// The response holds no status for this certificate.
+    #[error("the OCSP response has no status for this certificate")]
+    NoMatchingResponse,
+    /// `thisUpdate` is in the future.
+    #[error("the OCSP response is not yet valid (thisUpdate {this_update:?})")]
+    NotYetValid {
+        /// The response's `thisUpdate`.
+        this_update: std::time::SystemTime,
+    },
+    /// The response has no `nextUpdate`, so its freshness cannot be judged.
+    #[error("the OCSP response has no nextUpdate")]
+    NoNextUpdate,
+    /// `nextUpdate` has passed.
+    #[error("the OCSP response is stale (nextUpdate {next_update:?} has passed)")]
+    Stale {
+        /// The response's `nextUpdate`.
+        next_update: std::time::SystemTime,
+    },
+    /// The responder does not know the certificate.
+    #[error("the OCSP responder does not know the certificate (status unknown)")]
+    UnknownStatus,
 }

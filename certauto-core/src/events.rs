@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::acme::types::RevocationReason;
+use crate::ocsp::CrlReason;
 
 /// Something that happened to a managed certificate.
 #[derive(Debug, Clone)]
@@ -80,6 +81,30 @@ pub enum Event {
         /// Serial number (hex).
         serial: String,
     },
+    /// A verified `good` OCSP response was stapled to a certificate, fetched
+    /// or loaded from storage (`cert_ocsp_stapled`).
+    CertOcspStapled {
+        /// The names.
+        names: Vec<String>,
+        /// Serial number (hex).
+        serial: String,
+        /// The response's `thisUpdate`.
+        this_update: SystemTime,
+        /// The response's `nextUpdate`, when it goes stale.
+        next_update: SystemTime,
+    },
+    /// The CA's OCSP responder reports a certificate revoked (`cert_ocsp_revoked`);
+    /// its staple is removed and, for a managed certificate, a renewal starts at once.
+    CertOcspRevoked {
+        /// The names.
+        names: Vec<String>,
+        /// Serial number (hex).
+        serial: String,
+        /// When it was revoked.
+        revoked_at: SystemTime,
+        /// The reason, if the responder gave one.
+        reason: Option<CrlReason>,
+    },
 }
 
 impl Event {
@@ -92,6 +117,8 @@ impl Event {
             Event::CertFailed { .. } => "cert_failed",
             Event::CertRevoked { .. } => "cert_revoked",
             Event::CachedManagedCert { .. } => "cached_managed_cert",
+            Event::CertOcspStapled { .. } => "cert_ocsp_stapled",
+            Event::CertOcspRevoked { .. } => "cert_ocsp_revoked",
         }
     }
 
@@ -103,7 +130,9 @@ impl Event {
             | Event::CertRenewed { names, .. }
             | Event::CertFailed { names, .. }
             | Event::CertRevoked { names, .. }
-            | Event::CachedManagedCert { names, .. } => names,
+            | Event::CachedManagedCert { names, .. }
+            | Event::CertOcspStapled { names, .. }
+            | Event::CertOcspRevoked { names, .. } => names,
         }
     }
 }

@@ -47,6 +47,8 @@ mod identifier;
 pub mod issuer;
 mod keys;
 pub mod maintain;
+mod name_table;
+pub mod ocsp;
 mod ratelimit;
 mod resolver;
 pub mod storage;
@@ -62,7 +64,9 @@ pub use challenge::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
-pub use error::{AcmeError, CertificateError, ConfigError, Error, KeyError, SolverError};
+pub use error::{
+    AcmeError, CertificateError, ConfigError, Error, KeyError, OcspError, SolverError,
+};
 pub use events::{Event, EventHandler};
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
@@ -71,6 +75,7 @@ pub use issuer::{
 };
 pub use keys::{CertificateKey, KeyType};
 pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
+pub use ocsp::OcspReport;
 pub use ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
 pub use resolver::{CertResolver, UnknownNameHook};
 pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};
@@ -98,8 +103,3 @@ where
     config.manage(domains).await?;
     Ok(config.server_config())
 }
-
-/// The README's examples, compiled as doc tests.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;

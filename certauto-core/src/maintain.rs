@@ -2,8 +2,11 @@
 //!
 //! [`start_maintenance`] runs a renewal check every
 //! [`renew_check_interval`](crate::ConfigBuilder::renew_check_interval)
-//! (default 10 minutes) until the cache's [`stop`](crate::CertCache::stop).
-//! Each check ([`Config::check_renewals`]) looks at every managed certificate:
+//! (default 10 minutes) and, beside it, an OCSP staple refresh
+//! ([`Config::check_ocsp`], see [`crate::ocsp`]) every
+//! [`ocsp_check_interval`](crate::ConfigBuilder::ocsp_check_interval)
+//! (default 1 hour), until the cache's [`stop`](crate::CertCache::stop).
+//! Each renewal check ([`Config::check_renewals`]) looks at every managed certificate:
 //!
 //! - **When**: inside the CA's ARI window (RFC 9773) at a random time chosen
 //!   once per window, when the issuer offers `renewalInfo`; otherwise when
@@ -233,6 +236,15 @@ impl Config {
         loaded
     }
 
+    /// Whether a failed renewal of `primary` is waiting for its retry time
+    /// (the schedule is persisted, so this holds across restarts).
+    pub(crate) async fn retry_pending(&self, primary: &Identifier) -> bool {
+        let now = unix(self.clock().now());
+        self.retry_state(primary)
+            .await
+            .is_some_and(|r| r.next_attempt > now)
+    }
+
     async fn set_retry_state(&self, primary: &Identifier, retry: Option<RetryState>) {
         {
             let mut states = self
@@ -282,48 +294,74 @@ impl Config {
                 None => RenewMode::IfDue,
             };
             report.due.push(name.clone());
-            let previous = self.retry_state(&primary).await;
-            if let Some(r) = &previous
-                && r.next_attempt > unix(now)
-            {
-                report.deferred.push(name);
-                continue;
-            }
-            let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
-            let next = now + jittered_backoff(attempt);
-            let replaced = match &mode {
-                RenewMode::Replace(serial) => Some(format!("serial:{serial}")),
-                _ => None,
-            };
-            match self
-                .renew_inner(ids.clone(), mode, Some((attempt, next)))
-                .await
-            {
-                Ok(_) => {
-                    self.set_retry_state(&primary, None).await;
-                    if let Some(old) = replaced {
-                        self.maintenance_state()
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&old);
-                    }
-                    report.renewed.push(name);
-                }
-                Err(e) => {
-                    tracing::warn!(name = %primary, attempt, error = %e, retry_at = ?next, "renewal failed; retry scheduled");
-                    self.set_retry_state(
-                        &primary,
-                        Some(RetryState {
-                            attempts: attempt,
-                            next_attempt: unix(next),
-                        }),
-                    )
-                    .await;
-                    report.failed.push(name);
-                }
+            match self.renew_with_backoff(ids, mode).await {
+                RenewOutcome::Renewed => report.renewed.push(name),
+                RenewOutcome::Failed => report.failed.push(name),
+                RenewOutcome::Deferred => report.deferred.push(name),
             }
         }
         report
+    }
+}
+
+/// What [`Config::renew_with_backoff`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RenewOutcome {
+    /// Renewed, or found renewed by another instance.
+    Renewed,
+    /// The renewal failed; a retry is scheduled.
+    Failed,
+    /// Not tried: a previous failure's retry time has not come yet.
+    Deferred,
+}
+
+impl Config {
+    /// Renews (or first obtains) `ids` now with `mode`, honouring and
+    /// updating the persisted retry schedule: the renewal checks, an OCSP
+    /// `revoked` answer and background obtains all go through here.
+    pub(crate) async fn renew_with_backoff(
+        &self,
+        ids: Vec<Identifier>,
+        mode: RenewMode,
+    ) -> RenewOutcome {
+        let primary = ids[0].clone();
+        let now = self.clock().now();
+        let previous = self.retry_state(&primary).await;
+        if let Some(r) = &previous
+            && r.next_attempt > unix(now)
+        {
+            return RenewOutcome::Deferred;
+        }
+        let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
+        let next = now + jittered_backoff(attempt);
+        let replaced = match &mode {
+            RenewMode::Replace(serial) => Some(format!("serial:{serial}")),
+            _ => None,
+        };
+        match self.renew_inner(ids, mode, Some((attempt, next))).await {
+            Ok(_) => {
+                self.set_retry_state(&primary, None).await;
+                if let Some(old) = replaced {
+                    self.maintenance_state()
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&old);
+                }
+                RenewOutcome::Renewed
+            }
+            Err(e) => {
+                tracing::warn!(name = %primary, attempt, error = %e, retry_at = ?next, "renewal failed; retry scheduled");
+                self.set_retry_state(
+                    &primary,
+                    Some(RetryState {
+                        attempts: attempt,
+                        next_attempt: unix(next),
+                    }),
+                )
+                .await;
+                RenewOutcome::Failed
+            }
+        }
     }
 }
 
@@ -350,14 +388,23 @@ impl Future for MaintenanceHandle {
 }
 
 /// Starts background maintenance for `config`: a renewal check every
-/// [`Config::renew_check_interval`], until `config.cache().stop()`. A check
-/// in progress finishes its current certificate before stopping.
+/// [`Config::renew_check_interval`] and an OCSP check ([`Config::check_ocsp`])
+/// every [`Config::ocsp_check_interval`], until `config.cache().stop()`. A
+/// check in progress finishes its current certificate before stopping.
 pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
     let config = config.clone();
     let task = tokio::spawn(async move {
         let mut stop = config.cache().stop_signal();
-        let mut interval = tokio::time::interval(config.renew_check_interval());
+        // The first renewal check comes one interval after the start:
+        // `manage` and `manage_in_background` have just obtained or loaded
+        // every name, and an immediate check would race a background obtain
+        // still running. The first OCSP check runs at once (it only fetches
+        // what is due).
+        let every = config.renew_check_interval();
+        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ocsp_interval = tokio::time::interval(config.ocsp_check_interval());
+        ocsp_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow() {
                 break;
@@ -372,6 +419,12 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                     let report = config.check_renewals().await;
                     if !report.due.is_empty() {
                         tracing::info!(?report, "renewal check");
+                    }
+                }
+                _ = ocsp_interval.tick() => {
+                    let report = config.check_ocsp().await;
+                    if !report.revoked.is_empty() || !report.failed.is_empty() {
+                        tracing::info!(?report, "OCSP check");
                     }
                 }
             }

@@ -23,7 +23,9 @@
 //!
 //! [Pebble]: https://github.com/letsencrypt/pebble
 
+mod ari_proxy;
 mod dns;
+mod ocsp;
 mod pebble;
 mod pki;
 mod util;
@@ -34,6 +36,8 @@ use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
+pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{PEBBLE_EXAMPLE_EAB_KEYS, Pebble, PebbleBuilder, normalize_serial, serial_hex};
 
 /// Installs a `tracing` fmt subscriber that writes through the test harness's captured
@@ -86,3 +90,9 @@ pub fn webpki_verify_chain(
         .map(|_| ())
         .map_err(|e| format!("chain does not verify for {name:?}: {e}"))
 }
+
+/// The README's examples, compiled as doc tests of this crate (which depends
+/// on every CertAuto crate).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -50,6 +50,20 @@ pub fn cert_meta(issuer_key: &str, name: &Identifier) -> String {
     format!("{}/{n}.json", cert_dir(issuer_key, name))
 }
 
+/// The stored OCSP response of one certificate: `ocsp/<name>-<hash>`, where
+/// `<name>` is the certificate's first name and `<hash>` the first 8 bytes of
+/// the SHA-256 of its DER (in hex), so each certificate has its own.
+pub fn ocsp_staple(name: &Identifier, leaf_der: &[u8]) -> String {
+    let hash = ring::digest::digest(&ring::digest::SHA256, leaf_der);
+    let hex: String = hash
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{OCSP_PREFIX}/{}-{hex}", name.storage_key())
+}
+
 /// The folder of one ACME account at one CA.
 pub fn account_dir(issuer_key: &str, email: Option<&str>) -> String {
     let user = email
@@ -116,6 +130,15 @@ mod tests {
     use crate::storage::validate_key;
 
     #[test]
+    fn ocsp_staple_key() {
+        let id = Identifier::parse("*.Example.com").unwrap();
+        let key = ocsp_staple(&id, b"leaf");
+        assert!(key.starts_with("ocsp/wildcard_.example.com-"), "{key}");
+        assert_eq!(key.len(), "ocsp/wildcard_.example.com-".len() + 16);
+        assert_ne!(key, ocsp_staple(&id, b"other leaf"));
+    }
+
+    #[test]
     fn layout() {
         let id = Identifier::parse("*.Example.com").unwrap();
         let issuer = issuer_key_from_url("https://acme-v02.api.letsencrypt.org/directory");
@@ -138,6 +161,7 @@ mod tests {
             cert_meta(&issuer, &id),
             account_key(&issuer, Some("../../etc/passwd")),
             account_record(&issuer_key_from_url("https://x/../../y"), Some("/")),
+            ocsp_staple(&id, b"der"),
         ] {
             validate_key(&key).unwrap();
         }

@@ -1,0 +1,316 @@
+//! Stapling: keeping each managed certificate's staple fresh, in the cache and
+//! in storage, and renewing a revoked certificate.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::{OcspReport, OcspResponse, OcspStatus, query, verify};
+use crate::cache::CachedCert;
+use crate::config::{Config, RenewMode};
+use crate::error::OcspError;
+use crate::events::Event;
+use crate::identifier::Identifier;
+use crate::maintain::RenewOutcome;
+use crate::storage::keys;
+
+/// What stapling one cached certificate did.
+#[derive(Debug)]
+pub(crate) enum StapleOutcome {
+    /// The certificate has no OCSP responder.
+    NotApplicable,
+    /// The staple in place is good until its refresh time.
+    Current,
+    /// A new staple is in place: fetched, or loaded from storage.
+    Stapled,
+    /// The responder says the certificate is revoked; the staple was removed.
+    Revoked,
+    /// No usable response (a staple still valid is kept, a stale one removed).
+    Failed(OcspError),
+    /// Storage had no staple good until its refresh time; the responder was
+    /// not asked.
+    NeedsFetch,
+}
+
+fn names_of(entry: &CachedCert) -> Vec<String> {
+    entry
+        .names()
+        .iter()
+        .map(|n| n.as_str().into_owned())
+        .collect()
+}
+
+impl Config {
+    /// One OCSP pass over every managed certificate in the cache (see the
+    /// [module docs](crate::ocsp)): a staple past half its validity, missing
+    /// or stale is replaced by a fresh response (from storage if another
+    /// instance already fetched one, else from the responder); a revoked
+    /// certificate is renewed at once. Time comes from the config's clock.
+    pub async fn check_ocsp(&self) -> OcspReport {
+        let mut report = OcspReport::default();
+        let mut seen = HashSet::new();
+        for ids in self.managed() {
+            if self.cache().is_stopped() {
+                break;
+            }
+            let primary = ids[0].clone();
+            let Some(entry) = self.cache().get(&primary.as_str()) else {
+                continue;
+            };
+            if entry.ocsp_urls().is_empty() || !seen.insert(entry.serial().to_owned()) {
+                continue;
+            }
+            report.checked += 1;
+            let name = primary.to_string();
+            match self.staple_entry(&entry).await {
+                StapleOutcome::NotApplicable
+                | StapleOutcome::Current
+                | StapleOutcome::NeedsFetch => {}
+                StapleOutcome::Stapled => report.refreshed.push(name),
+                StapleOutcome::Failed(e) => {
+                    tracing::warn!(name = %primary, error = %e, "OCSP staple not refreshed");
+                    report.failed.push(name);
+                }
+                StapleOutcome::Revoked => {
+                    report.revoked.push(name.clone());
+                    let mode = RenewMode::Replace(entry.serial().to_owned());
+                    match self.renew_with_backoff(ids.clone(), mode).await {
+                        RenewOutcome::Renewed => report.renewed.push(name),
+                        RenewOutcome::Failed | RenewOutcome::Deferred => report.failed.push(name),
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Staples the cached entry of a certificate just obtained or renewed.
+    /// Returns whether the responder reported it revoked.
+    pub(crate) async fn staple_new(&self, cert: &crate::certificate::Certificate) -> bool {
+        if cert.ocsp_urls().is_empty() {
+            return false;
+        }
+        let Some(primary) = cert.names().first() else {
+            return false;
+        };
+        let serial = cert.serial_hex();
+        let Some(entry) = self
+            .cache()
+            .get(&primary.as_str())
+            .filter(|e| e.serial() == serial)
+        else {
+            return false;
+        };
+        match self.staple_entry(&entry).await {
+            StapleOutcome::Failed(e) => {
+                tracing::warn!(name = %primary, error = %e, "no OCSP staple");
+                false
+            }
+            StapleOutcome::Revoked => true,
+            StapleOutcome::NotApplicable
+            | StapleOutcome::Current
+            | StapleOutcome::Stapled
+            | StapleOutcome::NeedsFetch => false,
+        }
+    }
+
+    /// Staples the cached entry of a certificate loaded from storage for
+    /// `ids`; a revoked one is renewed in the background.
+    ///
+    /// (Kept apart from [`staple_new`](Self::staple_new), which renewals
+    /// await: a renewal future must not contain another renewal.)
+    ///
+    /// Only storage is read here, so loading many certificates at start never
+    /// waits for a responder: a staple that must be fetched is fetched in the
+    /// background.
+    pub(crate) async fn staple_loaded(
+        &self,
+        cert: &crate::certificate::Certificate,
+        ids: &[Identifier],
+    ) {
+        if cert.ocsp_urls().is_empty() {
+            return;
+        }
+        let Some(primary) = cert.names().first() else {
+            return;
+        };
+        let serial = cert.serial_hex();
+        let Some(entry) = self
+            .cache()
+            .get(&primary.as_str())
+            .filter(|e| e.serial() == serial)
+        else {
+            return;
+        };
+        if let StapleOutcome::NeedsFetch = self.staple_entry_with(&entry, false).await {
+            let config = self.clone();
+            let cert = cert.clone();
+            let ids = ids.to_vec();
+            tokio::spawn(async move {
+                if config.staple_new(&cert).await {
+                    let mode = RenewMode::Replace(cert.serial_hex());
+                    config.renew_with_backoff(ids, mode).await;
+                }
+            });
+        }
+    }
+
+    /// Brings the staple of `entry` up to date; see [`StapleOutcome`].
+    pub(crate) async fn staple_entry(&self, entry: &Arc<CachedCert>) -> StapleOutcome {
+        self.staple_entry_with(entry, true).await
+    }
+
+    /// [`staple_entry`](Self::staple_entry); with `fetch` false, the
+    /// responder is not asked: a staple still valid from storage is put in
+    /// place and [`StapleOutcome::NeedsFetch`] says a fetch is due.
+    async fn staple_entry_with(&self, entry: &Arc<CachedCert>, fetch: bool) -> StapleOutcome {
+        if entry.ocsp_urls().is_empty() {
+            return StapleOutcome::NotApplicable;
+        }
+        let chain = &entry.certified_key().cert;
+        let (Some(leaf), Some(issuer), Some(first_name)) =
+            (chain.first(), chain.get(1), entry.names().first())
+        else {
+            return StapleOutcome::Failed(OcspError::NoIssuer);
+        };
+        let now = self.clock().now();
+        let good_at = |der: &[u8]| {
+            verify(der, leaf, issuer, now)
+                .ok()
+                .filter(|r| r.status == OcspStatus::Good)
+        };
+        let current = entry.certified_key().ocsp.as_deref().and_then(good_at);
+        if current.as_ref().is_some_and(|c| now < c.refresh_at()) {
+            return StapleOutcome::Current;
+        }
+        let key = keys::ocsp_staple(first_name, leaf);
+        let stored = match self.storage().load(&key).await {
+            Ok(der) => good_at(&der),
+            Err(e) => {
+                if !e.is_not_found() {
+                    tracing::warn!(key = %key, error = %e, "could not load the stored OCSP staple");
+                }
+                None
+            }
+        };
+        // The newest valid response we already have.
+        let best = match (current, stored) {
+            (Some(c), Some(s)) => Some(if s.this_update > c.this_update { s } else { c }),
+            (c, s) => c.or(s),
+        };
+        if let Some(best) = best.as_ref().filter(|b| now < b.refresh_at()) {
+            self.set_staple(entry, Some(best.der.clone()));
+            self.emit_stapled(entry, best);
+            return StapleOutcome::Stapled;
+        }
+        if !fetch {
+            if let Some(best) = &best {
+                self.set_staple(entry, Some(best.der.clone()));
+            }
+            return StapleOutcome::NeedsFetch;
+        }
+        match query(entry.ocsp_urls(), leaf, issuer, now).await {
+            Ok(resp) => match resp.status {
+                OcspStatus::Good => {
+                    self.set_staple(entry, Some(resp.der.clone()));
+                    if let Err(e) = self.storage().store(&key, &resp.der).await {
+                        tracing::warn!(key = %key, error = %e, "could not persist the OCSP staple");
+                    }
+                    self.emit_stapled(entry, &resp);
+                    StapleOutcome::Stapled
+                }
+                OcspStatus::Revoked { time, reason } => {
+                    tracing::error!(names = ?entry.names(), serial = entry.serial(), ?reason,
+                        "the OCSP responder reports the certificate revoked");
+                    self.set_staple(entry, None);
+                    if let Err(e) = self.storage().delete(&key).await
+                        && !e.is_not_found()
+                    {
+                        tracing::warn!(key = %key, error = %e, "could not delete the OCSP staple");
+                    }
+                    self.emit(&Event::CertOcspRevoked {
+                        names: names_of(entry),
+                        serial: entry.serial().to_owned(),
+                        revoked_at: time,
+                        reason,
+                    });
+                    StapleOutcome::Revoked
+                }
+                OcspStatus::Unknown => {
+                    self.set_staple(entry, best.map(|b| b.der));
+                    StapleOutcome::Failed(OcspError::UnknownStatus)
+                }
+            },
+            Err(e) => {
+                // Keep serving a response that is still valid; drop a stale one.
+                self.set_staple(entry, best.map(|b| b.der));
+                StapleOutcome::Failed(e)
+            }
+        }
+    }
+
+    fn emit_stapled(&self, entry: &CachedCert, resp: &OcspResponse) {
+        tracing::debug!(names = ?entry.names(), serial = entry.serial(),
+            next_update = ?resp.next_update, "OCSP response stapled");
+        self.emit(&Event::CertOcspStapled {
+            names: names_of(entry),
+            serial: entry.serial().to_owned(),
+            this_update: resp.this_update,
+            next_update: resp.next_update,
+        });
+    }
+
+    /// Puts `staple` on the cached entry, unless it is already there or the
+    /// cache no longer serves this certificate (a renewal replaced it).
+    fn set_staple(&self, entry: &CachedCert, staple: Option<Vec<u8>>) {
+        let Some(first) = entry.names().first() else {
+            return;
+        };
+        let Some(cached) = self
+            .cache()
+            .get(&first.as_str())
+            .filter(|c| c.serial() == entry.serial())
+        else {
+            return;
+        };
+        if cached.certified_key().ocsp == staple {
+            return;
+        }
+        let stapled = Arc::new(cached.with_ocsp(staple));
+        self.cache().replace_entry(&cached, stapled);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::storage::MemoryStorage;
+
+    /// Local CA certificates name no OCSP responder: nothing is fetched,
+    /// stapled or reported, and nothing fails.
+    #[tokio::test]
+    async fn no_ocsp_url_is_normal() {
+        let config = Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .on_event(|e| assert!(!e.name().starts_with("cert_ocsp"), "{e:?}"))
+            .build();
+        config.manage(["a.test", "b.test"]).await.unwrap();
+        let entry = config.cache().get("a.test").unwrap();
+        assert!(entry.ocsp_urls().is_empty());
+        assert!(matches!(
+            config.staple_entry(&entry).await,
+            StapleOutcome::NotApplicable
+        ));
+        assert_eq!(config.check_ocsp().await, OcspReport::default());
+        assert!(
+            config
+                .cache()
+                .certified_key("a.test")
+                .unwrap()
+                .ocsp
+                .is_none()
+        );
+        let stored = config.storage().list(keys::OCSP_PREFIX, true).await;
+        assert!(stored.map_or(true, |k| k.is_empty()));
+    }
+}
