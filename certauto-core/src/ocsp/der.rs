@@ -171,8 +171,9 @@ pub(super) fn generalized_time(content: &[u8]) -> Result<SystemTime, OcspError> 
     const BAD: OcspError = OcspError::Malformed("GeneralizedTime");
     let s = std::str::from_utf8(content).map_err(|_| BAD)?;
     let s = s.strip_suffix('Z').ok_or(BAD)?;
-    let (main, fraction) = s.split_once('.').unwrap_or((s, ""));
+    let (main, fraction) = s.split_once('.').unwrap_or((s, "0"));
     if main.len() != 14
+        || fraction.is_empty()
         || !main.bytes().all(|b| b.is_ascii_digit())
         || !fraction.bytes().all(|b| b.is_ascii_digit())
     {
@@ -199,18 +200,22 @@ pub(super) fn generalized_time(content: &[u8]) -> Result<SystemTime, OcspError> 
         u8::try_from(sec).map_err(|_| BAD)?,
     )
     .map_err(|_| BAD)?;
-    Ok(unix_to_system(
+    unix_to_system(
         time::PrimitiveDateTime::new(date, t)
             .assume_utc()
             .unix_timestamp(),
-    ))
+    )
+    .ok_or(BAD)
 }
 
-pub(super) fn unix_to_system(secs: i64) -> SystemTime {
+/// `secs` after the Unix epoch, or `None` if the platform's `SystemTime`
+/// cannot hold it (e.g. before 1601 on Windows): never a panic on hostile input.
+pub(super) fn unix_to_system(secs: i64) -> Option<SystemTime> {
+    let d = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
-        UNIX_EPOCH + Duration::from_secs(secs.unsigned_abs())
+        UNIX_EPOCH.checked_add(d)
     } else {
-        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+        UNIX_EPOCH.checked_sub(d)
     }
 }
 
@@ -261,6 +266,7 @@ mod tests {
             b"20260102250405Z",
             b"2026010203040aZ",
             b"20260102030405.Z1",
+            b"20260102030405.Z",
             b"\xff\xfe",
         ] {
             assert!(generalized_time(bad).is_err(), "{bad:?}");

@@ -31,6 +31,10 @@ pub(crate) enum StapleOutcome {
     NeedsFetch,
 }
 
+/// Background OCSP fetches (for certificates loaded from storage) running at
+/// once, per process.
+static BACKGROUND_FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
 fn names_of(entry: &CachedCert) -> Vec<String> {
     entry
         .names()
@@ -52,7 +56,9 @@ impl Config {
             if self.cache().is_stopped() {
                 break;
             }
-            let primary = ids[0].clone();
+            let Some(primary) = ids.first().cloned() else {
+                continue;
+            };
             let Some(entry) = self.cache().get(&primary.as_str()) else {
                 continue;
             };
@@ -146,7 +152,15 @@ impl Config {
             let cert = cert.clone();
             let ids = ids.to_vec();
             tokio::spawn(async move {
-                if config.staple_new(&cert).await {
+                // Loading thousands of certificates must not become thousands
+                // of simultaneous requests to one responder.
+                let revoked = {
+                    let Ok(_permit) = BACKGROUND_FETCHES.acquire().await else {
+                        return;
+                    };
+                    config.staple_new(&cert).await
+                };
+                if revoked {
                     let mode = RenewMode::Replace(cert.serial_hex());
                     config.renew_with_backoff(ids, mode).await;
                 }

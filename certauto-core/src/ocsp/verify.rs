@@ -128,49 +128,57 @@ fn responder_is(id: &ResponderId<'_>, subject: &[u8], spki: &Spki<'_>) -> bool {
 
 /// The key of the delegated responder that signed `basic`: a certificate in
 /// the response matching the ResponderID, signed by the issuer, with
-/// `id-kp-OCSPSigning`, valid at `now`.
+/// `id-kp-OCSPSigning`, valid at `now`. The `certs` list is not signed, so
+/// every candidate is tried (an injected look-alike cannot hide the real one).
 fn delegated_responder<'a>(
     basic: &BasicResponse<'a>,
     issuer: &IssuerInfo<'_>,
     now: SystemTime,
 ) -> Result<Spki<'a>, OcspError> {
-    for der in &basic.certs {
-        let Ok(cert) = parse_cert(der) else { continue };
-        let Ok(spki) = public_key_raw(der).and_then(Spki::parse) else {
-            continue;
-        };
-        if !responder_is(&basic.responder, cert.subject().as_raw(), &spki) {
-            continue;
-        }
-        if cert.issuer().as_raw() != issuer.subject {
-            return Err(OcspError::UntrustedResponder);
-        }
-        let sig = &cert.signature_value;
-        if sig.unused_bits != 0 {
-            return Err(OcspError::UntrustedResponder);
-        }
-        issuer
-            .spki
-            .verify(
-                cert.signature_algorithm.algorithm.as_bytes(),
-                cert.tbs_certificate.as_ref(),
-                &sig.data,
-            )
-            .map_err(|_| OcspError::UntrustedResponder)?;
-        let ocsp_signing =
-            matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing);
-        if !ocsp_signing {
-            return Err(OcspError::UntrustedResponder);
-        }
-        let validity = cert.validity();
-        let not_before = unix_to_system(validity.not_before.timestamp());
-        let not_after = unix_to_system(validity.not_after.timestamp());
-        if now + OCSP_CLOCK_SKEW < not_before || now > not_after {
-            return Err(OcspError::UntrustedResponder);
-        }
-        return Ok(spki);
+    basic
+        .certs
+        .iter()
+        .find_map(|der| authorised_responder(der, &basic.responder, issuer, now))
+        .ok_or(OcspError::UntrustedResponder)
+}
+
+/// The key of `der` if it is a responder certificate `issuer` authorised
+/// (see [`delegated_responder`]) and `responder` names it.
+fn authorised_responder<'a>(
+    der: &'a [u8],
+    responder: &ResponderId<'_>,
+    issuer: &IssuerInfo<'_>,
+    now: SystemTime,
+) -> Option<Spki<'a>> {
+    let cert = parse_cert(der).ok()?;
+    let spki = public_key_raw(der).and_then(Spki::parse).ok()?;
+    if !responder_is(responder, cert.subject().as_raw(), &spki)
+        || cert.issuer().as_raw() != issuer.subject
+    {
+        return None;
     }
-    Err(OcspError::UntrustedResponder)
+    let sig = &cert.signature_value;
+    if sig.unused_bits != 0 {
+        return None;
+    }
+    issuer
+        .spki
+        .verify(
+            cert.signature_algorithm.algorithm.as_bytes(),
+            cert.tbs_certificate.as_ref(),
+            &sig.data,
+        )
+        .ok()?;
+    if !matches!(cert.extended_key_usage(), Ok(Some(eku)) if eku.value.ocsp_signing) {
+        return None;
+    }
+    let validity = cert.validity();
+    let not_before = unix_to_system(validity.not_before.timestamp())?;
+    let not_after = unix_to_system(validity.not_after.timestamp())?;
+    if now + OCSP_CLOCK_SKEW < not_before || now > not_after {
+        return None;
+    }
+    Some(spki)
 }
 
 /// The raw SubjectPublicKeyInfo inside a certificate, borrowed from `der`.
@@ -227,18 +235,22 @@ impl SingleResponse<'_> {
         } else {
             return false;
         };
-        strip_zeros(self.serial) == strip_zeros(leaf.raw_serial())
+        serial_value(self.serial) == serial_value(leaf.raw_serial())
             && digest::digest(alg, leaf.issuer().as_raw()).as_ref() == self.name_hash
             && digest::digest(alg, issuer.spki.key).as_ref() == self.key_hash
     }
 }
 
-fn strip_zeros(b: &[u8]) -> &[u8] {
-    let start = b
-        .iter()
-        .position(|x| *x != 0)
-        .unwrap_or(b.len().saturating_sub(1));
-    b.get(start..).unwrap_or(b)
+/// An INTEGER's content without redundant leading zero octets (tolerating
+/// non-minimal encodings), keeping the zero that marks a positive value with
+/// its top bit set: `00 80` (128) and `80` (-128) stay distinct.
+fn serial_value(mut b: &[u8]) -> &[u8] {
+    while let [0, next, ..] = b
+        && next & 0x80 == 0
+    {
+        b = b.get(1..).unwrap_or(b);
+    }
+    b
 }
 
 /// Parses an `OCSPResponse` down to its `BasicOCSPResponse` (RFC 6960 §4.2.1).
@@ -332,13 +344,12 @@ fn parse_single(content: &[u8]) -> Result<SingleResponse<'_>, OcspError> {
         REVOKED => {
             let mut info = Reader::new(status.content);
             let time = generalized_time(info.expect(GENERALIZED_TIME)?)?;
+            // A reason code we do not know still means revoked: never let it
+            // turn a revocation into an error (which keeps an old good staple).
             let reason = match info.optional(CONTEXT_0)? {
                 Some(r) => match sole(r, ENUMERATED)? {
-                    [code] => Some(
-                        CrlReason::from_code(*code)
-                            .ok_or(OcspError::Malformed("revocationReason"))?,
-                    ),
-                    _ => return Err(OcspError::Malformed("revocationReason")),
+                    [code] => CrlReason::from_code(*code),
+                    _ => None,
                 },
                 None => None,
             };
@@ -729,6 +740,83 @@ mod tests {
         let resp = pki.respond(&req, "delegate", &["-nmin", "60", "-resp_no_certs"]);
         let err = verify(&resp, &leaf, &ca, now).unwrap_err();
         assert!(matches!(err, OcspError::UntrustedResponder), "{err:?}");
+    }
+
+    /// `resp` with its (unsigned) `certs` list replaced by `certs`.
+    fn with_certs(resp: &[u8], certs: &[&[u8]]) -> Vec<u8> {
+        let mut r = inside(resp, SEQUENCE).unwrap();
+        let status = r.next().unwrap().raw;
+        let mut bytes = inside(r.expect(CONTEXT_0).unwrap(), SEQUENCE).unwrap();
+        let oid = bytes.next().unwrap().raw;
+        let mut basic = inside(bytes.expect(OCTET_STRING).unwrap(), SEQUENCE).unwrap();
+        let (tbs, alg, sig) = (
+            basic.next().unwrap().raw,
+            basic.next().unwrap().raw,
+            basic.next().unwrap().raw,
+        );
+        let list = tlv(CONTEXT_0, &tlv(SEQUENCE, &certs.concat()));
+        let basic = tlv(SEQUENCE, &[tbs, alg, sig, &list].concat());
+        let bytes = tlv(SEQUENCE, &[oid, &tlv(OCTET_STRING, &basic)].concat());
+        tlv(SEQUENCE, &[status, &tlv(CONTEXT_0, &bytes)].concat())
+    }
+
+    #[test]
+    fn injected_look_alike_responder_does_not_hide_the_real_one() {
+        let pki = Pki::new(RSA);
+        pki.set_index(&[("0A1B2C3D4E5F", false)]);
+        pki.issue("delegate", "ca", "0x02", "extendedKeyUsage=OCSPSigning");
+        pki.self_signed("look-alike", "/CN=delegate", P256);
+        let (leaf, ca, resp) = pki.standard("delegate", NMIN_60);
+        let (fake, real) = (pki.der("look-alike"), pki.der("delegate"));
+        let now = SystemTime::now();
+        good(&verify(&with_certs(&resp, &[&fake, &real]), &leaf, &ca, now).unwrap());
+        let err = verify(&with_certs(&resp, &[&fake]), &leaf, &ca, now).unwrap_err();
+        assert!(matches!(err, OcspError::UntrustedResponder), "{err:?}");
+    }
+
+    #[test]
+    fn serials_compare_by_value_and_sign() {
+        assert_eq!(serial_value(&[0, 0, 1]), serial_value(&[1]));
+        assert_eq!(serial_value(&[0, 0, 0x80]), serial_value(&[0, 0x80]));
+        assert_ne!(serial_value(&[0, 0x80]), serial_value(&[0x80]));
+        assert_eq!(serial_value(&[0]), &[0]);
+        assert_eq!(serial_value(&[]), &[] as &[u8]);
+    }
+
+    #[test]
+    fn revoked_with_an_unknown_reason_is_still_revoked() {
+        let cert_id = tlv(
+            SEQUENCE,
+            &[
+                tlv(SEQUENCE, &[tlv(OID, SHA1_OID), tlv(NULL, &[])].concat()),
+                tlv(OCTET_STRING, &[1; 20]),
+                tlv(OCTET_STRING, &[2; 20]),
+                tlv(INTEGER, &[5]),
+            ]
+            .concat(),
+        );
+        for reason in [&[7u8][..], &[42], &[0, 1]] {
+            let revoked = tlv(
+                REVOKED,
+                &[
+                    tlv(GENERALIZED_TIME, b"20240101000000Z"),
+                    tlv(CONTEXT_0, &tlv(ENUMERATED, reason)),
+                ]
+                .concat(),
+            );
+            let single = [
+                cert_id.clone(),
+                revoked,
+                tlv(GENERALIZED_TIME, b"20240102000000Z"),
+            ]
+            .concat();
+            let parsed = parse_single(&single).unwrap();
+            assert!(
+                matches!(parsed.status, OcspStatus::Revoked { reason: None, .. }),
+                "{:?}",
+                parsed.status
+            );
+        }
     }
 
     #[test]
