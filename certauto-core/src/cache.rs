@@ -22,7 +22,8 @@ use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
-use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls_pki_types::PrivateKeyDer;
+use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::watch;
 
 use crate::acme::http::crypto_provider;
@@ -61,11 +62,10 @@ impl fmt::Debug for CachedCert {
 impl CachedCert {
     /// Builds the rustls key (ring provider) from a certificate.
     pub fn new(cert: &Certificate, managed: bool) -> Result<Self, CertificateError> {
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
-            crate::keys::CertificateKey::from_pem(cert.key_pem())
-                .map_err(CertificateError::InvalidKey)?
-                .to_pkcs8_der(),
-        ));
+        // `Certificate::from_pem` checked the key already: decode the PEM and
+        // let rustls parse it (once), instead of parsing it twice.
+        let key = PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes())
+            .map_err(|_| CertificateError::InvalidKey(crate::error::KeyError::InvalidPem))?;
         let certified_key = CertifiedKey::from_der(cert.chain().to_vec(), key, &crypto_provider())
             .map_err(|e| CertificateError::Parse(e.to_string()))?;
         Ok(Self {

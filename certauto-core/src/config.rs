@@ -5,7 +5,7 @@
 //! two processes sharing storage never both order). Under the lock, storage is
 //! checked first, so a certificate another instance already obtained is reused.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, SystemTime};
@@ -24,6 +24,19 @@ use crate::maintain::CertState;
 use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
 use crate::resolver::CertResolver;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
+
+/// How many stored certificates [`Config::manage`] loads at once: the reads
+/// overlap, and parsing spreads over the runtime's worker threads.
+const LOAD_CONCURRENCY: usize = 8;
+
+/// The certificates under management, in the order they were added, with an
+/// index of their primary names (so adding one is O(1), not a scan).
+#[derive(Default)]
+struct Managed {
+    /// Shared with maintenance passes in progress, which iterate a snapshot.
+    list: Arc<Vec<Vec<Identifier>>>,
+    primaries: HashSet<Identifier>,
+}
 
 /// The default renewal window: renew when less than a third of the lifetime remains.
 pub const DEFAULT_RENEWAL_RATIO: f64 = 1.0 / 3.0;
@@ -190,7 +203,7 @@ impl ConfigBuilder {
                 cache,
                 resolver: Arc::new(resolver),
                 default_name_set: self.default_name.is_some(),
-                managed: StdMutex::new(Vec::new()),
+                managed: StdMutex::new(Managed::default()),
                 rate_limit: self.rate_limit,
                 rate_limiters: StdMutex::new(HashMap::new()),
                 renew_interval: self.renew_interval,
@@ -239,7 +252,7 @@ struct Inner {
     cache: CertCache,
     resolver: Arc<CertResolver>,
     default_name_set: bool,
-    managed: StdMutex<Vec<Vec<Identifier>>>,
+    managed: StdMutex<Managed>,
     rate_limit: (u32, Duration),
     rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
     renew_interval: Duration,
@@ -359,7 +372,7 @@ impl Config {
 
     /// The issuer a stored certificate came from, by issuer key.
     pub(crate) fn issuer_by_key(&self, issuer_key: &str) -> Option<Arc<dyn Issuer>> {
-        if issuer_key == self.inner.local_ca.issuer_key() {
+        if issuer_key == crate::issuer::LOCAL_CA_ISSUER_KEY {
             return Some(self.inner.local_ca.clone());
         }
         self.inner
@@ -413,23 +426,60 @@ impl Config {
 
     /// Names under management (each list is one certificate, primary first).
     pub fn managed(&self) -> Vec<Vec<Identifier>> {
+        self.managed_snapshot().as_ref().clone()
+    }
+
+    /// The names under management, without copying them.
+    pub(crate) fn managed_snapshot(&self) -> Arc<Vec<Vec<Identifier>>> {
         self.inner
             .managed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .list
             .clone()
     }
 
     fn record_managed(&self, ids: &[Identifier]) {
+        let Some(primary) = ids.first() else {
+            return;
+        };
         let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
-        if !managed.iter().any(|m| m.first() == ids.first()) {
-            managed.push(ids.to_vec());
+        if managed.primaries.insert(primary.clone()) {
+            Arc::make_mut(&mut managed.list).push(ids.to_vec());
         }
-        if !self.inner.default_name_set && managed.len() == 1 {
+        if !self.inner.default_name_set && managed.list.len() == 1 {
             self.inner
                 .resolver
-                .set_default_name(Some(ids[0].as_str().into_owned()));
+                .set_default_name(Some(primary.as_str().into_owned()));
         }
+    }
+
+    /// Loads the stored certificates of `names` (one certificate per name)
+    /// into the cache, [`LOAD_CONCURRENCY`] at a time; returns which were.
+    async fn load_all_into_cache(&self, names: &[Identifier]) -> Result<Vec<bool>, Error> {
+        let mut loaded = vec![false; names.len()];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        while next < names.len() || !tasks.is_empty() {
+            while next < names.len() && tasks.len() < LOAD_CONCURRENCY {
+                let config = self.clone();
+                let ids = vec![names[next].clone()];
+                let i = next;
+                tasks.spawn(async move {
+                    let result = config.load_into_cache(&ids).await;
+                    (i, result.map(|cert| cert.is_some()))
+                });
+                next += 1;
+            }
+            match tasks.join_next().await {
+                Some(Ok((i, result))) => loaded[i] = result?,
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                // Cancelled (the runtime is shutting down): left to the caller's
+                // sequential path, as if not in storage.
+                Some(Err(_)) | None => {}
+            }
+        }
+        Ok(loaded)
     }
 
     /// Manages one certificate per name: loads what storage holds into the
@@ -450,8 +500,14 @@ impl Config {
         for id in &names {
             self.usable_issuers(std::slice::from_ref(id))?;
         }
-        for id in names {
-            self.manage_one(vec![id]).await?;
+        for id in &names {
+            self.record_managed(std::slice::from_ref(id));
+        }
+        let loaded = self.load_all_into_cache(&names).await?;
+        for (id, loaded) in names.into_iter().zip(loaded) {
+            if !loaded {
+                self.manage_one(vec![id]).await?;
+            }
         }
         Ok(())
     }
@@ -473,12 +529,15 @@ impl Config {
         for id in &names {
             self.usable_issuers(std::slice::from_ref(id))?;
         }
-        for id in names {
-            let ids = vec![id];
-            self.record_managed(&ids);
-            if self.load_into_cache(&ids).await?.is_some() {
+        for id in &names {
+            self.record_managed(std::slice::from_ref(id));
+        }
+        let loaded = self.load_all_into_cache(&names).await?;
+        for (id, loaded) in names.into_iter().zip(loaded) {
+            if loaded {
                 continue;
             }
+            let ids = vec![id];
             let config = self.clone();
             // Through the retry schedule: a failure is retried by maintenance
             // after its backoff, not at once by the next check.

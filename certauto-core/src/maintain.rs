@@ -153,17 +153,17 @@ impl Config {
                 .unwrap_or_else(|e| e.into_inner());
             states
                 .get(&key)
-                .and_then(|s| s.ari.clone())
+                .and_then(|s| s.ari.as_ref())
                 .filter(|a| a.serial == entry.serial())
+                .map(|a| (a.window, a.next_fetch))
         };
-        let state = match cached {
-            Some(state) if now < state.next_fetch => state,
+        let window = match cached {
+            Some((window, next_fetch)) if now < next_fetch => window,
             previous => {
                 let fetched = match issuer.renewal_info(cert_id).await {
                     Ok(Some(info)) => {
                         let same_window = previous
-                            .as_ref()
-                            .and_then(|p| p.window)
+                            .and_then(|(window, _)| window)
                             .filter(|(s, e, _)| *s == info.window_start && *e == info.window_end);
                         let chosen = same_window.map_or_else(
                             || random_in(info.window_start, info.window_end),
@@ -198,11 +198,12 @@ impl Config {
                     .maintenance_state()
                     .lock()
                     .unwrap_or_else(|e| e.into_inner());
-                states.entry(key).or_default().ari = Some(fetched.clone());
-                fetched
+                let window = fetched.window;
+                states.entry(key).or_default().ari = Some(fetched);
+                window
             }
         };
-        match state.window {
+        match window {
             Some((_, _, chosen)) => chosen.min(entry.not_after()),
             None => by_ratio,
         }
@@ -275,13 +276,12 @@ impl Config {
     /// docs](crate::maintain). Returns what it did.
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
-        for ids in self.managed() {
+        for ids in self.managed_snapshot().iter() {
             if self.cache().is_stopped() {
                 break;
             }
-            let primary = ids[0].clone();
+            let primary = &ids[0];
             let now = self.clock().now();
-            let name = primary.to_string();
             report.checked += 1;
             let mode = match self.cache().get(&primary.as_str()) {
                 Some(entry) => {
@@ -293,8 +293,9 @@ impl Config {
                 // Managed but never obtained (a first obtain failed): obtain it.
                 None => RenewMode::IfDue,
             };
+            let name = primary.to_string();
             report.due.push(name.clone());
-            match self.renew_with_backoff(ids, mode).await {
+            match self.renew_with_backoff(ids.clone(), mode).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
                 RenewOutcome::Failed => report.failed.push(name),
                 RenewOutcome::Deferred => report.deferred.push(name),

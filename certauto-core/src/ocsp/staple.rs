@@ -52,7 +52,8 @@ impl Config {
     pub async fn check_ocsp(&self) -> OcspReport {
         let mut report = OcspReport::default();
         let mut seen = HashSet::new();
-        for ids in self.managed() {
+        let managed = self.managed_snapshot();
+        for ids in managed.iter() {
             if self.cache().is_stopped() {
                 break;
             }

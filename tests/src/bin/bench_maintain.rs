@@ -1178,8 +1178,8 @@ impl Report {
         }
         let loop_total = median(&field(|b| b.total));
         println!(
-            "  manage's wall time beyond these steps (names, managed list, events, cache checks): \
-             {:.3} s",
+            "  manage's median wall time minus the whole loop's (events, cache checks, ...): {:.3} \
+             s",
             manage_wall - loop_total
         );
         println!();
