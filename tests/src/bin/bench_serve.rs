@@ -1768,7 +1768,10 @@ fn http_bench(
         .map_response(IntoResponse::into_response)
         .layer(HttpsRedirectLayer::permanent())
         .service(bare_app());
+    // A layer that adds nothing: what axum's `Router::layer` itself costs per request.
+    let noop_svc = bare_app().layer(tower::layer::util::Identity::new());
     let bare = serve_http(&rt, bare_svc.clone())?;
+    let noop = serve_http(&rt, noop_svc.clone())?;
     let acme = serve_http(&rt, acme_svc.clone())?;
     let redirect = serve_http(&rt, redirect_svc.clone())?;
     let manual = serve_http(&rt, manual_svc.clone())?;
@@ -1825,6 +1828,24 @@ fn http_bench(
             bare,
             redirect_outside,
         ),
+        (
+            "(f) GET /: a no-op layer (tower Identity) via Router::layer, axum's own cost",
+            "bare app",
+            "app + Identity layer",
+            "/",
+            ok,
+            bare,
+            noop,
+        ),
+        (
+            "(g) GET /: AcmeLayer against the no-op layer (Router::layer), the layer's own cost",
+            "app + Identity layer",
+            "app + AcmeLayer",
+            "/",
+            ok,
+            noop,
+            acme,
+        ),
     ];
     // Before anything is timed: the expected answers, and the baseline's and the layered
     // server's answers byte for byte the same (apart from the Date header).
@@ -1859,6 +1880,8 @@ fn http_bench(
             time_pair(&bare_svc, &redirect_svc, CHALLENGE_PATH).await?,
             time_pair(&bare_svc, &acme_outside_svc, "/").await?,
             time_pair(&bare_svc, &redirect_outside_svc, CHALLENGE_PATH).await?,
+            time_pair(&bare_svc, &noop_svc, "/").await?,
+            time_pair(&noop_svc, &acme_svc, "/").await?,
         ])
     })?;
     drop(local);
@@ -2145,7 +2168,10 @@ impl Report {
             for (pair, bytes) in r.pairs.iter().zip(&r.response_bytes) {
                 let ratio = median(&pair.layered) / median(&pair.baseline);
                 let fine = median(&pair.fine_ratios);
-                if !pair.label.starts_with("(b)") {
+                if !["(b)", "(f)", "(g)"]
+                    .iter()
+                    .any(|p| pair.label.starts_with(p))
+                {
                     worst_pass_through = worst_pass_through.min(ratio);
                     worst_fine = worst_fine.min(fine);
                 }
@@ -2189,7 +2215,10 @@ impl Report {
                     .fold(f64::INFINITY, f64::min)
                     * 1000.0;
                 let predicted = server_ns / (server_ns + layered - base);
-                if !pair.label.starts_with("(b)") {
+                if !["(b)", "(f)", "(g)"]
+                    .iter()
+                    .any(|p| pair.label.starts_with(p))
+                {
                     worst_predicted = worst_predicted.min(predicted);
                 }
                 println!(
