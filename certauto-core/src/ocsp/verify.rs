@@ -90,11 +90,14 @@ pub fn verify(
     };
     signer.verify(basic.signature_alg, basic.tbs, basic.signature)?;
 
-    let single = basic
-        .responses
-        .iter()
-        .find(|s| s.matches(&leaf, &issuer))
-        .ok_or(OcspError::NoMatchingResponse)?;
+    // A signed response naming our certificate more than once: a `revoked`
+    // entry wins over the others.
+    let mut matching = basic.responses.iter().filter(|s| s.matches(&leaf, &issuer));
+    let first = matching.next().ok_or(OcspError::NoMatchingResponse)?;
+    let single = std::iter::once(first)
+        .chain(matching)
+        .find(|s| matches!(s.status, OcspStatus::Revoked { .. }))
+        .unwrap_or(first);
     if single.this_update > now + OCSP_CLOCK_SKEW {
         return Err(OcspError::NotYetValid {
             this_update: single.this_update,
