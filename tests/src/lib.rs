@@ -29,6 +29,7 @@ mod ocsp;
 mod pebble;
 mod pki;
 mod util;
+mod verify;
 
 use std::sync::{Arc, Once};
 
@@ -39,6 +40,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{PEBBLE_EXAMPLE_EAB_KEYS, Pebble, PebbleBuilder, normalize_serial, serial_hex};
+pub use verify::SignatureOnly;
 
 /// Installs a `tracing` fmt subscriber that writes through the test harness's captured
 /// output. Safe to call from every test; only the first call does anything (and it is a

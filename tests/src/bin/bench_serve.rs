@@ -61,14 +61,13 @@ use certauto_core::{
     CachedCert, CertCache, CertResolver, Certificate, ChallengeTokens, Identifier, LocalCa,
     MemoryStorage, TlsAlpnChallenges,
 };
+use certauto_tests::SignatureOnly;
 use certauto_tower::{AcmeLayer, HttpsRedirectLayer};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::{CertifiedKey, SingleCertAndKey};
-use rustls::{ClientConfig, DigitallySignedStruct, ServerConfig, SignatureScheme};
+use rustls::{ClientConfig, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -572,58 +571,6 @@ fn measure_memory(certs: &[Certificate]) -> BenchResult<MemoryRun> {
 
 // ----- (1) handshakes -----
 
-/// A client certificate verifier that checks the handshake signature (so the client does
-/// the same cryptographic work whatever the certificate) but not the chain or the name: the
-/// baseline serves one certificate for every SNI. Correct certificates are checked
-/// separately, with a full WebPKI verifier, before timing.
-#[derive(Debug)]
-struct SignatureOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for SignatureOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// Wraps a resolver and adds up the time spent in its `resolve`.
 #[derive(Debug)]
 struct TimedResolver {
@@ -761,7 +708,7 @@ fn client_config(verifier: Option<rustls::RootCertStore>) -> BenchResult<Arc<Cli
         Some(roots) => builder.with_root_certificates(roots).with_no_client_auth(),
         None => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SignatureOnly(provider)))
+            .with_custom_certificate_verifier(Arc::new(SignatureOnly::new()))
             .with_no_client_auth(),
     };
     config.resumption = rustls::client::Resumption::disabled();
