@@ -148,25 +148,25 @@ fn id_of(e: &Arc<CachedCert>) -> EntryId {
     Arc::as_ptr(e) as EntryId
 }
 
-#[derive(Default)]
-struct Index {
-    /// Exact names (wildcards excluded).
-    exact: HashMap<String, Arc<CachedCert>>,
-    /// Wildcards, keyed by the name below the `*` (`example.com` for `*.example.com`).
-    wildcard: HashMap<String, Arc<CachedCert>>,
-    /// Every entry still serving a name, with how many names it serves.
-    live: HashMap<EntryId, (Arc<CachedCert>, usize)>,
-    /// Eviction order: unmanaged first, then earliest expiry.
-    order: BTreeSet<(bool, SystemTime, EntryId)>,
-    /// The handshake path's copy of `exact`: certified keys stored inline
-    /// with their names, one cold cache line per hit fewer.
-    keys_exact: NameTable<Arc<CertifiedKey>>,
-    /// The handshake path's copy of `wildcard`.
-    keys_wildcard: NameTable<Arc<CertifiedKey>>,
+/// Names to values: exact names, and wildcards keyed by the name below the
+/// `*` (`example.com` for `*.example.com`).
+struct Names<V> {
+    exact: NameTable<V>,
+    wildcard: NameTable<V>,
 }
 
-impl Index {
-    fn slot(&mut self, id: &Identifier) -> (&mut HashMap<String, Arc<CachedCert>>, String) {
+impl<V> Default for Names<V> {
+    fn default() -> Self {
+        Self {
+            exact: NameTable::default(),
+            wildcard: NameTable::default(),
+        }
+    }
+}
+
+impl<V> Names<V> {
+    /// The table and key that hold `id`.
+    fn slot(&mut self, id: &Identifier) -> (&mut NameTable<V>, String) {
         let name = id.as_str();
         match name.strip_prefix("*.") {
             Some(base) => (&mut self.wildcard, base.to_owned()),
@@ -174,15 +174,45 @@ impl Index {
         }
     }
 
+    /// The value serving `name` (an SNI value): exact match, then a
+    /// one-label wildcard; case-insensitive, a trailing dot ignored.
+    fn find(&self, name: &str) -> Option<&V> {
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            return self.find(&name.to_ascii_lowercase());
+        }
+        if let Some(value) = self.exact.get(name) {
+            return Some(value);
+        }
+        let (_, parent) = name.split_once('.')?;
+        self.wildcard.get(parent)
+    }
+}
+
+#[derive(Default)]
+struct Index {
+    /// The entry serving each name.
+    entries: Names<Arc<CachedCert>>,
+    /// The handshake path's copy of `entries`: certified keys stored inline
+    /// with their names, one cold cache line per hit fewer.
+    keys: Names<Arc<CertifiedKey>>,
+    /// Every entry still serving a name, with how many names it serves.
+    live: HashMap<EntryId, (Arc<CachedCert>, usize)>,
+    /// Eviction order: unmanaged first, then earliest expiry.
+    order: BTreeSet<(bool, SystemTime, EntryId)>,
+}
+
+impl Index {
+    /// Whether `entry` is what serves `id`.
+    fn serves(&mut self, id: &Identifier, entry: &Arc<CachedCert>) -> bool {
+        let (table, key) = self.entries.slot(id);
+        table.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry))
+    }
+
     fn put(&mut self, id: &Identifier, entry: &Arc<CachedCert>) {
-        let wildcard = id.is_wildcard();
-        let (map, key) = self.slot(id);
-        let old = map.insert(key.clone(), entry.clone());
-        let keys = if wildcard {
-            &mut self.keys_wildcard
-        } else {
-            &mut self.keys_exact
-        };
+        let (table, key) = self.entries.slot(id);
+        let old = table.insert(&key, entry.clone());
+        let (keys, _) = self.keys.slot(id);
         keys.insert(&key, entry.certified_key.clone());
         self.retain(entry);
         if let Some(old) = old {
@@ -214,15 +244,11 @@ impl Index {
 
     fn remove_entry(&mut self, entry: &Arc<CachedCert>) {
         for id in &entry.names {
-            let wildcard = id.is_wildcard();
-            let (map, key) = self.slot(id);
-            if map.get(&key).is_some_and(|e| Arc::ptr_eq(e, entry)) {
-                map.remove(&key);
-                if wildcard {
-                    self.keys_wildcard.remove(&key);
-                } else {
-                    self.keys_exact.remove(&key);
-                }
+            if self.serves(id, entry) {
+                let (table, key) = self.entries.slot(id);
+                table.remove(&key);
+                let (keys, _) = self.keys.slot(id);
+                keys.remove(&key);
                 self.release(entry);
             }
         }
@@ -319,8 +345,7 @@ impl CertCache {
             return false;
         };
         let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
-        let (map, key) = index.slot(first);
-        if !map.get(&key).is_some_and(|e| Arc::ptr_eq(e, current)) {
+        if !index.serves(first, current) {
             return false;
         }
         for id in &new.names {
@@ -335,21 +360,21 @@ impl CertCache {
     /// The entry serving `name`: exact match, then a one-label wildcard.
     pub fn get(&self, name: &str) -> Option<Arc<CachedCert>> {
         let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        lookup(&index, name)
+        index.entries.find(name).cloned()
     }
 
     /// The certified key for an SNI value: the handshake path.
     pub fn certified_key(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
         let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
-        lookup_key(&index, sni).cloned()
+        index.keys.find(sni).cloned()
     }
 
     /// Removes every entry covering `name` exactly.
     pub fn remove(&self, name: &str) -> Option<Arc<CachedCert>> {
         let id = Identifier::parse(name).ok()?;
         let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
-        let (map, key) = index.slot(&id);
-        let entry = map.get(&key).cloned()?;
+        let (table, key) = index.entries.slot(&id);
+        let entry = table.get(&key).cloned()?;
         index.remove_entry(&entry);
         self.inner
             .count
@@ -398,32 +423,6 @@ impl CertCache {
     pub fn stop_signal(&self) -> watch::Receiver<bool> {
         self.inner.stop.subscribe()
     }
-}
-
-fn lookup(index: &Index, name: &str) -> Option<Arc<CachedCert>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        return lookup(index, &name.to_ascii_lowercase());
-    }
-    if let Some(e) = index.exact.get(name) {
-        return Some(e.clone());
-    }
-    let (_, parent) = name.split_once('.')?;
-    index.wildcard.get(parent).cloned()
-}
-
-/// [`lookup`] on the handshake path's tables.
-fn lookup_key<'a>(index: &'a Index, name: &str) -> Option<&'a Arc<CertifiedKey>> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    if name.bytes().any(|b| b.is_ascii_uppercase()) {
-        let lower = name.to_ascii_lowercase();
-        return lookup_key(index, &lower);
-    }
-    if let Some(key) = index.keys_exact.get(name) {
-        return Some(key);
-    }
-    let (_, parent) = name.split_once('.')?;
-    index.keys_wildcard.get(parent)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! The handshake-path index of [`CertCache`](crate::CertCache): names to
-//! certified keys, laid out so that a lookup touches as few cold cache lines
-//! as possible.
+//! The name tables of [`CertCache`](crate::CertCache) (its entries, and the
+//! handshake path's certified keys): names to values, laid out so that a
+//! lookup touches as few cold cache lines as possible.
 //!
 //! A lookup in a `HashMap<String, Arc<_>>` at 100,000 entries follows three
 //! pointers into cold memory before it reaches the value: the bucket, the
