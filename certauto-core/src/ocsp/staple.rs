@@ -93,23 +93,12 @@ impl Config {
     /// Staples the cached entry of a certificate just obtained or renewed.
     /// Returns whether the responder reported it revoked.
     pub(crate) async fn staple_new(&self, cert: &crate::certificate::Certificate) -> bool {
-        if cert.ocsp_urls().is_empty() {
-            return false;
-        }
-        let Some(primary) = cert.names().first() else {
-            return false;
-        };
-        let serial = cert.serial_hex();
-        let Some(entry) = self
-            .cache()
-            .get(&primary.as_str())
-            .filter(|e| e.serial() == serial)
-        else {
+        let Some(entry) = self.stapleable_entry(cert.names(), &cert.serial_hex()) else {
             return false;
         };
         match self.staple_entry(&entry).await {
             StapleOutcome::Failed(e) => {
-                tracing::warn!(name = %primary, error = %e, "no OCSP staple");
+                tracing::warn!(names = ?entry.names(), error = %e, "no OCSP staple");
                 false
             }
             StapleOutcome::Revoked => true,
@@ -134,18 +123,7 @@ impl Config {
         cert: &crate::certificate::Certificate,
         ids: &[Identifier],
     ) {
-        if cert.ocsp_urls().is_empty() {
-            return;
-        }
-        let Some(primary) = cert.names().first() else {
-            return;
-        };
-        let serial = cert.serial_hex();
-        let Some(entry) = self
-            .cache()
-            .get(&primary.as_str())
-            .filter(|e| e.serial() == serial)
-        else {
+        let Some(entry) = self.stapleable_entry(cert.names(), &cert.serial_hex()) else {
             return;
         };
         if let StapleOutcome::NeedsFetch = self.staple_entry_with(&entry, false).await {
@@ -274,17 +252,24 @@ impl Config {
         });
     }
 
+    /// The cache entry serving `names` if it is the certificate `serial`.
+    fn cached_entry(&self, names: &[Identifier], serial: &str) -> Option<Arc<CachedCert>> {
+        let primary = names.first()?;
+        self.cache()
+            .get(&primary.as_str())
+            .filter(|e| e.serial() == serial)
+    }
+
+    /// [`cached_entry`](Self::cached_entry), if it names an OCSP responder.
+    fn stapleable_entry(&self, names: &[Identifier], serial: &str) -> Option<Arc<CachedCert>> {
+        self.cached_entry(names, serial)
+            .filter(|e| !e.ocsp_urls().is_empty())
+    }
+
     /// Puts `staple` on the cached entry, unless it is already there or the
     /// cache no longer serves this certificate (a renewal replaced it).
     fn set_staple(&self, entry: &CachedCert, staple: Option<Vec<u8>>) {
-        let Some(first) = entry.names().first() else {
-            return;
-        };
-        let Some(cached) = self
-            .cache()
-            .get(&first.as_str())
-            .filter(|c| c.serial() == entry.serial())
-        else {
+        let Some(cached) = self.cached_entry(entry.names(), entry.serial()) else {
             return;
         };
         if cached.certified_key().ocsp == staple {
