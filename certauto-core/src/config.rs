@@ -493,21 +493,9 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let names: Vec<Identifier> = names
-            .into_iter()
-            .map(|n| Identifier::parse(n.as_ref()))
-            .collect::<Result<_, _>>()?;
-        for id in &names {
-            self.usable_issuers(std::slice::from_ref(id))?;
-        }
-        for id in &names {
-            self.record_managed(std::slice::from_ref(id));
-        }
-        let loaded = self.load_all_into_cache(&names).await?;
-        for (id, loaded) in names.into_iter().zip(loaded) {
-            if !loaded {
-                self.manage_one(vec![id]).await?;
-            }
+        for id in self.start_managing(names).await? {
+            // `obtain` checks storage again, under the lock.
+            self.obtain([id.as_str()]).await?;
         }
         Ok(())
     }
@@ -522,21 +510,7 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let names: Vec<Identifier> = names
-            .into_iter()
-            .map(|n| Identifier::parse(n.as_ref()))
-            .collect::<Result<_, _>>()?;
-        for id in &names {
-            self.usable_issuers(std::slice::from_ref(id))?;
-        }
-        for id in &names {
-            self.record_managed(std::slice::from_ref(id));
-        }
-        let loaded = self.load_all_into_cache(&names).await?;
-        for (id, loaded) in names.into_iter().zip(loaded) {
-            if loaded {
-                continue;
-            }
+        for id in self.start_managing(names).await? {
             let ids = vec![id];
             let config = self.clone();
             // Through the retry schedule: a failure is retried by maintenance
@@ -597,14 +571,32 @@ impl Config {
         Ok(true)
     }
 
-    async fn manage_one(&self, ids: Vec<Identifier>) -> Result<(), Error> {
-        self.record_managed(&ids);
-        if self.load_into_cache(&ids).await?.is_some() {
-            return Ok(());
+    /// The start of [`manage`](Self::manage) and
+    /// [`manage_in_background`](Self::manage_in_background): validates
+    /// `names` (each must have an issuer), records them for maintenance,
+    /// loads what storage holds into the cache, and returns the names still
+    /// to obtain, in order.
+    async fn start_managing<I, S>(&self, names: I) -> Result<Vec<Identifier>, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let names: Vec<Identifier> = names
+            .into_iter()
+            .map(|n| Identifier::parse(n.as_ref()))
+            .collect::<Result<_, _>>()?;
+        for id in &names {
+            self.usable_issuers(std::slice::from_ref(id))?;
         }
-        self.obtain(ids.iter().map(|i| i.as_str().into_owned()))
-            .await?;
-        Ok(())
+        for id in &names {
+            self.record_managed(std::slice::from_ref(id));
+        }
+        let loaded = self.load_all_into_cache(&names).await?;
+        Ok(names
+            .into_iter()
+            .zip(loaded)
+            .filter_map(|(id, loaded)| (!loaded).then_some(id))
+            .collect())
     }
 
     /// Sends an event to every handler.
