@@ -44,8 +44,8 @@ use actix_http::{Request, Response};
 use actix_service::IntoServiceFactory;
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Service, ServiceFactory};
+use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
 use certauto_core::{ChallengeTokens, Config};
 
@@ -117,29 +117,17 @@ async fn answer_challenge(req: HttpRequest, tokens: web::Data<ChallengeTokens>) 
 /// answered, not redirected.
 pub fn https_redirect(https_port: u16) -> Route {
     web::to(move |req: HttpRequest| async move {
-        let is_challenge = matches!(*req.method(), Method::GET | Method::HEAD)
-            && req
-                .path()
-                .starts_with(certauto_core::challenge::HTTP01_PATH_PREFIX);
-        if is_challenge {
+        if certauto_tower::redirect::is_challenge(req.method().as_str(), req.path()) {
             // A challenge for a token nobody presented.
             return HttpResponse::NotFound().finish();
         }
-        let authority = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| {
-                let mut hosts = req.headers().get_all(header::HOST);
-                let host = hosts.next()?;
-                if hosts.next().is_some() {
-                    return None;
-                }
-                host.to_str().ok().map(str::to_owned)
-            });
+        let authority = certauto_tower::redirect::request_target_authority(
+            req.uri().authority().map(|a| a.as_str()),
+            req.headers().get_all(header::HOST).map(|h| h.as_bytes()),
+        );
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let location = authority
-            .and_then(|a| certauto_tower::redirect::https_location(&a, path_and_query, https_port));
+            .and_then(|a| certauto_tower::redirect::https_location(a, path_and_query, https_port));
         match location.and_then(|l| HeaderValue::try_from(l).ok()) {
             Some(location) => HttpResponse::build(StatusCode::PERMANENT_REDIRECT)
                 .insert_header((header::LOCATION, location))

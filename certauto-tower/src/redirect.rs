@@ -41,7 +41,7 @@ use std::task::{Context, Poll, ready};
 use bytes::Bytes;
 use certauto_core::challenge::HTTP01_PATH_PREFIX;
 use http::header::{HOST, LOCATION};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -230,24 +230,45 @@ pub fn https_location(authority: &str, path_and_query: &str, https_port: u16) ->
 
 /// Whether `req` is an ACME HTTP-01 validation (which is never redirected).
 fn is_challenge_request<B>(req: &Request<B>) -> bool {
-    matches!(*req.method(), Method::GET | Method::HEAD)
-        && req.uri().path().starts_with(HTTP01_PATH_PREFIX)
+    is_challenge(req.method().as_str(), req.uri().path())
+}
+
+/// Whether a request with `method` and `path` is an ACME HTTP-01 challenge
+/// (`GET` or `HEAD` under `/.well-known/acme-challenge/`): never redirected.
+/// Other servers (certauto-actix) use this to decide the same way.
+pub fn is_challenge(method: &str, path: &str) -> bool {
+    matches!(method, "GET" | "HEAD") && path.starts_with(HTTP01_PATH_PREFIX)
 }
 
 /// The authority `req` was sent to: the request target's if it has one, or
 /// else the one `Host` header.
 fn request_authority<B>(req: &Request<B>) -> Option<&str> {
-    match req.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => {
-            let mut hosts = req.headers().get_all(HOST).iter();
-            let host = hosts.next()?;
-            if hosts.next().is_some() {
-                return None; // RFC 9112 §3.2: several Host headers are a bad request
-            }
-            host.to_str().ok()
-        }
+    request_target_authority(
+        req.uri().authority().map(|a| a.as_str()),
+        req.headers()
+            .get_all(HOST)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
+}
+
+/// The authority a request was sent to: `target`, the request target's
+/// authority, if it has one; or else the value of its one `Host` header
+/// (`None` for none, several, or one that is not text). Other servers
+/// (certauto-actix) use this to pick the same authority.
+pub fn request_target_authority<'a>(
+    target: Option<&'a str>,
+    hosts: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<&'a str> {
+    if target.is_some() {
+        return target;
     }
+    let mut hosts = hosts.into_iter();
+    let host = hosts.next()?;
+    if hosts.next().is_some() {
+        return None; // RFC 9112 §3.2: several Host headers are a bad request
+    }
+    std::str::from_utf8(host).ok()
 }
 
 /// The host of a `host[:port]` authority, or `None` if it is not a valid one.
@@ -352,7 +373,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::convert::Infallible;
 
-    use http::Uri;
+    use http::{Method, Uri};
     use http_body_util::BodyExt;
     use tower::{ServiceExt, service_fn};
 
