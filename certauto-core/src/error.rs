@@ -57,6 +57,47 @@ impl Error {
     }
 }
 
+/// Displays an error with its whole cause chain, `outer: cause: root cause`,
+/// leaving out a cause whose text the message before it already contains.
+///
+/// Every error CertAuto logs goes through this, so a log line says whether a
+/// request failed because the connection was refused, reset or timed out.
+///
+/// ```
+/// use certauto_core::ErrorChain;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+/// let outer = std::io::Error::other(io);
+/// assert_eq!(ErrorChain(&outer).to_string(), "connection refused");
+/// ```
+#[derive(Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
+        let mut next = self.0.source();
+        // Bounded: a cyclic or absurdly deep chain stops here.
+        for _ in 0..32 {
+            let Some(cause) = next else { break };
+            let text = cause.to_string();
+            if !text.is_empty() && !shown.contains(&text) {
+                write!(f, ": {text}")?;
+                shown = text;
+            }
+            next = cause.source();
+        }
+        Ok(())
+    }
+}
+
 /// Errors of the ACME protocol exchange.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -219,9 +260,9 @@ pub enum CertificateError {
     /// A certificate could not be parsed.
     #[error("invalid certificate: {0}")]
     Parse(String),
-    /// The stored metadata is unreadable.
-    #[error("invalid certificate metadata: {0}")]
-    Metadata(String),
+    /// The stored certificate record is malformed.
+    #[error("invalid certificate record: {0}")]
+    Record(&'static str),
     /// The private key does not belong to the certificate.
     #[error("the private key does not match the certificate")]
     KeyMismatch,

@@ -65,7 +65,7 @@ pub use challenge::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
 pub use error::{
-    AcmeError, CertificateError, ConfigError, Error, KeyError, OcspError, SolverError,
+    AcmeError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError, SolverError,
 };
 pub use events::{Event, EventHandler};
 pub use identifier::{DomainName, Identifier, NameError};
@@ -78,7 +78,9 @@ pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
 pub use ocsp::OcspReport;
 pub use ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
 pub use resolver::{CertResolver, UnknownNameHook};
-pub use storage::{FileStorage, KeyInfo, MemoryStorage, Storage, StorageError};
+pub use storage::{
+    FileStorage, KeyInfo, LockGuard, LockLoss, MemoryStorage, Storage, StorageError,
+};
 
 /// Manages certificates for `domains` with the default [`Config`] and returns
 /// a rustls server config that serves them.

@@ -114,10 +114,7 @@ pub struct ChallengeTokens {
     storage: Option<Arc<dyn Storage>>,
 }
 
-/// The storage key of a presented HTTP-01 token.
-fn token_key(token: &str) -> String {
-    format!("acme/challenge_tokens/{token}")
-}
+use crate::storage::keys::challenge_token as token_key;
 
 /// Whether `token` is a well-formed ACME token (base64url characters).
 fn is_token(token: &str) -> bool {

@@ -273,10 +273,10 @@ impl AcmeIssuer {
         let storage = &self.inner.storage;
         let email = self.inner.email.as_deref();
         let lock = keys::account_lock(&self.inner.issuer_key, email);
-        storage.lock(&lock).await?;
+        let lock = storage.lock(&lock).await?;
         let result = self.load_or_create_account(&client).await;
-        if let Err(e) = storage.unlock(&lock).await {
-            tracing::warn!(error = %e, "could not release the account lock");
+        if let Err(e) = lock.release().await {
+            tracing::warn!(error = %crate::ErrorChain(&e), "could not release the account lock");
         }
         let account = result?;
         *cached = Some(account.clone());

@@ -24,9 +24,10 @@ use crate::storage::Storage;
 
 /// The issuer key of the local CA.
 pub const LOCAL_CA_ISSUER_KEY: &str = "local";
-const ROOT_CERT_KEY: &str = "local_ca/root.crt";
-const ROOT_KEY_KEY: &str = "local_ca/root.key";
-const ROOT_LOCK: &str = "local_ca";
+use crate::storage::keys::{
+    LOCAL_CA_ROOT_CERT as ROOT_CERT_KEY, LOCAL_CA_ROOT_KEY as ROOT_KEY_KEY,
+    LOCAL_CA_ROOT_LOCK as ROOT_LOCK,
+};
 /// Default lifetime of the leaves the local CA issues.
 pub const DEFAULT_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -100,10 +101,10 @@ impl LocalCa {
     async fn root(&self) -> Result<Arc<Root>, Error> {
         self.root
             .get_or_try_init(|| async {
-                self.storage.lock(ROOT_LOCK).await?;
+                let lock = self.storage.lock(ROOT_LOCK).await?;
                 let result = self.load_or_create_root().await;
-                if let Err(e) = self.storage.unlock(ROOT_LOCK).await {
-                    tracing::warn!(error = %e, "could not release the local CA lock");
+                if let Err(e) = lock.release().await {
+                    tracing::warn!(error = %crate::ErrorChain(&e), "could not release the local CA lock");
                 }
                 result.map(Arc::new)
             })

@@ -1,21 +1,19 @@
 //! A [`Storage`] backend on the local file system.
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
 
-use super::{KeyInfo, Storage, StorageError, validate_key};
+use super::{KeyInfo, LockGuard, LockLoss, Storage, StorageError, validate_key};
 
 const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
 const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
@@ -29,6 +27,8 @@ const MIN_INTERVAL: Duration = Duration::from_millis(1);
 const LOCKS_DIR: &str = "locks";
 /// Lock names longer than this are shortened with a hash.
 const MAX_LOCK_NAME: usize = 200;
+/// The most of a lock file read (they hold a short JSON object).
+const MAX_LOCK_FILE: u64 = 4096;
 
 /// Lock timings of a [`FileStorage`].
 #[derive(Debug, Clone, Copy)]
@@ -116,7 +116,6 @@ impl FileStorageBuilder {
             inner: Arc::new(Inner {
                 root: self.root,
                 config: self.config,
-                held: Mutex::new(HashMap::new()),
                 released: Notify::new(),
                 #[cfg(test)]
                 refreshed: Arc::new(tokio::sync::watch::channel(0).0),
@@ -144,18 +143,22 @@ impl FileStorageBuilder {
 ///
 /// The lock `name` is the file `<root>/locks/<name>.lock` (characters outside
 /// `[A-Za-z0-9._-]` replaced by `_`), created exclusively and holding JSON
-/// `{"created": .., "updated": .., "pid": .., "owner": ..}` (Unix times in seconds).
-/// While a lock is held, a background task rewrites `updated` every
-/// [`lock_keepalive`](FileStorageBuilder::lock_keepalive) interval; a lock file
-/// not refreshed for [`lock_stale_after`](FileStorageBuilder::lock_stale_after)
-/// is taken to belong to a dead holder and is broken by the next client that
-/// wants the lock.
+/// `{"created": .., "pid": .., "owner": ..}` (`owner` a random token of this
+/// acquisition). While the [`LockGuard`] lives, a background task touches the
+/// file's modification time every
+/// [`lock_keepalive`](FileStorageBuilder::lock_keepalive) interval, through a
+/// file handle it has checked holds its own token, so it never refreshes
+/// another holder's lock. A lock is stale, and broken by the next client that
+/// wants it, when its modification time is more than
+/// [`lock_stale_after`](FileStorageBuilder::lock_stale_after) old, or when the
+/// waiting client has seen it unchanged for that long by its own monotonic
+/// clock (so a lock stamped in the future by a clock stepped back still expires).
 ///
-/// Locks belong to the `FileStorage` that took them and its clones: a second
-/// `FileStorage` on the same root (as in another process) waits for them, and
-/// only the holder can [`unlock`](Storage::unlock). Dropping every clone of a
-/// storage while it holds locks stops their keepalive: the lock files are then
-/// broken once they go stale.
+/// The holder's guard reports the lock [lost](LockGuard::is_lost) when a
+/// refresh finds the file gone or holding another token, or when refreshes
+/// kept failing for longer than the stale age (others may have broken it);
+/// transient refresh errors are retried at every interval meanwhile.
+/// Dropping the guard releases the lock in the background.
 #[derive(Clone)]
 pub struct FileStorage {
     inner: Arc<Inner>,
@@ -164,8 +167,6 @@ pub struct FileStorage {
 struct Inner {
     root: PathBuf,
     config: LockConfig,
-    /// Locks held by this storage, by lock file name.
-    held: Mutex<HashMap<String, HeldLock>>,
     /// Woken when this storage releases a lock, so that local waiters need not
     /// wait for their next poll.
     released: Notify,
@@ -174,26 +175,14 @@ struct Inner {
     refreshed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
-/// A lock held by this storage.
-struct HeldLock {
-    /// The token written in the lock file, telling our lock from another's.
-    owner: String,
-    /// Tells the keepalive task to stop (dropping it does too).
-    stop: oneshot::Sender<()>,
-    keepalive: JoinHandle<()>,
-}
-
 impl fmt::Debug for FileStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut held: Vec<String> = guard(&self.inner.held).keys().cloned().collect();
-        held.sort();
         f.debug_struct("FileStorage")
             .field("root", &self.inner.root)
             .field("lock_stale_after", &self.inner.config.stale_after)
             .field("lock_keepalive", &self.inner.config.keepalive)
             .field("lock_poll_interval", &self.inner.config.poll_interval)
             .field("lock_wait_timeout", &self.inner.config.wait_timeout)
-            .field("held_locks", &held)
             .finish()
     }
 }
@@ -201,20 +190,14 @@ impl fmt::Debug for FileStorage {
 /// The content of a lock file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LockMeta {
-    /// When the lock was taken, Unix seconds.
+    /// When the lock was taken, Unix seconds (informative only: freshness is
+    /// the file's modification time).
     created: f64,
-    /// When the holder last refreshed the lock, Unix seconds.
-    updated: f64,
     /// The holder's process id (informative only).
     pid: u32,
     /// A random token identifying the holder.
     #[serde(default)]
     owner: String,
-}
-
-/// Locks a std mutex, ignoring poisoning (the map it guards stays consistent).
-fn guard<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 fn unix_now() -> f64 {
@@ -407,28 +390,50 @@ fn lock_file_stem(name: &str) -> Result<String, StorageError> {
     Ok(format!("{}-{hash}", &safe[..MAX_LOCK_NAME - 33]))
 }
 
+/// What a waiting client saw of a lock file: its content and modification time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct LockSnapshot {
+    content: Vec<u8>,
+    modified: Option<SystemTime>,
+}
+
+impl LockSnapshot {
+    /// How long ago the file was last refreshed, by the system clock; zero for
+    /// a time in the future (a clock stepped back) or unknown.
+    fn age(&self) -> Duration {
+        self.modified
+            .and_then(|m| SystemTime::now().duration_since(m).ok())
+            .unwrap_or(Duration::ZERO)
+    }
+}
+
 /// The outcome of one attempt to take a lock.
 #[derive(Debug, PartialEq, Eq)]
 enum Attempt {
     /// The lock file is ours.
     Acquired,
-    /// Someone else holds the lock.
-    Held,
-    /// The lock file vanished or a stale one was broken: try again at once.
+    /// Someone else holds the lock; this is what its file looked like.
+    Held(LockSnapshot),
+    /// The lock file vanished meanwhile: try again at once.
     Retry,
 }
 
-/// One attempt to take the lock file at `path`, breaking it if it is stale.
-fn try_acquire(path: &Path, owner: &str, stale_after: Duration) -> io::Result<Attempt> {
+/// Reads at most [`MAX_LOCK_FILE`] bytes of `file`.
+fn read_bounded(file: &mut fs::File) -> io::Result<Vec<u8>> {
+    let mut content = Vec::new();
+    file.take(MAX_LOCK_FILE).read_to_end(&mut content)?;
+    Ok(content)
+}
+
+/// One attempt to create the lock file at `path`; if it exists, what it holds.
+fn try_acquire(path: &Path, owner: &str) -> io::Result<Attempt> {
     if let Some(dir) = path.parent() {
         create_private_dirs(dir)?;
     }
     match create_private_file(path) {
         Ok(mut file) => {
-            let now = unix_now();
             let meta = LockMeta {
-                created: now,
-                updated: now,
+                created: unix_now(),
                 pid: std::process::id(),
                 owner: owner.to_owned(),
             };
@@ -446,38 +451,32 @@ fn try_acquire(path: &Path, owner: &str, stale_after: Duration) -> io::Result<At
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    let content = match fs::read(path) {
-        Ok(content) => content,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Attempt::Retry),
+    match snapshot(path) {
+        Ok(Some(snap)) => Ok(Attempt::Held(snap)),
+        Ok(None) => Ok(Attempt::Retry),
+        Err(e) => Err(e),
+    }
+}
+
+/// The content and modification time of the lock file at `path`, read through
+/// one handle; `None` if it does not exist.
+fn snapshot(path: &Path) -> io::Result<Option<LockSnapshot>> {
+    let mut file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    if !is_stale(path, &content, stale_after) {
-        return Ok(Attempt::Held);
-    }
-    break_stale(path, &content)?;
-    Ok(Attempt::Retry)
+    let content = read_bounded(&mut file)?;
+    let modified = file.metadata().and_then(|m| m.modified()).ok();
+    Ok(Some(LockSnapshot { content, modified }))
 }
 
-/// Whether the lock file at `path`, holding `content`, has not been refreshed
-/// for longer than `stale_after`.
-fn is_stale(path: &Path, content: &[u8], stale_after: Duration) -> bool {
-    match serde_json::from_slice::<LockMeta>(content) {
-        Ok(meta) => unix_now() - meta.updated > stale_after.as_secs_f64(),
-        // Unreadable (perhaps still being written): judge by its age on disk.
-        Err(_) => fs::metadata(path)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|mtime| SystemTime::now().duration_since(mtime).ok())
-            .is_some_and(|age| age > stale_after),
-    }
-}
-
-/// Removes the stale lock file at `path`, whose content was `content`.
+/// Removes the stale lock file at `path`, which looked like `seen`.
 ///
 /// The file is first renamed aside, so that it is removed only if it is still
 /// the stale file: if its holder refreshed it (or another client replaced it)
-/// after we read it, it is put back, unless someone has taken the lock since.
-fn break_stale(path: &Path, content: &[u8]) -> io::Result<()> {
+/// after we looked, it is put back, unless someone has taken the lock since.
+fn break_stale(path: &Path, seen: &LockSnapshot) -> io::Result<()> {
     let name = path
         .file_name()
         .map_or_else(|| "lock".to_owned(), |n| n.to_string_lossy().into_owned());
@@ -487,9 +486,8 @@ fn break_stale(path: &Path, content: &[u8]) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e),
     }
-    let moved = fs::read(&aside).ok();
-    if moved.as_deref() == Some(content) {
-        tracing::debug!(lock = %path.display(), "file storage: broke stale lock");
+    if snapshot(&aside)?.as_ref() == Some(seen) {
+        tracing::info!(lock = %path.display(), "file storage: broke a stale lock");
     } else {
         // `hard_link` fails if the lock was taken meanwhile, which is what we want.
         match fs::hard_link(&aside, path) {
@@ -504,23 +502,25 @@ fn break_stale(path: &Path, content: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-/// Rewrites `updated` in the lock file at `path` if it still belongs to `owner`.
-/// Returns whether it does.
+/// Whether the lock file named `owner`'s token, once opened.
+fn is_owned_by(content: &[u8], owner: &str) -> bool {
+    serde_json::from_slice::<LockMeta>(content).is_ok_and(|meta| meta.owner == owner)
+}
+
+/// Touches the modification time of the lock file at `path` if it still
+/// belongs to `owner`, through the same handle its content was checked on, so
+/// a file another client put in its place is never touched. Returns whether
+/// the lock is still `owner`'s.
 fn refresh_lock(path: &Path, owner: &str) -> io::Result<bool> {
-    let content = match fs::read(path) {
-        Ok(content) => content,
+    let mut file = match fs::OpenOptions::new().read(true).write(true).open(path) {
+        Ok(file) => file,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let Ok(mut meta) = serde_json::from_slice::<LockMeta>(&content) else {
-        return Ok(false);
-    };
-    if meta.owner != owner {
+    if !is_owned_by(&read_bounded(&mut file)?, owner) {
         return Ok(false);
     }
-    meta.updated = unix_now();
-    let json = serde_json::to_vec(&meta).map_err(io::Error::other)?;
-    write_atomic(path, &json)?;
+    file.set_modified(SystemTime::now())?;
     Ok(true)
 }
 
@@ -534,13 +534,13 @@ fn release_lock(path: &Path, owner: &str) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     };
-    match serde_json::from_slice::<LockMeta>(&content) {
-        Ok(meta) if meta.owner == owner => match fs::remove_file(path) {
+    match is_owned_by(&content, owner) {
+        true => match fs::remove_file(path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e),
         },
-        _ => {
+        false => {
             tracing::warn!(lock = %path.display(), "file storage: lock was taken over by another client while held (broken as stale?)");
             Ok(())
         }
@@ -552,14 +552,20 @@ struct Keepalive {
     path: PathBuf,
     owner: String,
     interval: Duration,
+    stale_after: Duration,
+    loss: LockLoss,
     #[cfg(test)]
     refreshed: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Keepalive {
     /// Refreshes the lock file every interval until told to stop (or until the
-    /// sender is dropped), or until the lock is found to be someone else's.
+    /// sender is dropped). Reports the lock lost, and stops, when the file is
+    /// found to be gone or someone else's, or when refreshing kept failing for
+    /// longer than the stale age; a failed refresh is otherwise retried at the
+    /// next interval.
     async fn run(self, mut stop: oneshot::Receiver<()>) {
+        let mut last_refresh = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -568,19 +574,29 @@ impl Keepalive {
             }
             let path = self.path.clone();
             let owner = self.owner.clone();
-            match tokio::task::spawn_blocking(move || refresh_lock(&path, &owner)).await {
-                Ok(Ok(true)) => {
+            let outcome = tokio::task::spawn_blocking(move || refresh_lock(&path, &owner))
+                .await
+                .map_err(io::Error::other)
+                .and_then(|r| r);
+            match outcome {
+                Ok(true) => {
+                    last_refresh = tokio::time::Instant::now();
                     tracing::trace!(lock = %self.path.display(), "file storage: lock refreshed");
                 }
-                Ok(Ok(false)) => {
-                    tracing::warn!(lock = %self.path.display(), "file storage: held lock was broken by another client; keepalive stopped");
+                Ok(false) => {
+                    tracing::warn!(lock = %self.path.display(), "file storage: held lock was broken or taken over by another client");
+                    self.loss.report();
                     return;
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(lock = %self.path.display(), error = %e, "file storage: could not refresh lock");
+                Err(e) if last_refresh.elapsed() >= self.stale_after => {
+                    tracing::warn!(lock = %self.path.display(), error = %crate::error::ErrorChain(&e),
+                        "file storage: could not refresh the lock for longer than its stale age; it counts as lost");
+                    self.loss.report();
+                    return;
                 }
                 Err(e) => {
-                    tracing::warn!(lock = %self.path.display(), error = %e, "file storage: lock refresh task failed");
+                    tracing::warn!(lock = %self.path.display(), error = %crate::error::ErrorChain(&e),
+                        "file storage: could not refresh the lock; retrying");
                 }
             }
             #[cfg(test)]
@@ -681,7 +697,7 @@ impl FileStorage {
         Ok(path)
     }
 
-    /// The lock file of `name`, and its file name (the key of held locks).
+    /// The lock file of `name`, and its file name.
     fn lock_path(&self, name: &str) -> Result<(PathBuf, String), StorageError> {
         let file = format!("{}.lock", lock_file_stem(name)?);
         Ok((self.inner.root.join(LOCKS_DIR).join(&file), file))
@@ -786,8 +802,8 @@ impl Storage for FileStorage {
     /// If the returned future is dropped while the lock file is being created,
     /// the file may be left behind without a keepalive: it is then broken once
     /// it goes stale.
-    async fn lock(&self, name: &str) -> Result<(), StorageError> {
-        let (path, file) = self.lock_path(name)?;
+    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+        let (path, _file) = self.lock_path(name)?;
         let config = self.inner.config;
         let owner = owner_token();
         // A timeout too large to represent is as good as none.
@@ -796,8 +812,10 @@ impl Storage for FileStorage {
             .and_then(|t| tokio::time::Instant::now().checked_add(t));
         let max_delay = config.poll_interval.max(MAX_POLL_INTERVAL);
         let mut delay = config.poll_interval;
+        // The lock file as first seen unchanged, and since when (monotonic).
+        let mut observed: Option<(LockSnapshot, tokio::time::Instant)> = None;
         loop {
-            // Register before trying, so that a local unlock in between wakes us.
+            // Register before trying, so that a local release in between wakes us.
             let released = self.inner.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();
@@ -807,15 +825,33 @@ impl Storage for FileStorage {
                 let owner = owner.clone();
                 let lock_name = name.to_owned();
                 blocking(name, move || {
-                    try_acquire(&path, &owner, config.stale_after)
-                        .map_err(|e| io_fail(&lock_name, e))
+                    try_acquire(&path, &owner).map_err(|e| io_fail(&lock_name, e))
                 })
                 .await?
             };
-            if attempt == Attempt::Acquired {
-                break;
-            }
             let now = tokio::time::Instant::now();
+            let seen = match attempt {
+                Attempt::Acquired => break,
+                Attempt::Retry => continue,
+                Attempt::Held(seen) => seen,
+            };
+            let unchanged_since = match &observed {
+                Some((before, since)) if *before == seen => *since,
+                _ => {
+                    observed = Some((seen.clone(), now));
+                    now
+                }
+            };
+            if seen.age() > config.stale_after || now - unchanged_since > config.stale_after {
+                let path = path.clone();
+                let lock_name = name.to_owned();
+                blocking(name, move || {
+                    break_stale(&path, &seen).map_err(|e| io_fail(&lock_name, e))
+                })
+                .await?;
+                observed = None;
+                continue;
+            }
             let wait = match deadline {
                 Some(deadline) if now >= deadline => {
                     tracing::debug!(lock = name, "file storage: timed out waiting for lock");
@@ -824,9 +860,6 @@ impl Storage for FileStorage {
                 Some(deadline) => delay.min(deadline - now),
                 None => delay,
             };
-            if attempt == Attempt::Retry {
-                continue;
-            }
             tracing::debug!(
                 lock = name,
                 ?wait,
@@ -839,49 +872,35 @@ impl Storage for FileStorage {
             delay = delay.saturating_mul(2).min(max_delay);
         }
 
+        let loss = LockLoss::new();
         let (stop, stop_rx) = oneshot::channel();
         let keepalive = Keepalive {
-            path,
+            path: path.clone(),
             owner: owner.clone(),
             interval: config.keepalive,
+            stale_after: config.stale_after,
+            loss: loss.clone(),
             #[cfg(test)]
             refreshed: self.inner.refreshed.clone(),
         };
         let keepalive = tokio::spawn(keepalive.run(stop_rx));
-        // Replacing an entry (our lock was broken while we held it) drops its
-        // stop sender, which ends its keepalive.
-        guard(&self.inner.held).insert(
-            file,
-            HeldLock {
-                owner,
-                stop,
-                keepalive,
-            },
-        );
         tracing::debug!(lock = name, "file storage: lock acquired");
-        Ok(())
-    }
-
-    /// Releases the lock `name`; [`StorageError::NotLocked`] if this storage
-    /// (or a clone) does not hold it.
-    async fn unlock(&self, name: &str) -> Result<(), StorageError> {
-        let (path, file) = self.lock_path(name)?;
-        let held = guard(&self.inner.held)
-            .remove(&file)
-            .ok_or_else(|| StorageError::NotLocked(name.to_owned()))?;
-        let _ = held.stop.send(());
-        // Wait for a refresh in progress, so it cannot recreate the file below.
-        let _ = held.keepalive.await;
-        let owner = held.owner;
+        let inner = self.inner.clone();
         let lock_name = name.to_owned();
-        let released = blocking(name, move || {
-            release_lock(&path, &owner).map_err(|e| io_fail(&lock_name, e))
-        })
-        .await;
-        self.inner.released.notify_waiters();
-        released?;
-        tracing::debug!(lock = name, "file storage: lock released");
-        Ok(())
+        Ok(LockGuard::new(name, &loss, move || async move {
+            let _ = stop.send(());
+            // Wait for a refresh in progress, so it cannot touch the file below.
+            let _ = keepalive.await;
+            let released = blocking(&lock_name, {
+                let lock_name = lock_name.clone();
+                move || release_lock(&path, &owner).map_err(|e| io_fail(&lock_name, e))
+            })
+            .await;
+            inner.released.notify_waiters();
+            released?;
+            tracing::debug!(lock = %lock_name, "file storage: lock released");
+            Ok(())
+        }))
     }
 }
 
@@ -1084,10 +1103,10 @@ mod tests {
         assert_eq!(mode(root.join("x")), 0o700);
         assert_eq!(mode(root.join("x/y")), 0o700);
 
-        s.lock("l").await.unwrap();
+        let lock = s.lock("l").await.unwrap();
         assert_eq!(mode(root.join("locks")), 0o700);
         assert_eq!(mode(root.join("locks/l.lock")), 0o600);
-        s.unlock("l").await.unwrap();
+        lock.release().await.unwrap();
     }
 
     #[tokio::test]
@@ -1171,7 +1190,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = storage(dir.path());
         let b = storage(dir.path());
-        a.lock("cert_example.com").await.unwrap();
+        let held = a.lock("cert_example.com").await.unwrap();
 
         // Another instance cannot take it...
         let impatient = FileStorage::builder(dir.path())
@@ -1181,19 +1200,19 @@ mod tests {
             impatient.lock("cert_example.com").await,
             Err(StorageError::LockTimeout(_))
         ));
-        // ...and waits until the holder unlocks.
+        // ...and waits until the holder releases.
         let a_released = Arc::new(AtomicBool::new(false));
         let (acquired_tx, mut acquired_rx) = oneshot::channel();
         let waiter = {
             let a_released = a_released.clone();
             tokio::spawn(async move {
-                b.lock("cert_example.com").await.unwrap();
+                let lock = b.lock("cert_example.com").await.unwrap();
                 assert!(
                     a_released.load(Ordering::SeqCst),
                     "second instance took the lock while the first held it"
                 );
                 acquired_tx.send(()).unwrap();
-                b
+                lock
             })
         };
         // The same instance (or a clone) waits too.
@@ -1207,14 +1226,10 @@ mod tests {
         assert!(acquired_rx.try_recv().is_err());
 
         a_released.store(true, Ordering::SeqCst);
-        a.unlock("cert_example.com").await.unwrap();
-        let b = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
+        held.release().await.unwrap();
+        let second = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
         acquired_rx.await.unwrap();
-        assert!(matches!(
-            a.unlock("cert_example.com").await,
-            Err(StorageError::NotLocked(_))
-        ));
-        b.unlock("cert_example.com").await.unwrap();
+        second.release().await.unwrap();
         assert!(!dir.path().join("locks/cert_example.com.lock").exists());
     }
 
@@ -1229,7 +1244,7 @@ mod tests {
             let inside = inside.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..5 {
-                    s.lock("shared").await.unwrap();
+                    let lock = s.lock("shared").await.unwrap();
                     assert_eq!(
                         inside.fetch_add(1, Ordering::SeqCst),
                         0,
@@ -1237,13 +1252,28 @@ mod tests {
                     );
                     tokio::task::yield_now().await;
                     inside.fetch_sub(1, Ordering::SeqCst);
-                    s.unlock("shared").await.unwrap();
+                    lock.release().await.unwrap();
                 }
             }));
         }
         for task in tasks {
             tokio::time::timeout(HANG, task).await.unwrap().unwrap();
         }
+    }
+
+    fn write_lock_file(path: &Path, owner: &str, modified: SystemTime) {
+        let meta = LockMeta {
+            created: unix_now(),
+            pid: 1,
+            owner: owner.to_owned(),
+        };
+        fs::write(path, serde_json::to_vec(&meta).unwrap()).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1257,20 +1287,17 @@ mod tests {
         fs::create_dir_all(&locks).unwrap();
 
         // A holder that died an hour ago.
-        let old = unix_now() - 3600.0;
-        let dead = LockMeta {
-            created: old,
-            updated: old,
-            pid: 1,
-            owner: "dead".to_owned(),
-        };
-        fs::write(locks.join("dead.lock"), serde_json::to_vec(&dead).unwrap()).unwrap();
-        tokio::time::timeout(HANG, s.lock("dead"))
+        write_lock_file(
+            &locks.join("dead.lock"),
+            "dead",
+            SystemTime::now() - Duration::from_secs(3600),
+        );
+        let lock = tokio::time::timeout(HANG, s.lock("dead"))
             .await
             .unwrap()
             .unwrap();
         assert_ne!(read_lock(&locks.join("dead.lock")).owner, "dead");
-        s.unlock("dead").await.unwrap();
+        lock.release().await.unwrap();
 
         // An unreadable lock file, judged by its modification time.
         let garbage = locks.join("garbage.lock");
@@ -1284,22 +1311,13 @@ mod tests {
         tokio::time::timeout(HANG, s.lock("garbage"))
             .await
             .unwrap()
+            .unwrap()
+            .release()
+            .await
             .unwrap();
-        s.unlock("garbage").await.unwrap();
 
         // A fresh lock file is not broken.
-        let now = unix_now();
-        let alive = LockMeta {
-            created: now,
-            updated: now,
-            pid: 1,
-            owner: "alive".to_owned(),
-        };
-        fs::write(
-            locks.join("alive.lock"),
-            serde_json::to_vec(&alive).unwrap(),
-        )
-        .unwrap();
+        write_lock_file(&locks.join("alive.lock"), "alive", SystemTime::now());
         let impatient = FileStorage::builder(dir.path())
             .lock_stale_after(Duration::from_secs(3600))
             .lock_wait_timeout(Some(Duration::ZERO))
@@ -1318,6 +1336,28 @@ mod tests {
         assert_eq!(names, vec!["alive.lock"]);
     }
 
+    /// A dead holder's lock stamped an hour in the future (the clock was
+    /// stepped back since) is broken once it has stayed unchanged for the
+    /// stale age, measured on the waiter's monotonic clock.
+    #[tokio::test(start_paused = true)]
+    async fn lock_from_the_future_does_not_wedge() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = dir.path().join("locks");
+        fs::create_dir_all(&locks).unwrap();
+        write_lock_file(
+            &locks.join("future.lock"),
+            "dead",
+            SystemTime::now() + Duration::from_secs(3600),
+        );
+        let s = FileStorage::builder(dir.path())
+            .lock_stale_after(Duration::from_secs(10))
+            .lock_poll_interval(Duration::from_millis(100))
+            .build();
+        let lock = s.lock("future").await.unwrap();
+        assert_ne!(read_lock(&locks.join("future.lock")).owner, "dead");
+        lock.release().await.unwrap();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keepalive_keeps_lock_fresh() {
         let dir = tempfile::tempdir().unwrap();
@@ -1332,16 +1372,17 @@ mod tests {
         let a = make();
         let b = make();
         let mut refreshes = a.inner.refreshed.subscribe();
-        a.lock("k").await.unwrap();
+        let held = a.lock("k").await.unwrap();
         let path = dir.path().join("locks/k.lock");
         let first = read_lock(&path);
-        assert_eq!(first.created, first.updated);
+        let mtime = || fs::metadata(&path).unwrap().modified().unwrap();
+        let first_mtime = mtime();
 
         let (acquired_tx, mut acquired_rx) = oneshot::channel();
         let waiter = tokio::spawn(async move {
-            b.lock("k").await.unwrap();
+            let lock = b.lock("k").await.unwrap();
             acquired_tx.send(()).unwrap();
-            b
+            lock
         });
 
         // Wait (by keepalive events, not by time) until the lock has been held
@@ -1352,7 +1393,7 @@ mod tests {
                 let meta = read_lock(&path);
                 assert_eq!(meta.created, first.created);
                 assert_eq!(meta.owner, first.owner);
-                if meta.updated - meta.created > 2.0 * stale_after.as_secs_f64() {
+                if mtime().duration_since(first_mtime).unwrap_or_default() > 2 * stale_after {
                     break;
                 }
             }
@@ -1364,32 +1405,104 @@ mod tests {
             "a kept-alive lock was broken"
         );
         assert!(!waiter.is_finished());
+        assert!(!held.is_lost());
 
-        a.unlock("k").await.unwrap();
-        let b = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
+        held.release().await.unwrap();
+        let second = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
         acquired_rx.await.unwrap();
-        b.unlock("k").await.unwrap();
+        second.release().await.unwrap();
     }
 
-    #[tokio::test]
-    async fn unlock_unheld_is_not_locked() {
+    /// A lock broken under its holder (here: its file replaced by another
+    /// client's) is reported lost at the next refresh; the refresh does not
+    /// touch the other client's file, and releasing leaves it in place.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn broken_lock_is_reported_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::builder(dir.path())
+            .lock_keepalive(Duration::from_millis(10))
+            .build();
+        let held = s.lock("k").await.unwrap();
+        let path = dir.path().join("locks/k.lock");
+        let long_ago = SystemTime::now() - Duration::from_secs(3600);
+        write_lock_file(&path, "someone-else", long_ago);
+        tokio::time::timeout(HANG, held.lost()).await.unwrap();
+        assert!(matches!(held.ensure_held(), Err(StorageError::LockLost(_))));
+        // Never refreshed: the modification time is still the other's.
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), long_ago);
+        held.release().await.unwrap();
+        assert_eq!(read_lock(&path).owner, "someone-else");
+    }
+
+    /// A lock whose file vanished (broken as stale) is reported lost too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vanished_lock_is_reported_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::builder(dir.path())
+            .lock_keepalive(Duration::from_millis(10))
+            .build();
+        let held = s.lock("k").await.unwrap();
+        fs::remove_file(dir.path().join("locks/k.lock")).unwrap();
+        tokio::time::timeout(HANG, held.lost()).await.unwrap();
+        held.release().await.unwrap();
+    }
+
+    /// A refresh that keeps failing (the lock folder became unwritable) is
+    /// retried, and the lock counts as lost once refreshes failed for longer
+    /// than the stale age.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failing_refresh_is_retried_then_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FileStorage::builder(dir.path())
+            .lock_keepalive(Duration::from_millis(10))
+            .lock_stale_after(Duration::from_millis(200))
+            .build();
+        let mut refreshes = s.inner.refreshed.subscribe();
+        let held = s.lock("k").await.unwrap();
+        let path = dir.path().join("locks/k.lock");
+        // A directory in place of the file: opening it for writing fails
+        // with an error other than "not found", for root too.
+        let saved = fs::read(&path).unwrap();
+        fs::remove_file(&path).unwrap();
+        fs::create_dir(&path).unwrap();
+        // At least two failed refreshes are retried before the loss.
+        tokio::time::timeout(HANG, async {
+            let mut failures = 0;
+            while failures < 2 && !held.is_lost() {
+                refreshes.changed().await.unwrap();
+                failures += 1;
+            }
+        })
+        .await
+        .unwrap();
+        tokio::time::timeout(HANG, held.lost()).await.unwrap();
+        fs::remove_dir(&path).unwrap();
+        fs::write(&path, saved).unwrap();
+        held.release().await.unwrap();
+    }
+
+    /// A guard dropped unreleased (a cancelled future) frees the lock at once
+    /// for another instance, without waiting for it to go stale.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_guard_releases() {
         let dir = tempfile::tempdir().unwrap();
         let a = storage(dir.path());
-        let b = storage(dir.path());
-        assert!(matches!(a.unlock("x").await, Err(StorageError::NotLocked(n)) if n == "x"));
-        a.lock("x").await.unwrap();
-        // Another instance does not hold it, even though the file exists.
-        assert!(matches!(
-            b.unlock("x").await,
-            Err(StorageError::NotLocked(_))
-        ));
-        assert!(dir.path().join("locks/x.lock").exists());
-        // A clone shares the held locks.
-        a.clone().unlock("x").await.unwrap();
-        assert!(matches!(
-            a.unlock("x").await,
-            Err(StorageError::NotLocked(_))
-        ));
+        let b = FileStorage::builder(dir.path())
+            .lock_stale_after(Duration::from_secs(3600))
+            .build();
+        let held = a.lock("k").await.unwrap();
+        let cancelled = tokio::time::timeout(Duration::from_millis(10), async {
+            let _held = held;
+            std::future::pending::<()>().await;
+        });
+        assert!(cancelled.await.is_err());
+        tokio::time::timeout(HANG, b.lock("k"))
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
         assert!(matches!(
             a.lock("").await,
             Err(StorageError::InvalidKey { .. })

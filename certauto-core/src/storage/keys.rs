@@ -1,13 +1,20 @@
 //! The storage layout: every key CertAuto reads or writes is built here.
 //!
 //! ```text
-//! certificates/<issuer>/<name>/<name>.crt   PEM certificate chain
-//! certificates/<issuer>/<name>/<name>.key   PEM private key
-//! certificates/<issuer>/<name>/<name>.json  metadata
+//! certificates/<issuer>/<name>/<name>.pem   the certificate record: PEM key, then chain
+//! maintenance/retry/<name>.json              the retry schedule of a failed renewal
 //! ocsp/<name>-<hash>                         cached OCSP responses
 //! acme/<issuer>/users/<email>/<email>.json   ACME account
 //! acme/<issuer>/users/<email>/<email>.key    ACME account key
 //! locks/<name>.lock                          lock files (FileStorage)
+//! local_ca/root.crt, local_ca/root.key       the local CA (see LocalCa)
+//! ```
+//!
+//! CertAuto 0.1 stored a certificate as three keys, still read when no
+//! record exists (see [`certs`](super::certs)):
+//!
+//! ```text
+//! certificates/<issuer>/<name>/<name>.crt, .key, .json
 //! ```
 //!
 //! `<issuer>` is an [`Issuer::issuer_key`](crate::Issuer::issuer_key), `<name>` an
@@ -22,6 +29,8 @@ pub const CERTIFICATES_PREFIX: &str = "certificates";
 pub const ACME_PREFIX: &str = "acme";
 /// Prefix of all OCSP staple keys.
 pub const OCSP_PREFIX: &str = "ocsp";
+/// Maintenance state (retry schedules).
+pub const MAINTENANCE_PREFIX: &str = "maintenance";
 
 /// The folder of one certificate from one issuer.
 pub fn cert_dir(issuer_key: &str, name: &Identifier) -> String {
@@ -32,22 +41,50 @@ pub fn cert_dir(issuer_key: &str, name: &Identifier) -> String {
     )
 }
 
-/// The PEM chain of the certificate whose primary name is `name`.
-pub fn cert_chain(issuer_key: &str, name: &Identifier) -> String {
+/// The certificate record of `name` from `issuer_key` (one atomic PEM bundle).
+pub fn cert_record(issuer_key: &str, name: &Identifier) -> String {
+    let n = name.storage_key();
+    format!("{}/{n}.pem", cert_dir(issuer_key, name))
+}
+
+/// The chain key of the 0.1 layout.
+pub(crate) fn legacy_cert_chain(issuer_key: &str, name: &Identifier) -> String {
     let n = name.storage_key();
     format!("{}/{n}.crt", cert_dir(issuer_key, name))
 }
 
-/// The PEM private key of the certificate whose primary name is `name`.
-pub fn cert_key(issuer_key: &str, name: &Identifier) -> String {
+/// The private key key of the 0.1 layout.
+pub(crate) fn legacy_cert_key(issuer_key: &str, name: &Identifier) -> String {
     let n = name.storage_key();
     format!("{}/{n}.key", cert_dir(issuer_key, name))
 }
 
-/// The JSON metadata of the certificate whose primary name is `name`.
-pub fn cert_meta(issuer_key: &str, name: &Identifier) -> String {
+/// Every key of the 0.1 layout, chain first.
+pub(crate) fn legacy_cert_keys(issuer_key: &str, name: &Identifier) -> [String; 3] {
     let n = name.storage_key();
-    format!("{}/{n}.json", cert_dir(issuer_key, name))
+    [
+        legacy_cert_chain(issuer_key, name),
+        legacy_cert_key(issuer_key, name),
+        format!("{}/{n}.json", cert_dir(issuer_key, name)),
+    ]
+}
+
+/// The key authorization of an HTTP-01 `token` shared through storage (the
+/// token is checked to be base64url by the caller).
+pub fn challenge_token(token: &str) -> String {
+    format!("{ACME_PREFIX}/challenge_tokens/{token}")
+}
+
+/// The local CA's root certificate (PEM).
+pub const LOCAL_CA_ROOT_CERT: &str = "local_ca/root.crt";
+/// The local CA's root private key (PEM).
+pub const LOCAL_CA_ROOT_KEY: &str = "local_ca/root.key";
+/// The lock serialising creation of the local CA's root.
+pub const LOCAL_CA_ROOT_LOCK: &str = "local_ca";
+
+/// The persisted retry schedule of the certificate whose primary name is `primary`.
+pub fn retry_schedule(primary: &Identifier) -> String {
+    format!("{MAINTENANCE_PREFIX}/retry/{}.json", primary.storage_key())
 }
 
 /// The stored OCSP response of one certificate: `ocsp/<name>-<hash>`, where
@@ -144,8 +181,8 @@ mod tests {
         let issuer = issuer_key_from_url("https://acme-v02.api.letsencrypt.org/directory");
         assert_eq!(issuer, "acme-v02.api.letsencrypt.org-directory");
         assert_eq!(
-            cert_chain(&issuer, &id),
-            "certificates/acme-v02.api.letsencrypt.org-directory/wildcard_.example.com/wildcard_.example.com.crt"
+            cert_record(&issuer, &id),
+            "certificates/acme-v02.api.letsencrypt.org-directory/wildcard_.example.com/wildcard_.example.com.pem"
         );
         assert_eq!(
             account_key(&issuer, Some("Me@Example.com")),
@@ -156,9 +193,8 @@ mod tests {
             "acme/127.0.0.1-14000-dir/users/default/default.json"
         );
         for key in [
-            cert_chain(&issuer, &id),
-            cert_key(&issuer, &id),
-            cert_meta(&issuer, &id),
+            cert_record(&issuer, &id),
+            retry_schedule(&id),
             account_key(&issuer, Some("../../etc/passwd")),
             account_record(&issuer_key_from_url("https://x/../../y"), Some("/")),
             ocsp_staple(&id, b"der"),

@@ -8,7 +8,10 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use super::{KeyInfo, Storage, StorageError, validate_key};
+use super::{KeyInfo, LockGuard, LockLoss, Storage, StorageError, validate_key};
+
+/// How long [`MemoryStorage::lock`] waits for a lock held by another task.
+const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A [`Storage`] that keeps everything in memory.
 ///
@@ -20,11 +23,11 @@ use super::{KeyInfo, Storage, StorageError, validate_key};
 /// # Locks
 ///
 /// [`lock`](Storage::lock) is real mutual exclusion among all clones: a second
-/// `lock` of the same name waits (without polling) until the holder calls
-/// [`unlock`](Storage::unlock). In-memory locks never expire: the lock table
-/// lives in the same process as every holder, so a holder cannot die while
-/// the process lives on. A task that forgets to unlock (for example because it
-/// panicked) keeps the lock held, exactly like a forgotten mutex guard would.
+/// `lock` of the same name waits (without polling, for at most 10 minutes)
+/// until the holder releases or drops its [`LockGuard`]. In-memory locks need
+/// no expiry and are never lost: the lock table lives in the same process as
+/// every holder, and a guard dropped by a panicking or cancelled task
+/// releases its lock.
 ///
 /// # Keys
 ///
@@ -206,34 +209,36 @@ impl Storage for MemoryStorage {
         Err(StorageError::NotFound(key.to_owned()))
     }
 
-    /// Acquires the lock `name`, waiting until no clone of this storage holds it.
-    ///
-    /// In-memory locks never expire (see the type docs) and the wait has no
-    /// time limit; wrap the call in [`tokio::time::timeout`] to bound it.
-    async fn lock(&self, name: &str) -> Result<(), StorageError> {
+    /// Acquires the lock `name`, waiting until no clone of this storage holds
+    /// it, for at most 10 minutes ([`StorageError::LockTimeout`]).
+    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         check_lock_name(name)?;
-        loop {
-            // Register for the wake-up before checking, so that an unlock
-            // between the check and the await is not missed.
-            let released = self.inner.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if guard(&self.inner.locks).insert(name.to_owned()) {
-                tracing::debug!(lock = name, "memory storage: lock acquired");
-                return Ok(());
+        let wait = async {
+            loop {
+                // Register for the wake-up before checking, so that a release
+                // between the check and the await is not missed.
+                let released = self.inner.released.notified();
+                tokio::pin!(released);
+                released.as_mut().enable();
+                if guard(&self.inner.locks).insert(name.to_owned()) {
+                    tracing::debug!(lock = name, "memory storage: lock acquired");
+                    return;
+                }
+                tracing::debug!(lock = name, "memory storage: waiting for lock");
+                released.await;
             }
-            tracing::debug!(lock = name, "memory storage: waiting for lock");
-            released.await;
-        }
-    }
-
-    async fn unlock(&self, name: &str) -> Result<(), StorageError> {
-        if !guard(&self.inner.locks).remove(name) {
-            return Err(StorageError::NotLocked(name.to_owned()));
-        }
-        tracing::debug!(lock = name, "memory storage: lock released");
-        self.inner.released.notify_waiters();
-        Ok(())
+        };
+        tokio::time::timeout(LOCK_WAIT_TIMEOUT, wait)
+            .await
+            .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
+        let inner = self.inner.clone();
+        let lock_name = name.to_owned();
+        Ok(LockGuard::new(name, &LockLoss::new(), move || {
+            guard(&inner.locks).remove(&lock_name);
+            tracing::debug!(lock = %lock_name, "memory storage: lock released");
+            inner.released.notify_waiters();
+            std::future::ready(Ok(()))
+        }))
     }
 }
 
@@ -361,12 +366,12 @@ mod tests {
     async fn lock_excludes_clones() {
         let s = MemoryStorage::new();
         let t = s.clone();
-        s.lock("l").await.unwrap();
+        let held = s.lock("l").await.unwrap();
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         let waiter = tokio::spawn(async move {
-            t.lock("l").await.unwrap();
+            let lock = t.lock("l").await.unwrap();
             tx.send(()).unwrap();
-            t
+            lock
         });
         // Let the waiter run until it blocks on the lock.
         for _ in 0..10 {
@@ -374,15 +379,15 @@ mod tests {
         }
         assert!(rx.try_recv().is_err(), "second lock acquired while held");
         // Another name is independent.
-        tokio::time::timeout(HANG, s.lock("other"))
+        let other = tokio::time::timeout(HANG, s.lock("other"))
             .await
             .unwrap()
             .unwrap();
-        s.unlock("l").await.unwrap();
-        let t = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
+        held.release().await.unwrap();
+        let second = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
         rx.await.unwrap();
-        t.unlock("l").await.unwrap();
-        s.unlock("other").await.unwrap();
+        second.release().await.unwrap();
+        other.release().await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -395,12 +400,12 @@ mod tests {
             let inside = inside.clone();
             tasks.push(tokio::spawn(async move {
                 for _ in 0..20 {
-                    s.lock("l").await.unwrap();
+                    let lock = s.lock("l").await.unwrap();
                     let n = inside.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     assert_eq!(n, 0, "two holders at once");
                     tokio::task::yield_now().await;
                     inside.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                    s.unlock("l").await.unwrap();
+                    lock.release().await.unwrap();
                 }
             }));
         }
@@ -410,21 +415,39 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unlock_unheld_is_not_locked() {
+    async fn dropped_guard_releases() {
         let s = MemoryStorage::new();
-        assert!(matches!(
-            s.unlock("nope").await,
-            Err(StorageError::NotLocked(_))
-        ));
-        s.lock("l").await.unwrap();
-        s.unlock("l").await.unwrap();
-        assert!(matches!(
-            s.unlock("l").await,
-            Err(StorageError::NotLocked(_))
-        ));
+        let lock = s.lock("l").await.unwrap();
+        assert!(!lock.is_lost());
+        drop(lock);
+        let again = tokio::time::timeout(HANG, s.lock("l"))
+            .await
+            .unwrap()
+            .unwrap();
+        again.release().await.unwrap();
         assert!(matches!(
             s.lock("").await,
             Err(StorageError::InvalidKey { .. })
         ));
+    }
+
+    /// A lock cancelled while waiting leaves nothing held.
+    #[tokio::test]
+    async fn cancelled_wait_holds_nothing() {
+        let s = MemoryStorage::new();
+        let lock = s.lock("l").await.unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_millis(10), s.lock("l"))
+                .await
+                .is_err()
+        );
+        lock.release().await.unwrap();
+        tokio::time::timeout(HANG, s.lock("l"))
+            .await
+            .unwrap()
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
     }
 }

@@ -26,11 +26,14 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+pub(crate) mod certs;
 mod file;
 pub mod keys;
+mod lock;
 mod memory;
 
 pub use file::{FileStorage, FileStorageBuilder};
+pub use lock::{LockGuard, LockLoss};
 pub use memory::MemoryStorage;
 
 /// Errors from a [`Storage`] backend.
@@ -52,9 +55,11 @@ pub enum StorageError {
     /// Waiting for a lock took longer than allowed.
     #[error("timed out waiting for lock {0:?}")]
     LockTimeout(String),
-    /// Unlocking a lock this instance does not hold.
-    #[error("lock {0:?} is not held by this instance")]
-    NotLocked(String),
+    /// The lock was lost while held: broken as stale by another client (its
+    /// keepalive could not refresh it in time) or taken over. The holder MUST
+    /// NOT write what the lock protects.
+    #[error("lock {0:?} was lost while held (broken or taken over by another client)")]
+    LockLost(String),
     /// An I/O error from the backend.
     #[error("storage I/O error on {key:?}: {source}")]
     Io {
@@ -118,14 +123,42 @@ impl KeyInfo {
 ///   directly below `a` (both values and "directories"), `list("a", true)` returns
 ///   every terminal key below `a`; both return full keys, and an unknown prefix
 ///   gives [`StorageError::NotFound`] or an empty list;
-/// - implement [`lock`](Storage::lock) as a mutual-exclusion lock across every
-///   client of the storage: it waits while another client holds the lock, and
-///   a lock whose holder died MUST expire so that work resumes (the expiry is
-///   the backend's to choose; [`FileStorage`] breaks locks not refreshed for 10 s);
-/// - let the holder release its lock with [`unlock`](Storage::unlock).
+/// - implement [`lock`](Storage::lock) as described in [Locks](#locks).
 ///
 /// Values may hold private keys: backends MUST keep them readable by their owner
 /// only (as [`FileStorage`] does with mode 0600).
+///
+/// # Locks
+///
+/// [`lock`](Storage::lock) is a mutual-exclusion lock across every client of
+/// the storage (every task, process and machine sharing it), returning a
+/// [`LockGuard`]. A backend MUST guarantee:
+/// - **exclusion**: while a guard is held and not [lost](LockGuard::is_lost),
+///   no other client acquires the same lock;
+/// - **waiting**: `lock` waits while another client holds the lock, and
+///   fails with [`StorageError::LockTimeout`] after a bounded wait of its
+///   choosing (never forever);
+/// - **expiry**: a lock whose holder died (crash, lost network) expires, so
+///   work resumes: the holder keeps its lock alive while it holds the guard
+///   (a keepalive), and a lock not kept alive for the backend's expiry time
+///   may be broken by another client ([`FileStorage`]: 10 s by default);
+/// - **loss is reported**: when the backend finds that the holder's lock was
+///   broken or taken over, or that it could not keep it alive for longer than
+///   the expiry (so others may have broken it), it reports the loss through
+///   the [`LockLoss`] it gave the guard. It never refreshes or releases
+///   another holder's lock;
+/// - **clock steps**: a lock whose recorded time is in the future (a clock
+///   stepped back) still expires once it is no longer kept alive;
+/// - **release**: the guard's release action frees the lock only if it is
+///   still this holder's, and is safe to run from a background task (it runs
+///   there when the guard is dropped unreleased, e.g. by a cancelled future).
+///
+/// A holder may assume that, until the guard reports a loss, what it reads
+/// under the lock is not changed by other clients honouring the lock. It MUST
+/// call [`LockGuard::ensure_held`] before each write the lock protects and
+/// give up (not write) once it fails: a loss is noticed within one keepalive
+/// interval, so a holder whose writes are slow relative to that interval
+/// cannot be told about a loss sooner.
 #[async_trait]
 pub trait Storage: Send + Sync + Debug {
     /// Stores `value` at `key`, replacing any previous value atomically.
@@ -140,10 +173,9 @@ pub trait Storage: Send + Sync + Debug {
     async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError>;
     /// Facts about `key`.
     async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError>;
-    /// Acquires the lock `name`, waiting while another client holds it.
-    async fn lock(&self, name: &str) -> Result<(), StorageError>;
-    /// Releases the lock `name`, acquired by this client.
-    async fn unlock(&self, name: &str) -> Result<(), StorageError>;
+    /// Acquires the lock `name`, waiting while another client holds it (see
+    /// [Locks](#locks)). The lock is held until the guard is released or dropped.
+    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError>;
 
     /// Where `key` lives on the local file system, for backends that keep
     /// files (used to tell people where to find, e.g., the local CA's root).

@@ -16,7 +16,7 @@
 //!   nothing. Wall and CPU time (`utime + stime` from `/proc/self/stat`, the figures
 //!   `getrusage` reports; `unsafe` is forbidden in this workspace, so no libc call), median
 //!   of [`STARTUP_RUNS`] runs. Baselines, in the same rounds, on one thread each:
-//!   * `std::fs::read` of the same 10,000 `.crt` + `.key` files, parsing nothing (the I/O
+//!   * `std::fs::read` of the same 10,000 certificate record files (`.pem`: key and chain), parsing nothing (the I/O
 //!     floor);
 //!   * `tokio::fs::read` of the same files one after another (what one async read per file
 //!     costs: each is a trip through tokio's blocking pool, as in `FileStorage::load`);
@@ -61,7 +61,7 @@ use certauto_core::issuer::LOCAL_CA_ISSUER_KEY;
 use certauto_core::storage::keys;
 use certauto_core::{
     CachedCert, CertCache, Certificate, Clock, Config, Event, FileStorage, Identifier, KeyInfo,
-    LocalCa, ManualClock, Storage, StorageError,
+    LocalCa, LockGuard, ManualClock, Storage, StorageError,
 };
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
@@ -289,7 +289,7 @@ struct Generated {
     ids: Vec<Identifier>,
     serials: Vec<String>,
     /// The `.crt` and `.key` file of each certificate.
-    files: Vec<(PathBuf, PathBuf)>,
+    files: Vec<PathBuf>,
     elapsed: Duration,
     write_time: Duration,
 }
@@ -370,18 +370,14 @@ async fn generate(root: &Path, threads: usize) -> BenchResult<Generated> {
                 .local_path(&key)
                 .ok_or_else(|| format!("FileStorage has no path for {key}"))
         };
-        let crt = path(keys::cert_chain(LOCAL_CA_ISSUER_KEY, &id))?;
-        let key = path(keys::cert_key(LOCAL_CA_ISSUER_KEY, &id))?;
-        let meta = path(keys::cert_meta(LOCAL_CA_ISSUER_KEY, &id))?;
-        let meta_json = serde_json::to_vec_pretty(&cert.metadata())
-            .map_err(|e| format!("metadata of {name}: {e}"))?;
-        write_private(&crt, cert.chain_pem().as_bytes())?;
-        write_private(&key, cert.key_pem().as_bytes())?;
-        write_private(&meta, &meta_json)?;
+        // The certificate record as `Config` stores it: the key, then the chain.
+        let record = path(keys::cert_record(LOCAL_CA_ISSUER_KEY, &id))?;
+        let bundle = format!("{}\n{}", cert.key_pem().trim_end(), cert.chain_pem());
+        write_private(&record, bundle.as_bytes())?;
         generated.names.push(name);
         generated.ids.push(id);
         generated.serials.push(cert.serial_hex());
-        generated.files.push((crt, key));
+        generated.files.push(record);
     }
     generated.write_time = writing.elapsed();
     generated.elapsed = start.elapsed();
@@ -413,9 +409,7 @@ fn write_private(path: &Path, value: &[u8]) -> BenchResult<()> {
 // ----- a counting storage wrapper -----
 
 /// The kinds of [`Storage`] calls.
-const OPS: [&str; 8] = [
-    "store", "load", "delete", "exists", "list", "stat", "lock", "unlock",
-];
+const OPS: [&str; 7] = ["store", "load", "delete", "exists", "list", "stat", "lock"];
 
 /// A [`Storage`] that delegates every call to `inner` and records it (kind and key).
 #[derive(Debug)]
@@ -485,14 +479,9 @@ impl Storage for CountingStorage {
         self.inner.stat(key).await
     }
 
-    async fn lock(&self, name: &str) -> Result<(), StorageError> {
+    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         self.record("lock", name);
         self.inner.lock(name).await
-    }
-
-    async fn unlock(&self, name: &str) -> Result<(), StorageError> {
-        self.record("unlock", name);
-        self.inner.unlock(name).await
     }
 
     fn local_path(&self, key: &str) -> Option<PathBuf> {
@@ -596,12 +585,10 @@ fn startup_bench(
                 1 => {
                     let (bytes, sample) = timed(|| {
                         let mut bytes = 0usize;
-                        for (crt, key) in &generated.files {
-                            for path in [crt, key] {
-                                bytes += std::fs::read(path)
-                                    .map_err(|e| format!("read {}: {e}", path.display()))?
-                                    .len();
-                            }
+                        for path in &generated.files {
+                            bytes += std::fs::read(path)
+                                .map_err(|e| format!("read {}: {e}", path.display()))?
+                                .len();
                         }
                         Ok(bytes)
                     })?;
@@ -612,13 +599,11 @@ fn startup_bench(
                     let (bytes, sample) = timed(|| {
                         rt.block_on(async {
                             let mut bytes = 0usize;
-                            for (crt, key) in &generated.files {
-                                for path in [crt, key] {
-                                    bytes += tokio::fs::read(path)
-                                        .await
-                                        .map_err(|e| format!("read {}: {e}", path.display()))?
-                                        .len();
-                                }
+                            for path in &generated.files {
+                                bytes += tokio::fs::read(path)
+                                    .await
+                                    .map_err(|e| format!("read {}: {e}", path.display()))?
+                                    .len();
                             }
                             Ok(bytes)
                         })
@@ -653,13 +638,12 @@ fn startup_bench(
 fn parse_baseline(generated: &Generated) -> BenchResult<HashMap<String, Arc<CertifiedKey>>> {
     let provider = certauto_core::crypto_provider();
     let mut map = HashMap::with_capacity(TOTAL_CERTS);
-    for (name, (crt, key)) in generated.names.iter().zip(&generated.files) {
-        let chain_pem = std::fs::read(crt).map_err(|e| format!("read {}: {e}", crt.display()))?;
-        let key_pem = std::fs::read(key).map_err(|e| format!("read {}: {e}", key.display()))?;
-        let chain = CertificateDer::pem_slice_iter(&chain_pem)
+    for (name, path) in generated.names.iter().zip(&generated.files) {
+        let record = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        let chain = CertificateDer::pem_slice_iter(&record)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("{name}: chain PEM: {e:?}"))?;
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        let key = PrivateKeyDer::from_pem_slice(&record)
             .map_err(|e| format!("{name}: key PEM: {e:?}"))?;
         let ck = CertifiedKey::from_der(chain, key, &provider)
             .map_err(|e| format!("{name}: CertifiedKey: {e}"))?;
@@ -675,7 +659,7 @@ struct Breakdown {
     /// replayed: a linear scan of a `Vec<Vec<Identifier>>` for the primary name, then a
     /// push.
     managed_scan: f64,
-    /// Two `FileStorage::load` calls per certificate, awaited one after another.
+    /// One `FileStorage::load` call per certificate (its record), awaited one after another.
     storage_load: f64,
     /// `Certificate::from_pem` (PEM, X.509 parse, key parse and match).
     from_pem: f64,
@@ -709,21 +693,17 @@ fn breakdown_bench(
             }
             let scanned = Instant::now();
             b.managed_scan += (scanned - t).as_secs_f64();
-            let (chain, key) = rt
+            let record = rt
                 .block_on(async {
-                    let chain = storage
-                        .load(&keys::cert_chain(LOCAL_CA_ISSUER_KEY, id))
-                        .await?;
-                    let key = storage
-                        .load(&keys::cert_key(LOCAL_CA_ISSUER_KEY, id))
-                        .await?;
-                    Ok::<_, StorageError>((chain, key))
+                    storage
+                        .load(&keys::cert_record(LOCAL_CA_ISSUER_KEY, id))
+                        .await
                 })
                 .map_err(|e| format!("{id}: {e}"))?;
             let t1 = Instant::now();
-            let chain = String::from_utf8(chain).map_err(|e| format!("{id}: {e}"))?;
-            let key = String::from_utf8(key).map_err(|e| format!("{id}: {e}"))?;
-            let cert = Certificate::from_pem(&chain, &key, LOCAL_CA_ISSUER_KEY)
+            let record = String::from_utf8(record).map_err(|e| format!("{id}: {e}"))?;
+            // The record holds both: PEM parsing picks the key and the certificates.
+            let cert = Certificate::from_pem(&record, &record, LOCAL_CA_ISSUER_KEY)
                 .map_err(|e| format!("{id}: {e}"))?;
             if cert.needs_renewal(t0, RATIO) {
                 return Err(format!("{id} is inside its renewal window at the start"));

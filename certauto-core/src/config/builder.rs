@@ -1,0 +1,217 @@
+//! [`ConfigBuilder`]: the one place a [`Config`] is wired.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use crate::cache::CertCache;
+use crate::challenge::TlsAlpnChallenges;
+use crate::clock::{Clock, SystemClock};
+use crate::events::{Event, EventHandler};
+use crate::issuer::{Issuer, LocalCa};
+use crate::keys::KeyType;
+use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
+use crate::resolver::CertResolver;
+use crate::storage::{FileStorage, MemoryStorage, Storage};
+
+use super::manage::Managed;
+use super::{Config, Inner};
+
+/// The default renewal window: renew when less than a third of the lifetime remains.
+pub const DEFAULT_RENEWAL_RATIO: f64 = 1.0 / 3.0;
+
+/// Builds a [`Config`].
+pub struct ConfigBuilder {
+    storage: Option<Arc<dyn Storage>>,
+    issuers: Vec<Arc<dyn Issuer>>,
+    key_type: KeyType,
+    renewal_ratio: f64,
+    handlers: Vec<EventHandler>,
+    clock: Arc<dyn Clock>,
+    cache: Option<CertCache>,
+    tls_alpn: TlsAlpnChallenges,
+    local_names_use_local_ca: bool,
+    local_ca_lifetime: Option<std::time::Duration>,
+    default_name: Option<String>,
+    rate_limit: (u32, Duration),
+    renew_interval: Duration,
+    ocsp_interval: Duration,
+}
+
+impl fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("storage", &self.storage)
+            .field("issuers", &self.issuers)
+            .field("key_type", &self.key_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConfigBuilder {
+    /// Where certificates, keys and locks are kept (default: [`FileStorage`]
+    /// in the OS data folder).
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The issuers, tried in order until one succeeds.
+    pub fn issuers(mut self, issuers: Vec<Arc<dyn Issuer>>) -> Self {
+        self.issuers = issuers;
+        self
+    }
+
+    /// Adds an issuer after those already configured.
+    pub fn issuer(mut self, issuer: impl Issuer + 'static) -> Self {
+        self.issuers.push(Arc::new(issuer));
+        self
+    }
+
+    /// The type of new certificate keys (default ECDSA P-256).
+    pub fn key_type(mut self, key_type: KeyType) -> Self {
+        self.key_type = key_type;
+        self
+    }
+
+    /// Renew when less than this fraction of the lifetime remains (default 1/3).
+    /// Values outside (0, 1) are clamped.
+    pub fn renewal_window_ratio(mut self, ratio: f64) -> Self {
+        self.renewal_ratio = if ratio.is_finite() {
+            ratio.clamp(0.01, 0.99)
+        } else {
+            DEFAULT_RENEWAL_RATIO
+        };
+        self
+    }
+
+    /// Adds an event handler.
+    pub fn on_event(mut self, handler: impl Fn(&Event) + Send + Sync + 'static) -> Self {
+        self.handlers.push(Arc::new(handler));
+        self
+    }
+
+    /// The clock used for renewal decisions (default: the system clock).
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The certificate cache (default: a new one with the default capacity).
+    pub fn cache(mut self, cache: CertCache) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    /// The TLS-ALPN-01 challenge certificates the resolver serves; give the
+    /// same set to a [`TlsAlpn01Solver::inline`](crate::challenge::TlsAlpn01Solver::inline)
+    /// to answer TLS-ALPN-01 on the application's own TLS port.
+    pub fn tls_alpn_challenges(mut self, challenges: TlsAlpnChallenges) -> Self {
+        self.tls_alpn = challenges;
+        self
+    }
+
+    /// Sends local names (`localhost`, IP addresses, `.internal`, `.localhost`,
+    /// `.test`) to the configured issuers too, instead of the local CA.
+    pub fn public_ca_for_local_names(mut self) -> Self {
+        self.local_names_use_local_ca = false;
+        self
+    }
+
+    /// The lifetime of local CA leaves (default 7 days).
+    pub fn local_ca_leaf_lifetime(mut self, lifetime: std::time::Duration) -> Self {
+        self.local_ca_lifetime = Some(lifetime);
+        self
+    }
+
+    /// At most `max` issuance requests per `window` to each issuer (default
+    /// 20 per minute), shared by obtains, renewals and on-demand issuance.
+    pub fn issuance_rate_limit(mut self, max: u32, window: Duration) -> Self {
+        self.rate_limit = (max, window);
+        self
+    }
+
+    /// How often [`start_maintenance`](crate::start_maintenance) checks for
+    /// renewals (default 10 minutes).
+    pub fn renew_check_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How often [`start_maintenance`](crate::start_maintenance) refreshes
+    /// OCSP staples with [`Config::check_ocsp`] (default 1 hour).
+    pub fn ocsp_check_interval(mut self, interval: Duration) -> Self {
+        self.ocsp_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// The name whose certificate is served to clients that send no SNI
+    /// (default: the first managed name).
+    pub fn default_server_name(mut self, name: impl Into<String>) -> Self {
+        self.default_name = Some(name.into());
+        self
+    }
+
+    /// Builds the config.
+    pub fn build(self) -> Config {
+        let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
+            Ok(fs) => Arc::new(fs) as Arc<dyn Storage>,
+            Err(e) => {
+                tracing::warn!(error = %e, "no default storage folder; keeping certificates in memory");
+                Arc::new(MemoryStorage::new())
+            }
+        });
+        let mut local_ca = LocalCa::new(storage.clone());
+        if let Some(lifetime) = self.local_ca_lifetime {
+            local_ca = local_ca.leaf_lifetime(lifetime);
+        }
+        let cache = self.cache.unwrap_or_default();
+        let resolver = CertResolver::new(cache.clone(), self.tls_alpn.clone());
+        resolver.set_default_name(self.default_name.clone());
+        Config {
+            inner: Arc::new(Inner {
+                storage,
+                issuers: self.issuers,
+                key_type: self.key_type,
+                renewal_ratio: self.renewal_ratio,
+                handlers: self.handlers,
+                clock: self.clock,
+                name_locks: StdMutex::new(HashMap::new()),
+                local_ca: Arc::new(local_ca),
+                local_names_use_local_ca: self.local_names_use_local_ca,
+                cache,
+                resolver: Arc::new(resolver),
+                default_name_set: self.default_name.is_some(),
+                managed: StdMutex::new(Managed::default()),
+                rate_limit: self.rate_limit,
+                rate_limiters: StdMutex::new(HashMap::new()),
+                renew_interval: self.renew_interval,
+                ocsp_interval: self.ocsp_interval,
+                maintenance: StdMutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+impl Config {
+    /// Starts building a config.
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder {
+            storage: None,
+            issuers: Vec::new(),
+            key_type: KeyType::default(),
+            renewal_ratio: DEFAULT_RENEWAL_RATIO,
+            handlers: Vec::new(),
+            clock: Arc::new(SystemClock),
+            cache: None,
+            tls_alpn: TlsAlpnChallenges::new(),
+            local_names_use_local_ca: true,
+            local_ca_lifetime: None,
+            default_name: None,
+            rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
+            renew_interval: crate::maintain::DEFAULT_RENEW_INTERVAL,
+            ocsp_interval: crate::ocsp::DEFAULT_OCSP_CHECK_INTERVAL,
+        }
+    }
+}

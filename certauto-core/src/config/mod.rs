@@ -1,0 +1,235 @@
+//! [`Config`]: obtain, renew and revoke certificates, serialised per name.
+//!
+//! Work on one certificate is serialised twice: by an in-process mutex (so
+//! two tasks of one process never both order), and by the storage lock (so
+//! two processes sharing storage never both order). Under the lock, storage is
+//! checked first, so a certificate another instance already obtained is reused.
+
+mod builder;
+mod lifecycle;
+mod manage;
+
+pub use builder::{ConfigBuilder, DEFAULT_RENEWAL_RATIO};
+pub(crate) use lifecycle::RenewMode;
+use manage::Managed;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use crate::cache::CertCache;
+use crate::clock::Clock;
+use crate::error::{ConfigError, Error};
+use crate::events::{Event, EventHandler};
+use crate::identifier::Identifier;
+use crate::issuer::{Issuer, LocalCa, is_local_name};
+use crate::keys::KeyType;
+use crate::maintain::CertState;
+use crate::ratelimit::RateLimiter;
+use crate::resolver::CertResolver;
+use crate::storage::Storage;
+
+/// The central coordinator: obtains, renews and revokes certificates through
+/// its issuers and keeps them in its storage. Cheap to clone.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), certauto_core::Error> {
+/// use std::sync::Arc;
+/// use certauto_core::{AcmeIssuer, Config, FileStorage, LETS_ENCRYPT_STAGING};
+///
+/// let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
+/// let issuer = AcmeIssuer::builder()
+///     .ca(LETS_ENCRYPT_STAGING)
+///     .email("admin@example.com")
+///     .agreed(true)
+///     .storage(storage.clone())
+///     .build();
+/// let config = Config::builder().storage(storage).issuer(issuer).build();
+/// let cert = config.obtain(["example.com", "www.example.com"]).await?;
+/// println!("valid until {:?}", cert.not_after());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Config {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    storage: Arc<dyn Storage>,
+    issuers: Vec<Arc<dyn Issuer>>,
+    key_type: KeyType,
+    renewal_ratio: f64,
+    handlers: Vec<EventHandler>,
+    clock: Arc<dyn Clock>,
+    name_locks: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    local_ca: Arc<LocalCa>,
+    local_names_use_local_ca: bool,
+    cache: CertCache,
+    resolver: Arc<CertResolver>,
+    default_name_set: bool,
+    managed: StdMutex<Managed>,
+    rate_limit: (u32, Duration),
+    rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
+    renew_interval: Duration,
+    ocsp_interval: Duration,
+    maintenance: StdMutex<HashMap<String, CertState>>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("storage", &self.inner.storage)
+            .field("issuers", &self.inner.issuers)
+            .field("key_type", &self.inner.key_type)
+            .field("renewal_ratio", &self.inner.renewal_ratio)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// The storage.
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.inner.storage
+    }
+
+    /// The issuers, in order.
+    pub fn issuers(&self) -> &[Arc<dyn Issuer>] {
+        &self.inner.issuers
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.inner.clock
+    }
+
+    /// The renewal window ratio.
+    pub fn renewal_ratio(&self) -> f64 {
+        self.inner.renewal_ratio
+    }
+
+    /// The issuance rate limiter of one issuer.
+    pub fn rate_limiter(&self, issuer_key: &str) -> Arc<RateLimiter> {
+        let mut limiters = self
+            .inner
+            .rate_limiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        limiters
+            .entry(issuer_key.to_owned())
+            .or_insert_with(|| {
+                Arc::new(RateLimiter::new(
+                    self.inner.rate_limit.0,
+                    self.inner.rate_limit.1,
+                ))
+            })
+            .clone()
+    }
+
+    /// How often maintenance checks for renewals.
+    pub fn renew_check_interval(&self) -> Duration {
+        self.inner.renew_interval
+    }
+
+    /// How often maintenance refreshes OCSP staples.
+    pub fn ocsp_check_interval(&self) -> Duration {
+        self.inner.ocsp_interval
+    }
+
+    pub(crate) fn maintenance_state(&self) -> &StdMutex<HashMap<String, CertState>> {
+        &self.inner.maintenance
+    }
+
+    /// The issuer a stored certificate came from, by issuer key.
+    pub(crate) fn issuer_by_key(&self, issuer_key: &str) -> Option<Arc<dyn Issuer>> {
+        if issuer_key == crate::issuer::LOCAL_CA_ISSUER_KEY {
+            return Some(self.inner.local_ca.clone());
+        }
+        self.inner
+            .issuers
+            .iter()
+            .find(|i| i.issuer_key() == issuer_key)
+            .cloned()
+    }
+
+    /// The certificate cache.
+    pub fn cache(&self) -> &CertCache {
+        &self.inner.cache
+    }
+
+    /// The resolver serving the cache in TLS handshakes.
+    pub fn resolver(&self) -> Arc<CertResolver> {
+        self.inner.resolver.clone()
+    }
+
+    /// The local CA (used for local names and when no issuer is configured).
+    pub fn local_ca(&self) -> &LocalCa {
+        &self.inner.local_ca
+    }
+
+    /// A rustls server config (ring provider, TLS 1.2 and 1.3) resolving
+    /// through [`resolver`](Self::resolver), with ALPN `h2`, `http/1.1` and
+    /// `acme-tls/1` (so TLS-ALPN-01 is answered on this port).
+    pub fn server_config(&self) -> rustls::ServerConfig {
+        let mut config = self.server_config_without_alpn();
+        config.alpn_protocols = vec![
+            b"h2".to_vec(),
+            b"http/1.1".to_vec(),
+            crate::challenge::tls_alpn01::ACME_TLS_ALPN.to_vec(),
+        ];
+        config
+    }
+
+    /// Like [`server_config`](Self::server_config) with only `acme-tls/1` in
+    /// ALPN, for servers that add their own protocols (actix-web prepends
+    /// `h2` and `http/1.1`).
+    pub fn server_config_without_alpn(&self) -> rustls::ServerConfig {
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::crypto_provider())
+            .with_safe_default_protocol_versions()
+            // The ring provider supports the default versions; this cannot fail.
+            .unwrap_or_else(|_| unreachable!("ring supports TLS 1.2 and 1.3"))
+            .with_no_client_auth()
+            .with_cert_resolver(self.inner.resolver.clone());
+        config.alpn_protocols = vec![crate::challenge::tls_alpn01::ACME_TLS_ALPN.to_vec()];
+        config
+    }
+
+    /// Sends an event to every handler.
+    pub fn emit(&self, event: &Event) {
+        tracing::debug!(event = event.name(), names = ?event.names(), "event");
+        for handler in &self.inner.handlers {
+            handler(event);
+        }
+    }
+
+    /// (unless turned off) when every name is local; else the configured ones.
+    fn candidate_issuers(&self, ids: &[Identifier]) -> Vec<Arc<dyn Issuer>> {
+        let local = self.inner.local_names_use_local_ca && ids.iter().all(is_local_name);
+        if self.inner.issuers.is_empty() || local {
+            vec![self.inner.local_ca.clone() as Arc<dyn Issuer>]
+        } else {
+            self.inner.issuers.clone()
+        }
+    }
+
+    fn usable_issuers(&self, ids: &[Identifier]) -> Result<Vec<Arc<dyn Issuer>>, Error> {
+        let candidates = self.candidate_issuers(ids);
+        if candidates.is_empty() {
+            return Err(ConfigError::NoIssuers.into());
+        }
+        let mut first_err = None;
+        let mut usable = Vec::new();
+        for issuer in &candidates {
+            match issuer.precheck(ids) {
+                Ok(()) => usable.push(issuer.clone()),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match (usable.is_empty(), first_err) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(usable),
+        }
+    }
+}

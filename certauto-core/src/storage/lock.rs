@@ -1,0 +1,216 @@
+//! Storage locks as guards: released when dropped, and able to say when they
+//! were lost.
+//!
+//! [`Storage::lock`](super::Storage::lock) returns a [`LockGuard`]. The holder
+//! releases it with [`LockGuard::release`]; a guard dropped without that (its
+//! future was cancelled by a `timeout`, a `select!` or an aborted task, or it
+//! panicked) releases the lock in the background, so a cancelled operation
+//! never leaves a lock held.
+//!
+//! A backend that finds its holder's lock broken or taken over (a keepalive
+//! that could not refresh in time, a lock file replaced by another client)
+//! reports it through the [`LockLoss`] it gave the guard; the holder checks
+//! [`LockGuard::ensure_held`] before every write the lock protects, and can
+//! await [`LockGuard::lost`] to stop work early.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::StorageError;
+
+/// The release action of a lock, run once.
+type Release = Box<
+    dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send>> + Send + Sync,
+>;
+
+/// The backend's side of a held lock: how it tells the holder that the lock
+/// was lost. Cheap to clone; every clone reports to the same guard.
+#[derive(Clone)]
+pub struct LockLoss {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl fmt::Debug for LockLoss {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockLoss")
+            .field("lost", &self.is_reported())
+            .finish()
+    }
+}
+
+impl Default for LockLoss {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LockLoss {
+    /// A new, not yet reported, loss signal.
+    pub fn new() -> Self {
+        let (tx, _rx) = watch::channel(false);
+        Self { tx: Arc::new(tx) }
+    }
+
+    /// Tells the holder its lock is no longer exclusively its own.
+    pub fn report(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether [`report`](Self::report) was called.
+    pub fn is_reported(&self) -> bool {
+        *self.tx.borrow()
+    }
+}
+
+/// A held storage lock.
+///
+/// # Invariants
+/// - The release action runs at most once: by [`release`](Self::release), or
+///   in the background when the guard is dropped (on the current tokio
+///   runtime; with no runtime left, the backend's expiry frees the lock).
+/// - Once [`is_lost`](Self::is_lost) is true it stays true.
+#[must_use = "the lock is released when the guard is dropped"]
+pub struct LockGuard {
+    name: String,
+    lost: watch::Receiver<bool>,
+    release: Option<Release>,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("lost", &self.is_lost())
+            .field("released", &self.release.is_none())
+            .finish()
+    }
+}
+
+impl LockGuard {
+    /// A guard for the lock `name`: `loss` is how the backend reports a lost
+    /// lock, `release` frees it (called once, also when the guard is dropped).
+    pub fn new<F, Fut>(name: impl Into<String>, loss: &LockLoss, release: F) -> Self
+    where
+        F: FnOnce() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), StorageError>> + Send + 'static,
+    {
+        Self {
+            name: name.into(),
+            lost: loss.tx.subscribe(),
+            release: Some(Box::new(move || Box::pin(release()))),
+        }
+    }
+
+    /// The lock's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the backend reported the lock lost (broken as stale, taken over).
+    pub fn is_lost(&self) -> bool {
+        *self.lost.borrow()
+    }
+
+    /// `Ok` while the lock is held; [`StorageError::LockLost`] once it was lost.
+    /// Call it before every write the lock protects.
+    pub fn ensure_held(&self) -> Result<(), StorageError> {
+        if self.is_lost() {
+            Err(StorageError::LockLost(self.name.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Resolves when the lock is lost (never, while it is held).
+    pub async fn lost(&self) {
+        let mut rx = self.lost.clone();
+        // An error means the backend dropped its side without reporting a
+        // loss: the lock can no longer be lost.
+        if rx.wait_for(|lost| *lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Releases the lock now and says whether that worked.
+    pub async fn release(mut self) -> Result<(), StorageError> {
+        match self.release.take() {
+            Some(release) => release().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(release) = self.release.take() else {
+            return;
+        };
+        let name = std::mem::take(&mut self.name);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(lock = %name, "lock guard dropped unreleased; releasing in the background");
+                runtime.spawn(async move {
+                    if let Err(e) = release().await {
+                        tracing::warn!(lock = %name, error = %crate::error::ErrorChain(&e), "could not release a dropped lock");
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(lock = %name, "lock guard dropped outside a runtime; the lock expires instead");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counting_guard(count: &Arc<AtomicUsize>, loss: &LockLoss) -> LockGuard {
+        let count = count.clone();
+        LockGuard::new("l", loss, move || async move {
+            count.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        })
+    }
+
+    #[tokio::test]
+    async fn release_runs_once() {
+        let count = Arc::new(AtomicUsize::new(0));
+        let guard = counting_guard(&count, &LockLoss::new());
+        guard.release().await.unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn drop_releases_in_the_background() {
+        let count = Arc::new(AtomicUsize::new(0));
+        drop(counting_guard(&count, &LockLoss::new()));
+        for _ in 0..1000 {
+            if count.load(Ordering::SeqCst) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn loss_is_seen_by_the_holder() {
+        let loss = LockLoss::new();
+        let guard = counting_guard(&Arc::new(AtomicUsize::new(0)), &loss);
+        guard.ensure_held().unwrap();
+        loss.report();
+        assert!(guard.is_lost());
+        assert!(matches!(guard.ensure_held(), Err(StorageError::LockLost(n)) if n == "l"));
+        tokio::time::timeout(std::time::Duration::from_secs(30), guard.lost())
+            .await
+            .unwrap();
+    }
+}
