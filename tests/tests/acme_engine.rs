@@ -68,21 +68,20 @@ async fn obtains_a_single_name_and_the_chain_verifies() {
     assert_eq!(cert.key_type(), KeyType::EcdsaP256);
     assert_verifies(&pebble, &cert, "single.certauto.example").await;
 
-    // Stored in the documented layout, the key private to its owner.
+    // Stored in the documented layout, one record private to its owner.
     let issuer = certauto_core::storage::keys::issuer_key_from_url(&pebble.directory_url());
-    let key_path = dir.path().join(format!(
-        "certificates/{issuer}/single.certauto.example/single.certauto.example.key"
+    let record_path = dir.path().join(format!(
+        "certificates/{issuer}/single.certauto.example/single.certauto.example.pem"
     ));
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(&key_path).unwrap().permissions(),
+        &std::fs::metadata(&record_path).unwrap().permissions(),
     );
     assert_eq!(mode & 0o777, 0o600);
-    assert!(
-        dir.path()
-            .join(format!(
-                "certificates/{issuer}/single.certauto.example/single.certauto.example.json"
-            ))
-            .exists()
+    let record = std::fs::read_to_string(&record_path).unwrap();
+    assert!(record.starts_with("-----BEGIN PRIVATE KEY-----"));
+    assert_eq!(
+        record.matches("-----BEGIN CERTIFICATE-----").count(),
+        cert.chain().len()
     );
 
     // A second obtain reuses what storage holds.
