@@ -36,6 +36,11 @@ pub enum Error {
     /// Every configured issuer failed; the errors are in the order tried.
     #[error("all issuers failed: {}", display_all(.0))]
     AllIssuersFailed(Vec<(String, Error)>),
+    /// [`Config::manage`](crate::Config::manage) could not obtain some names
+    /// (the others are served); each is retried by maintenance at its retry
+    /// time. By name, in the order they failed.
+    #[error("could not obtain {} of the managed names: {}", .0.len(), display_all(.0))]
+    ManageFailed(Vec<(String, Error)>),
 }
 
 fn display_all(errors: &[(String, Error)]) -> String {
@@ -51,7 +56,9 @@ impl Error {
     pub fn problem(&self) -> Option<&Problem> {
         match self {
             Error::Acme(e) => e.problem(),
-            Error::AllIssuersFailed(all) => all.iter().find_map(|(_, e)| e.problem()),
+            Error::AllIssuersFailed(all) | Error::ManageFailed(all) => {
+                all.iter().find_map(|(_, e)| e.problem())
+            }
             _ => None,
         }
     }
@@ -310,6 +317,9 @@ pub enum ConfigError {
     /// No certificate is stored for the name.
     #[error("no certificate is managed for {0}")]
     NotManaged(String),
+    /// An earlier attempt for the name failed and its retry time has not come.
+    #[error("an earlier attempt for {0} failed; it is retried at its scheduled time")]
+    RetryPending(String),
     /// No solver is configured.
     #[error("no challenge solver configured for this issuer")]
     NoSolvers,

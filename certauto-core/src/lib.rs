@@ -63,7 +63,7 @@ pub use challenge::{
     Challenge, ChallengeTokens, Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, ConfigBuilder, DEFAULT_RENEWAL_RATIO};
+pub use config::{Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO};
 pub use error::{
     AcmeError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError, SolverError,
 };
@@ -76,19 +76,28 @@ pub use issuer::{
 pub use keys::{CertificateKey, KeyType};
 pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
 pub use ocsp::OcspReport;
-pub use ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, RateLimiter};
+pub use ratelimit::{
+    DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
+};
 pub use resolver::{CertResolver, UnknownNameHook};
 pub use storage::{
     FileStorage, KeyInfo, LockGuard, LockLoss, MemoryStorage, Storage, StorageError,
 };
 
 /// Manages certificates for `domains` with the default [`Config`] and returns
-/// a rustls server config that serves them.
+/// a rustls server config that serves them, renewed for as long as the
+/// runtime runs.
 ///
 /// The default config keeps everything in [`FileStorage`] at the OS default
-/// folder and, with no ACME issuer configured, issues from the [`LocalCa`]
-/// (so this works offline). For a public CA, build a [`Config`] with an
-/// [`AcmeIssuer`] and call [`Config::manage`] and [`Config::server_config`].
+/// folder. Public names are obtained from Let's Encrypt (production; calling
+/// this agrees to its terms of service), validated with HTTP-01 on port 80;
+/// local names (`localhost`, `.localhost`, `.internal`, `.test`, `.local`,
+/// loopback and private IPs) get certificates from the [`LocalCa`], so this
+/// works offline for them. Maintenance ([`start_maintenance`]) runs in the
+/// background: renewals, OCSP staples, and retries of names that could not
+/// be obtained yet (they are logged and retried at their retry time; the
+/// returned config serves them once obtained). Only invalid names are an
+/// error. For anything else, build a [`Config`].
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), certauto_core::Error> {
@@ -101,7 +110,26 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<str>,
 {
-    let config = Config::builder().build();
-    config.manage(domains).await?;
+    manage_with(Config::builder().build(), domains).await
+}
+
+/// [`manage`] with a given config.
+async fn manage_with<I, S>(config: Config, domains: I) -> Result<rustls::ServerConfig, Error>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    match config.manage(domains).await {
+        Ok(()) => {}
+        // Logged, and retried by maintenance at their retry time.
+        Err(Error::ManageFailed(failed)) => {
+            for (name, e) in &failed {
+                tracing::warn!(name = %name, error = %ErrorChain(e), "not obtained yet; maintenance retries it");
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    // The task holds the config: it renews for as long as the runtime runs.
+    drop(start_maintenance(&config));
     Ok(config.server_config())
 }

@@ -26,6 +26,8 @@ use tokio::time::Instant;
 pub const DEFAULT_RATE_LIMIT_EVENTS: u32 = 20;
 /// ...per this window.
 pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(60);
+/// The longest rate-limit window accepted (a week).
+pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Allows at most `max` events in any `window`.
 #[derive(Debug)]
@@ -36,11 +38,12 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
-    /// A limiter allowing `max` events (at least 1) per `window`.
+    /// A limiter allowing `max` events (at least 1) per `window` (at most
+    /// [`MAX_RATE_LIMIT_WINDOW`]; a longer one is clamped).
     pub fn new(max: u32, window: Duration) -> Self {
         Self {
             max: max.max(1),
-            window,
+            window: window.min(MAX_RATE_LIMIT_WINDOW),
             events: Mutex::new(VecDeque::new()),
         }
     }
@@ -69,7 +72,10 @@ impl RateLimiter {
             return Ok(());
         }
         // The oldest event leaves the window first.
-        Err(events.front().map_or(now, |t| *t + self.window))
+        Err(events
+            .front()
+            .and_then(|t| t.checked_add(self.window))
+            .unwrap_or(now))
     }
 
     /// Records an event if the limit allows it now.

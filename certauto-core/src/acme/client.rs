@@ -752,21 +752,31 @@ struct Poller {
     timeout: Duration,
 }
 
+/// The longest poll interval or timeout accepted from [`ClientLimits`] (a
+/// day); longer values are clamped, so no arithmetic on them overflows.
+const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
+
+/// Now plus `d` (clamped to [`MAX_LIMIT`]).
+fn deadline_after(d: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d.min(MAX_LIMIT)).unwrap_or(now)
+}
+
 impl Poller {
     fn new(limits: &ClientLimits, what: String) -> Self {
         Self {
             what,
-            interval: limits.poll_initial_interval,
-            max: limits.poll_max_interval,
-            deadline: Instant::now() + limits.poll_timeout,
-            timeout: limits.poll_timeout,
+            interval: limits.poll_initial_interval.min(MAX_LIMIT),
+            max: limits.poll_max_interval.min(MAX_LIMIT),
+            deadline: deadline_after(limits.poll_timeout),
+            timeout: limits.poll_timeout.min(MAX_LIMIT),
         }
     }
 
     async fn wait(&mut self, retry_after: Option<Duration>) -> Result<(), AcmeError> {
         let delay = retry_after.unwrap_or(self.interval).min(self.max);
-        self.interval = (self.interval * 2).min(self.max);
-        if Instant::now() + delay > self.deadline {
+        self.interval = self.interval.saturating_mul(2).min(self.max);
+        if deadline_after(delay) > self.deadline {
             return Err(AcmeError::Timeout {
                 what: self.what.clone(),
                 secs: self.timeout.as_secs(),

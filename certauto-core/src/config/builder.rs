@@ -15,6 +15,9 @@ use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
 use crate::resolver::CertResolver;
 use crate::storage::{FileStorage, MemoryStorage, Storage};
 
+use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver};
+use crate::issuer::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION};
+
 use super::manage::Managed;
 use super::{Config, Inner};
 
@@ -37,6 +40,8 @@ pub struct ConfigBuilder {
     rate_limit: (u32, Duration),
     renew_interval: Duration,
     ocsp_interval: Duration,
+    manage_concurrency: usize,
+    pending_acme: Vec<AcmeIssuerBuilder>,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -119,7 +124,8 @@ impl ConfigBuilder {
         self
     }
 
-    /// The lifetime of local CA leaves (default 7 days).
+    /// The lifetime of local CA leaves (default 7 days; clamped to between a
+    /// minute and 397 days).
     pub fn local_ca_leaf_lifetime(mut self, lifetime: std::time::Duration) -> Self {
         self.local_ca_lifetime = Some(lifetime);
         self
@@ -133,16 +139,30 @@ impl ConfigBuilder {
     }
 
     /// How often [`start_maintenance`](crate::start_maintenance) checks for
-    /// renewals (default 10 minutes).
+    /// renewals (default 10 minutes; clamped to between 10 ms and a year).
     pub fn renew_check_interval(mut self, interval: Duration) -> Self {
-        self.renew_interval = interval.max(Duration::from_millis(10));
+        self.renew_interval = interval.clamp(
+            Duration::from_millis(10),
+            crate::maintain::MAX_CHECK_INTERVAL,
+        );
         self
     }
 
     /// How often [`start_maintenance`](crate::start_maintenance) refreshes
-    /// OCSP staples with [`Config::check_ocsp`] (default 1 hour).
+    /// OCSP staples with [`Config::check_ocsp`] (default 1 hour; clamped to
+    /// between 10 ms and a year).
     pub fn ocsp_check_interval(mut self, interval: Duration) -> Self {
-        self.ocsp_interval = interval.max(Duration::from_millis(10));
+        self.ocsp_interval = interval.clamp(
+            Duration::from_millis(10),
+            crate::maintain::MAX_CHECK_INTERVAL,
+        );
+        self
+    }
+
+    /// How many missing certificates [`Config::manage`] obtains at once
+    /// (default 8; at least 1).
+    pub fn manage_concurrency(mut self, max: usize) -> Self {
+        self.manage_concurrency = max.max(1);
         self
     }
 
@@ -153,15 +173,62 @@ impl ConfigBuilder {
         self
     }
 
+    /// Adds an ACME issuer built by this builder, after those already
+    /// configured: it gets this config's storage (unless it was given one)
+    /// and, unless it was given solvers, an HTTP-01 solver recording tokens
+    /// in [`Config::challenge_tokens`] (serve them with `AcmeLayer` on port
+    /// 80) and a TLS-ALPN-01 solver answering on every port that serves
+    /// [`Config::server_config`]. So nothing is wired twice:
+    ///
+    /// ```no_run
+    /// use certauto_core::{AcmeIssuer, Config, LETS_ENCRYPT_STAGING};
+    ///
+    /// let config = Config::builder()
+    ///     .acme(AcmeIssuer::builder().ca(LETS_ENCRYPT_STAGING).email("admin@example.com").agreed(true))
+    ///     .build();
+    /// let tokens = config.challenge_tokens().clone(); // for AcmeLayer::new(tokens)
+    /// # let _ = tokens;
+    /// ```
+    pub fn acme(mut self, issuer: AcmeIssuerBuilder) -> Self {
+        self.pending_acme.push(issuer);
+        self
+    }
+
     /// Builds the config.
-    pub fn build(self) -> Config {
-        let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
+    pub fn build(mut self) -> Config {
+        let storage = self.storage.take().unwrap_or_else(|| match FileStorage::with_default_root() {
             Ok(fs) => Arc::new(fs) as Arc<dyn Storage>,
             Err(e) => {
-                tracing::warn!(error = %e, "no default storage folder; keeping certificates in memory");
+                tracing::warn!(error = %crate::ErrorChain(&e), "no default storage folder; keeping certificates in memory");
                 Arc::new(MemoryStorage::new())
             }
         });
+        let challenge_tokens = ChallengeTokens::new().with_storage(storage.clone());
+        for builder in std::mem::take(&mut self.pending_acme) {
+            let issuer = builder
+                .default_storage(storage.clone())
+                .default_solvers(
+                    Http01Solver::without_listener(challenge_tokens.clone()),
+                    TlsAlpn01Solver::inline(self.tls_alpn.clone()),
+                )
+                .build();
+            self.issuers.push(Arc::new(issuer));
+        }
+        let issuers_configured = !self.issuers.is_empty();
+        if !issuers_configured {
+            // The spec's default: public names from Let's Encrypt, validated
+            // on port 80 (a listener held only while validating) or on the
+            // port serving this config (TLS-ALPN-01). Local names never
+            // reach it (they go to the local CA).
+            let issuer = AcmeIssuer::builder()
+                .ca(LETS_ENCRYPT_PRODUCTION)
+                .agreed(true)
+                .storage(storage.clone())
+                .http01_solver(Http01Solver::new(80).with_tokens(challenge_tokens.clone()))
+                .tls_alpn01_solver(TlsAlpn01Solver::inline(self.tls_alpn.clone()))
+                .build();
+            self.issuers.push(Arc::new(issuer));
+        }
         let mut local_ca = LocalCa::new(storage.clone());
         if let Some(lifetime) = self.local_ca_lifetime {
             local_ca = local_ca.leaf_lifetime(lifetime);
@@ -189,6 +256,11 @@ impl ConfigBuilder {
                 renew_interval: self.renew_interval,
                 ocsp_interval: self.ocsp_interval,
                 maintenance: StdMutex::new(HashMap::new()),
+                retry_scheduled: tokio::sync::Notify::new(),
+                revoked: StdMutex::new(Vec::new()),
+                manage_concurrency: self.manage_concurrency,
+                issuers_configured,
+                challenge_tokens,
             }),
         }
     }
@@ -212,6 +284,8 @@ impl Config {
             rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
             renew_interval: crate::maintain::DEFAULT_RENEW_INTERVAL,
             ocsp_interval: crate::ocsp::DEFAULT_OCSP_CHECK_INTERVAL,
+            manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,
+            pending_acme: Vec::new(),
         }
     }
 }

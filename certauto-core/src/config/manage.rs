@@ -4,15 +4,19 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::certificate::Certificate;
-use crate::error::Error;
+use crate::error::{ConfigError, Error};
 use crate::events::Event;
 use crate::identifier::Identifier;
+use crate::maintain::RenewOutcome;
 
 use super::{Config, RenewMode};
 
 /// How many stored certificates [`Config::manage`] loads at once: the reads
 /// overlap, and parsing spreads over the runtime's worker threads.
 const LOAD_CONCURRENCY: usize = 8;
+
+/// How many missing certificates [`Config::manage`] obtains at once by default.
+pub const DEFAULT_MANAGE_CONCURRENCY: usize = 8;
 
 /// The certificates under management, in the order they were added, with an
 /// index of their primary names (so adding one is O(1), not a scan).
@@ -84,44 +88,92 @@ impl Config {
 
     /// Manages one certificate per name: loads what storage holds into the
     /// cache (`cached_managed_cert`), obtains what is missing or due (unless a
-    /// failed renewal is waiting for its retry time: then the stored
-    /// certificate serves until maintenance retries), and records the names
-    /// for maintenance. Returns when every name has a certificate, or with
-    /// the first error.
+    /// failed attempt is waiting for its retry time: then a stored certificate
+    /// serves until maintenance retries), and records the names for
+    /// maintenance. Obtains run [`DEFAULT_MANAGE_CONCURRENCY`] at a time
+    /// (see [`ConfigBuilder::manage_concurrency`](super::ConfigBuilder::manage_concurrency)),
+    /// and one failing name does not stop the others: each failure is
+    /// reported (event `cert_failed`, log), scheduled for retry by
+    /// [maintenance](crate::maintain) at its retry time, and returned in
+    /// [`Error::ManageFailed`] once every name was tried.
     pub async fn manage<I, S>(&self, names: I) -> Result<(), Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        for id in self.start_managing(names).await? {
-            // `obtain` checks storage again, under the lock.
-            self.obtain([id.as_str()]).await?;
+        let missing = self.start_managing(names).await?;
+        let limit = self.inner.manage_concurrency;
+        let mut failed = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut pending = missing.into_iter();
+        loop {
+            while tasks.len() < limit {
+                let Some(id) = pending.next() else { break };
+                let config = self.clone();
+                tasks.spawn(async move {
+                    // Checks storage again, under the lock; a failure is
+                    // scheduled for retry.
+                    let outcome = config
+                        .renew_with_backoff(vec![id.clone()], RenewMode::IfDue)
+                        .await;
+                    (id, outcome)
+                });
+            }
+            match tasks.join_next().await {
+                Some(Ok((id, outcome))) => match outcome {
+                    RenewOutcome::Renewed => {}
+                    RenewOutcome::Failed(e) => failed.push((id.to_string(), e)),
+                    RenewOutcome::Deferred => {
+                        failed.push((
+                            id.to_string(),
+                            ConfigError::RetryPending(id.to_string()).into(),
+                        ));
+                    }
+                },
+                Some(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Some(Err(_)) => {}
+                None => break,
+            }
         }
-        Ok(())
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::ManageFailed(failed))
+        }
     }
 
     /// Like [`manage`](Self::manage), but returns at once: certificates
     /// already in storage are loaded first, the rest are obtained in the
     /// background (so an HTTP-01 or TLS-ALPN-01 challenge can be answered by
     /// the application's own listeners, started after this call). Failures are
-    /// reported through `cert_failed` events and logs.
+    /// reported through `cert_failed` events and logs, and retried by
+    /// maintenance at their retry time.
     pub async fn manage_in_background<I, S>(&self, names: I) -> Result<(), Error>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        for id in self.start_managing(names).await? {
-            let ids = vec![id];
-            let config = self.clone();
-            // Through the retry schedule: a failure is retried by maintenance
-            // after its backoff, not at once by the next check.
-            tokio::spawn(async move {
-                let outcome = config.renew_with_backoff(ids, RenewMode::IfDue).await;
-                if outcome != crate::maintain::RenewOutcome::Renewed {
-                    tracing::warn!(?outcome, "background obtain did not complete");
-                }
-            });
-        }
+        let missing = self.start_managing(names).await?;
+        let config = self.clone();
+        tokio::spawn(async move {
+            let limit = Arc::new(tokio::sync::Semaphore::new(config.inner.manage_concurrency));
+            let mut tasks = tokio::task::JoinSet::new();
+            for id in missing {
+                let config = config.clone();
+                let limit = limit.clone();
+                tasks.spawn(async move {
+                    let Ok(_permit) = limit.acquire().await else { return };
+                    // Through the retry schedule: a failure is retried by
+                    // maintenance after its backoff.
+                    if let RenewOutcome::Failed(e) =
+                        config.renew_with_backoff(vec![id.clone()], RenewMode::IfDue).await
+                    {
+                        tracing::debug!(name = %id, error = %crate::ErrorChain(&e), "background obtain failed");
+                    }
+                });
+            }
+            while tasks.join_next().await.is_some() {}
+        });
         Ok(())
     }
 
@@ -192,7 +244,9 @@ impl Config {
             self.usable_issuers(std::slice::from_ref(id))?;
         }
         for id in &names {
-            self.record_managed(std::slice::from_ref(id));
+            let ids = std::slice::from_ref(id);
+            tracing::info!(name = %id, issuer = %self.issuer_name_for(ids), "managing certificate");
+            self.record_managed(ids);
         }
         let loaded = self.load_all_into_cache(&names).await?;
         Ok(names
@@ -200,5 +254,227 @@ impl Config {
             .zip(loaded)
             .filter_map(|(id, loaded)| (!loaded).then_some(id))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use async_trait::async_trait;
+    use tokio::sync::mpsc;
+
+    use crate::acme::types::RevocationReason;
+    use crate::error::AcmeError;
+    use crate::events::Event;
+    use crate::issuer::{IssueRequest, IssuedCertificate, Issuer, LocalCa};
+    use crate::storage::MemoryStorage;
+    use crate::{Certificate, Clock, Config, Error, ManualClock, start_maintenance};
+
+    /// A fault injector in front of the local CA: it refuses the names in
+    /// `refused` and the first `fail_first` orders, and counts orders.
+    #[derive(Debug)]
+    struct FaultyCa {
+        ca: LocalCa,
+        refused: HashSet<String>,
+        fail_first: AtomicU32,
+        orders: AtomicU32,
+    }
+
+    #[async_trait]
+    impl Issuer for FaultyCa {
+        fn issuer_key(&self) -> String {
+            "faulty-ca".to_owned()
+        }
+
+        async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
+            self.orders.fetch_add(1, Ordering::SeqCst);
+            let name = request.names[0].to_string();
+            let first = self
+                .fail_first
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if first || self.refused.contains(&name) {
+                return Err(AcmeError::InvalidResponse {
+                    url: "fault-injector".into(),
+                    reason: format!("refused {name}"),
+                }
+                .into());
+            }
+            self.ca.issue(request).await
+        }
+
+        async fn revoke(&self, _: &Certificate, _: Option<RevocationReason>) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    fn faulty(
+        storage: &std::sync::Arc<MemoryStorage>,
+        refused: &[&str],
+        fail_first: u32,
+    ) -> FaultyCa {
+        FaultyCa {
+            ca: LocalCa::new(storage.clone()),
+            refused: refused.iter().map(|s| (*s).to_owned()).collect(),
+            fail_first: AtomicU32::new(fail_first),
+            orders: AtomicU32::new(0),
+        }
+    }
+
+    fn events(
+        builder: crate::ConfigBuilder,
+    ) -> (crate::ConfigBuilder, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = Mutex::new(tx);
+        let builder = builder.on_event(move |e| {
+            let _ = tx.lock().unwrap().send(e.clone());
+        });
+        (builder, rx)
+    }
+
+    /// 20 names, one refused by the CA: the other 19 are obtained and
+    /// served, one failure event is sent, and the error names the refused one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_refused_name_does_not_stop_the_others() {
+        let storage = std::sync::Arc::new(MemoryStorage::new());
+        let names: Vec<String> = (0..20).map(|i| format!("n{i}.example.com")).collect();
+        let (builder, mut rx) = events(Config::builder().storage(storage.clone()).issuer(faulty(
+            &storage,
+            &["n7.example.com"],
+            0,
+        )));
+        let config = builder.build();
+        let err = config.manage(&names).await.unwrap_err();
+        let Error::ManageFailed(failed) = err else {
+            panic!("{err}")
+        };
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].0, "n7.example.com");
+        for name in &names {
+            assert_eq!(
+                config.cache().get(name).is_some(),
+                name != "n7.example.com",
+                "{name}"
+            );
+        }
+        let mut failures = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            if let Event::CertFailed { names, .. } = e {
+                failures.push(names);
+            }
+        }
+        assert_eq!(failures, vec![vec!["n7.example.com".to_owned()]]);
+        assert_eq!(config.managed().len(), 20, "the refused name stays managed");
+    }
+
+    /// A first obtain that fails is retried at its retry time (about a
+    /// minute), not at the next renewal check (10 minutes away).
+    #[tokio::test(start_paused = true)]
+    async fn failed_first_obtain_is_retried_when_due() {
+        let storage = std::sync::Arc::new(MemoryStorage::new());
+        let clock = std::sync::Arc::new(ManualClock::new(SystemTime::now()));
+        let ca = faulty(&storage, &[], 1);
+        let (builder, mut rx) = events(
+            Config::builder()
+                .storage(storage.clone())
+                .clock(clock.clone())
+                .issuer(ca),
+        );
+        let config = builder.build();
+        assert_eq!(config.renew_check_interval(), Duration::from_secs(600));
+        let _maintenance = start_maintenance(&config);
+        config
+            .manage_in_background(["retry.example.com"])
+            .await
+            .unwrap();
+        let bound = Duration::from_secs(300); // virtual time, well under 10 minutes
+        let retry_at = loop {
+            match tokio::time::timeout(bound, rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Event::CertFailed {
+                    attempt,
+                    retry_at,
+                    renewal,
+                    ..
+                } => {
+                    assert_eq!(attempt, 1);
+                    assert!(!renewal);
+                    break retry_at.unwrap();
+                }
+                _ => continue,
+            }
+        };
+        let delay = retry_at.duration_since(clock.now()).unwrap();
+        assert!(
+            delay >= Duration::from_secs(50) && delay <= Duration::from_secs(70),
+            "{delay:?}"
+        );
+        clock.advance(delay + Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        loop {
+            match tokio::time::timeout(bound, rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Event::CertObtained { names, .. } => {
+                    assert_eq!(names, vec!["retry.example.com".to_owned()]);
+                    break;
+                }
+                Event::CertFailed { error, .. } => panic!("retry failed: {error}"),
+                _ => continue,
+            }
+        }
+        assert!(
+            started.elapsed() < config.renew_check_interval(),
+            "retried by the renewal check, not at its retry time"
+        );
+        assert!(config.cache().get("retry.example.com").is_some());
+        config.cache().stop();
+    }
+
+    /// `manage()` keeps renewing: past the renewal window (injected clock)
+    /// and one check interval later, the served certificate is a new one.
+    #[tokio::test(start_paused = true)]
+    async fn manage_keeps_renewing() {
+        let storage = std::sync::Arc::new(MemoryStorage::new());
+        let clock = std::sync::Arc::new(ManualClock::new(SystemTime::now()));
+        let (builder, mut rx) = events(
+            Config::builder()
+                .storage(storage)
+                .clock(clock.clone())
+                .renew_check_interval(Duration::from_secs(60)),
+        );
+        let config = builder.build();
+        let _tls = crate::manage_with(config.clone(), ["renew.test"])
+            .await
+            .unwrap();
+        let first = config
+            .cache()
+            .get("renew.test")
+            .unwrap()
+            .serial()
+            .to_owned();
+        clock.advance(Duration::from_secs(6 * 24 * 3600)); // of a 7-day leaf
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(600), rx.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            if let Event::CertRenewed { serial, .. } = event {
+                assert_ne!(serial, first);
+                break;
+            }
+        }
+        assert_ne!(config.cache().get("renew.test").unwrap().serial(), first);
+        config.cache().stop();
     }
 }

@@ -11,6 +11,7 @@ mod manage;
 
 pub use builder::{ConfigBuilder, DEFAULT_RENEWAL_RATIO};
 pub(crate) use lifecycle::RenewMode;
+pub use manage::DEFAULT_MANAGE_CONCURRENCY;
 use manage::Managed;
 
 use std::collections::HashMap;
@@ -19,13 +20,14 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use crate::cache::CertCache;
+use crate::challenge::ChallengeTokens;
 use crate::clock::Clock;
 use crate::error::{ConfigError, Error};
 use crate::events::{Event, EventHandler};
 use crate::identifier::Identifier;
-use crate::issuer::{Issuer, LocalCa, is_local_name};
+use crate::issuer::{Issuer, LocalCa, is_internal_name, is_local_name};
 use crate::keys::KeyType;
-use crate::maintain::CertState;
+use crate::maintain::state::States;
 use crate::ratelimit::RateLimiter;
 use crate::resolver::CertResolver;
 use crate::storage::Storage;
@@ -73,7 +75,21 @@ struct Inner {
     rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
     renew_interval: Duration,
     ocsp_interval: Duration,
-    maintenance: StdMutex<HashMap<String, CertState>>,
+    maintenance: StdMutex<States>,
+    /// Woken when a retry is scheduled or a revocation reported, so the
+    /// maintenance task looks at its schedule again.
+    retry_scheduled: tokio::sync::Notify,
+    /// Certificates OCSP reported revoked, for maintenance to renew: primary
+    /// names and the revoked serial.
+    revoked: StdMutex<Vec<(Vec<Identifier>, String)>>,
+    /// How many obtains `manage` runs at once.
+    manage_concurrency: usize,
+    /// Whether the user configured issuers (else `issuers` holds the default,
+    /// Let's Encrypt, for public names).
+    issuers_configured: bool,
+    /// HTTP-01 key authorizations, shared by the solvers the builder made
+    /// and the application's `AcmeLayer`.
+    challenge_tokens: ChallengeTokens,
 }
 
 impl fmt::Debug for Config {
@@ -136,8 +152,34 @@ impl Config {
         self.inner.ocsp_interval
     }
 
-    pub(crate) fn maintenance_state(&self) -> &StdMutex<HashMap<String, CertState>> {
-        &self.inner.maintenance
+    /// The maintenance state of every managed certificate.
+    pub(crate) fn maintenance_states(&self) -> std::sync::MutexGuard<'_, States> {
+        self.inner
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Woken when the maintenance schedule changed.
+    pub(crate) fn retry_scheduled(&self) -> &tokio::sync::Notify {
+        &self.inner.retry_scheduled
+    }
+
+    /// OCSP's report to maintenance: the certificate `serial` serving `ids`
+    /// is revoked. Maintenance renews it at once (see [`crate::maintain`]).
+    pub(crate) fn report_revoked(&self, ids: Vec<Identifier>, serial: String) {
+        {
+            let mut revoked = self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner());
+            if !revoked.iter().any(|(i, s)| i == &ids && s == &serial) {
+                revoked.push((ids, serial));
+            }
+        }
+        self.inner.retry_scheduled.notify_one();
+    }
+
+    /// The revoked certificates reported since the last call.
+    pub(crate) fn take_revoked(&self) -> Vec<(Vec<Identifier>, String)> {
+        std::mem::take(&mut *self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The issuer a stored certificate came from, by issuer key.
@@ -150,6 +192,20 @@ impl Config {
             .iter()
             .find(|i| i.issuer_key() == issuer_key)
             .cloned()
+    }
+
+    /// The HTTP-01 tokens of this config's solvers: give them to
+    /// `certauto_tower::AcmeLayer` (or the actix challenge route) so the
+    /// application's own port 80 answers HTTP-01.
+    pub fn challenge_tokens(&self) -> &ChallengeTokens {
+        &self.inner.challenge_tokens
+    }
+
+    /// The issuer `ids` go to first (for logs: `local-ca` or an issuer key).
+    pub(crate) fn issuer_name_for(&self, ids: &[Identifier]) -> String {
+        self.candidate_issuers(ids)
+            .first()
+            .map_or_else(|| "none".to_owned(), |i| i.issuer_key())
     }
 
     /// The certificate cache.
@@ -204,7 +260,11 @@ impl Config {
 
     /// (unless turned off) when every name is local; else the configured ones.
     fn candidate_issuers(&self, ids: &[Identifier]) -> Vec<Arc<dyn Issuer>> {
-        let local = self.inner.local_names_use_local_ca && ids.iter().all(is_local_name);
+        let local = if self.inner.issuers_configured {
+            self.inner.local_names_use_local_ca && ids.iter().all(is_internal_name)
+        } else {
+            ids.iter().all(is_local_name)
+        };
         if self.inner.issuers.is_empty() || local {
             vec![self.inner.local_ca.clone() as Arc<dyn Issuer>]
         } else {

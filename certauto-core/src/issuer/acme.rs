@@ -17,7 +17,7 @@ use crate::acme::types::{
     RevocationReason,
 };
 use crate::certificate::Certificate;
-use crate::challenge::{Challenge, Http01Solver, Solver};
+use crate::challenge::{Challenge, Http01Solver, Solver, TlsAlpn01Solver};
 use crate::error::{AcmeError, ConfigError, Error};
 use crate::identifier::Identifier;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
@@ -132,6 +132,21 @@ impl AcmeIssuerBuilder {
         self
     }
 
+    /// `storage`, unless a storage was set.
+    pub(crate) fn default_storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage.get_or_insert(storage);
+        self
+    }
+
+    /// These solvers, unless solvers were set.
+    pub(crate) fn default_solvers(self, http01: Http01Solver, tls_alpn01: TlsAlpn01Solver) -> Self {
+        if self.solvers.is_empty() {
+            self.http01_solver(http01).tls_alpn01_solver(tls_alpn01)
+        } else {
+            self
+        }
+    }
+
     /// Builds the issuer. No request is made until it is first used.
     pub fn build(self) -> AcmeIssuer {
         let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -219,6 +234,60 @@ struct Presented {
     challenge: Challenge,
     solver: Arc<dyn Solver>,
     authz_url: String,
+}
+
+/// The challenges of one order, cleaned up when the order ends however it
+/// ends: [`clean_up`](Self::clean_up) at the end of the order, or, if the
+/// order's future is dropped (cancelled), in a background task from `Drop`.
+/// A challenge is recorded before its solver is asked to present it, so a
+/// cancellation during `present` is cleaned up too.
+#[derive(Default)]
+struct PresentedSet {
+    presented: Vec<Presented>,
+}
+
+impl PresentedSet {
+    async fn clean_up(&mut self) {
+        for p in std::mem::take(&mut self.presented) {
+            p.clean_up().await;
+        }
+    }
+}
+
+impl Presented {
+    async fn clean_up(self) {
+        if let Err(e) = self.solver.cleanup(&self.challenge).await {
+            tracing::warn!(error = %crate::ErrorChain(&e), identifier = %self.challenge.identifier, "challenge cleanup failed");
+        }
+    }
+}
+
+impl Drop for PresentedSet {
+    fn drop(&mut self) {
+        if self.presented.is_empty() {
+            return;
+        }
+        let left = std::mem::take(&mut self.presented);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                tracing::debug!(
+                    challenges = left.len(),
+                    "order cancelled; cleaning up its challenges"
+                );
+                runtime.spawn(async move {
+                    for p in left {
+                        p.clean_up().await;
+                    }
+                });
+            }
+            Err(_) => {
+                tracing::warn!(
+                    challenges = left.len(),
+                    "order dropped outside a runtime; its challenges are not cleaned up"
+                );
+            }
+        }
+    }
 }
 
 impl AcmeIssuer {
@@ -397,7 +466,7 @@ impl AcmeIssuer {
         client: &AcmeClient,
         account: &Account,
         order: &Order,
-        presented: &mut Vec<Presented>,
+        presented: &mut PresentedSet,
     ) -> Result<(), Error> {
         for authz_url in &order.resource.authorizations {
             let authz = client.get_authorization(account, authz_url).await?;
@@ -438,12 +507,12 @@ impl AcmeIssuer {
             };
             let key_authorization = account.key.key_authorization(&token);
             let challenge = Challenge::new(identifier, kind, token, key_authorization, url);
-            solver.present(&challenge).await?;
-            presented.push(Presented {
-                challenge,
-                solver,
+            presented.presented.push(Presented {
+                challenge: challenge.clone(),
+                solver: solver.clone(),
                 authz_url: authz_url.clone(),
             });
+            solver.present(&challenge).await?;
         }
         Ok(())
     }
@@ -452,8 +521,9 @@ impl AcmeIssuer {
         &self,
         client: &AcmeClient,
         account: &Account,
-        presented: &[Presented],
+        presented: &PresentedSet,
     ) -> Result<(), Error> {
+        let presented = &presented.presented;
         for p in presented {
             p.solver.wait(&p.challenge).await?;
         }
@@ -498,18 +568,14 @@ impl AcmeIssuer {
             .new_order(account, request.names, request.replaces)
             .await?;
         tracing::debug!(order = %order.url, names = ?request.names, "created order");
-        let mut presented = Vec::new();
+        let mut presented = PresentedSet::default();
         let result = async {
             self.present_all(client, account, &order, &mut presented)
                 .await?;
             self.validate_all(client, account, &presented).await
         }
         .await;
-        for p in &presented {
-            if let Err(e) = p.solver.cleanup(&p.challenge).await {
-                tracing::warn!(error = %e, identifier = %p.challenge.identifier, "challenge cleanup failed");
-            }
-        }
+        presented.clean_up().await;
         result?;
         let mut order = order;
         if order.resource.status != OrderStatus::Ready {

@@ -30,21 +30,51 @@ use crate::storage::keys::{
 };
 /// Default lifetime of the leaves the local CA issues.
 pub const DEFAULT_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// The longest local CA leaf lifetime accepted (397 days, the most browsers
+/// accept); a longer one is clamped.
+pub const MAX_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(397 * 24 * 3600);
 const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-/// Whether `id` is a name only a local CA can issue for: `localhost`, an IP
-/// address, or a name under `.localhost`, `.internal` or `.test`.
-pub fn is_local_name(id: &Identifier) -> bool {
+/// Whether no public CA can issue for `id` (Caddy's rule): `localhost`, a
+/// name under `.localhost`, `.local`, `.internal` or `.home.arpa`, or a
+/// loopback, private, link-local or unspecified IP address. With an issuer
+/// configured, these names go to the [`LocalCa`].
+pub fn is_internal_name(id: &Identifier) -> bool {
     match id {
-        Identifier::Ip(_) => true,
-        Identifier::Dns(d) => {
-            let n = d.as_str();
-            n == "localhost"
-                || [".localhost", ".internal", ".test"]
-                    .iter()
-                    .any(|suffix| n.ends_with(suffix))
+        Identifier::Ip(std::net::IpAddr::V4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
         }
+        Identifier::Ip(std::net::IpAddr::V6(ip)) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || (first & 0xfe00) == 0xfc00 // unique local fc00::/7
+                || (first & 0xffc0) == 0xfe80 // link-local fe80::/10
+                || ip.to_ipv4_mapped().is_some_and(|v4| {
+                    is_internal_name(&Identifier::Ip(std::net::IpAddr::V4(v4)))
+                })
+        }
+        Identifier::Dns(d) => has_suffix(
+            &d.as_str(),
+            &[".localhost", ".local", ".internal", ".home.arpa"],
+        ),
     }
+}
+
+/// Whether `id` goes to the [`LocalCa`] when no issuer is configured: an
+/// [internal name](is_internal_name), or a name under `.test` (RFC 2606).
+/// Every other name then goes to Let's Encrypt.
+pub fn is_local_name(id: &Identifier) -> bool {
+    is_internal_name(id) || matches!(id, Identifier::Dns(d) if has_suffix(&d.as_str(), &[".test"]))
+}
+
+/// Whether `name` is `localhost`, or one of `suffixes` (with its leading dot
+/// stripped), or ends with one of them.
+fn has_suffix(name: &str, suffixes: &[&str]) -> bool {
+    name == "localhost"
+        || suffixes
+            .iter()
+            .any(|s| name.ends_with(s) || name == &s[1..])
 }
 
 struct Root {
@@ -74,7 +104,12 @@ fn ca_error(e: impl fmt::Display) -> Error {
 
 fn offset(now: time::OffsetDateTime, d: Duration, forward: bool) -> time::OffsetDateTime {
     let d = time::Duration::try_from(d).unwrap_or(time::Duration::DAY);
-    if forward { now + d } else { now - d }
+    let moved = if forward {
+        now.checked_add(d)
+    } else {
+        now.checked_sub(d)
+    };
+    moved.unwrap_or(now)
 }
 
 impl LocalCa {
@@ -89,7 +124,7 @@ impl LocalCa {
 
     /// Sets the lifetime of issued leaves (default 7 days).
     pub fn leaf_lifetime(mut self, lifetime: Duration) -> Self {
-        self.leaf_lifetime = lifetime.max(Duration::from_secs(60));
+        self.leaf_lifetime = lifetime.clamp(Duration::from_secs(60), MAX_LOCAL_LEAF_LIFETIME);
         self
     }
 

@@ -17,7 +17,10 @@ mod acme;
 mod local;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
-pub use local::{DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, is_local_name};
+pub use local::{
+    DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, MAX_LOCAL_LEAF_LIFETIME,
+    is_internal_name, is_local_name,
+};
 
 /// What to issue.
 #[derive(Debug, Clone)]

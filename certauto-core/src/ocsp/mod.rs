@@ -21,8 +21,11 @@
 //! [`Config::check_ocsp`](crate::Config::check_ocsp), which [`start_maintenance`](crate::start_maintenance)
 //! runs every [`ocsp_check_interval`](crate::ConfigBuilder::ocsp_check_interval)
 //! (default hourly). A `revoked` answer removes the staple, emits
-//! [`Event::CertOcspRevoked`](crate::Event::CertOcspRevoked) and renews the certificate at once (through the
-//! normal renewal path, with its lock and retry backoff). When no fresh
+//! [`Event::CertOcspRevoked`](crate::Event::CertOcspRevoked) and reports the certificate to maintenance,
+//! which renews it at once (through the normal renewal path, with its lock
+//! and retry backoff): [`Config::check_ocsp`](crate::Config::check_ocsp)
+//! renews what its pass found, and the task of
+//! [`start_maintenance`](crate::start_maintenance) what background fetches find. When no fresh
 //! response can be had, a staple that is still valid keeps being served; a
 //! stale one is removed. Stapling failures are logged, never fatal.
 //!

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use super::{OcspReport, OcspResponse, OcspStatus, query, verify};
 use crate::cache::CachedCert;
-use crate::config::{Config, RenewMode};
+use crate::config::Config;
 use crate::error::OcspError;
 use crate::events::Event;
 use crate::identifier::Identifier;
-use crate::maintain::RenewOutcome;
 use crate::storage::keys;
 
 /// What stapling one cached certificate did.
@@ -48,8 +47,9 @@ impl Config {
     /// [module docs](crate::ocsp)): a staple past half its validity, missing
     /// or stale is replaced by a fresh response (from storage if another
     /// instance already fetched one, else from the responder); a revoked
-    /// certificate is renewed at once. Time comes from the config's clock.
-    pub async fn check_ocsp(&self) -> OcspReport {
+    /// certificate is reported to maintenance ([`Config::report_revoked`]),
+    /// which renews it. Time comes from the config's clock.
+    pub(crate) async fn staple_pass(&self) -> OcspReport {
         let mut report = OcspReport::default();
         let mut seen = HashSet::new();
         let managed = self.managed_snapshot();
@@ -78,12 +78,8 @@ impl Config {
                     report.failed.push(name);
                 }
                 StapleOutcome::Revoked => {
-                    report.revoked.push(name.clone());
-                    let mode = RenewMode::Replace(entry.serial().to_owned());
-                    match self.renew_with_backoff(ids.clone(), mode).await {
-                        RenewOutcome::Renewed => report.renewed.push(name),
-                        RenewOutcome::Failed | RenewOutcome::Deferred => report.failed.push(name),
-                    }
+                    report.revoked.push(name);
+                    self.report_revoked(ids.clone(), entry.serial().to_owned());
                 }
             }
         }
@@ -110,10 +106,7 @@ impl Config {
     }
 
     /// Staples the cached entry of a certificate loaded from storage for
-    /// `ids`; a revoked one is renewed in the background.
-    ///
-    /// (Kept apart from [`staple_new`](Self::staple_new), which renewals
-    /// await: a renewal future must not contain another renewal.)
+    /// `ids`; a revoked one is reported to maintenance.
     ///
     /// Only storage is read here, so loading many certificates at start never
     /// waits for a responder: a staple that must be fetched is fetched in the
@@ -140,8 +133,7 @@ impl Config {
                     config.staple_new(&cert).await
                 };
                 if revoked {
-                    let mode = RenewMode::Replace(cert.serial_hex());
-                    config.renew_with_backoff(ids, mode).await;
+                    config.report_revoked(ids, cert.serial_hex());
                 }
             });
         }

@@ -29,21 +29,28 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
-use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use crate::cache::CachedCert;
 use crate::config::{Config, RenewMode};
+use crate::error::{Error, ErrorChain};
 use crate::identifier::Identifier;
+use crate::storage::keys;
+
+mod backoff;
+pub(crate) mod state;
+
+pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF, retry_backoff};
+use backoff::{jittered_backoff, random_in, saturating_add};
+use state::{AriState, AriWindow, RetryState, next_retry, unix};
 
 /// The default interval between renewal checks.
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(600);
-/// The first retry delay after a failure.
-pub const MIN_RETRY_BACKOFF: Duration = Duration::from_secs(60);
-/// The longest delay between retries.
-pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest interval between checks accepted from configuration (a year);
+/// longer values are clamped to it.
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
 /// How long to wait before asking the CA for a new ARI window, when it does
 /// not say (`Retry-After`).
 const ARI_DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
@@ -51,30 +58,9 @@ const ARI_MIN_RECHECK: Duration = Duration::from_secs(60);
 const ARI_MAX_RECHECK: Duration = Duration::from_secs(24 * 3600);
 /// After a failed ARI request, the ratio rules until this much later.
 const ARI_ERROR_RECHECK: Duration = Duration::from_secs(3600);
-
-/// Per-certificate maintenance state, in memory.
-#[derive(Debug, Default)]
-pub(crate) struct CertState {
-    ari: Option<AriState>,
-    retry: Option<RetryState>,
-    retry_loaded: bool,
-}
-
-#[derive(Debug, Clone)]
-struct AriState {
-    serial: String,
-    /// The window and the time chosen in it; `None` when the CA has no ARI or failed.
-    window: Option<(SystemTime, SystemTime, SystemTime)>,
-    next_fetch: SystemTime,
-}
-
-/// The retry schedule of one certificate, kept in storage.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-struct RetryState {
-    attempts: u32,
-    /// Unix seconds.
-    next_attempt: u64,
-}
+/// The longest the maintenance task sleeps between looks at the retry
+/// schedule (it also wakes whenever a retry is scheduled).
+const MAX_RETRY_SLEEP: Duration = Duration::from_secs(3600);
 
 /// What one renewal check did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -92,67 +78,31 @@ pub struct RenewalReport {
     pub deferred: Vec<String>,
 }
 
-/// The delay before retry number `attempt + 1` (`attempt` ≥ 1 failures so
-/// far): a minute doubled per failure, at most 30 days, before jitter.
-pub fn retry_backoff(attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(32);
-    MIN_RETRY_BACKOFF
-        .checked_mul(1u32 << exp.min(31))
-        .unwrap_or(MAX_RETRY_BACKOFF)
-        .min(MAX_RETRY_BACKOFF)
-}
-
-/// A uniformly random fraction in [0, 1).
-fn random_fraction() -> f64 {
-    let mut b = [0u8; 4];
-    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_err() {
-        return 0.5;
-    }
-    f64::from(u32::from_be_bytes(b)) / (f64::from(u32::MAX) + 1.0)
-}
-
-/// [`retry_backoff`] with ±10 % jitter, still at most 30 days.
-fn jittered_backoff(attempt: u32) -> Duration {
-    let base = retry_backoff(attempt).as_secs_f64();
-    let jittered = base * (0.9 + 0.2 * random_fraction());
-    Duration::from_secs_f64(jittered).min(MAX_RETRY_BACKOFF)
-}
-
-fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-fn retry_key(primary: &Identifier) -> String {
-    format!("maintenance/retry/{}.json", primary.storage_key())
-}
-
-/// A point chosen uniformly at random in `[start, end)`.
-fn random_in(start: SystemTime, end: SystemTime) -> SystemTime {
-    let span = end.duration_since(start).unwrap_or(Duration::ZERO);
-    start + span.mul_f64(random_fraction())
-}
-
 impl Config {
     /// When `entry` is due: the time chosen in its ARI window, else the ratio.
-    async fn renewal_time(&self, entry: &CachedCert, now: SystemTime) -> SystemTime {
+    async fn renewal_time(
+        &self,
+        primary: &Identifier,
+        entry: &CachedCert,
+        now: SystemTime,
+    ) -> SystemTime {
         let lifetime = entry
             .not_after()
             .duration_since(entry.not_before())
             .unwrap_or(Duration::ZERO);
-        let by_ratio = entry.not_before() + lifetime.mul_f64(1.0 - self.renewal_ratio());
+        let by_ratio = saturating_add(
+            entry.not_before(),
+            lifetime.mul_f64(1.0 - self.renewal_ratio()),
+        );
         let (Some(cert_id), Some(issuer)) =
             (entry.ari_cert_id(), self.issuer_by_key(entry.issuer_key()))
         else {
             return by_ratio;
         };
-        let key = format!("serial:{}", entry.serial());
         let cached = {
-            let states = self
-                .maintenance_state()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
+            let states = self.maintenance_states();
             states
-                .get(&key)
+                .get(primary)
                 .and_then(|s| s.ari.as_ref())
                 .filter(|a| a.serial == entry.serial())
                 .map(|a| (a.window, a.next_fetch))
@@ -164,10 +114,10 @@ impl Config {
                     Ok(Some(info)) => {
                         let same_window = previous
                             .and_then(|(window, _)| window)
-                            .filter(|(s, e, _)| *s == info.window_start && *e == info.window_end);
+                            .filter(|w| w.start == info.window_start && w.end == info.window_end);
                         let chosen = same_window.map_or_else(
                             || random_in(info.window_start, info.window_end),
-                            |(_, _, chosen)| chosen,
+                            |w| w.chosen,
                         );
                         let recheck = info
                             .retry_after
@@ -176,87 +126,89 @@ impl Config {
                         tracing::debug!(serial = entry.serial(), ?recheck, "ARI window fetched");
                         AriState {
                             serial: entry.serial().to_owned(),
-                            window: Some((info.window_start, info.window_end, chosen)),
-                            next_fetch: now + recheck,
+                            window: Some(AriWindow {
+                                start: info.window_start,
+                                end: info.window_end,
+                                chosen,
+                            }),
+                            next_fetch: saturating_add(now, recheck),
                         }
                     }
                     Ok(None) => AriState {
                         serial: entry.serial().to_owned(),
                         window: None,
-                        next_fetch: now + ARI_MAX_RECHECK,
+                        next_fetch: saturating_add(now, ARI_MAX_RECHECK),
                     },
                     Err(e) => {
-                        tracing::warn!(serial = entry.serial(), error = %e, "ARI request failed; using the renewal ratio");
+                        tracing::warn!(serial = entry.serial(), error = %ErrorChain(&e), "ARI request failed; using the renewal ratio");
                         AriState {
                             serial: entry.serial().to_owned(),
                             window: None,
-                            next_fetch: now + ARI_ERROR_RECHECK,
+                            next_fetch: saturating_add(now, ARI_ERROR_RECHECK),
                         }
                     }
                 };
-                let mut states = self
-                    .maintenance_state()
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner());
                 let window = fetched.window;
-                states.entry(key).or_default().ari = Some(fetched);
+                self.maintenance_states()
+                    .entry(primary.clone())
+                    .or_default()
+                    .ari = Some(fetched);
                 window
             }
         };
         match window {
-            Some((_, _, chosen)) => chosen.min(entry.not_after()),
+            Some(w) => w.chosen.min(entry.not_after()),
             None => by_ratio,
         }
     }
 
     /// The retry schedule of `primary`, loaded from storage the first time.
     async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
-        let key = primary.storage_key();
+        if let Some(retry) = self
+            .maintenance_states()
+            .get(primary)
+            .and_then(|s| s.retry.clone())
         {
-            let states = self
-                .maintenance_state()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if let Some(state) = states.get(&key)
-                && state.retry_loaded
-            {
-                return state.retry.clone();
-            }
+            return retry;
         }
-        let loaded = match self.storage().load(&retry_key(primary)).await {
+        let loaded = match self.storage().load(&keys::retry_schedule(primary)).await {
             Ok(bytes) => serde_json::from_slice::<RetryState>(&bytes).ok(),
-            Err(_) => None,
+            Err(e) => {
+                if !e.is_not_found() {
+                    tracing::warn!(name = %primary, error = %ErrorChain(&e), "could not load the retry schedule");
+                }
+                None
+            }
         };
-        let mut states = self
-            .maintenance_state()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let state = states.entry(key).or_default();
-        state.retry_loaded = true;
-        state.retry = loaded.clone();
+        self.maintenance_states()
+            .entry(primary.clone())
+            .or_default()
+            .retry = Some(loaded.clone());
+        if loaded.is_some() {
+            self.retry_scheduled().notify_one();
+        }
         loaded
     }
 
-    /// Whether a failed renewal of `primary` is waiting for its retry time
-    /// (the schedule is persisted, so this holds across restarts).
+    /// Whether a failed obtain or renewal of `primary` is waiting for its
+    /// retry time (the schedule is persisted, so this holds across restarts).
     pub(crate) async fn retry_pending(&self, primary: &Identifier) -> bool {
-        let now = unix(self.clock().now());
+        let now = self.clock().now();
         self.retry_state(primary)
             .await
-            .is_some_and(|r| r.next_attempt > now)
+            .is_some_and(|r| !r.is_due(now))
     }
 
     async fn set_retry_state(&self, primary: &Identifier, retry: Option<RetryState>) {
-        {
-            let mut states = self
-                .maintenance_state()
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let state = states.entry(primary.storage_key()).or_default();
-            state.retry_loaded = true;
-            state.retry = retry.clone();
+        self.maintenance_states()
+            .entry(primary.clone())
+            .or_default()
+            .retry = Some(retry.clone());
+        if retry.is_some() {
+            // The maintenance task sleeps until the earliest retry: wake it.
+            self.retry_scheduled().notify_one();
         }
-        let key = retry_key(primary);
+        let key = keys::retry_schedule(primary);
         let result = match &retry {
             Some(r) => match serde_json::to_vec(r) {
                 Ok(bytes) => self.storage().store(&key, &bytes).await,
@@ -268,14 +220,22 @@ impl Config {
             },
         };
         if let Err(e) = result {
-            tracing::warn!(error = %e, name = %primary, "could not persist the retry schedule");
+            tracing::warn!(error = %ErrorChain(&e), name = %primary, "could not persist the retry schedule");
         }
     }
 
+    /// When the earliest scheduled retry is due, if any.
+    pub(crate) fn next_retry_at(&self) -> Option<SystemTime> {
+        next_retry(&self.maintenance_states())
+    }
+
     /// One renewal check over every managed certificate; see the [module
-    /// docs](crate::maintain). Returns what it did.
+    /// docs](crate::maintain). Certificates an OCSP check found revoked are
+    /// renewed first. Returns what it did.
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
+        self.renew_revoked(&mut report.renewed, &mut report.failed)
+            .await;
         for ids in self.managed_snapshot().iter() {
             if self.cache().is_stopped() {
                 break;
@@ -285,7 +245,7 @@ impl Config {
             report.checked += 1;
             let mode = match self.cache().get(&primary.as_str()) {
                 Some(entry) => {
-                    if now < self.renewal_time(&entry, now).await {
+                    if now < self.renewal_time(primary, &entry, now).await {
                         continue;
                     }
                     RenewMode::Replace(entry.serial().to_owned())
@@ -297,29 +257,53 @@ impl Config {
             report.due.push(name.clone());
             match self.renew_with_backoff(ids.clone(), mode).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
-                RenewOutcome::Failed => report.failed.push(name),
+                RenewOutcome::Failed(_) => report.failed.push(name),
                 RenewOutcome::Deferred => report.deferred.push(name),
             }
         }
         report
     }
+
+    /// One OCSP pass (see [`crate::ocsp`]), then the renewal of every
+    /// certificate the responder reported revoked, at once.
+    pub async fn check_ocsp(&self) -> crate::OcspReport {
+        let mut report = self.staple_pass().await;
+        self.renew_revoked(&mut report.renewed, &mut report.failed)
+            .await;
+        report
+    }
+
+    /// Renews the certificates OCSP reported revoked (see
+    /// [`Config::report_revoked`]); pushes the primary names to `renewed` or `failed`.
+    async fn renew_revoked(&self, renewed: &mut Vec<String>, failed: &mut Vec<String>) {
+        for (ids, serial) in self.take_revoked() {
+            let name = ids[0].to_string();
+            match self
+                .renew_with_backoff(ids, RenewMode::Replace(serial))
+                .await
+            {
+                RenewOutcome::Renewed => renewed.push(name),
+                RenewOutcome::Failed(_) | RenewOutcome::Deferred => failed.push(name),
+            }
+        }
+    }
 }
 
 /// What [`Config::renew_with_backoff`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum RenewOutcome {
     /// Renewed, or found renewed by another instance.
     Renewed,
-    /// The renewal failed; a retry is scheduled.
-    Failed,
+    /// The attempt failed; a retry is scheduled.
+    Failed(Error),
     /// Not tried: a previous failure's retry time has not come yet.
     Deferred,
 }
 
 impl Config {
-    /// Renews (or first obtains) `ids` now with `mode`, honouring and
-    /// updating the persisted retry schedule: the renewal checks, an OCSP
-    /// `revoked` answer and background obtains all go through here.
+    /// Obtains or renews `ids` now with `mode`, honouring and updating the
+    /// persisted retry schedule: renewal checks, revoked certificates,
+    /// [`manage`](Config::manage) and background obtains all go through here.
     pub(crate) async fn renew_with_backoff(
         &self,
         ids: Vec<Identifier>,
@@ -329,29 +313,28 @@ impl Config {
         let now = self.clock().now();
         let previous = self.retry_state(&primary).await;
         if let Some(r) = &previous
-            && r.next_attempt > unix(now)
+            && !r.is_due(now)
         {
             return RenewOutcome::Deferred;
         }
         let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
-        let next = now + jittered_backoff(attempt);
-        let replaced = match &mode {
-            RenewMode::Replace(serial) => Some(format!("serial:{serial}")),
-            _ => None,
-        };
+        let next = saturating_add(now, jittered_backoff(attempt));
+        let first_obtain = self.cache().get(&primary.as_str()).is_none();
         match self.renew_inner(ids, mode, Some((attempt, next))).await {
             Ok(_) => {
                 self.set_retry_state(&primary, None).await;
-                if let Some(old) = replaced {
-                    self.maintenance_state()
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .remove(&old);
+                if let Some(state) = self.maintenance_states().get_mut(&primary) {
+                    state.ari = None;
                 }
                 RenewOutcome::Renewed
             }
             Err(e) => {
-                tracing::warn!(name = %primary, attempt, error = %e, retry_at = ?next, "renewal failed; retry scheduled");
+                let what = if first_obtain {
+                    "obtain failed; retry scheduled"
+                } else {
+                    "renewal failed; retry scheduled"
+                };
+                tracing::warn!(name = %primary, attempt, error = %ErrorChain(&e), retry_at = ?next, "{what}");
                 self.set_retry_state(
                     &primary,
                     Some(RetryState {
@@ -360,7 +343,7 @@ impl Config {
                     }),
                 )
                 .await;
-                RenewOutcome::Failed
+                RenewOutcome::Failed(e)
             }
         }
     }
@@ -389,9 +372,12 @@ impl Future for MaintenanceHandle {
 }
 
 /// Starts background maintenance for `config`: a renewal check every
-/// [`Config::renew_check_interval`] and an OCSP check ([`Config::check_ocsp`])
-/// every [`Config::ocsp_check_interval`], until `config.cache().stop()`. A
-/// check in progress finishes its current certificate before stopping.
+/// [`Config::renew_check_interval`], an OCSP check ([`Config::check_ocsp`])
+/// every [`Config::ocsp_check_interval`], a check as soon as a failed
+/// obtain or renewal is due for its retry (by the config's clock), and the
+/// renewal of a certificate found revoked as soon as it is reported, until
+/// `config.cache().stop()`. A check in progress finishes its current
+/// certificate before stopping.
 pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
     let config = config.clone();
     let task = tokio::spawn(async move {
@@ -402,18 +388,53 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
         // still running. The first OCSP check runs at once (it only fetches
         // what is due).
         let every = config.renew_check_interval();
-        let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let start = tokio::time::Instant::now();
+        let mut interval =
+            tokio::time::interval_at(start.checked_add(every).unwrap_or(start), every);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The due time of the retry last acted on: one that is still due
+        // after its check (nothing needed doing) is not acted on again.
+        let mut handled_due: Option<SystemTime> = None;
         let mut ocsp_interval = tokio::time::interval(config.ocsp_check_interval());
         ocsp_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow() {
                 break;
             }
+            // Until the earliest retry is due by the config's clock (looked
+            // at again whenever a retry is scheduled or a revocation reported).
+            let next_due = config
+                .next_retry_at()
+                .filter(|due| Some(*due) != handled_due);
+            let retry_sleep = next_due.map(|due| {
+                due.duration_since(config.clock().now())
+                    .unwrap_or(Duration::ZERO)
+                    .min(MAX_RETRY_SLEEP)
+            });
+            let retry_wait = async {
+                match retry_sleep {
+                    Some(d) => tokio::time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 changed = stop.changed() => {
                     if changed.is_err() || *stop.borrow() {
                         break;
+                    }
+                }
+                () = config.retry_scheduled().notified() => {
+                    let (mut renewed, mut failed) = (Vec::new(), Vec::new());
+                    config.renew_revoked(&mut renewed, &mut failed).await;
+                    if !renewed.is_empty() || !failed.is_empty() {
+                        tracing::info!(?renewed, ?failed, "revoked certificates renewed");
+                    }
+                }
+                () = retry_wait => {
+                    if let Some(due) = next_due.filter(|t| *t <= config.clock().now()) {
+                        handled_due = Some(due);
+                        let report = config.check_renewals().await;
+                        tracing::info!(?report, "retry check");
                     }
                 }
                 _ = interval.tick() => {
@@ -433,37 +454,4 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
         tracing::debug!("maintenance stopped");
     });
     MaintenanceHandle { task }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_a_minute_to_thirty_days() {
-        assert_eq!(retry_backoff(1), Duration::from_secs(60));
-        assert_eq!(retry_backoff(2), Duration::from_secs(120));
-        assert_eq!(retry_backoff(5), Duration::from_secs(960));
-        assert_eq!(retry_backoff(16), Duration::from_secs(60 << 15));
-        assert_eq!(retry_backoff(17), MAX_RETRY_BACKOFF);
-        assert_eq!(retry_backoff(u32::MAX), MAX_RETRY_BACKOFF);
-        for attempt in 1..40 {
-            let j = jittered_backoff(attempt).as_secs_f64();
-            let b = retry_backoff(attempt).as_secs_f64();
-            assert!(
-                j >= b * 0.9 - 1e-6 && j <= (b * 1.1).min(MAX_RETRY_BACKOFF.as_secs_f64()) + 1e-6
-            );
-        }
-    }
-
-    #[test]
-    fn random_times_fall_inside_the_window() {
-        let start = UNIX_EPOCH + Duration::from_secs(1000);
-        let end = start + Duration::from_secs(100);
-        for _ in 0..100 {
-            let t = random_in(start, end);
-            assert!(t >= start && t < end);
-        }
-        assert_eq!(random_in(end, start), end);
-    }
 }
