@@ -121,37 +121,48 @@ async fn every_certificate_key_type() {
     let pebble = start(Pebble::builder()).await;
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let issuer = issuer_for(&pebble, storage.clone()).build();
+    let config_with = |kt| {
+        Config::builder()
+            .storage(storage.clone())
+            .issuer(issuer.clone())
+            .key_type(kt)
+            .build()
+    };
     for (i, kt) in [
         KeyType::EcdsaP256,
         KeyType::EcdsaP384,
-        KeyType::Ed25519,
         KeyType::Rsa2048,
         KeyType::Rsa4096,
     ]
     .into_iter()
     .enumerate()
     {
-        let config = Config::builder()
-            .storage(storage.clone())
-            .issuer(issuer.clone())
-            .key_type(kt)
-            .build();
         let name = format!("kt{i}.certauto.example");
-        let cert = config
+        let cert = config_with(kt)
             .obtain([name.as_str()])
             .await
             .unwrap_or_else(|e| panic!("{kt}: {e}"));
         assert_eq!(cert.key_type(), kt);
         assert_verifies(&pebble, &cert, &name).await;
     }
+    // Pebble 2.10, like Let's Encrypt, refuses Ed25519 CSRs at finalize: a typed `badCSR`.
+    let err = config_with(KeyType::Ed25519)
+        .obtain(["kt-ed25519.certauto.example"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.problem().map(|p| p.kind()),
+        Some(ProblemType::BadCsr),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_account_key_type() {
     let pebble = start(Pebble::builder()).await;
-    // Pebble 2.4 accepts ES256, ES384 and RS256 account keys; EdDSA (RFC 8037)
+    // Pebble 2.10 accepts ES256, ES384 and RS256 account keys; EdDSA (RFC 8037)
     // is signed correctly (see the RFC 8037 vector in certauto-core's unit
-    // tests) but Pebble refuses the key type: that refusal must be typed.
+    // tests) but Pebble refuses the algorithm: that refusal must be typed.
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let eddsa = issuer_for(&pebble, storage)
         .account_key_type(AccountKeyType::EdDsa)
@@ -159,7 +170,7 @@ async fn every_account_key_type() {
     let err = eddsa.account().await.unwrap_err();
     assert_eq!(
         err.problem().unwrap().kind(),
-        ProblemType::BadPublicKey,
+        ProblemType::BadSignatureAlgorithm,
         "{err}"
     );
 
