@@ -213,6 +213,17 @@ pub enum AcmeError {
     /// The terms of service must be agreed first.
     #[error("the CA's terms of service must be agreed (set `agreed(true)`)")]
     TermsNotAgreed,
+    /// The configured certificate profile is not one the CA's directory lists
+    /// (draft-ietf-acme-profiles); refused before any order is placed.
+    #[error("the CA at {directory_url} offers no certificate profile {profile:?} (it offers {offered:?})")]
+    ProfileNotOffered {
+        /// The directory URL.
+        directory_url: String,
+        /// The profile asked for.
+        profile: String,
+        /// The profiles the directory lists (possibly none).
+        offered: Vec<String>,
+    },
     /// Signing failed.
     #[error(transparent)]
     Key(#[from] KeyError),

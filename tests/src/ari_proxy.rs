@@ -242,6 +242,8 @@ impl AriProxy {
             .to_owned();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(pebble.rustls_client_config())
+            // The client's own User-Agent is forwarded; this one is only a fallback.
+            .user_agent(crate::HARNESS_USER_AGENT)
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(UPSTREAM_TIMEOUT)

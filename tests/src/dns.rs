@@ -1,23 +1,39 @@
-//! A minimal DNS-over-UDP client, just enough to probe `pebble-challtestsrv`'s mock DNS
-//! server (readiness) and to let tests check what Pebble will see (A and TXT lookups).
+//! A minimal DNS client over UDP and TCP, just enough to probe `pebble-challtestsrv`'s mock
+//! DNS server (readiness) and to let tests check what Pebble will see (A and TXT lookups).
+//!
+//! Pebble's validation authority queries its `-dnsserver` over **TCP** (since Pebble 2.5),
+//! so the harness checks both transports and [`Transport::Tcp`] is what "as Pebble would"
+//! means.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ring::rand::{SecureRandom, SystemRandom};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 
 /// DNS record type A.
 pub(crate) const TYPE_A: u16 = 1;
 /// DNS record type TXT.
 pub(crate) const TYPE_TXT: u16 = 16;
 
+/// How a query travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Transport {
+    /// One datagram each way.
+    Udp,
+    /// RFC 1035 §4.2.2: each message prefixed by its two-byte length, one query per
+    /// connection. Pebble's VA uses this.
+    Tcp,
+}
+
 /// Sends one query for (`name`, `qtype`, class IN) and returns the answer records as
-/// `(type, rdata)` pairs.
+/// `(type, rdata)` pairs. `timeout` bounds the whole exchange.
 pub(crate) async fn query(
     server: SocketAddr,
     name: &str,
     qtype: u16,
+    transport: Transport,
     timeout: Duration,
 ) -> Result<Vec<(u16, Vec<u8>)>, String> {
     let mut id = [0u8; 2];
@@ -41,6 +57,20 @@ pub(crate) async fn query(
     packet.extend_from_slice(&qtype.to_be_bytes());
     packet.extend_from_slice(&[0, 1]); // class IN
 
+    match transport {
+        Transport::Udp => query_udp(server, &packet, id, timeout).await,
+        Transport::Tcp => tokio::time::timeout(timeout, query_tcp(server, &packet, id))
+            .await
+            .map_err(|_| format!("no DNS answer over TCP from {server} within {timeout:?}"))?,
+    }
+}
+
+async fn query_udp(
+    server: SocketAddr,
+    packet: &[u8],
+    id: [u8; 2],
+    timeout: Duration,
+) -> Result<Vec<(u16, Vec<u8>)>, String> {
     // A connected socket, so that "port unreachable" surfaces at once as an error.
     let socket = UdpSocket::bind("127.0.0.1:0")
         .await
@@ -50,7 +80,7 @@ pub(crate) async fn query(
         .await
         .map_err(|e| format!("connect UDP socket to {server}: {e}"))?;
     socket
-        .send(&packet)
+        .send(packet)
         .await
         .map_err(|e| format!("send DNS query to {server}: {e}"))?;
     let mut buf = vec![0u8; 4096];
@@ -65,6 +95,38 @@ pub(crate) async fn query(
         }
         return parse_answers(&buf[..len]);
     }
+}
+
+async fn query_tcp(
+    server: SocketAddr,
+    packet: &[u8],
+    id: [u8; 2],
+) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    let mut stream = TcpStream::connect(server)
+        .await
+        .map_err(|e| format!("connect to {server} (DNS over TCP): {e}"))?;
+    let len = u16::try_from(packet.len()).map_err(|_| "DNS query too long".to_owned())?;
+    let mut framed = Vec::with_capacity(packet.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(packet);
+    stream
+        .write_all(&framed)
+        .await
+        .map_err(|e| format!("send DNS query to {server} over TCP: {e}"))?;
+    let mut len = [0u8; 2];
+    stream
+        .read_exact(&mut len)
+        .await
+        .map_err(|e| format!("receive DNS answer length from {server} over TCP: {e}"))?;
+    let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream
+        .read_exact(&mut msg)
+        .await
+        .map_err(|e| format!("receive DNS answer from {server} over TCP: {e}"))?;
+    if msg.len() < 12 || msg[..2] != id {
+        return Err(format!("DNS answer over TCP from {server} has the wrong ID"));
+    }
+    parse_answers(&msg)
 }
 
 fn parse_answers(msg: &[u8]) -> Result<Vec<(u16, Vec<u8>)>, String> {

@@ -18,8 +18,11 @@
 //! # }
 //! ```
 //!
-//! The binaries come from the Debian package `pebble` (2.4); they are looked up on `PATH`
-//! and a missing binary is a test failure, never a skip.
+//! The binaries are Pebble [`PEBBLE_VERSION`] (with its ARI `renewalInfo` endpoint, ACME
+//! profiles and `alreadyReplaced`), built with `go install` by `scripts/install-pebble.sh`
+//! into `.tools/bin` at the workspace root ([`pebble_bin_dir`]; `CERTAUTO_PEBBLE_DIR`
+//! overrides it). `PATH` is not searched, and a missing binary is a test failure saying how
+//! to install it, never a skip.
 //!
 //! [Pebble]: https://github.com/letsencrypt/pebble
 
@@ -39,7 +42,11 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
-pub use pebble::{PEBBLE_EXAMPLE_EAB_KEYS, Pebble, PebbleBuilder, normalize_serial, serial_hex};
+pub use pebble::{
+    DEFAULT_PROFILE, HARNESS_USER_AGENT, PEBBLE_DEFAULT_VALIDITY_SECS, PEBBLE_DIR_ENV,
+    PEBBLE_EXAMPLE_EAB_KEYS, PEBBLE_VERSION, Pebble, PebbleBuilder, normalize_serial,
+    pebble_bin_dir, serial_hex,
+};
 pub use verify::SignatureOnly;
 
 /// Installs a `tracing` fmt subscriber that writes through the test harness's captured

@@ -1,11 +1,15 @@
 //! Starting and driving a Pebble ACME server (with `pebble-challtestsrv` as its DNS server).
+//!
+//! The binaries are Pebble [`PEBBLE_VERSION`], built with `go install` into
+//! [`pebble_bin_dir`] by `scripts/install-pebble.sh` (which `scripts/test.sh` runs).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -13,9 +17,18 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::dns;
+use crate::dns::{self, Transport};
 use crate::pki;
-use crate::util::{PortReservation, find_on_path, log_tail, read_log};
+use crate::util::{PortReservation, is_executable, log_tail, read_log};
+
+/// The Pebble release the harness is written for (and `scripts/install-pebble.sh` installs).
+pub const PEBBLE_VERSION: &str = "v2.10.1";
+/// Environment variable naming the folder holding `pebble` and `pebble-challtestsrv`
+/// (default: `.tools/bin` at the workspace root). See [`pebble_bin_dir`].
+pub const PEBBLE_DIR_ENV: &str = "CERTAUTO_PEBBLE_DIR";
+/// The User-Agent of the harness's own HTTP clients: Pebble refuses requests without one
+/// (RFC 8555 §6.1).
+pub const HARNESS_USER_AGENT: &str = concat!("certauto-tests/", env!("CARGO_PKG_VERSION"));
 
 /// How often the whole start is attempted when a child process dies early (e.g. because
 /// another process grabbed one of the chosen ports in the meantime).
@@ -31,10 +44,46 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Lines of each child's log shown in panic messages.
 const LOG_TAIL_LINES: usize = 60;
 
-const PEBBLE_MISSING: &str =
-    "pebble not found on PATH: install the Debian package `pebble` (apt-get install -y pebble)";
-const CHALLTESTSRV_MISSING: &str = "pebble-challtestsrv not found on PATH: install the Debian \
-                                    package `pebble` (apt-get install -y pebble)";
+/// The profile every harness Pebble has (see [`PebbleBuilder::profile`]).
+pub const DEFAULT_PROFILE: &str = "default";
+/// Pebble's own default certificate lifetime (90 days), used for [`DEFAULT_PROFILE`] unless
+/// [`PebbleBuilder::certificate_validity_secs`] says otherwise.
+pub const PEBBLE_DEFAULT_VALIDITY_SECS: u64 = 7_776_000;
+
+/// The folder the harness runs `pebble` and `pebble-challtestsrv` from: `$CERTAUTO_PEBBLE_DIR`
+/// if set (and not empty), else `.tools/bin` at the workspace root, where
+/// `scripts/install-pebble.sh` puts them. `PATH` is not searched, so a system Pebble of
+/// another version (Debian's 2.4) is never picked up by accident.
+pub fn pebble_bin_dir() -> PathBuf {
+    match std::env::var_os(PEBBLE_DIR_ENV) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(|root| root.join(".tools").join("bin"))
+            .unwrap_or_else(|| PathBuf::from(".tools/bin")),
+    }
+}
+
+/// The path of one of the two binaries.
+///
+/// # Panics
+///
+/// If it is missing, with a message saying how to install it.
+fn pebble_tool(name: &str) -> PathBuf {
+    let dir = pebble_bin_dir();
+    let path = dir.join(name);
+    if !is_executable(&path) {
+        panic!(
+            "{name} not found at {path}: the suite needs Pebble {PEBBLE_VERSION} in {dir} \
+             (override with {PEBBLE_DIR_ENV}). Install it with ./scripts/install-pebble.sh \
+             (needs Go 1.24+), or run `GOBIN={dir} go install \
+             github.com/letsencrypt/pebble/v2/cmd/{name}@{PEBBLE_VERSION}`",
+            path = path.display(),
+            dir = dir.display(),
+        );
+    }
+    path
+}
 
 /// Environment variables that change Pebble's behaviour; all are cleared for the child so a
 /// stray value in the developer's or CI's environment cannot change test results.
@@ -60,7 +109,7 @@ const PROXY_ENV_VARS: &[&str] = &[
     "no_proxy",
 ];
 
-/// The two EAB key pairs from Debian's `pebble-config-external-account-bindings.json`
+/// The two EAB key pairs from Pebble's `test/config/pebble-config-external-account-bindings.json`
 /// example, as `(kid, base64url HMAC key)`. Handy for [`PebbleBuilder::eab_keys`].
 pub const PEBBLE_EXAMPLE_EAB_KEYS: [(&str, &str); 2] = [
     (
@@ -76,7 +125,9 @@ pub const PEBBLE_EXAMPLE_EAB_KEYS: [(&str, &str); 2] = [
 /// Options for a [`Pebble`] instance; create it with [`Pebble::builder`].
 ///
 /// Every option left unset keeps Pebble's own default, except that random validation sleeps
-/// are always disabled (`PEBBLE_VA_NOSLEEP=1`).
+/// are always disabled (`PEBBLE_VA_NOSLEEP=1`), issuing keys are RSA (`keyAlgorithm: "rsa"`,
+/// the only kind the management interface hands out) and there is one profile,
+/// [`DEFAULT_PROFILE`], unless more are added with [`PebbleBuilder::profile`].
 #[derive(Debug, Clone, Default)]
 pub struct PebbleBuilder {
     nonce_reject_percent: Option<u8>,
@@ -88,6 +139,7 @@ pub struct PebbleBuilder {
     eab_keys: Vec<(String, String)>,
     eab_required: bool,
     certificate_validity_secs: Option<u64>,
+    profiles: BTreeMap<String, (String, u64)>,
     ocsp_responder_url: Option<String>,
     http_port: Option<u16>,
     tls_port: Option<u16>,
@@ -164,10 +216,36 @@ impl PebbleBuilder {
         self
     }
 
-    /// Validity of issued certificates in seconds (config `certificateValidityPeriod`;
-    /// Pebble's default is about five years).
+    /// Validity in seconds of certificates issued with [`DEFAULT_PROFILE`] (config
+    /// `profiles.default.validityPeriod`; Pebble's default is
+    /// [`PEBBLE_DEFAULT_VALIDITY_SECS`], 90 days). Pebble 2.10 ignores the old top-level
+    /// `certificateValidityPeriod`.
     pub fn certificate_validity_secs(mut self, secs: u64) -> Self {
+        assert!(secs >= 1, "certificate_validity_secs must be positive");
         self.certificate_validity_secs = Some(secs);
+        self
+    }
+
+    /// Adds an ACME profile (config `profiles.<name>`, listed in the directory's
+    /// `meta.profiles` with `description`) whose certificates are valid for `validity_secs`.
+    ///
+    /// **With more than one profile, Pebble picks one at random for every order that names
+    /// none**, so a test that adds a profile should name it (or [`DEFAULT_PROFILE`]) in the
+    /// orders whose lifetime it checks.
+    pub fn profile(
+        mut self,
+        name: impl Into<String>,
+        description: impl Into<String>,
+        validity_secs: u64,
+    ) -> Self {
+        let name = name.into();
+        assert!(
+            name != DEFAULT_PROFILE,
+            "set the default profile's lifetime with certificate_validity_secs"
+        );
+        assert!(validity_secs >= 1, "a profile's validity must be positive");
+        self.profiles
+            .insert(name, (description.into(), validity_secs));
         self
     }
 
@@ -192,10 +270,9 @@ impl PebbleBuilder {
         self
     }
 
-    /// Writes a `retryAfter` object (`{"authz": .., "order": ..}`, seconds) into the config.
-    ///
-    /// **Pebble 2.4 (the Debian package) does not know this key and silently ignores it**; it
-    /// is only honoured by newer Pebble releases. Nothing is written unless this is called.
+    /// Writes a `retryAfter` object (`{"authz": .., "order": ..}`, seconds) into the config:
+    /// Pebble then sends `Retry-After` with pending authorizations and processing orders.
+    /// Nothing is written unless this is called (Pebble then sends none).
     pub fn retry_after(mut self, authz_secs: u64, order_secs: u64) -> Self {
         self.retry_after = Some((authz_secs, order_secs));
         self
@@ -205,12 +282,12 @@ impl PebbleBuilder {
     ///
     /// # Panics
     ///
-    /// If either binary is missing from `PATH`, or Pebble does not become ready (the panic
-    /// message then contains the tail of both processes' output).
+    /// If either binary is missing from [`pebble_bin_dir`] (the message says how to install
+    /// it), or Pebble does not become ready (the panic message then contains the tail of
+    /// both processes' output).
     pub async fn start(self) -> Pebble {
-        let pebble_bin = find_on_path("pebble").unwrap_or_else(|| panic!("{PEBBLE_MISSING}"));
-        let challtestsrv_bin =
-            find_on_path("pebble-challtestsrv").unwrap_or_else(|| panic!("{CHALLTESTSRV_MISSING}"));
+        let pebble_bin = pebble_tool("pebble");
+        let challtestsrv_bin = pebble_tool("pebble-challtestsrv");
         let mut failures = String::new();
         for attempt in 1..=MAX_START_ATTEMPTS {
             match self.try_start(&pebble_bin, &challtestsrv_bin).await {
@@ -271,12 +348,14 @@ impl PebbleBuilder {
 
         let challtestsrv_log = path("challtestsrv.log");
         let mut challtestsrv = Command::new(challtestsrv_bin);
+        // `-dnsserver` answers over UDP and TCP on the same port; Pebble's VA uses TCP.
+        // Every other listener (challenge responders, DNS over HTTPS) is switched off.
         challtestsrv
-            .arg("-dns01")
+            .arg("-dnsserver")
             .arg(dns_addr.to_string())
             .arg("-management")
             .arg(format!("127.0.0.1:{challtestsrv_management_port}"))
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", "", "-doh", ""])
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""]);
         let challtestsrv = spawn(
             challtestsrv,
@@ -363,6 +442,7 @@ impl PebbleBuilder {
             "tlsPort": tls_port,
             "ocspResponderURL": self.ocsp_responder_url.clone().unwrap_or_default(),
             "externalAccountBindingRequired": self.eab_required,
+            "keyAlgorithm": "rsa",
         });
         let obj = cfg.as_object_mut().expect("config is a JSON object");
         if !self.eab_keys.is_empty() {
@@ -373,9 +453,23 @@ impl PebbleBuilder {
                 .collect();
             obj.insert("externalAccountMACKeys".to_owned(), Value::Object(keys));
         }
-        if let Some(secs) = self.certificate_validity_secs {
-            obj.insert("certificateValidityPeriod".to_owned(), Value::from(secs));
+        let mut profiles = serde_json::Map::new();
+        profiles.insert(
+            DEFAULT_PROFILE.to_owned(),
+            json!({
+                "description": "The certauto-tests default profile",
+                "validityPeriod": self
+                    .certificate_validity_secs
+                    .unwrap_or(PEBBLE_DEFAULT_VALIDITY_SECS),
+            }),
+        );
+        for (name, (description, validity)) in &self.profiles {
+            profiles.insert(
+                name.clone(),
+                json!({ "description": description, "validityPeriod": validity }),
+            );
         }
+        obj.insert("profiles".to_owned(), Value::Object(profiles));
         if let Some((authz, order)) = self.retry_after {
             obj.insert(
                 "retryAfter".to_owned(),
@@ -426,6 +520,7 @@ fn spawn(mut cmd: Command, cwd: &Path, log: &Path, what: &str) -> Result<Child, 
 fn build_client(ca_der: &[u8]) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_backend_preconfigured(client_config(ca_der))
+        .user_agent(HARNESS_USER_AGENT)
         .no_proxy()
         .timeout(Duration::from_secs(30))
         .build()
@@ -678,6 +773,37 @@ impl Pebble {
         )
     }
 
+    /// Makes Pebble's ARI endpoint (`renewalInfo`, RFC 9773) answer `body` verbatim for the
+    /// certificate `cert_pem` (its first certificate is used; Pebble finds it by serial),
+    /// through the management interface's `POST /set-renewal-info/`. `body` may be anything,
+    /// even invalid JSON. Pebble sends `Retry-After: 21600` (six hours) with it.
+    ///
+    /// Without this, Pebble answers a window around two thirds of the certificate's
+    /// lifetime (or "now" for a revoked certificate).
+    ///
+    /// # Panics
+    ///
+    /// If Pebble does not know the certificate or the request fails.
+    pub async fn set_renewal_info(&self, cert_pem: &str, body: &str) {
+        let url = format!("{}/set-renewal-info/", self.management_url());
+        let request = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(json!({ "Certificate": cert_pem, "ARIResponse": body }).to_string());
+        let (status, text) = self.send(request, &url).await;
+        assert!(status.is_success(), "POST {url} returned {status}: {text}");
+    }
+
+    /// Sets the ARI `suggestedWindow` Pebble reports for `cert_pem` to `[start, end]` (see
+    /// [`Pebble::set_renewal_info`]).
+    pub async fn set_renewal_window(&self, cert_pem: &str, start: SystemTime, end: SystemTime) {
+        let body = json!({
+            "suggestedWindow": { "start": rfc3339(start), "end": rfc3339(end) }
+        });
+        self.set_renewal_info(cert_pem, &body.to_string()).await;
+    }
+
     // ----- pebble-challtestsrv (mock DNS) -----
 
     /// Adds an A record for `host` (in addition to earlier ones); without one, every name
@@ -732,17 +858,30 @@ impl Pebble {
             .await;
     }
 
-    /// Resolves `host` (A) through the mock DNS server, as Pebble would.
+    /// Resolves `host` (A) through the mock DNS server, as Pebble would (over TCP).
     pub async fn lookup_a(&self, host: &str) -> Vec<Ipv4Addr> {
-        let answers = dns::query(self.dns_addr, host, dns::TYPE_A, PROBE_TIMEOUT)
+        let answers = dns::query(
+            self.dns_addr,
+            host,
+            dns::TYPE_A,
+            Transport::Tcp,
+            PROBE_TIMEOUT,
+        )
             .await
             .unwrap_or_else(|e| panic!("DNS A lookup of {host}: {e}"));
         dns::a_records(&answers)
     }
 
-    /// Looks up the TXT records of `host` through the mock DNS server, as Pebble would.
+    /// Looks up the TXT records of `host` through the mock DNS server, as Pebble would (over
+    /// TCP).
     pub async fn lookup_txt(&self, host: &str) -> Vec<String> {
-        let answers = dns::query(self.dns_addr, host, dns::TYPE_TXT, PROBE_TIMEOUT)
+        let answers = dns::query(
+            self.dns_addr,
+            host,
+            dns::TYPE_TXT,
+            Transport::Tcp,
+            PROBE_TIMEOUT,
+        )
             .await
             .unwrap_or_else(|e| panic!("DNS TXT lookup of {host}: {e}"));
         dns::txt_records(&answers)
@@ -842,14 +981,17 @@ impl Pebble {
 
     async fn probe(&self, challtestsrv_ready: &mut bool) -> Result<(), String> {
         if !*challtestsrv_ready {
-            dns::query(
-                self.dns_addr,
-                "readiness-probe.certauto-tests.invalid",
-                dns::TYPE_A,
-                PROBE_TIMEOUT,
-            )
-            .await
-            .map_err(|e| format!("challtestsrv DNS: {e}"))?;
+            for transport in [Transport::Udp, Transport::Tcp] {
+                dns::query(
+                    self.dns_addr,
+                    "readiness-probe.certauto-tests.invalid",
+                    dns::TYPE_A,
+                    transport,
+                    PROBE_TIMEOUT,
+                )
+                .await
+                .map_err(|e| format!("challtestsrv DNS over {transport:?}: {e}"))?;
+            }
             let url = format!("{}/set-default-ipv4", self.challtestsrv_management_url());
             let status = self
                 .client
@@ -908,6 +1050,13 @@ impl Drop for Pebble {
             );
         }
     }
+}
+
+/// RFC 3339 in UTC, as ARI windows are written.
+fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("format {t:?} as RFC 3339: {e}"))
 }
 
 /// Appends the trailing dot challtestsrv's DNS tables are keyed by.

@@ -1,21 +1,27 @@
 //! The ACME engine end to end against a real Pebble: obtain, key types, chains,
 //! accounts, EAB, revocation, nonce rejection, alternate roots, two engines on
-//! one storage, and CA refusals as typed errors.
+//! one storage, CA refusals as typed errors, certificate profiles, and a
+//! renewal of a certificate that was already replaced (`alreadyReplaced`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use certauto_core::acme::client::NewAccountOptions;
 use certauto_core::acme::{AccountStatus, ChallengeType};
 use certauto_core::{
     AccountKey, AccountKeyType, AcmeClient, AcmeError, AcmeIssuer, Certificate, ChainPreference,
-    Config, ConfigError, Error, Event, ExternalAccountKey, FileStorage, Http01Solver, KeyType,
-    MemoryStorage, NameError, ProblemType, RevocationReason, Storage,
+    Config, ConfigError, Error, Event, ExternalAccountKey, FileStorage, Http01Solver, Identifier,
+    KeyType, MemoryStorage, NameError, ProblemType, RevocationReason, Storage,
 };
-use certauto_tests::{Pebble, PebbleBuilder, init_tracing, webpki_verify_chain};
+use certauto_tests::{
+    DEFAULT_PROFILE, PEBBLE_DEFAULT_VALIDITY_SECS, Pebble, PebbleBuilder, init_tracing,
+    webpki_verify_chain,
+};
 use rustls_pki_types::CertificateDer;
 
 fn http01(pebble: &Pebble) -> Http01Solver {
@@ -120,37 +126,48 @@ async fn every_certificate_key_type() {
     let pebble = start(Pebble::builder()).await;
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let issuer = issuer_for(&pebble, storage.clone()).build();
+    let config_with = |kt| {
+        Config::builder()
+            .storage(storage.clone())
+            .issuer(issuer.clone())
+            .key_type(kt)
+            .build()
+    };
     for (i, kt) in [
         KeyType::EcdsaP256,
         KeyType::EcdsaP384,
-        KeyType::Ed25519,
         KeyType::Rsa2048,
         KeyType::Rsa4096,
     ]
     .into_iter()
     .enumerate()
     {
-        let config = Config::builder()
-            .storage(storage.clone())
-            .issuer(issuer.clone())
-            .key_type(kt)
-            .build();
         let name = format!("kt{i}.certauto.example");
-        let cert = config
+        let cert = config_with(kt)
             .obtain([name.as_str()])
             .await
             .unwrap_or_else(|e| panic!("{kt}: {e}"));
         assert_eq!(cert.key_type(), kt);
         assert_verifies(&pebble, &cert, &name).await;
     }
+    // Pebble 2.10, like Let's Encrypt, refuses Ed25519 CSRs at finalize: a typed `badCSR`.
+    let err = config_with(KeyType::Ed25519)
+        .obtain(["kt-ed25519.certauto.example"])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.problem().map(|p| p.kind()),
+        Some(ProblemType::BadCsr),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_account_key_type() {
     let pebble = start(Pebble::builder()).await;
-    // Pebble 2.4 accepts ES256, ES384 and RS256 account keys; EdDSA (RFC 8037)
+    // Pebble 2.10 accepts ES256, ES384 and RS256 account keys; EdDSA (RFC 8037)
     // is signed correctly (see the RFC 8037 vector in certauto-core's unit
-    // tests) but Pebble refuses the key type: that refusal must be typed.
+    // tests) but Pebble refuses the algorithm: that refusal must be typed.
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let eddsa = issuer_for(&pebble, storage)
         .account_key_type(AccountKeyType::EdDsa)
@@ -158,7 +175,7 @@ async fn every_account_key_type() {
     let err = eddsa.account().await.unwrap_err();
     assert_eq!(
         err.problem().unwrap().kind(),
-        ProblemType::BadPublicKey,
+        ProblemType::BadSignatureAlgorithm,
         "{err}"
     );
 
@@ -570,4 +587,154 @@ async fn bad_input_is_refused_before_any_request() {
         .map(|c: CertificateDer<'static>| c.as_ref().to_vec())
         .unwrap();
     webpki_verify_chain(&der_chain(&local), &root_der, "app.test").unwrap();
+}
+
+/// How many times Pebble's log mentions `needle` so far.
+fn log_count(pebble: &Pebble, needle: &str) -> usize {
+    pebble.pebble_log().matches(needle).count()
+}
+
+/// Pebble logs this for every newOrder it accepts as a replacement (RFC 9773 `replaces`).
+const REPLACEMENT_ACCEPTED: &str = "is a replacement of";
+/// Pebble logs this once a replacement order is finalized and its predecessor marked.
+const PREDECESSOR_MARKED: &str = "has been marked as replaced";
+/// Pebble logs this for every newOrder request.
+const NEW_ORDER_REQUEST: &str = "POST /order-plz";
+/// Pebble logs this for every newAccount request.
+const NEW_ACCOUNT_REQUEST: &str = "POST /sign-me-up";
+
+/// Waits (bounded) until Pebble's log mentions `needle` `count` times: Pebble marks a
+/// replaced certificate in a goroutine of its own after finalizing the order.
+async fn await_log_count(pebble: &Pebble, needle: &str, count: usize) {
+    for _ in 0..200 {
+        if log_count(pebble, needle) >= count {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!(
+        "Pebble's log does not mention {needle:?} {count} times:\n{}",
+        pebble.pebble_log()
+    );
+}
+
+/// A plain recursive copy (files and folders only), as a second machine restored from a
+/// backup would have it.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_renewal_of_a_replaced_certificate_orders_again_without_replaces() {
+    const NAME: &str = "replaced-twice.certauto.example";
+    let pebble = start(Pebble::builder()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let a = config_for(&pebble, Arc::new(FileStorage::new(&dir_a)));
+    let first = a.obtain([NAME]).await.unwrap();
+    let first_id = first
+        .ari_cert_id()
+        .expect("Pebble's certificates carry an AKI");
+    // Instance B: the same account and certificate, but it will not see A's renewal.
+    copy_dir(&dir_a, &dir_b);
+
+    // A renews: the order says it replaces `first`, and Pebble accepts that.
+    let second = a.force_renew([NAME]).await.unwrap();
+    assert_ne!(second.serial(), first.serial());
+    assert_eq!(log_count(&pebble, REPLACEMENT_ACCEPTED), 1);
+    await_log_count(&pebble, PREDECESSOR_MARKED, 1).await;
+
+    // A second order replacing `first` is refused with a typed `alreadyReplaced`.
+    let issuer = issuer_for(&pebble, Arc::new(FileStorage::new(&dir_a))).build();
+    let client = issuer.client().await.unwrap();
+    let account = issuer.account().await.unwrap();
+    let err = client
+        .new_order(&account, &[Identifier::parse(NAME).unwrap()], Some(&first_id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.problem().map(|p| p.kind()),
+        Some(ProblemType::AlreadyReplaced),
+        "{err}"
+    );
+
+    // B still holds `first` and renews it: the engine gets the same refusal and orders
+    // once more without `replaces`, so B ends up with a certificate of its own.
+    let b = config_for(&pebble, Arc::new(FileStorage::new(&dir_b)));
+    let orders_before = log_count(&pebble, NEW_ORDER_REQUEST);
+    let third = b.force_renew([NAME]).await.unwrap();
+    assert_ne!(third.serial(), first.serial());
+    assert_ne!(third.serial(), second.serial());
+    assert_verifies(&pebble, &third, NAME).await;
+    // Two orders (the refused one and the retry); no further replacement accepted.
+    assert_eq!(log_count(&pebble, NEW_ORDER_REQUEST) - orders_before, 2);
+    assert_eq!(log_count(&pebble, REPLACEMENT_ACCEPTED), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_sets_the_certificate_lifetime_and_an_unknown_one_is_refused_before_ordering() {
+    const SHORT_SECS: u64 = 6 * 3600;
+    let pebble = start(
+        Pebble::builder()
+            .nonce_reject_percent(0)
+            .profile("shortlived", "Six-hour certificates", SHORT_SECS),
+    )
+    .await;
+    let config_with = |profile: &str| {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let issuer = issuer_for(&pebble, storage.clone()).profile(profile).build();
+        assert_eq!(issuer.profile(), Some(profile));
+        Config::builder().storage(storage).issuer(issuer).build()
+    };
+    // Pebble makes certificates valid for the profile's period minus one second.
+    let lifetime = |cert: &Certificate| cert.not_after().duration_since(cert.not_before()).unwrap();
+
+    let short = config_with("shortlived")
+        .obtain(["short.certauto.example"])
+        .await
+        .unwrap();
+    assert_eq!(lifetime(&short), Duration::from_secs(SHORT_SECS - 1));
+    assert_verifies(&pebble, &short, "short.certauto.example").await;
+
+    // Naming the default profile gets its lifetime (without a name Pebble would pick one
+    // of the two at random).
+    let long = config_with(DEFAULT_PROFILE)
+        .obtain(["long.certauto.example"])
+        .await
+        .unwrap();
+    assert_eq!(
+        lifetime(&long),
+        Duration::from_secs(PEBBLE_DEFAULT_VALIDITY_SECS - 1)
+    );
+
+    // A profile the directory does not list: a typed error, and neither an account nor an
+    // order was asked for.
+    let (accounts, orders) = (
+        log_count(&pebble, NEW_ACCOUNT_REQUEST),
+        log_count(&pebble, NEW_ORDER_REQUEST),
+    );
+    let err = config_with("tlsserver")
+        .obtain(["unknown-profile.certauto.example"])
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Acme(AcmeError::ProfileNotOffered {
+            profile, offered, ..
+        }) => {
+            assert_eq!(profile, "tlsserver");
+            assert_eq!(offered, &[DEFAULT_PROFILE, "shortlived"]);
+        }
+        other => panic!("expected ProfileNotOffered, got {other:?}"),
+    }
+    assert_eq!(log_count(&pebble, NEW_ACCOUNT_REQUEST), accounts);
+    assert_eq!(log_count(&pebble, NEW_ORDER_REQUEST), orders);
 }

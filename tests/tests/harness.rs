@@ -5,7 +5,10 @@
 
 use std::net::Ipv4Addr;
 
-use certauto_tests::{Pebble, init_tracing, normalize_serial, serial_hex, webpki_verify_chain};
+use certauto_tests::{
+    DEFAULT_PROFILE, HARNESS_USER_AGENT, Pebble, init_tracing, normalize_serial, serial_hex,
+    webpki_verify_chain,
+};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -23,9 +26,20 @@ async fn starts_and_serves_directory_and_roots() {
     assert_ne!(pebble.http_port(), pebble.tls_port());
     assert!(pebble.dns_addr().ip().is_loopback());
 
-    // The directory over a client trusting only the generated CA.
+    // The directory over a client trusting only the generated CA. Pebble requires a
+    // User-Agent (RFC 8555 §6.1) and refuses requests without one.
+    let anonymous = reqwest::Client::builder()
+        .tls_backend_preconfigured(pebble.rustls_client_config())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let response = anonymous.get(pebble.directory_url()).send().await.unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::BAD_REQUEST);
+    let problem = response.text().await.unwrap();
+    assert!(problem.contains("User-Agent"), "{problem}");
     let client = reqwest::Client::builder()
         .tls_backend_preconfigured(pebble.rustls_client_config())
+        .user_agent(HARNESS_USER_AGENT)
         .no_proxy()
         .build()
         .unwrap();
@@ -39,6 +53,7 @@ async fn starts_and_serves_directory_and_roots() {
         "newOrder",
         "revokeCert",
         "keyChange",
+        "renewalInfo",
     ] {
         let url = directory[key]
             .as_str()
@@ -46,6 +61,13 @@ async fn starts_and_serves_directory_and_roots() {
         assert!(url.starts_with("https://127.0.0.1:"), "{key}: {url}");
     }
     assert_eq!(directory["meta"]["externalAccountRequired"], false);
+    // Exactly one profile unless a test adds more, so orders naming none are deterministic.
+    let profiles = directory["meta"]["profiles"].as_object().unwrap();
+    assert_eq!(
+        profiles.keys().collect::<Vec<_>>(),
+        [DEFAULT_PROFILE],
+        "{directory}"
+    );
 
     // Roots, intermediates and keys from the management interface.
     let root_pem = pebble.root_pem(0).await;
@@ -120,6 +142,8 @@ async fn options_are_applied() {
         .eab_keys(eab)
         .eab_required(true)
         .certificate_validity_secs(3600)
+        .profile("shortlived", "Short-lived certificates", 600)
+        .retry_after(3, 5)
         .ocsp_responder_url("http://127.0.0.1:1/ocsp")
         .http_port(18080)
         .tls_port(18443)
@@ -140,11 +164,20 @@ async fn options_are_applied() {
     )
     .unwrap();
     assert_eq!(directory["meta"]["externalAccountRequired"], true);
+    assert_eq!(
+        directory["meta"]["profiles"]["shortlived"],
+        "Short-lived certificates",
+        "{directory}"
+    );
     assert_ne!(pebble.root_der(0).await, pebble.root_der(1).await);
 
     let log = pebble.pebble_log();
     assert!(
-        log.contains("certificate validity period of 3600 seconds"),
+        log.contains(r#"Loaded profile "default" with certificate validity period of 3600 seconds"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"Loaded profile "shortlived" with certificate validity period of 600 seconds"#),
         "{log}"
     );
     assert!(log.contains("reject 0% of good nonces"), "{log}");

@@ -4,10 +4,13 @@
 //! serving with a persisted backoff that a restart resumes, and ARI (RFC 9773)
 //! windows (past, future, malformed, 404, `Retry-After`).
 //!
-//! Pebble 2.4 has no `renewalInfo`, so the ARI and outage tests talk to Pebble
-//! through [`AriProxy`], a fault-injecting reverse proxy that adds it and can
-//! make the CA unreachable. Time is a [`ManualClock`]: decisions are driven by
-//! calling [`Config::check_renewals`], never by waiting.
+//! ARI is tested against Pebble's own `renewalInfo` (windows set through its
+//! management interface, `replaces` accepted by Pebble) and, for the answers a
+//! real CA rarely gives (malformed JSON, 404, short `Retry-After`) and for
+//! outages, through [`AriProxy`], a fault-injecting reverse proxy that
+//! overrides `renewalInfo` and can make the CA unreachable. Time is a
+//! [`ManualClock`]: decisions are driven by calling
+//! [`Config::check_renewals`], never by waiting.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -21,8 +24,8 @@ use std::time::{Duration, SystemTime};
 use axum::Router;
 use axum::routing::get;
 use certauto_core::{
-    AcmeIssuer, CachedCert, Clock, Config, Event, FileStorage, Http01Solver, ManualClock, Storage,
-    start_maintenance,
+    AcmeIssuer, CachedCert, Clock, Config, Event, FileStorage, Http01Solver, Issuer, ManualClock,
+    Storage, start_maintenance,
 };
 use certauto_tests::{
     AriAnswer, AriProxy, Outage, Pebble, init_tracing, normalize_serial, serial_hex,
@@ -620,7 +623,84 @@ async fn an_unreachable_ca_keeps_the_old_certificate_and_a_restart_resumes_the_b
     );
 }
 
-// ----- ARI -----------------------------------------------------------------
+// ----- ARI from Pebble itself ----------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebbles_ari_window_is_honoured_and_pebble_accepts_the_replacement() {
+    const NAME: &str = "ari-pebble.certauto.example";
+    init_tracing();
+    let env = Env::new(Pebble::builder().start().await, None);
+    let config = env.config();
+    let old = manage(&config, NAME).await;
+    let old_id = ari_id(&old);
+    let old_pem = config
+        .load([NAME])
+        .await
+        .unwrap()
+        .expect("stored after manage")
+        .chain_pem()
+        .to_owned();
+    // Pebble's default window is two thirds into the 90-day lifetime, where the ratio
+    // would renew as well; move it well before that, so only ARI explains a renewal.
+    let t0 = env.clock.now();
+    let (start, end) = (t0 + 10 * DAY, t0 + 12 * DAY);
+    env.pebble.set_renewal_window(&old_pem, start, end).await;
+
+    for at in [t0, t0 + 5 * DAY, start - Duration::from_secs(1)] {
+        env.clock.set(at);
+        let report = check(&config).await;
+        assert!(
+            report.due.is_empty(),
+            "not due before the window: {report:?}"
+        );
+    }
+    // Walk through the window in 4-hour steps (Pebble's Retry-After is six hours, so the
+    // window is fetched again on the way), ending exactly at its end.
+    let step = 4 * HOUR;
+    let mut renewed_at = None;
+    for k in 0..=12 {
+        let at = start + step * k;
+        env.clock.set(at);
+        let report = check(&config).await;
+        if !report.renewed.is_empty() {
+            assert_eq!(report.renewed, vec![NAME.to_owned()]);
+            renewed_at = Some(at);
+            break;
+        }
+    }
+    let renewed_at = renewed_at.expect("renewed by the end of Pebble's window");
+    assert!(renewed_at >= start && renewed_at <= end);
+    assert_eq!(env.renewed_events(), 1);
+    let new = cached(&config, NAME);
+    assert_ne!(new.serial(), old.serial());
+    // The renewal order named the old certificate in `replaces`, and Pebble took it.
+    let log = env.pebble.pebble_log();
+    assert_eq!(log.matches("is a replacement of").count(), 1, "{log}");
+
+    // Pebble's own window for the new certificate: two thirds into its lifetime, one day
+    // either side of that. Not due now.
+    let info = env
+        .issuer(env.storage())
+        .renewal_info(&ari_id(&new))
+        .await
+        .unwrap()
+        .expect("Pebble offers renewalInfo");
+    let lifetime = new.not_after().duration_since(new.not_before()).unwrap();
+    let ideal = new.not_after() - lifetime / 3;
+    for (got, want) in [(info.window_start, ideal - DAY), (info.window_end, ideal + DAY)] {
+        let off = got
+            .duration_since(want)
+            .unwrap_or_else(|e| e.duration())
+            .as_secs();
+        assert!(off <= 2, "window edge {got:?}, expected about {want:?}");
+    }
+    assert!(info.retry_after.is_some());
+    let report = check(&config).await;
+    assert!(report.due.is_empty(), "{report:?}");
+    assert_ne!(ari_id(&new), old_id);
+}
+
+// ----- ARI through the fault injector -----------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ari_window_in_the_past_renews_now_and_replaces_the_old_certificate() {

@@ -482,10 +482,27 @@ impl AcmeClient {
         identifiers: &[Identifier],
         replaces: Option<&str>,
     ) -> Result<Order, AcmeError> {
+        self.new_order_with_profile(account, identifiers, replaces, None)
+            .await
+    }
+
+    /// Like [`new_order`](Self::new_order), asking for the certificate profile
+    /// `profile` (draft-ietf-acme-profiles), one of the names in the directory's
+    /// [`meta.profiles`](crate::acme::DirectoryMeta::profiles). `None` leaves the
+    /// choice to the CA. The client does not check the name: a CA refuses one it
+    /// does not offer (`invalidProfile`).
+    pub async fn new_order_with_profile(
+        &self,
+        account: &Account,
+        identifiers: &[Identifier],
+        replaces: Option<&str>,
+        profile: Option<&str>,
+    ) -> Result<Order, AcmeError> {
         let url = self.directory.new_order.clone();
         let req = NewOrderRequest {
             identifiers: identifiers.iter().map(WireIdentifier::from).collect(),
             replaces,
+            profile,
         };
         let resp = self.post_json(account, &url, &req).await?;
         Ok(Order {

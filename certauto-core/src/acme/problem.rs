@@ -44,6 +44,9 @@ pub enum ProblemType {
     IncorrectResponse,
     /// A contact URL for an account was invalid.
     InvalidContact,
+    /// The order named a certificate profile the server does not offer
+    /// (draft-ietf-acme-profiles).
+    InvalidProfile,
     /// The request message was malformed.
     Malformed,
     /// The request attempted to finalize an order that is not ready.
@@ -90,6 +93,7 @@ impl ProblemType {
             "externalAccountRequired" => Self::ExternalAccountRequired,
             "incorrectResponse" => Self::IncorrectResponse,
             "invalidContact" => Self::InvalidContact,
+            "invalidProfile" => Self::InvalidProfile,
             "malformed" => Self::Malformed,
             "orderNotReady" => Self::OrderNotReady,
             "rateLimited" => Self::RateLimited,

@@ -1,5 +1,7 @@
 //! ACME resources as they appear on the wire (RFC 8555 §7.1).
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::acme::problem::Problem;
@@ -48,6 +50,11 @@ pub struct DirectoryMeta {
     /// Whether new accounts need External Account Binding.
     #[serde(default)]
     pub external_account_required: bool,
+    /// The certificate profiles the CA offers, name to description
+    /// ([draft-ietf-acme-profiles §3](https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/));
+    /// empty when the CA has none. An order names one in its `profile` field.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub profiles: BTreeMap<String, String>,
 }
 
 /// An identifier on the wire: `{"type": "dns", "value": "example.com"}`.
@@ -158,15 +165,22 @@ pub struct OrderResource {
     /// The ARI CertID of the certificate this order replaces (RFC 9773).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// The certificate profile the order was placed with (draft-ietf-acme-profiles), if the
+    /// CA says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
 }
 
-/// The payload of a newOrder request, §7.4.
+/// The payload of a newOrder request, §7.4 (plus RFC 9773's `replaces` and
+/// draft-ietf-acme-profiles' `profile`).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct NewOrderRequest<'a> {
     pub(crate) identifiers: Vec<WireIdentifier>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) replaces: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) profile: Option<&'a str>,
 }
 
 /// Authorization status, §7.1.6.
@@ -412,6 +426,62 @@ mod tests {
         assert_eq!(a.status, AuthorizationStatus::Valid);
         assert_eq!(a.challenges[0].type_, ChallengeType::Http01);
         assert_eq!(a.challenges[1].type_, ChallengeType::Other("new-01".into()));
+    }
+
+    /// A directory and an order in the shape draft-ietf-acme-profiles gives them
+    /// (`meta.profiles` maps names to descriptions; an order carries `profile`).
+    #[test]
+    fn parses_profiles_draft_examples() {
+        let json = r#"{
+         "newNonce": "https://example.com/acme/new-nonce",
+         "newAccount": "https://example.com/acme/new-account",
+         "newOrder": "https://example.com/acme/new-order",
+         "revokeCert": "https://example.com/acme/revoke-cert",
+         "keyChange": "https://example.com/acme/key-change",
+         "meta": {
+           "profiles": {
+             "profile1": "https://example.com/acme/docs/profiles#profile1",
+             "profile2": "https://example.com/acme/docs/profiles#profile2"
+           }
+         }
+       }"#;
+        let d: Directory = serde_json::from_str(json).unwrap();
+        assert_eq!(
+            d.meta.profiles.get("profile2").map(String::as_str),
+            Some("https://example.com/acme/docs/profiles#profile2")
+        );
+        assert_eq!(d.meta.profiles.len(), 2);
+
+        let json = r#"{
+         "status": "pending",
+         "expires": "2016-01-05T14:09:07.99Z",
+         "identifiers": [
+           { "type": "dns", "value": "www.example.org" },
+           { "type": "dns", "value": "example.org" }
+         ],
+         "profile": "profile1",
+         "authorizations": [
+           "https://example.com/acme/authz/PAniVnsZcis",
+           "https://example.com/acme/authz/r4HqLzrSrpI"
+         ],
+         "finalize": "https://example.com/acme/order/TOlocE8rfgo/finalize"
+       }"#;
+        let o: OrderResource = serde_json::from_str(json).unwrap();
+        assert_eq!(o.profile.as_deref(), Some("profile1"));
+
+        let request = NewOrderRequest {
+            identifiers: o.identifiers.clone(),
+            replaces: None,
+            profile: Some("profile1"),
+        };
+        let sent = serde_json::to_value(&request).unwrap();
+        assert_eq!(sent["profile"], "profile1");
+        assert!(sent.get("replaces").is_none());
+        let without = NewOrderRequest {
+            profile: None,
+            ..request
+        };
+        assert!(serde_json::to_value(&without).unwrap().get("profile").is_none());
     }
 
     /// The account example of RFC 8555 §7.1.2.

@@ -48,6 +48,7 @@ pub struct AcmeIssuerBuilder {
     chain_preference: ChainPreference,
     storage: Option<Arc<dyn Storage>>,
     limits: ClientLimits,
+    profile: Option<String>,
 }
 
 impl AcmeIssuerBuilder {
@@ -147,6 +148,29 @@ impl AcmeIssuerBuilder {
         }
     }
 
+    /// The certificate profile to order ([draft-ietf-acme-profiles](https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/)),
+    /// such as Let's Encrypt's `"shortlived"` or `"tlsserver"`. Unset (the default), orders
+    /// name no profile and the CA picks its default.
+    ///
+    /// The name must be one the CA's directory lists in `meta.profiles`; otherwise every
+    /// issuance fails with [`AcmeError::ProfileNotOffered`] before an account is created or
+    /// an order placed.
+    ///
+    /// ```no_run
+    /// use certauto_core::{AcmeIssuer, LETS_ENCRYPT_STAGING};
+    ///
+    /// let issuer = AcmeIssuer::builder()
+    ///     .ca(LETS_ENCRYPT_STAGING)
+    ///     .agreed(true)
+    ///     .profile("shortlived")
+    ///     .build();
+    /// assert_eq!(issuer.profile(), Some("shortlived"));
+    /// ```
+    pub fn profile(mut self, name: impl Into<String>) -> Self {
+        self.profile = Some(name.into()).filter(|p| !p.trim().is_empty());
+        self
+    }
+
     /// Builds the issuer. No request is made until it is first used.
     pub fn build(self) -> AcmeIssuer {
         let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -175,6 +199,7 @@ impl AcmeIssuerBuilder {
                 chain_preference: self.chain_preference,
                 storage,
                 limits: self.limits,
+                profile: self.profile,
                 client: OnceCell::new(),
                 account: Mutex::new(None),
             }),
@@ -217,6 +242,7 @@ struct Inner {
     chain_preference: ChainPreference,
     storage: Arc<dyn Storage>,
     limits: ClientLimits,
+    profile: Option<String>,
     client: OnceCell<Arc<AcmeClient>>,
     account: Mutex<Option<Account>>,
 }
@@ -305,12 +331,35 @@ impl AcmeIssuer {
             chain_preference: ChainPreference::default(),
             storage: None,
             limits: ClientLimits::default(),
+            profile: None,
         }
     }
 
     /// The CA's directory URL.
     pub fn ca(&self) -> &str {
         &self.inner.ca
+    }
+
+    /// The certificate profile orders ask for, if one is configured
+    /// ([`AcmeIssuerBuilder::profile`]).
+    pub fn profile(&self) -> Option<&str> {
+        self.inner.profile.as_deref()
+    }
+
+    /// Refuses a configured profile the CA's directory does not list.
+    fn check_profile(&self, client: &AcmeClient) -> Result<(), AcmeError> {
+        let Some(profile) = &self.inner.profile else {
+            return Ok(());
+        };
+        let offered = &client.directory().meta.profiles;
+        if offered.contains_key(profile) {
+            return Ok(());
+        }
+        Err(AcmeError::ProfileNotOffered {
+            directory_url: client.directory_url().to_owned(),
+            profile: profile.clone(),
+            offered: offered.keys().cloned().collect(),
+        })
     }
 
     /// The protocol client, created (and the directory fetched) on first use.
@@ -564,8 +613,9 @@ impl AcmeIssuer {
         account: &Account,
         request: &IssueRequest<'_>,
     ) -> Result<IssuedCertificate, Error> {
+        let profile = self.inner.profile.as_deref();
         let order = client
-            .new_order(account, request.names, request.replaces)
+            .new_order_with_profile(account, request.names, request.replaces, profile)
             .await?;
         tracing::debug!(order = %order.url, names = ?request.names, "created order");
         let mut presented = PresentedSet::default();
@@ -654,6 +704,8 @@ impl Issuer for AcmeIssuer {
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
         self.precheck(request.names)?;
         let client = self.client().await?;
+        // Before the account too: a profile the CA lacks is a configuration error.
+        self.check_profile(&client)?;
         let account = self.account().await?;
         // `replaces` only goes to CAs that speak ARI.
         let mut request = request.clone();
