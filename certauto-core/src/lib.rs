@@ -70,7 +70,7 @@ pub use error::{
 pub use events::{Event, EventHandler};
 pub use handshake::{
     AcmeAcceptor, AcmeAcceptorBuilder, CertResolver, DEFAULT_HANDSHAKE_TIMEOUT,
-    DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook,
+    DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook, accept_tcp,
 };
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{

@@ -147,6 +147,22 @@ impl AcmeAcceptorBuilder {
     }
 }
 
+/// The next TCP connection on `tcp`. A failed `accept` (out of file
+/// descriptors and the like) is logged and retried after a short pause: the
+/// loop never stops. Cancel safe. Plain-HTTP servers (certauto-axum's port-80
+/// server) accept with this too.
+pub async fn accept_tcp(tcp: &TcpListener) -> (TcpStream, SocketAddr) {
+    loop {
+        match tcp.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed; retrying shortly");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
 /// Accepts until the receiving [`AcmeAcceptor`] is gone.
 async fn accept_loop(
     tcp: TcpListener,
@@ -161,14 +177,7 @@ async fn accept_loop(
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let (stream, peer) = match tcp.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed; retrying shortly");
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
-                continue;
-            }
-        };
+        let (stream, peer) = accept_tcp(&tcp).await;
         if tx.is_closed() {
             return;
         }

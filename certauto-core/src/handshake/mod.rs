@@ -14,6 +14,7 @@ mod resolver;
 
 pub use acceptor::{
     AcmeAcceptor, AcmeAcceptorBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
+    accept_tcp,
 };
 pub use limits::ServerLimits;
 pub use resolver::{CertResolver, UnknownNameHook};
