@@ -43,6 +43,7 @@ mod config;
 pub mod env;
 mod error;
 mod events;
+mod handshake;
 mod identifier;
 pub mod issuer;
 mod keys;
@@ -50,7 +51,6 @@ pub mod maintain;
 mod name_table;
 pub mod ocsp;
 mod ratelimit;
-mod resolver;
 pub mod storage;
 
 pub use acme::{
@@ -68,6 +68,10 @@ pub use error::{
     AcmeError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError, SolverError,
 };
 pub use events::{Event, EventHandler};
+pub use handshake::{
+    AcmeAcceptor, AcmeAcceptorBuilder, CertResolver, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook, accept_tcp,
+};
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
     AcmeIssuer, AcmeIssuerBuilder, IssueRequest, IssuedCertificate, Issuer,
@@ -79,7 +83,6 @@ pub use ocsp::OcspReport;
 pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
 };
-pub use resolver::{CertResolver, UnknownNameHook};
 pub use storage::{
     FileStorage, KeyInfo, LockGuard, LockLoss, MemoryStorage, Storage, StorageError,
 };

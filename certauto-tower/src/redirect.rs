@@ -14,6 +14,12 @@
 //!   valid `host[:port]` (a DNS name, an IPv4 address, or a bracketed IPv6
 //!   address such as `[::1]:80`) gets `400 Bad Request`: nothing else is ever
 //!   written into `Location`.
+//! - Restricted with [`HttpsRedirectLayer::only_managed`] (or
+//!   [`managed_hosts_only`](HttpsRedirectLayer::managed_hosts_only)), a
+//!   request for a valid host that is not a name the [`Config`] manages gets
+//!   `421 Misdirected Request` (RFC 9110 §15.5.20: this server does not
+//!   answer for that host) and no `Location`, so the redirect is not an open
+//!   redirect that sends clients to any name an attacker points at it.
 //! - `GET` and `HEAD` requests under `/.well-known/acme-challenge/` are never
 //!   redirected: they go to the inner service, so that an [`AcmeLayer`](crate::AcmeLayer)
 //!   (or the inner service) answers them.
@@ -39,6 +45,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use certauto_core::Config;
 use certauto_core::challenge::HTTP01_PATH_PREFIX;
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -54,10 +61,30 @@ const DEFAULT_HTTPS_PORT: u16 = 443;
 /// Applies [`HttpsRedirect`], which redirects requests to HTTPS, to a service.
 ///
 /// See the [module docs](self) for what it redirects and how.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpsRedirectLayer {
     status: StatusCode,
     https_port: u16,
+    hosts: Hosts,
+}
+
+/// The hosts a redirect answers for.
+#[derive(Debug, Clone)]
+enum Hosts {
+    /// Any valid host.
+    Any,
+    /// Only names this config manages; others get 421.
+    Managed(Config),
+}
+
+impl Hosts {
+    /// Whether a request for `authority` (a valid `host[:port]`) is refused.
+    fn refuses(&self, authority: &str) -> bool {
+        match self {
+            Self::Any => false,
+            Self::Managed(config) => !is_managed_authority(config, authority),
+        }
+    }
 }
 
 impl HttpsRedirectLayer {
@@ -67,7 +94,17 @@ impl HttpsRedirectLayer {
         Self {
             status: StatusCode::PERMANENT_REDIRECT,
             https_port: DEFAULT_HTTPS_PORT,
+            hosts: Hosts::Any,
         }
+    }
+
+    /// Redirects with `308 Permanent Redirect`, but only requests for names
+    /// `config` manages (exact, or covered by a managed wildcard; see
+    /// [`Config::is_managed`]); any other valid host gets
+    /// `421 Misdirected Request`. Names managed later are redirected from
+    /// then on: the config is asked on every request.
+    pub fn only_managed(config: &Config) -> Self {
+        Self::permanent().managed_hosts_only(config)
     }
 
     /// Redirects with `301 Moved Permanently`, for old clients that do not
@@ -76,12 +113,21 @@ impl HttpsRedirectLayer {
         Self {
             status: StatusCode::MOVED_PERMANENTLY,
             https_port: DEFAULT_HTTPS_PORT,
+            hosts: Hosts::Any,
         }
     }
 
     /// Redirects to HTTPS on `port` (default 443, which is left out of the URL).
     pub fn https_port(mut self, port: u16) -> Self {
         self.https_port = port;
+        self
+    }
+
+    /// Redirects only requests for names `config` manages, as
+    /// [`only_managed`](Self::only_managed) does (for use with
+    /// [`moved_permanently`](Self::moved_permanently)).
+    pub fn managed_hosts_only(mut self, config: &Config) -> Self {
+        self.hosts = Hosts::Managed(config.clone());
         self
     }
 }
@@ -94,6 +140,7 @@ impl<S> Layer<S> for HttpsRedirectLayer {
             inner,
             status: self.status,
             https_port: self.https_port,
+            hosts: self.hosts.clone(),
         }
     }
 }
@@ -108,6 +155,7 @@ pub struct HttpsRedirect<S> {
     inner: S,
     status: StatusCode,
     https_port: u16,
+    hosts: Hosts,
 }
 
 impl<S> HttpsRedirect<S> {
@@ -119,6 +167,13 @@ impl<S> HttpsRedirect<S> {
     /// Wraps `inner`, redirecting with `301 Moved Permanently`.
     pub fn moved_permanently(inner: S) -> Self {
         HttpsRedirectLayer::moved_permanently().layer(inner)
+    }
+
+    /// Wraps `inner`, redirecting with `308 Permanent Redirect` only the
+    /// names `config` manages (others get 421); see
+    /// [`HttpsRedirectLayer::only_managed`].
+    pub fn only_managed(inner: S, config: &Config) -> Self {
+        HttpsRedirectLayer::only_managed(config).layer(inner)
     }
 
     /// Redirects to HTTPS on `port` (default 443, which is left out of the URL).
@@ -163,7 +218,17 @@ where
             };
         }
         let response = match self.location(&req) {
-            Some(location) => {
+            Some(Err(Refused)) => {
+                tracing::debug!(
+                    uri = %req.uri(),
+                    host = ?req.headers().get(HOST),
+                    "not a managed name: refusing to redirect"
+                );
+                let mut response = Response::new(Bytes::new());
+                *response.status_mut() = StatusCode::MISDIRECTED_REQUEST;
+                response
+            }
+            Some(Ok(location)) => {
                 let mut response = Response::new(Bytes::new());
                 *response.status_mut() = self.status;
                 response.headers_mut().insert(LOCATION, location);
@@ -187,12 +252,41 @@ where
 }
 
 impl<S> HttpsRedirect<S> {
-    /// The HTTPS URL of `req`, or `None` without a valid host.
-    fn location<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
+    /// The HTTPS URL of `req`; `None` without a valid host, `Some(Err)` for
+    /// a valid host this redirect does not answer for.
+    fn location<B>(&self, req: &Request<B>) -> Option<Result<HeaderValue, Refused>> {
         let authority = request_authority(req)?;
         let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        HeaderValue::try_from(https_location(authority, path_and_query, self.https_port)?).ok()
+        let location =
+            HeaderValue::try_from(https_location(authority, path_and_query, self.https_port)?)
+                .ok()?;
+        Some(if self.hosts.refuses(authority) {
+            Err(Refused)
+        } else {
+            Ok(location)
+        })
     }
+}
+
+/// A valid host the redirect does not answer for.
+struct Refused;
+
+/// Whether `authority` (`host[:port]`, from the request target or the `Host`
+/// header) is a valid authority whose host `config` manages
+/// ([`Config::is_managed`]). A restricted redirect answers other valid hosts
+/// with `421 Misdirected Request`; other servers (certauto-actix) use this to
+/// decide the same way.
+///
+/// ```no_run
+/// # fn demo(config: &certauto_core::Config) {
+/// use certauto_tower::redirect::is_managed_authority;
+/// // With "example.com" managed:
+/// assert!(is_managed_authority(config, "Example.com:80"));
+/// assert!(!is_managed_authority(config, "evil.example:80"));
+/// # }
+/// ```
+pub fn is_managed_authority(config: &Config, authority: &str) -> bool {
+    host_without_port(authority).is_some_and(|host| config.is_managed(host))
 }
 
 /// The `https://` URL for a request sent to `authority` (`host[:port]`, from
@@ -326,7 +420,8 @@ pin_project! {
             #[pin]
             fut: F,
         },
-        /// The redirect (or `400 Bad Request`): `response`, taken when polled.
+        /// The redirect (or `400 Bad Request`, or `421 Misdirected Request`):
+        /// `response`, taken when polled.
         Ready {
             response: Option<Response<Bytes>>,
         },
@@ -425,19 +520,19 @@ mod tests {
     async fn keeps_host_path_and_query_and_strips_the_port() {
         let layer = HttpsRedirectLayer::permanent();
         assert_eq!(
-            location(layer, "/", "example.com").await,
+            location(layer.clone(), "/", "example.com").await,
             "https://example.com/"
         );
         assert_eq!(
-            location(layer, "/a/b%20c?x=1&y=%2F#", "example.com:80").await,
+            location(layer.clone(), "/a/b%20c?x=1&y=%2F#", "example.com:80").await,
             "https://example.com/a/b%20c?x=1&y=%2F"
         );
         assert_eq!(
-            location(layer, "/p?", "Example.COM.:8080").await,
+            location(layer.clone(), "/p?", "Example.COM.:8080").await,
             "https://Example.COM./p?"
         );
         assert_eq!(
-            location(layer, "/x", "192.0.2.1:80").await,
+            location(layer.clone(), "/x", "192.0.2.1:80").await,
             "https://192.0.2.1/x"
         );
     }
@@ -446,12 +541,12 @@ mod tests {
     async fn uses_the_configured_https_port() {
         let layer = HttpsRedirectLayer::permanent().https_port(8443);
         assert_eq!(
-            location(layer, "/a?b", "example.com:8080").await,
+            location(layer.clone(), "/a?b", "example.com:8080").await,
             "https://example.com:8443/a?b"
         );
         let layer = layer.https_port(443);
         assert_eq!(
-            location(layer, "/a?b", "example.com:8080").await,
+            location(layer.clone(), "/a?b", "example.com:8080").await,
             "https://example.com/a?b"
         );
     }
@@ -459,10 +554,16 @@ mod tests {
     #[tokio::test]
     async fn handles_ipv6_literals() {
         let layer = HttpsRedirectLayer::permanent();
-        assert_eq!(location(layer, "/x", "[::1]:80").await, "https://[::1]/x");
-        assert_eq!(location(layer, "/x", "[::1]").await, "https://[::1]/x");
         assert_eq!(
-            location(layer.https_port(8443), "/", "[2001:db8::1]").await,
+            location(layer.clone(), "/x", "[::1]:80").await,
+            "https://[::1]/x"
+        );
+        assert_eq!(
+            location(layer.clone(), "/x", "[::1]").await,
+            "https://[::1]/x"
+        );
+        assert_eq!(
+            location(layer.clone().https_port(8443), "/", "[2001:db8::1]").await,
             "https://[2001:db8::1]:8443/"
         );
     }
@@ -584,6 +685,66 @@ mod tests {
         *request.uri_mut() = Uri::from_static("*");
         let (response, _) = send(HttpsRedirectLayer::permanent(), request).await;
         assert_eq!(response.headers[LOCATION], "https://example.com/");
+    }
+
+    /// A config managing `example.com` and `*.wild.example` (local CA, in memory).
+    async fn managing() -> Config {
+        let config = Config::builder()
+            .storage(std::sync::Arc::new(certauto_core::MemoryStorage::new()))
+            .build();
+        config
+            .manage(["example.com", "*.wild.example"])
+            .await
+            .unwrap();
+        config
+    }
+
+    #[tokio::test]
+    async fn only_managed_refuses_other_hosts_with_421() {
+        let config = managing().await;
+        let layer = HttpsRedirectLayer::only_managed(&config);
+        assert_eq!(
+            location(layer.clone(), "/a?b", "Example.COM.:80").await,
+            "https://Example.COM./a?b"
+        );
+        assert_eq!(
+            location(layer.clone(), "/", "a.wild.example").await,
+            "https://a.wild.example/"
+        );
+        for host in [
+            "evil.example",
+            "wild.example",
+            "a.b.wild.example",
+            "[::1]:80",
+            "127.0.0.1",
+        ] {
+            let (response, body) = send(layer.clone(), get("/x", Some(host))).await;
+            assert_eq!(response.status, StatusCode::MISDIRECTED_REQUEST, "{host}");
+            assert!(response.headers.get(LOCATION).is_none(), "{host}");
+            assert!(body.is_empty());
+        }
+        // The request target's authority is what is checked.
+        let (response, _) = send(
+            layer.clone(),
+            get("http://evil.example/", Some("example.com")),
+        )
+        .await;
+        assert_eq!(response.status, StatusCode::MISDIRECTED_REQUEST);
+        // Invalid hosts are still 400, challenges still pass through.
+        let (response, _) = send(layer.clone(), get("/", Some("evil.com/x"))).await;
+        assert_eq!(response.status, StatusCode::BAD_REQUEST);
+        let challenge = "/.well-known/acme-challenge/abc";
+        let (response, _) = send(layer.clone(), get(challenge, Some("evil.example"))).await;
+        assert_eq!(response.status, StatusCode::OK);
+        // 301 with the same restriction, and names managed later.
+        let layer = HttpsRedirectLayer::moved_permanently().managed_hosts_only(&config);
+        let (response, _) = send(layer.clone(), get("/", Some("late.example"))).await;
+        assert_eq!(response.status, StatusCode::MISDIRECTED_REQUEST);
+        config.manage(["late.example"]).await.unwrap();
+        let (response, _) = send(layer, get("/", Some("late.example"))).await;
+        assert_eq!(response.status, StatusCode::MOVED_PERMANENTLY);
+        assert!(is_managed_authority(&config, "late.example:8080"));
+        assert!(!is_managed_authority(&config, "late.example:x"));
     }
 
     #[test]

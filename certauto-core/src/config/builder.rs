@@ -9,10 +9,10 @@ use crate::cache::CertCache;
 use crate::challenge::TlsAlpnChallenges;
 use crate::clock::{Clock, SystemClock};
 use crate::events::{Event, EventHandler};
+use crate::handshake::CertResolver;
 use crate::issuer::{Issuer, LocalCa};
 use crate::keys::KeyType;
 use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
-use crate::resolver::CertResolver;
 use crate::storage::{FileStorage, MemoryStorage, Storage};
 
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver};

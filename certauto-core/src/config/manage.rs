@@ -6,7 +6,7 @@ use std::sync::Arc;
 use crate::certificate::Certificate;
 use crate::error::{ConfigError, Error};
 use crate::events::Event;
-use crate::identifier::Identifier;
+use crate::identifier::{DomainName, Identifier};
 use crate::maintain::RenewOutcome;
 
 use super::{Config, RenewMode};
@@ -25,6 +25,8 @@ pub(super) struct Managed {
     /// Shared with maintenance passes in progress, which iterate a snapshot.
     list: Arc<Vec<Vec<Identifier>>>,
     primaries: HashSet<Identifier>,
+    /// Every name of every managed certificate, for [`Config::is_managed`].
+    names: HashSet<Identifier>,
 }
 
 impl Config {
@@ -50,11 +52,55 @@ impl Config {
         let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
         if managed.primaries.insert(primary.clone()) {
             Arc::make_mut(&mut managed.list).push(ids.to_vec());
+            managed.names.extend(ids.iter().cloned());
         }
         if !self.inner.default_name_set && managed.list.len() == 1 {
             self.inner
                 .resolver
                 .set_default_name(Some(primary.as_str().into_owned()));
+        }
+    }
+
+    /// Whether `host` (a DNS name or IP address, without a port; any case,
+    /// a trailing dot allowed, IPv6 in brackets or not) is a name under
+    /// management: one of a managed certificate's names, or covered by a
+    /// managed wildcard (`*.example.com` covers `a.example.com`, not
+    /// `example.com` or `a.b.example.com`). A wildcard `host` is never one.
+    ///
+    /// O(1): two set lookups. The HTTPS redirect uses this to refuse hosts
+    /// it would otherwise redirect anywhere.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), certauto_core::Error> {
+    /// use std::sync::Arc;
+    /// use certauto_core::{Config, MemoryStorage};
+    ///
+    /// let config = Config::builder().storage(Arc::new(MemoryStorage::new())).build();
+    /// config.manage(["localhost", "*.example.test"]).await?;
+    /// assert!(config.is_managed("LocalHost."));
+    /// assert!(config.is_managed("a.example.test"));
+    /// assert!(!config.is_managed("example.test"));
+    /// assert!(!config.is_managed("evil.example"));
+    /// # Ok(()) }
+    /// ```
+    pub fn is_managed(&self, host: &str) -> bool {
+        let Ok(id) = Identifier::parse(host) else {
+            return false;
+        };
+        if id.is_wildcard() {
+            return false;
+        }
+        let managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        if managed.names.contains(&id) {
+            return true;
+        }
+        match &id {
+            Identifier::Dns(name) => name.as_str().split_once('.').is_some_and(|(_, rest)| {
+                DomainName::parse(&format!("*.{rest}"))
+                    .is_ok_and(|parent| managed.names.contains(&Identifier::Dns(parent)))
+            }),
+            Identifier::Ip(_) => false,
         }
     }
 

@@ -24,12 +24,12 @@ use crate::challenge::ChallengeTokens;
 use crate::clock::Clock;
 use crate::error::{ConfigError, Error};
 use crate::events::{Event, EventHandler};
+use crate::handshake::CertResolver;
 use crate::identifier::Identifier;
 use crate::issuer::{Issuer, LocalCa, is_internal_name, is_local_name};
 use crate::keys::KeyType;
 use crate::maintain::state::States;
 use crate::ratelimit::RateLimiter;
-use crate::resolver::CertResolver;
 use crate::storage::Storage;
 
 /// The central coordinator: obtains, renews and revokes certificates through
