@@ -152,7 +152,8 @@ enum Accepting {
 
 /// One accepted connection.
 enum Conn {
-    Tls(TlsStream<TcpStream>, SocketAddr),
+    /// Boxed: a TLS stream is over a kilobyte, a TCP stream tens of bytes.
+    Tls(Box<TlsStream<TcpStream>>, SocketAddr),
     Plain(TcpStream, SocketAddr),
 }
 
@@ -161,7 +162,7 @@ impl Accepting {
         match self {
             Self::Tls(acceptor) => {
                 let (tls, peer) = acceptor.accept().await;
-                Conn::Tls(tls, peer)
+                Conn::Tls(Box::new(tls), peer)
             }
             Self::Plain(tcp) => {
                 let (stream, peer) = accept_tcp(tcp).await;
@@ -237,7 +238,7 @@ async fn serve_connection(
             let info = TlsConnectInfo::of(&tls, peer);
             let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = service(router, peer, Some(info));
-            let io = TokioIo::new(IdleIo::new(tls, activity.clone()));
+            let io = TokioIo::new(IdleIo::new(*tls, activity.clone()));
             if is_h2 {
                 let mut h2 = http2::Builder::new(TokioExecutor::new());
                 h2.timer(TokioTimer::new());

@@ -80,8 +80,7 @@ impl Config {
         })
     }
 
-    /// The issuers for `ids`: the local CA when no issuer is configured or
-
+    /// Loads the stored certificate whose primary name is `names[0]` and which
     /// covers every name, from the first issuer that has one.
     pub async fn load<I, S>(&self, names: I) -> Result<Option<Certificate>, Error>
     where

@@ -55,7 +55,7 @@ pub fn is_internal_name(id: &Identifier) -> bool {
                 })
         }
         Identifier::Dns(d) => has_suffix(
-            &d.as_str(),
+            d.as_str(),
             &[".localhost", ".local", ".internal", ".home.arpa"],
         ),
     }
@@ -65,7 +65,7 @@ pub fn is_internal_name(id: &Identifier) -> bool {
 /// [internal name](is_internal_name), or a name under `.test` (RFC 2606).
 /// Every other name then goes to Let's Encrypt.
 pub fn is_local_name(id: &Identifier) -> bool {
-    is_internal_name(id) || matches!(id, Identifier::Dns(d) if has_suffix(&d.as_str(), &[".test"]))
+    is_internal_name(id) || matches!(id, Identifier::Dns(d) if has_suffix(d.as_str(), &[".test"]))
 }
 
 /// Whether `name` is `localhost`, or one of `suffixes` (with its leading dot
