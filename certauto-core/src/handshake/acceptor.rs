@@ -68,7 +68,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 type Accepted = (TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit);
 
 /// Accepts TLS connections in the background; [`accept`](Self::accept) takes
-/// the finished ones. See the [module docs](self).
+/// the finished ones.
 ///
 /// Dropping it stops accepting (handshakes in progress are dropped).
 #[derive(Debug)]

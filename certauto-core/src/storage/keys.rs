@@ -11,7 +11,7 @@
 //! ```
 //!
 //! CertAuto 0.1 stored a certificate as three keys, still read when no
-//! record exists (see [`certs`](super::certs)):
+//! record exists (and removed when one replaces them):
 //!
 //! ```text
 //! certificates/<issuer>/<name>/<name>.crt, .key, .json
