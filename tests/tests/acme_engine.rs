@@ -573,20 +573,22 @@ async fn bad_input_is_refused_before_any_request() {
         matches!(err, Error::Config(ConfigError::WildcardNeedsDns01 { .. })),
         "{err}"
     );
-    // A config with no issuer uses the local CA: works offline.
+    // A config with no issuer uses the local CA for local names (.test
+    // among them): works offline. Public names would go to Let's Encrypt.
     let none = Config::builder()
         .storage(Arc::new(MemoryStorage::new()))
         .build();
-    let cert = none.obtain(["a.example"]).await.unwrap();
+    let cert = none.obtain(["a.test"]).await.unwrap();
     assert_eq!(cert.issuer_key(), "local");
-    // Local names go to the local CA even when an ACME issuer is configured.
-    let local = config.obtain(["app.test"]).await.unwrap();
+    // Names no public CA can issue go to the local CA even when an ACME
+    // issuer is configured (.test then goes to the issuer).
+    let local = config.obtain(["app.internal"]).await.unwrap();
     assert_eq!(local.issuer_key(), "local");
     let root = config.local_ca().root_pem().await.unwrap();
     let root_der = rustls_pki_types::pem::PemObject::from_pem_slice(root.as_bytes())
         .map(|c: CertificateDer<'static>| c.as_ref().to_vec())
         .unwrap();
-    webpki_verify_chain(&der_chain(&local), &root_der, "app.test").unwrap();
+    webpki_verify_chain(&der_chain(&local), &root_der, "app.internal").unwrap();
 }
 
 /// How many times Pebble's log mentions `needle` so far.
