@@ -225,11 +225,11 @@ fn redirect(https_port: u16, managed: Option<Config>) -> Route {
             let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) else {
                 return HttpResponse::BadRequest().finish();
             };
-            if let (Some(config), Some(authority)) = (&managed, authority) {
-                if !certauto_tower::redirect::is_managed_authority(config, authority) {
-                    tracing::debug!(authority, "not a managed name: refusing to redirect");
-                    return HttpResponse::build(StatusCode::MISDIRECTED_REQUEST).finish();
-                }
+            if let (Some(config), Some(authority)) = (&managed, authority)
+                && !certauto_tower::redirect::is_managed_authority(config, authority)
+            {
+                tracing::debug!(authority, "not a managed name: refusing to redirect");
+                return HttpResponse::build(StatusCode::MISDIRECTED_REQUEST).finish();
             }
             HttpResponse::build(StatusCode::PERMANENT_REDIRECT)
                 .insert_header((header::LOCATION, location))

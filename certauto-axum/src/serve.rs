@@ -152,7 +152,8 @@ enum Accepting {
 
 /// One accepted connection.
 enum Conn {
-    Tls(TlsStream<TcpStream>, SocketAddr),
+    /// Boxed: a TLS stream is large, and it moves into the connection task.
+    Tls(Box<TlsStream<TcpStream>>, SocketAddr),
     Plain(TcpStream, SocketAddr),
 }
 
@@ -161,7 +162,7 @@ impl Accepting {
         match self {
             Self::Tls(acceptor) => {
                 let (tls, peer) = acceptor.accept().await;
-                Conn::Tls(tls, peer)
+                Conn::Tls(Box::new(tls), peer)
             }
             Self::Plain(tcp) => {
                 let (stream, peer) = accept_tcp(tcp).await;

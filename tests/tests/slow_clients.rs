@@ -8,6 +8,8 @@
 //! root. Every wait is bounded and nothing sleeps: a bound only turns a hang
 //! into a failure, it is never the thing asserted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
