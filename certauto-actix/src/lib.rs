@@ -1,18 +1,25 @@
 //! actix-web integration for CertAuto: HTTPS with certificates CertAuto
-//! obtains and swaps live.
+//! obtains and swaps live, with bounded clients.
 //!
 //! - [`HttpServerAcmeExt::bind_acme`] binds an `HttpServer` with the config's
 //!   rustls setup: every worker shares the [`CertResolver`](certauto_core::CertResolver),
 //!   so a renewed certificate is served to the next handshake with no restart.
 //!   TLS-ALPN-01 validations are answered by the handshake itself.
+//! - Every server bound by this trait bounds its clients with CertAuto's
+//!   [`ServerLimits`] (the same defaults as certauto-axum: 10 s to send the
+//!   request headers, 60 s idle keep-alive, 10,000 connections per worker, a
+//!   10 s TLS handshake); [`HttpServerAcmeExt::server_limits`] changes them.
 //! - [`acme_http01`] answers ACME HTTP-01 challenges in an `App`, and
-//!   [`https_redirect`] redirects everything else to HTTPS: together they make
-//!   the port-80 app.
+//!   [`https_redirect`] (or [`https_redirect_only_managed`], which refuses
+//!   hosts that are not managed names) redirects everything else to HTTPS:
+//!   together they make the port-80 app, bound with
+//!   [`HttpServerAcmeExt::bind_http`].
 //!
 //! ```no_run
+//! use std::time::Duration;
 //! use actix_web::{App, HttpServer, web};
-//! use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect};
-//! use certauto_core::{ChallengeTokens, Config};
+//! use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect_only_managed};
+//! use certauto_core::{ChallengeTokens, Config, ServerLimits};
 //!
 //! # async fn demo() -> std::io::Result<()> {
 //! let config = Config::builder().build(); // the local CA: works offline
@@ -21,13 +28,16 @@
 //!
 //! let https = HttpServer::new(|| App::new().route("/", web::get().to(|| async { "hello" })))
 //!     .bind_acme(("0.0.0.0", 443), &config)?
+//!     // Tighter than the defaults.
+//!     .server_limits(&ServerLimits::default().header_read_timeout(Duration::from_secs(5)))
 //!     .run();
+//! let port80 = config.clone();
 //! let http = HttpServer::new(move || {
 //!     App::new()
 //!         .configure(acme_http01(tokens.clone()))
-//!         .default_service(https_redirect(443))
+//!         .default_service(https_redirect_only_managed(443, &port80))
 //! })
-//! .bind(("0.0.0.0", 80))?
+//! .bind_http(("0.0.0.0", 80))?
 //! .run();
 //! futures_join(https, http).await
 //! # }
@@ -35,6 +45,32 @@
 //! #     let (a, b) = tokio::join!(a, b); a?; b
 //! # }
 //! ```
+//!
+//! # Why actix keeps its own TLS accept path
+//!
+//! certauto-axum runs its handshakes in certauto-core's
+//! [`AcmeAcceptor`](certauto_core::AcmeAcceptor). actix-web's `HttpServer`
+//! cannot: it accepts TCP in actix-server and runs the TLS handshake in
+//! actix-tls itself, and offers no way to hand it connections whose handshake
+//! ran elsewhere (its TLS stream type has no public constructor, and a custom
+//! actix-server service would no longer be the `HttpServer` this trait
+//! extends). So [`bind_acme`](HttpServerAcmeExt::bind_acme) configures
+//! actix's own equivalents from the same [`ServerLimits`], and the
+//! certificates come from the same resolver:
+//!
+//! - handshake timeout: `HttpServer::tls_handshake_timeout`;
+//! - header-read timeout: `client_request_timeout` (a client that sends no
+//!   complete request head in time gets `408` and the connection closes);
+//! - idle timeout: `keep_alive`;
+//! - connection cap: `max_connections` (per worker, as actix counts it);
+//! - handshakes in progress: actix's own bound, `max_connection_rate`
+//!   (256 per worker by default). It is process-wide state in actix-tls, so
+//!   this crate leaves it to the application.
+//! - `acme-tls/1`: the validation is answered in the handshake, as with
+//!   axum. actix then hands the connection to its HTTP/1 dispatcher instead
+//!   of closing it at once; validators close it themselves (RFC 8737 §3),
+//!   and one that does not is closed by the header-read timeout like any
+//!   silent client.
 
 use std::fmt;
 use std::io;
@@ -44,18 +80,42 @@ use actix_http::{Request, Response};
 use actix_service::IntoServiceFactory;
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Service, ServiceFactory};
+use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
-use certauto_core::{ChallengeTokens, Config};
+use certauto_core::{ChallengeTokens, Config, ServerLimits};
 
-/// `bind_acme` and `listen_acme` for actix-web's `HttpServer`.
+/// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,
+/// each bounding clients with CertAuto's [`ServerLimits`].
+///
+/// The limits are server-wide settings of the `HttpServer` (actix reads them
+/// when the server starts): the last [`server_limits`](Self::server_limits)
+/// call, or actix setter such as `keep_alive`, made before `run()` wins. The
+/// `bind_*`/`listen_*` methods here apply [`ServerLimits::default`], so call
+/// `server_limits` (or actix's setters) after them to change it.
 pub trait HttpServerAcmeExt: Sized {
-    /// Binds `addrs` with TLS from `config` (certificates swapped live).
+    /// Binds `addrs` with TLS from `config` (certificates swapped live) and
+    /// the default [`ServerLimits`].
     fn bind_acme<A: ToSocketAddrs>(self, addrs: A, config: &Config) -> io::Result<Self>;
 
-    /// Listens on an already bound `listener` with TLS from `config`.
+    /// Listens on an already bound `listener` with TLS from `config` and the
+    /// default [`ServerLimits`].
     fn listen_acme(self, listener: std::net::TcpListener, config: &Config) -> io::Result<Self>;
+
+    /// Binds `addrs` for plain HTTP (the port-80 app of [`acme_http01`] and
+    /// [`https_redirect`]) with the default [`ServerLimits`].
+    fn bind_http<A: ToSocketAddrs>(self, addrs: A) -> io::Result<Self>;
+
+    /// Listens on an already bound `listener` for plain HTTP with the
+    /// default [`ServerLimits`].
+    fn listen_http(self, listener: std::net::TcpListener) -> io::Result<Self>;
+
+    /// Bounds clients with `limits`: `client_request_timeout` (header read),
+    /// `keep_alive` (idle), `max_connections` (per worker) and
+    /// `tls_handshake_timeout`. `max_pending_handshakes` does not apply:
+    /// see the [crate docs](crate#why-actix-keeps-its-own-tls-accept-path).
+    fn server_limits(self, limits: &ServerLimits) -> Self;
 }
 
 impl<F, I, S, B> HttpServerAcmeExt for HttpServer<F, I, S, B>
@@ -72,11 +132,29 @@ where
 {
     fn bind_acme<A: ToSocketAddrs>(self, addrs: A, config: &Config) -> io::Result<Self> {
         // actix prepends h2 and http/1.1 itself: give it only acme-tls/1.
-        self.bind_rustls_0_23(addrs, config.server_config_without_alpn())
+        self.server_limits(&ServerLimits::default())
+            .bind_rustls_0_23(addrs, config.server_config_without_alpn())
     }
 
     fn listen_acme(self, listener: std::net::TcpListener, config: &Config) -> io::Result<Self> {
-        self.listen_rustls_0_23(listener, config.server_config_without_alpn())
+        self.server_limits(&ServerLimits::default())
+            .listen_rustls_0_23(listener, config.server_config_without_alpn())
+    }
+
+    fn bind_http<A: ToSocketAddrs>(self, addrs: A) -> io::Result<Self> {
+        self.server_limits(&ServerLimits::default()).bind(addrs)
+    }
+
+    fn listen_http(self, listener: std::net::TcpListener) -> io::Result<Self> {
+        self.server_limits(&ServerLimits::default())
+            .listen(listener)
+    }
+
+    fn server_limits(self, limits: &ServerLimits) -> Self {
+        self.client_request_timeout(limits.header_read_timeout_value())
+            .keep_alive(KeepAlive::Timeout(limits.idle_timeout_value()))
+            .max_connections(limits.max_connections_value())
+            .tls_handshake_timeout(limits.handshake_timeout_value())
     }
 }
 
@@ -116,23 +194,46 @@ async fn answer_challenge(req: HttpRequest, tokens: web::Data<ChallengeTokens>) 
 /// host get 400. Register [`acme_http01`] in the same app so challenges are
 /// answered, not redirected.
 pub fn https_redirect(https_port: u16) -> Route {
-    web::to(move |req: HttpRequest| async move {
-        if certauto_tower::redirect::is_challenge(req.method().as_str(), req.path()) {
-            // A challenge for a token nobody presented.
-            return HttpResponse::NotFound().finish();
-        }
-        let authority = certauto_tower::redirect::request_target_authority(
-            req.uri().authority().map(|a| a.as_str()),
-            req.headers().get_all(header::HOST).map(|h| h.as_bytes()),
-        );
-        let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let location = authority
-            .and_then(|a| certauto_tower::redirect::https_location(a, path_and_query, https_port));
-        match location.and_then(|l| HeaderValue::try_from(l).ok()) {
-            Some(location) => HttpResponse::build(StatusCode::PERMANENT_REDIRECT)
+    redirect(https_port, None)
+}
+
+/// Like [`https_redirect`], but only for names `config` manages (exact, or
+/// covered by a managed wildcard; see [`Config::is_managed`]): a request for
+/// any other valid host gets `421 Misdirected Request` and no `Location`, so
+/// the redirect is not an open redirect. The same rule as certauto-tower's
+/// `HttpsRedirectLayer::only_managed`, through its exported helpers.
+pub fn https_redirect_only_managed(https_port: u16, config: &Config) -> Route {
+    redirect(https_port, Some(config.clone()))
+}
+
+fn redirect(https_port: u16, managed: Option<Config>) -> Route {
+    web::to(move |req: HttpRequest| {
+        let managed = managed.clone();
+        async move {
+            if certauto_tower::redirect::is_challenge(req.method().as_str(), req.path()) {
+                // A challenge for a token nobody presented.
+                return HttpResponse::NotFound().finish();
+            }
+            let authority = certauto_tower::redirect::request_target_authority(
+                req.uri().authority().map(|a| a.as_str()),
+                req.headers().get_all(header::HOST).map(|h| h.as_bytes()),
+            );
+            let path_and_query = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+            let location = authority.and_then(|a| {
+                certauto_tower::redirect::https_location(a, path_and_query, https_port)
+            });
+            let Some(location) = location.and_then(|l| HeaderValue::try_from(l).ok()) else {
+                return HttpResponse::BadRequest().finish();
+            };
+            if let (Some(config), Some(authority)) = (&managed, authority)
+                && !certauto_tower::redirect::is_managed_authority(config, authority)
+            {
+                tracing::debug!(authority, "not a managed name: refusing to redirect");
+                return HttpResponse::build(StatusCode::MISDIRECTED_REQUEST).finish();
+            }
+            HttpResponse::build(StatusCode::PERMANENT_REDIRECT)
                 .insert_header((header::LOCATION, location))
-                .finish(),
-            None => HttpResponse::BadRequest().finish(),
+                .finish()
         }
     })
 }

@@ -152,7 +152,7 @@ enum Accepting {
 
 /// One accepted connection.
 enum Conn {
-    /// Boxed: a TLS stream is over a kilobyte, a TCP stream tens of bytes.
+    /// Boxed: a TLS stream is large, and it moves into the connection task.
     Tls(Box<TlsStream<TcpStream>>, SocketAddr),
     Plain(TcpStream, SocketAddr),
 }
@@ -238,7 +238,7 @@ async fn serve_connection(
             let info = TlsConnectInfo::of(&tls, peer);
             let is_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             let service = service(router, peer, Some(info));
-            let io = TokioIo::new(IdleIo::new(*tls, activity.clone()));
+            let io = TokioIo::new(IdleIo::new(tls, activity.clone()));
             if is_h2 {
                 let mut h2 = http2::Builder::new(TokioExecutor::new());
                 h2.timer(TokioTimer::new());

@@ -401,12 +401,13 @@ async fn actix_swaps_the_certificate_live_and_open_connections_keep_working() {
     let addr = std_listener.local_addr().unwrap();
     let server = HttpServer::new(|| App::new().route("/", web::get().to(actix_client_port)))
         .workers(1)
-        // Longer than the renewal, so idleness never closes the connection under test.
-        .keep_alive(Duration::from_secs(600))
         .shutdown_timeout(5)
         .disable_signals()
         .listen_acme(std_listener, &config)
         .unwrap()
+        // After listen_acme (which applies CertAuto's limits): longer than
+        // the renewal, so idleness never closes the connection under test.
+        .keep_alive(Duration::from_secs(600))
         .run();
     let handle = server.handle();
     let server = tokio::spawn(server);

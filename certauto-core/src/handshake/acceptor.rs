@@ -1,43 +1,4 @@
 //! [`AcmeAcceptor`]: the TLS accept loop both server adapters use.
-//!
-//! One background task accepts TCP connections; each handshake runs in a task
-//! of its own, so a slow or broken client never holds up the others.
-//!
-//! - **Accept errors back off, never stop**: out of file descriptors and the
-//!   like is logged, and accepting resumes after a short pause.
-//! - **One deadline per handshake** ([`handshake_timeout`](AcmeAcceptorBuilder::handshake_timeout),
-//!   default 10 s) covers everything from the first byte read, through
-//!   choosing the `ServerConfig` for the ClientHello, to the finished
-//!   handshake.
-//! - **Handshakes in progress are bounded** ([`max_pending_handshakes`](AcmeAcceptorBuilder::max_pending_handshakes),
-//!   default 4096): past the bound, connections wait in the kernel's accept
-//!   queue. A finished stream keeps its slot until [`AcmeAcceptor::accept`]
-//!   takes it, so a server that stops taking streams stops the handshakes too.
-//! - **TLS-ALPN-01 validations are closed after the handshake**: a connection
-//!   that negotiated `acme-tls/1` has had its answer (the challenge
-//!   certificate, from the [`CertResolver`](super::CertResolver)); it is shut
-//!   down and never handed on.
-//!
-//! It is built on [`tokio_rustls::LazyConfigAcceptor`]: the ClientHello is read
-//! first, then the `ServerConfig` for it is chosen (today always the one the
-//! acceptor was built with; this is where a certificate obtained on demand
-//! will be awaited, under the same deadline), and the handshake finishes with
-//! `into_stream(config)`.
-//!
-//! ```no_run
-//! # async fn demo(config: certauto_core::Config) -> std::io::Result<()> {
-//! use std::sync::Arc;
-//! use certauto_core::AcmeAcceptor;
-//!
-//! let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
-//! let mut acceptor = AcmeAcceptor::builder(Arc::new(config.server_config())).listen(tcp)?;
-//! loop {
-//!     let (tls, peer) = acceptor.accept().await;
-//!     // serve HTTP over `tls`...
-//!     # let _ = (tls, peer);
-//! }
-//! # }
-//! ```
 
 use std::io;
 use std::net::SocketAddr;
@@ -69,6 +30,45 @@ type Accepted = (TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit);
 
 /// Accepts TLS connections in the background; [`accept`](Self::accept) takes
 /// the finished ones.
+///
+/// One background task accepts TCP connections; each handshake runs in a task
+/// of its own, so a slow or broken client never holds up the others.
+///
+/// - **Accept errors back off, never stop**: out of file descriptors and the
+///   like is logged, and accepting resumes after a short pause.
+/// - **One deadline per handshake** ([`handshake_timeout`](AcmeAcceptorBuilder::handshake_timeout),
+///   default 10 s) covers everything from the first byte read, through
+///   choosing the `ServerConfig` for the ClientHello, to the finished
+///   handshake.
+/// - **Handshakes in progress are bounded** ([`max_pending_handshakes`](AcmeAcceptorBuilder::max_pending_handshakes),
+///   default 4096): past the bound, connections wait in the kernel's accept
+///   queue. A finished stream keeps its slot until [`AcmeAcceptor::accept`]
+///   takes it, so a server that stops taking streams stops the handshakes too.
+/// - **TLS-ALPN-01 validations are closed after the handshake**: a connection
+///   that negotiated `acme-tls/1` has had its answer (the challenge
+///   certificate, from the [`CertResolver`](super::CertResolver)); it is shut
+///   down and never handed on.
+///
+/// It is built on [`tokio_rustls::LazyConfigAcceptor`]: the ClientHello is read
+/// first, then the `ServerConfig` for it is chosen (today always the one the
+/// acceptor was built with; this is where a certificate obtained on demand
+/// will be awaited, under the same deadline), and the handshake finishes with
+/// `into_stream(config)`.
+///
+/// ```no_run
+/// # async fn demo(config: certauto_core::Config) -> std::io::Result<()> {
+/// use std::sync::Arc;
+/// use certauto_core::AcmeAcceptor;
+///
+/// let tcp = tokio::net::TcpListener::bind("0.0.0.0:443").await?;
+/// let mut acceptor = AcmeAcceptor::builder(Arc::new(config.server_config())).listen(tcp)?;
+/// loop {
+///     let (tls, peer) = acceptor.accept().await;
+///     // serve HTTP over `tls`...
+///     # let _ = (tls, peer);
+/// }
+/// # }
+/// ```
 ///
 /// Dropping it stops accepting (handshakes in progress are dropped).
 #[derive(Debug)]
