@@ -120,7 +120,7 @@ pub enum AcmeError {
         problem: Box<Problem>,
     },
     /// The request could not be sent or the response not received.
-    #[error("request to {url} failed: {source}")]
+    #[error("request to {url} failed: {}", ErrorChain(&**source))]
     Transport {
         /// The request URL.
         url: String,

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use certauto_core::acme::client::NewAccountOptions;
@@ -240,5 +242,78 @@ async fn endless_bad_nonce_is_bounded() {
     assert!(
         matches!(err, AcmeError::NonceRetriesExhausted { attempts: 21, .. }),
         "{err}"
+    );
+}
+
+/// A fault injector that closes each of the first `drops` connections as
+/// soon as the request head arrived (a reset or a closed idle connection, to
+/// the client), then answers the directory. Returns its address and the count
+/// of connections it accepted. At most 16 connections.
+async fn dropping_injector(drops: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        for _ in 0..16 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let n = count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut len = 0;
+                while len < buf.len() {
+                    match sock.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => len += read,
+                    }
+                    if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                        break;
+                    }
+                }
+                if n < drops {
+                    // Abortive close: the client sees a reset, not a response.
+                    let _ = sock.set_zero_linger();
+                    return;
+                }
+                let body = directory_json(addr);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = sock.write_all(head.as_bytes()).await;
+                let _ = sock.write_all(&body).await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A transport failure (here: connections reset by the peer) is retried a
+/// bounded number of times (default 2) before the request fails.
+#[tokio::test]
+async fn transport_errors_are_retried_a_bounded_number_of_times() {
+    let (addr, accepted) = dropping_injector(2).await;
+    let client = client_for(addr).await.expect("two resets are retried");
+    assert!(client.directory().new_order.ends_with("/order"));
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+
+    let (addr, accepted) = dropping_injector(10).await;
+    let err = client_for(addr).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Acme(AcmeError::Transport { .. })),
+        "{err}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one try and two retries"
+    );
+    // The message carries the cause, not only reqwest's "error sending request".
+    let text = err.to_string();
+    assert!(
+        text.contains("reset") || text.contains("closed") || text.contains("connection"),
+        "{text}"
     );
 }

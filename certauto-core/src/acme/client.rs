@@ -75,6 +75,10 @@ pub struct ClientLimits {
     pub max_body_bytes: usize,
     /// How many `badNonce` rejections in a row are retried (default 20).
     pub bad_nonce_retries: u32,
+    /// How many times a request that failed in transport (connection
+    /// refused or reset, an idle connection closed, a timeout) is sent again,
+    /// with a fresh nonce, before the error is returned (default 2).
+    pub transport_retries: u32,
     /// The first polling interval (default 50 ms); it doubles up to `poll_max_interval`.
     pub poll_initial_interval: Duration,
     /// The longest polling interval, and the cap on a CA's `Retry-After` (default 10 s).
@@ -90,6 +94,7 @@ impl Default for ClientLimits {
         Self {
             max_body_bytes: 1 << 20,
             bad_nonce_retries: 20,
+            transport_retries: 2,
             poll_initial_interval: Duration::from_millis(50),
             poll_max_interval: Duration::from_secs(10),
             poll_timeout: Duration::from_secs(300),
@@ -229,7 +234,29 @@ impl AcmeClient {
     }
 
     async fn get(&self, url: &str) -> Result<Response, AcmeError> {
-        self.send(self.http.get(url), url).await
+        let mut transport_failures = 0;
+        loop {
+            match self.send(self.http.get(url), url).await {
+                Err(e) if self.retry_transport(&e, url, &mut transport_failures).await => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Whether `err` is a transport failure to retry (at most
+    /// [`ClientLimits::transport_retries`] times per request, counted in
+    /// `failures`); waits a short, growing delay first.
+    async fn retry_transport(&self, err: &AcmeError, url: &str, failures: &mut u32) -> bool {
+        if !matches!(err, AcmeError::Transport { .. }) || *failures >= self.limits.transport_retries
+        {
+            return false;
+        }
+        *failures += 1;
+        let delay = TRANSPORT_RETRY_DELAY.saturating_mul(*failures);
+        tracing::warn!(url, attempt = *failures, error = %crate::ErrorChain(err), ?delay,
+            "ACME request failed in transport; retrying");
+        tokio::time::sleep(delay).await;
+        true
     }
 
     fn pool_nonce(&self, nonce: String) {
@@ -289,8 +316,17 @@ impl AcmeClient {
         accept: Option<&str>,
     ) -> Result<Response, AcmeError> {
         let attempts = self.limits.bad_nonce_retries.saturating_add(1);
-        for attempt in 1..=attempts {
-            let nonce = self.nonce().await?;
+        let mut transport_failures = 0;
+        let mut attempt = 0;
+        while attempt < attempts {
+            attempt += 1;
+            let nonce = match self.nonce().await {
+                Err(e) if self.retry_transport(&e, url, &mut transport_failures).await => {
+                    attempt -= 1;
+                    continue;
+                }
+                other => other?,
+            };
             let jws = sign_jws(key, key_id, Some(&nonce), url, payload)?;
             let body = serde_json::to_vec(&jws).map_err(|e| AcmeError::InvalidResponse {
                 url: url.to_owned(),
@@ -304,7 +340,14 @@ impl AcmeClient {
             if let Some(accept) = accept {
                 req = req.header(http::header::ACCEPT, accept);
             }
-            let resp = self.send(req, url).await?;
+            let resp = match self.send(req, url).await {
+                // Sent again with a fresh nonce: the one used may have been consumed.
+                Err(e) if self.retry_transport(&e, url, &mut transport_failures).await => {
+                    attempt -= 1;
+                    continue;
+                }
+                other => other?,
+            };
             if resp.is_success() {
                 return Ok(resp);
             }
@@ -768,6 +811,9 @@ struct Poller {
     deadline: Instant,
     timeout: Duration,
 }
+
+/// The first delay before a request that failed in transport is sent again.
+const TRANSPORT_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// The longest poll interval or timeout accepted from [`ClientLimits`] (a
 /// day); longer values are clamped, so no arithmetic on them overflows.
