@@ -713,11 +713,15 @@ impl Issuer for AcmeIssuer {
             request.replaces = None;
         }
         match self.run_order(&client, &account, &request).await {
-            // The predecessor was already replaced (e.g. by another instance):
-            // order without the hint rather than fail.
-            Err(Error::Acme(AcmeError::Problem { problem, .. }))
-                if problem.kind() == crate::acme::ProblemType::AlreadyReplaced =>
+            // The CA refused the order because of `replaces` (already
+            // replaced, e.g. by another instance, or a CertID it cannot
+            // match): `replaces` is only a hint, so order without it.
+            Err(Error::Acme(AcmeError::Problem { url, problem, .. }))
+                if request.replaces.is_some()
+                    && url == client.directory().new_order
+                    && problem.kind() != crate::acme::ProblemType::RateLimited =>
             {
+                tracing::warn!(problem = %problem, "the CA refused the order naming the certificate it replaces; ordering without `replaces`");
                 let request = request.replaces(None);
                 self.run_order(&client, &account, &request).await
             }
