@@ -167,7 +167,9 @@ pub enum AcmeError {
     TermsNotAgreed,
     /// The configured certificate profile is not one the CA's directory lists
     /// (draft-ietf-acme-profiles); refused before any order is placed.
-    #[error("the CA at {directory_url} offers no certificate profile {profile:?} (it offers {offered:?})")]
+    #[error(
+        "the CA at {directory_url} offers no certificate profile {profile:?} (it offers {offered:?})"
+    )]
     ProfileNotOffered {
         /// The directory URL.
         directory_url: String,

@@ -124,7 +124,9 @@ async fn query_tcp(
         .await
         .map_err(|e| format!("receive DNS answer from {server} over TCP: {e}"))?;
     if msg.len() < 12 || msg[..2] != id {
-        return Err(format!("DNS answer over TCP from {server} has the wrong ID"));
+        return Err(format!(
+            "DNS answer over TCP from {server} has the wrong ID"
+        ));
     }
     parse_answers(&msg)
 }

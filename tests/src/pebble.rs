@@ -867,8 +867,8 @@ impl Pebble {
             Transport::Tcp,
             PROBE_TIMEOUT,
         )
-            .await
-            .unwrap_or_else(|e| panic!("DNS A lookup of {host}: {e}"));
+        .await
+        .unwrap_or_else(|e| panic!("DNS A lookup of {host}: {e}"));
         dns::a_records(&answers)
     }
 
@@ -882,8 +882,8 @@ impl Pebble {
             Transport::Tcp,
             PROBE_TIMEOUT,
         )
-            .await
-            .unwrap_or_else(|e| panic!("DNS TXT lookup of {host}: {e}"));
+        .await
+        .unwrap_or_else(|e| panic!("DNS TXT lookup of {host}: {e}"));
         dns::txt_records(&answers)
     }
 

@@ -659,7 +659,11 @@ async fn a_second_renewal_of_a_replaced_certificate_orders_again_without_replace
     let client = issuer.client().await.unwrap();
     let account = issuer.account().await.unwrap();
     let err = client
-        .new_order(&account, &[Identifier::parse(NAME).unwrap()], Some(&first_id))
+        .new_order(
+            &account,
+            &[Identifier::parse(NAME).unwrap()],
+            Some(&first_id),
+        )
         .await
         .unwrap_err();
     assert_eq!(
@@ -684,15 +688,17 @@ async fn a_second_renewal_of_a_replaced_certificate_orders_again_without_replace
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_sets_the_certificate_lifetime_and_an_unknown_one_is_refused_before_ordering() {
     const SHORT_SECS: u64 = 6 * 3600;
-    let pebble = start(
-        Pebble::builder()
-            .nonce_reject_percent(0)
-            .profile("shortlived", "Six-hour certificates", SHORT_SECS),
-    )
+    let pebble = start(Pebble::builder().nonce_reject_percent(0).profile(
+        "shortlived",
+        "Six-hour certificates",
+        SHORT_SECS,
+    ))
     .await;
     let config_with = |profile: &str| {
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-        let issuer = issuer_for(&pebble, storage.clone()).profile(profile).build();
+        let issuer = issuer_for(&pebble, storage.clone())
+            .profile(profile)
+            .build();
         assert_eq!(issuer.profile(), Some(profile));
         Config::builder().storage(storage).issuer(issuer).build()
     };

@@ -165,19 +165,22 @@ async fn options_are_applied() {
     .unwrap();
     assert_eq!(directory["meta"]["externalAccountRequired"], true);
     assert_eq!(
-        directory["meta"]["profiles"]["shortlived"],
-        "Short-lived certificates",
+        directory["meta"]["profiles"]["shortlived"], "Short-lived certificates",
         "{directory}"
     );
     assert_ne!(pebble.root_der(0).await, pebble.root_der(1).await);
 
     let log = pebble.pebble_log();
     assert!(
-        log.contains(r#"Loaded profile "default" with certificate validity period of 3600 seconds"#),
+        log.contains(
+            r#"Loaded profile "default" with certificate validity period of 3600 seconds"#
+        ),
         "{log}"
     );
     assert!(
-        log.contains(r#"Loaded profile "shortlived" with certificate validity period of 600 seconds"#),
+        log.contains(
+            r#"Loaded profile "shortlived" with certificate validity period of 600 seconds"#
+        ),
         "{log}"
     );
     assert!(log.contains("reject 0% of good nonces"), "{log}");

@@ -687,7 +687,10 @@ async fn pebbles_ari_window_is_honoured_and_pebble_accepts_the_replacement() {
         .expect("Pebble offers renewalInfo");
     let lifetime = new.not_after().duration_since(new.not_before()).unwrap();
     let ideal = new.not_after() - lifetime / 3;
-    for (got, want) in [(info.window_start, ideal - DAY), (info.window_end, ideal + DAY)] {
+    for (got, want) in [
+        (info.window_start, ideal - DAY),
+        (info.window_end, ideal + DAY),
+    ] {
         let off = got
             .duration_since(want)
             .unwrap_or_else(|e| e.duration())

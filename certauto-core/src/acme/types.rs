@@ -481,7 +481,12 @@ mod tests {
             profile: None,
             ..request
         };
-        assert!(serde_json::to_value(&without).unwrap().get("profile").is_none());
+        assert!(
+            serde_json::to_value(&without)
+                .unwrap()
+                .get("profile")
+                .is_none()
+        );
     }
 
     /// The account example of RFC 8555 §7.1.2.
