@@ -1,9 +1,11 @@
 //! [`AriProxy`]: a **fault injector** in front of Pebble's ACME endpoint.
 //!
-//! Pebble 2.4 has no ARI (RFC 9773 `renewalInfo`) and never goes away by itself, so the
-//! renewal tests put this small HTTPS reverse proxy between the client and Pebble. It
+//! Pebble 2.10 has a real ARI (RFC 9773 `renewalInfo`) endpoint, and tests of the normal
+//! path use it directly ([`Pebble::set_renewal_window`]). What Pebble cannot do is answer
+//! badly or go away, so the tests of those paths put this small HTTPS reverse proxy between
+//! the client and Pebble. It
 //!
-//! - adds `"renewalInfo": "https://<proxy>/renewal-info"` to the directory and answers
+//! - replaces the directory's `renewalInfo` with `"https://<proxy>/renewal-info"` and answers
 //!   `GET /renewal-info/<certID>` itself, as configured per test ([`AriAnswer`]: a window,
 //!   optionally with `Retry-After`, malformed JSON or 404), recording every request;
 //! - records every `POST /order-plz` (newOrder) with its decoded JWS payload and Pebble's
@@ -595,7 +597,8 @@ async fn forward(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
     resp
 }
 
-/// The directory with `renewalInfo` added (unchanged if it is not a JSON object).
+/// The directory with `renewalInfo` pointing at the proxy, replacing Pebble's own (unchanged if
+/// it is not a JSON object).
 fn add_renewal_info(body: &Bytes, shared: &Shared) -> Bytes {
     let Ok(Value::Object(mut directory)) = serde_json::from_slice::<Value>(body) else {
         tracing::warn!("ARI proxy: Pebble's directory is not a JSON object; left unchanged");

@@ -1,6 +1,6 @@
 //! [`OcspResponder`]: OpenSSL's OCSP responder for the certificates Pebble issues.
 //!
-//! Pebble 2.4 has no OCSP responder of its own: its `ocspResponderURL` setting
+//! Pebble has no OCSP responder of its own: its `ocspResponderURL` setting
 //! ([`PebbleBuilder::ocsp_responder_url`](crate::PebbleBuilder::ocsp_responder_url)) only
 //! puts a URL into the certificates it issues. At that URL this harness answers with
 //! `openssl ocsp`, signing with Pebble's own intermediate key (from the management port):

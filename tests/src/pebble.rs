@@ -51,7 +51,8 @@ pub const DEFAULT_PROFILE: &str = "default";
 pub const PEBBLE_DEFAULT_VALIDITY_SECS: u64 = 7_776_000;
 
 /// The folder the harness runs `pebble` and `pebble-challtestsrv` from: `$CERTAUTO_PEBBLE_DIR`
-/// if set (and not empty), else `.tools/bin` at the workspace root, where
+/// if set (and not empty; give an absolute path, as tests run in their crate's folder), else
+/// `.tools/bin` at the workspace root, where
 /// `scripts/install-pebble.sh` puts them. `PATH` is not searched, so a system Pebble of
 /// another version (Debian's 2.4) is never picked up by accident.
 pub fn pebble_bin_dir() -> PathBuf {

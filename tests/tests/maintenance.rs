@@ -187,6 +187,19 @@ fn inside_ratio_window(cert: &CachedCert) -> SystemTime {
     cert.not_before() + lifetime.mul_f64(0.75)
 }
 
+/// A time after the end of Pebble's default ARI window for `cert` (two thirds
+/// into its lifetime plus one day) for a week-long certificate: 6/7 of its lifetime.
+fn past_pebbles_ari_window(cert: &CachedCert) -> SystemTime {
+    let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+    assert!(
+        lifetime >= 6 * DAY,
+        "only meant for week-long certificates, got {lifetime:?}"
+    );
+    let at = cert.not_before() + lifetime.mul_f64(6.0 / 7.0);
+    assert!(at > cert.not_after() - lifetime / 3 + DAY);
+    at
+}
+
 fn ari_id(cert: &CachedCert) -> String {
     cert.ari_cert_id()
         .expect("Pebble's certificates carry an AKI, so they have an ARI CertID")
@@ -349,8 +362,10 @@ async fn the_proxy_keeps_pebble_urls_on_itself_and_adds_renewal_info() {
 async fn the_loop_renews_a_due_certificate_and_the_server_serves_it_without_restart() {
     init_tracing();
     const NAME: &str = "loop.certauto.example";
-    // Short-lived certificates (a week), straight from Pebble: no ARI, so the
-    // ratio decides.
+    // Short-lived certificates (a week), straight from Pebble. Pebble's own ARI
+    // window is two thirds into the lifetime, one day either side, and maintenance
+    // renews at a random time inside it; the clock is moved past its end (and into
+    // the ratio window), where ARI and the ratio both say "now".
     let pebble = Pebble::builder()
         .certificate_validity_secs(7 * 86_400)
         .start()
@@ -382,8 +397,9 @@ async fn the_loop_renews_a_due_certificate_and_the_server_serves_it_without_rest
     // Nothing is due yet; the loop checks every 50 ms.
     let maintenance = start_maintenance(&config);
 
-    // Into the renewal window (3/4 of the week has passed).
-    env.clock.set(inside_ratio_window(&old));
+    // Past Pebble's window (6/7 of the week has passed: day 6, the window ends
+    // on day 5.67) and inside the ratio window.
+    env.clock.set(past_pebbles_ari_window(&old));
     let renewed = bounded(ISSUE_BOUND, "the loop's renewal", renewed_rx.recv())
         .await
         .expect("the event channel stays open");

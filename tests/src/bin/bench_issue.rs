@@ -20,8 +20,9 @@
 //! against Pebble's root, and is in storage / in lego's `certificates/` folder); any failure
 //! or timeout makes the binary exit non-zero. The table goes to stdout, progress to stderr.
 //!
-//! Needs `pebble` + `pebble-challtestsrv` (Debian package `pebble`), `lego` (Debian package
-//! `lego`), `/usr/bin/time` (Debian package `time`) and `timeout` (coreutils).
+//! Needs `pebble` + `pebble-challtestsrv` (Pebble v2.10.1, installed into `.tools/bin` by
+//! `scripts/install-pebble.sh`), `lego` (Debian package `lego`), `/usr/bin/time` (Debian
+//! package `time`) and `timeout` (coreutils).
 
 use std::convert::Infallible;
 use std::ffi::OsString;
@@ -37,7 +38,7 @@ use bytes::Bytes;
 use certauto_core::{
     AcmeIssuer, Certificate, Config, FileStorage, Http01Solver, Identifier, KeyType, Storage,
 };
-use certauto_tests::{Pebble, webpki_verify_chain};
+use certauto_tests::{PEBBLE_VERSION, Pebble, pebble_bin_dir, webpki_verify_chain};
 use http_body_util::Full;
 use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -833,8 +834,9 @@ impl Report {
             self.load_start, self.load_end
         );
         println!(
-            "pebble:   Debian pebble {} (PEBBLE_VA_NOSLEEP=1, all other settings default)",
-            dpkg_version("pebble")
+            "pebble:   Pebble {PEBBLE_VERSION} from {} (go install; PEBBLE_VA_NOSLEEP=1, all \
+             other settings default)",
+            pebble_bin_dir().display()
         );
         println!(
             "lego:     Debian lego {} ({})",
