@@ -4,29 +4,40 @@
 //! from any ACME CA ([RFC 8555](https://www.rfc-editor.org/rfc/rfc8555)) —
 //! Let's Encrypt, ZeroSSL, Google Trust Services, Pebble — with a few lines of code.
 //!
-//! This crate is the engine: an RFC 8555 client of its own ([`AcmeClient`]),
-//! issuers ([`AcmeIssuer`]), challenge solvers ([`Http01Solver`]), storage
-//! ([`FileStorage`]) and the coordinator that ties them together ([`Config`]).
+//! Applications depend on it renamed, and write `use certauto::…`:
+//!
+//! ```toml
+//! certauto = { package = "certauto-core", version = "0.1" }
+//! ```
+//!
+//! ## Which entry point
+//!
+//! | you want | use |
+//! |---|---|
+//! | a `rustls::ServerConfig` for some names, nothing else to decide | [`manage`] |
+//! | your CA, storage, key type, events, several issuers | [`Config::builder`], then [`Config::manage`], [`start_maintenance`] and [`Config::server_config`] |
+//! | to serve it: axum / actix-web / HTTP-01 on port 80 | the `certauto-axum`, `certauto-actix` and `certauto-tower` crates over [`AcmeAcceptor`] and [`Config::challenge_tokens`] |
+//! | one certificate now, no serving | [`Config::obtain`], [`Config::renew`], [`Config::revoke`] |
+//! | the ACME protocol alone | [`AcmeClient`] |
+//! | to keep certificates elsewhere (a database, a KV store) | implement [`Storage`] (its docs state the lock contract) |
+//! | a CA that is not ACME | implement [`Issuer`] |
 //!
 //! ## Quick start
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), certauto_core::Error> {
+//! # extern crate certauto_core as certauto;
+//! # async fn demo() -> Result<(), certauto::Error> {
 //! use std::sync::Arc;
-//! use certauto_core::{AcmeIssuer, Config, FileStorage, Http01Solver, LETS_ENCRYPT_STAGING};
+//! use certauto::{AcmeIssuer, Config, FileStorage, LETS_ENCRYPT_STAGING};
 //!
-//! let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
-//! let issuer = AcmeIssuer::builder()
-//!     .ca(LETS_ENCRYPT_STAGING)
-//!     .email("admin@example.com")
-//!     .agreed(true)
-//!     .http01_solver(Http01Solver::new(80))
-//!     .storage(storage.clone())
+//! let config = Config::builder()
+//!     .storage(Arc::new(FileStorage::new("/var/lib/certauto")))
+//!     .acme(AcmeIssuer::builder().ca(LETS_ENCRYPT_STAGING).email("admin@example.com").agreed(true))
 //!     .build();
-//! let config = Config::builder().storage(storage).issuer(issuer).build();
-//!
-//! let cert = config.obtain(["example.com", "www.example.com"]).await?;
-//! println!("{} valid until {:?}", cert.serial_hex(), cert.not_after());
+//! config.manage(["example.com", "www.example.com"]).await?;
+//! let _maintenance = certauto::start_maintenance(&config);
+//! let tls = config.server_config(); // serve it; renewals swap in live
+//! # let _ = tls;
 //! # Ok(()) }
 //! ```
 //!
@@ -103,8 +114,9 @@ pub use storage::{
 /// error. For anything else, build a [`Config`].
 ///
 /// ```no_run
-/// # async fn demo() -> Result<(), certauto_core::Error> {
-/// let tls = certauto_core::manage(["localhost"]).await?;
+/// # extern crate certauto_core as certauto;
+/// # async fn demo() -> Result<(), certauto::Error> {
+/// let tls = certauto::manage(["localhost"]).await?;
 /// # let _ = tls;
 /// # Ok(()) }
 /// ```

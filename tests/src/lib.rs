@@ -54,7 +54,7 @@ pub use verify::SignatureOnly;
 /// no-op if another global subscriber is already set).
 ///
 /// `RUST_LOG` selects what is shown (default `warn`), e.g.
-/// `RUST_LOG=certauto_core=debug,certauto_tests=info`.
+/// `RUST_LOG=certauto=debug,certauto_tests=info`.
 pub fn init_tracing() {
     static INIT: Once = Once::new();
     INIT.call_once(|| {

@@ -11,9 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use certauto_core::acme::client::NewAccountOptions;
-use certauto_core::acme::{AccountStatus, ChallengeType};
-use certauto_core::{
+use certauto::acme::client::NewAccountOptions;
+use certauto::acme::{AccountStatus, ChallengeType};
+use certauto::{
     AccountKey, AccountKeyType, AcmeClient, AcmeError, AcmeIssuer, Certificate, ChainPreference,
     Config, ConfigError, Error, Event, ExternalAccountKey, FileStorage, Http01Solver, Identifier,
     KeyType, MemoryStorage, NameError, ProblemType, RevocationReason, Storage,
@@ -28,7 +28,7 @@ fn http01(pebble: &Pebble) -> Http01Solver {
     Http01Solver::bind(SocketAddr::from(([127, 0, 0, 1], pebble.http_port())))
 }
 
-fn issuer_for(pebble: &Pebble, storage: Arc<dyn Storage>) -> certauto_core::AcmeIssuerBuilder {
+fn issuer_for(pebble: &Pebble, storage: Arc<dyn Storage>) -> certauto::AcmeIssuerBuilder {
     AcmeIssuer::builder()
         .ca(pebble.directory_url())
         .email("test@certauto.example")
@@ -75,7 +75,7 @@ async fn obtains_a_single_name_and_the_chain_verifies() {
     assert_verifies(&pebble, &cert, "single.certauto.example").await;
 
     // Stored in the documented layout, one record private to its owner.
-    let issuer = certauto_core::storage::keys::issuer_key_from_url(&pebble.directory_url());
+    let issuer = certauto::storage::keys::issuer_key_from_url(&pebble.directory_url());
     let record_path = dir.path().join(format!(
         "certificates/{issuer}/single.certauto.example/single.certauto.example.pem"
     ));

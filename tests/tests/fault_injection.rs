@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use certauto_core::acme::client::NewAccountOptions;
-use certauto_core::{AccountKey, AccountKeyType, AcmeClient, AcmeError, Error};
+use certauto::acme::client::NewAccountOptions;
+use certauto::{AccountKey, AccountKeyType, AcmeClient, AcmeError, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::get;
-use certauto_core::{
+use certauto::{
     AcmeIssuer, CachedCert, Clock, Config, Event, FileStorage, Http01Solver, Issuer, ManualClock,
     Storage, start_maintenance,
 };
@@ -47,7 +47,7 @@ const ISSUE_BOUND: Duration = Duration::from_secs(180);
 const PROCESS_BOUND: Duration = Duration::from_secs(300);
 /// Account e-mail of every config in this file.
 const EMAIL: &str = "maintain@certauto.example";
-/// The first retry delay (`certauto_core::maintain::MIN_RETRY_BACKOFF`), and
+/// The first retry delay (`certauto::maintain::MIN_RETRY_BACKOFF`), and
 /// the ±10 % jitter around it.
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
@@ -177,7 +177,7 @@ async fn stored_serial(config: &Config, name: &str) -> String {
     normalize_serial(&cert.serial_hex())
 }
 
-async fn check(config: &Config) -> certauto_core::RenewalReport {
+async fn check(config: &Config) -> certauto::RenewalReport {
     bounded(ISSUE_BOUND, "check_renewals", config.check_renewals()).await
 }
 
@@ -298,7 +298,7 @@ async fn the_proxy_keeps_pebble_urls_on_itself_and_adds_renewal_info() {
     let client = bounded(
         STEP_BOUND,
         "directory",
-        certauto_core::AcmeClient::builder(proxy.directory_url())
+        certauto::AcmeClient::builder(proxy.directory_url())
             .trust_roots([CertificateDer::from(proxy.https_ca_der())])
             .only_trusted_roots()
             .build(),
@@ -341,14 +341,14 @@ async fn the_proxy_keeps_pebble_urls_on_itself_and_adds_renewal_info() {
 
     // Outages: 503, then closed connections; both are transport-level failures.
     proxy.set_outage(Some(Outage::ServiceUnavailable));
-    let unavailable = certauto_core::AcmeClient::builder(proxy.directory_url())
+    let unavailable = certauto::AcmeClient::builder(proxy.directory_url())
         .trust_roots([CertificateDer::from(proxy.https_ca_der())])
         .only_trusted_roots()
         .build()
         .await;
     assert!(unavailable.is_err());
     proxy.set_outage(Some(Outage::CloseConnections));
-    let closed = certauto_core::AcmeClient::builder(proxy.directory_url())
+    let closed = certauto::AcmeClient::builder(proxy.directory_url())
         .trust_roots([CertificateDer::from(proxy.https_ca_der())])
         .only_trusted_roots()
         .build()

@@ -12,9 +12,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use certauto_core::ocsp::{self, CrlReason, OcspStatus};
-use certauto_core::storage::keys;
-use certauto_core::{
+use certauto::ocsp::{self, CrlReason, OcspStatus};
+use certauto::storage::keys;
+use certauto::{
     AcmeIssuer, Clock, Config, Event, FileStorage, Http01Solver, Identifier, ManualClock,
     OcspError, Storage, start_maintenance,
 };
@@ -478,7 +478,7 @@ async fn revoked_certificate_is_renewed_at_once() {
 async fn maintenance_loop_renews_a_revoked_certificate() {
     const NAME: &str = "loop.ocsp.example";
     let (responder, pebble) = start().await;
-    let storage: Arc<dyn Storage> = Arc::new(certauto_core::MemoryStorage::new());
+    let storage: Arc<dyn Storage> = Arc::new(certauto::MemoryStorage::new());
     let clock = clock_now();
     let mut s = setup(&pebble, storage, clock.clone(), Some(responder.clone()));
     manage(&s.config, NAME).await;
@@ -511,7 +511,7 @@ async fn maintenance_loop_renews_a_revoked_certificate() {
 async fn forged_response_is_rejected_and_not_stapled() {
     const NAME: &str = "forged.ocsp.example";
     let (responder, pebble) = start().await;
-    let storage: Arc<dyn Storage> = Arc::new(certauto_core::MemoryStorage::new());
+    let storage: Arc<dyn Storage> = Arc::new(certauto::MemoryStorage::new());
     let clock = clock_now();
     let s = setup(
         &pebble,
@@ -607,14 +607,14 @@ async fn certificates_without_an_ocsp_url_are_normal() {
     init_tracing();
     // Like Let's Encrypt since 2025: no OCSP URL in the certificates.
     let pebble = Pebble::builder().start().await;
-    let storage: Arc<dyn Storage> = Arc::new(certauto_core::MemoryStorage::new());
+    let storage: Arc<dyn Storage> = Arc::new(certauto::MemoryStorage::new());
     let s = setup(&pebble, storage, clock_now(), None);
     manage(&s.config, NAME).await;
     let entry = s.config.cache().get(NAME).unwrap();
     assert!(entry.ocsp_urls().is_empty());
     assert!(entry.certified_key().ocsp.is_none());
     let report = s.config.check_ocsp().await;
-    assert_eq!(report, certauto_core::OcspReport::default());
+    assert_eq!(report, certauto::OcspReport::default());
     assert!(s.events.named("cert_ocsp_stapled").is_empty());
     let root = pebble.root_der(0).await;
     assert!(handshake_staple(&s.config, NAME, &root).await.is_empty());

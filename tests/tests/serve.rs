@@ -16,12 +16,12 @@ use actix_web::{App, HttpRequest, HttpServer, web};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
-use certauto_actix::HttpServerAcmeExt;
-use certauto_axum::{AcmeTlsListener, TlsConnectInfo};
-use certauto_core::{
+use certauto::{
     AcmeIssuer, AcmeIssuerBuilder, CertResolver, Config, Http01Solver, MemoryStorage, Storage,
     TlsAlpn01Solver, TlsAlpnChallenges,
 };
+use certauto_actix::HttpServerAcmeExt;
+use certauto_axum::{AcmeTlsListener, TlsConnectInfo};
 use certauto_tests::{
     Pebble, SignatureOnly, init_tracing, normalize_serial, serial_hex, webpki_verify_chain,
 };
@@ -555,7 +555,7 @@ async fn unknown_sni_is_refused_cleanly_and_the_default_certificate_is_served() 
     let resolver = CertResolver::new(config2.cache().clone(), TlsAlpnChallenges::new())
         .with_default_name(SWAP)
         .default_for_unknown_names();
-    let mut tls = rustls::ServerConfig::builder_with_provider(certauto_core::crypto_provider())
+    let mut tls = rustls::ServerConfig::builder_with_provider(certauto::crypto_provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()

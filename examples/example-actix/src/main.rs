@@ -4,14 +4,14 @@
 //! live (`bind_acme`). With no `CERTAUTO_DIRECTORY` it uses the local CA
 //! (offline); with one, it obtains from that ACME CA, answering HTTP-01 on its
 //! own HTTP port or TLS-ALPN-01 on its own HTTPS port. Configuration:
-//! `CERTAUTO_*` variables, see `certauto_core::env`. `GET /` answers 200 over
+//! `CERTAUTO_*` variables, see `certauto::env`. `GET /` answers 200 over
 //! HTTPS; HTTP redirects.
 
 use std::process::ExitCode;
 
 use actix_web::{App, HttpServer, web};
+use certauto::env::EnvSettings;
 use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect};
-use certauto_core::env::EnvSettings;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -57,7 +57,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
         .await?;
     // Renewal checks every CERTAUTO_RENEW_CHECK (default 10 minutes).
-    let maintenance = certauto_core::start_maintenance(&config);
+    let maintenance = certauto::start_maintenance(&config);
     tracing::info!(
         https = %settings.https_addr,
         http = %settings.http_addr,

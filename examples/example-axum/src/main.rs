@@ -4,13 +4,13 @@
 //! With no `CERTAUTO_DIRECTORY` it uses the local CA (offline); with one, it
 //! obtains from that ACME CA, answering HTTP-01 on its own HTTP port or
 //! TLS-ALPN-01 on its own HTTPS port. Configuration: `CERTAUTO_*` variables,
-//! see `certauto_core::env`. `GET /` answers 200 over HTTPS; HTTP redirects.
+//! see `certauto::env`. `GET /` answers 200 over HTTPS; HTTP redirects.
 
 use std::process::ExitCode;
 
 use axum::Router;
 use axum::routing::get;
-use certauto_core::env::EnvSettings;
+use certauto::env::EnvSettings;
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -44,7 +44,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
         .await?;
     // Renewal checks every CERTAUTO_RENEW_CHECK (default 10 minutes).
-    let maintenance = certauto_core::start_maintenance(&config);
+    let maintenance = certauto::start_maintenance(&config);
 
     let app = Router::new().route("/", get(|| async { "Hello from CertAuto over HTTPS\n" }));
     tracing::info!(

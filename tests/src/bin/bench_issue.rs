@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use certauto_core::{
+use certauto::{
     AcmeIssuer, Certificate, Config, FileStorage, Http01Solver, Identifier, KeyType, Storage,
 };
 use certauto_tests::{PEBBLE_VERSION, Pebble, pebble_bin_dir, webpki_verify_chain};
@@ -605,7 +605,7 @@ impl Lego {
     /// Checks that lego stored a certificate (`<path>/certificates/<name>.crt`) and its key:
     /// the leaf names `name`, has a P-256 key, the stored key matches it, and the chain
     /// verifies against Pebble's root. lego writes SEC1 (`EC PRIVATE KEY`) keys, which
-    /// `certauto_core::Certificate::from_pem` does not read, so rustls and x509-parser check
+    /// `certauto::Certificate::from_pem` does not read, so rustls and x509-parser check
     /// them here.
     fn check(&self, name: &str, root_der: &[u8]) -> BenchResult<()> {
         let dir = self.path.join("certificates");

@@ -6,7 +6,7 @@
 //!
 //! * **Certificates.** [`TOTAL_CERTS`] distinct ECDSA P-256 certificates, one name each
 //!   (`m<i>.maint.test`), issued offline by CertAuto's [`LocalCa`] (chain = leaf + root) and
-//!   written in the storage layout of `certauto_core::storage::keys` (`.crt`, `.key`,
+//!   written in the storage layout of `certauto::storage::keys` (`.crt`, `.key`,
 //!   `.json`) below a [`FileStorage`] root in a temporary folder. None is inside its renewal
 //!   window: the leaves live 7 days, and every [`SHORT_EVERY`]th lives 3 days (still outside
 //!   its window at the start; they are the ones that fall due in the variant (d)).
@@ -57,9 +57,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use certauto_core::issuer::LOCAL_CA_ISSUER_KEY;
-use certauto_core::storage::keys;
-use certauto_core::{
+use certauto::issuer::LOCAL_CA_ISSUER_KEY;
+use certauto::storage::keys;
+use certauto::{
     CachedCert, CertCache, Certificate, Clock, Config, Event, FileStorage, Identifier, KeyInfo,
     LocalCa, LockGuard, ManualClock, Storage, StorageError,
 };
@@ -636,7 +636,7 @@ fn startup_bench(
 /// Reads every `.crt` + `.key`, decodes the PEM and builds the rustls `CertifiedKey` (ring),
 /// keyed by name: the least a rustls server does to serve the files.
 fn parse_baseline(generated: &Generated) -> BenchResult<HashMap<String, Arc<CertifiedKey>>> {
-    let provider = certauto_core::crypto_provider();
+    let provider = certauto::crypto_provider();
     let mut map = HashMap::with_capacity(TOTAL_CERTS);
     for (name, path) in generated.names.iter().zip(&generated.files) {
         let record = std::fs::read(path).map_err(|e| format!("read {}: {e}", path.display()))?;

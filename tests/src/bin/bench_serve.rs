@@ -57,7 +57,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::serve::ListenerExt;
-use certauto_core::{
+use certauto::{
     CachedCert, CertCache, CertResolver, Certificate, ChallengeTokens, Identifier, LocalCa,
     MemoryStorage, TlsAlpnChallenges,
 };
@@ -679,7 +679,7 @@ impl ResolvesServerCert for PlainMapResolver {
 fn server_builder()
 -> BenchResult<rustls::ConfigBuilder<ServerConfig, rustls::server::WantsServerCert>> {
     Ok(
-        ServerConfig::builder_with_provider(certauto_core::crypto_provider())
+        ServerConfig::builder_with_provider(certauto::crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| format!("server protocol versions: {e}"))?
             .with_no_client_auth(),
@@ -700,7 +700,7 @@ fn resolver_config(resolver: Arc<dyn ResolvesServerCert>) -> BenchResult<Arc<Ser
 }
 
 fn client_config(verifier: Option<rustls::RootCertStore>) -> BenchResult<Arc<ClientConfig>> {
-    let provider = certauto_core::crypto_provider();
+    let provider = certauto::crypto_provider();
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| format!("client protocol versions: {e}"))?;

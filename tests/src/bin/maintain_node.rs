@@ -17,7 +17,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certauto_core::{AcmeIssuer, Config, FileStorage, Http01Solver, Storage};
+use certauto::{AcmeIssuer, Config, FileStorage, Http01Solver, Storage};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
