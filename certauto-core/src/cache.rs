@@ -67,7 +67,7 @@ impl CachedCert {
         let key = PrivateKeyDer::from_pem_slice(cert.key_pem().as_bytes())
             .map_err(|_| CertificateError::InvalidKey(crate::error::KeyError::InvalidPem))?;
         let certified_key = CertifiedKey::from_der(cert.chain().to_vec(), key, &crypto_provider())
-            .map_err(|e| CertificateError::Parse(e.to_string()))?;
+            .map_err(|e| CertificateError::Parse(Box::new(e)))?;
         Ok(Self {
             certified_key: Arc::new(certified_key),
             names: cert.names().to_vec(),
@@ -301,8 +301,16 @@ impl CertCache {
         }
     }
 
+    /// Adds a certificate of the application's own, which CertAuto serves
+    /// but does not renew (replacing, for each of its names, what served
+    /// that name). When the cache is full, unmanaged certificates are evicted
+    /// first.
+    pub fn add_unmanaged(&self, cert: &Certificate) -> Result<Arc<CachedCert>, CertificateError> {
+        self.insert(cert, false)
+    }
+
     /// Adds a certificate (replacing, for each of its names, what served that name).
-    pub fn insert(
+    pub(crate) fn insert(
         &self,
         cert: &Certificate,
         managed: bool,
@@ -312,7 +320,9 @@ impl CertCache {
         Ok(entry)
     }
 
-    /// Adds a prepared entry.
+    /// Adds a prepared entry. Not part of the API: the benchmarks time the
+    /// cache's insertion apart from parsing.
+    #[doc(hidden)]
     pub fn insert_entry(&self, entry: Arc<CachedCert>) {
         let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
         // Each name now points at the new entry; an old entry serving no name is dropped.
@@ -340,7 +350,7 @@ impl CertCache {
     /// fresh OCSP staple), but only if `current` still serves its first name:
     /// a certificate renewed in the meantime is never put back. Returns
     /// whether it replaced.
-    pub fn replace_entry(&self, current: &Arc<CachedCert>, new: Arc<CachedCert>) -> bool {
+    pub(crate) fn replace_entry(&self, current: &Arc<CachedCert>, new: Arc<CachedCert>) -> bool {
         let Some(first) = current.names.first() else {
             return false;
         };
@@ -420,7 +430,7 @@ impl CertCache {
     }
 
     /// A receiver that changes to `true` when [`stop`](Self::stop) is called.
-    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+    pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
         self.inner.stop.subscribe()
     }
 }

@@ -64,10 +64,10 @@ impl Certificate {
         let chain: Vec<CertificateDer<'static>> =
             CertificateDer::pem_slice_iter(chain_pem.as_bytes())
                 .collect::<Result<_, _>>()
-                .map_err(|e| CertificateError::Parse(e.to_string()))?;
+                .map_err(|e| CertificateError::Parse(format!("PEM: {e:?}").into()))?;
         let leaf_der = chain.first().ok_or(CertificateError::Empty)?;
         let (_, leaf) = X509Certificate::from_der(leaf_der)
-            .map_err(|e| CertificateError::Parse(e.to_string()))?;
+            .map_err(|e| CertificateError::Parse(Box::new(e)))?;
         let key = CertificateKey::from_pem(key_pem).map_err(CertificateError::InvalidKey)?;
         if leaf.public_key().subject_public_key.data.as_ref() != key.key_pair().public_key_raw() {
             return Err(CertificateError::KeyMismatch);

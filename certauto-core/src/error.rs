@@ -5,6 +5,11 @@ use crate::acme::types::ChallengeType;
 use crate::identifier::NameError;
 use crate::storage::StorageError;
 
+/// A boxed error from outside CertAuto (a third-party issuer, solver or
+/// storage backend, or a dependency whose error type is not part of our API),
+/// kept as the source so its cause chain survives.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Any error from CertAuto.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -41,6 +46,16 @@ pub enum Error {
     /// time. By name, in the order they failed.
     #[error("could not obtain {} of the managed names: {}", .0.len(), display_all(.0))]
     ManageFailed(Vec<(String, Error)>),
+    /// A third-party [`Issuer`](crate::Issuer) (or other extension) failed
+    /// with an error of its own.
+    #[error("{context}: {}", ErrorChain(&**source))]
+    Other {
+        /// What failed.
+        context: &'static str,
+        /// The extension's error.
+        #[source]
+        source: BoxError,
+    },
 }
 
 fn display_all(errors: &[(String, Error)]) -> String {
@@ -194,7 +209,7 @@ pub enum AcmeError {
         /// The identifier.
         identifier: String,
         /// The challenge types offered.
-        offered: Vec<String>,
+        offered: Vec<ChallengeType>,
     },
     /// Polling did not reach a final state in time.
     #[error("{what} did not complete within {secs} s")]
@@ -277,9 +292,12 @@ pub enum CertificateError {
     /// The PEM chain holds no certificate.
     #[error("no certificate in PEM data")]
     Empty,
-    /// A certificate could not be parsed.
-    #[error("invalid certificate: {0}")]
-    Parse(String),
+    /// A certificate (or chain) could not be parsed.
+    #[error("invalid certificate: {}", ErrorChain(&**.0))]
+    Parse(#[source] BoxError),
+    /// The local CA could not load, create or use its root.
+    #[error("local CA: {}", ErrorChain(&**.0))]
+    LocalCa(#[source] BoxError),
     /// The stored certificate record is malformed.
     #[error("invalid certificate record: {0}")]
     Record(&'static str),
@@ -307,9 +325,19 @@ pub enum SolverError {
     /// The solver does not support this challenge.
     #[error("solver cannot solve {0} challenges")]
     Unsupported(ChallengeType),
-    /// Any other solver failure, described.
-    #[error("challenge solver failed: {0}")]
-    Failed(String),
+    /// The CA sent a token that is not base64url (RFC 8555 §8.1); it is
+    /// never used in a path or a storage key.
+    #[error("malformed challenge token {0:?}")]
+    MalformedToken(String),
+    /// Sharing the challenge through storage failed.
+    #[error("could not share the challenge through storage: {0}")]
+    Storage(#[source] StorageError),
+    /// The TLS-ALPN-01 challenge certificate or its TLS listener could not be built.
+    #[error("TLS-ALPN-01 setup failed: {}", ErrorChain(&**.0))]
+    TlsAlpn(#[source] BoxError),
+    /// A third-party solver failed with an error of its own.
+    #[error("challenge solver failed: {}", ErrorChain(&**.0))]
+    Other(#[source] BoxError),
 }
 
 /// Configuration errors.

@@ -56,8 +56,10 @@ pub enum Event {
         names: Vec<String>,
         /// Whether this was a renewal.
         renewal: bool,
-        /// The error, as text.
+        /// The error with its whole cause chain, as text ([`ErrorChain`](crate::ErrorChain)).
         error: String,
+        /// The CA's problem document, when the CA refused.
+        problem: Option<Box<crate::Problem>>,
         /// Which attempt this was (1 for the first).
         attempt: u32,
         /// When the next attempt is scheduled, if any.

@@ -76,7 +76,8 @@ pub use challenge::{
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO};
 pub use error::{
-    AcmeError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError, SolverError,
+    AcmeError, BoxError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError,
+    SolverError,
 };
 pub use events::{Event, EventHandler};
 pub use handshake::{

@@ -140,7 +140,9 @@ impl ChallengeTokens {
     /// Records the key authorization for `token` (locally, and in storage if configured).
     pub async fn present(&self, token: &str, key_authorization: &str) -> Result<(), SolverError> {
         if !is_token(token) {
-            return Err(SolverError::Failed(format!("malformed token {token:?}")));
+            return Err(SolverError::MalformedToken(
+                token.chars().take(64).collect(),
+            ));
         }
         self.local
             .write()
@@ -150,7 +152,7 @@ impl ChallengeTokens {
             storage
                 .store(&token_key(token), key_authorization.as_bytes())
                 .await
-                .map_err(|e| SolverError::Failed(format!("storing the token: {e}")))?;
+                .map_err(SolverError::Storage)?;
         }
         Ok(())
     }

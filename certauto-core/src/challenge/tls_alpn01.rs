@@ -54,27 +54,31 @@ pub fn tls_alpn_sni(id: &Identifier) -> String {
     }
 }
 
+/// A TLS-ALPN-01 setup failure from a dependency's error.
+fn tls_alpn_error(e: impl std::error::Error + Send + Sync + 'static) -> SolverError {
+    SolverError::TlsAlpn(Box::new(e))
+}
+
 /// Builds the TLS-ALPN-01 challenge certificate for a challenge (RFC 8737 §3).
 pub fn challenge_certificate(challenge: &Challenge) -> Result<CertifiedKey, SolverError> {
-    let fail = |e: &dyn fmt::Display| SolverError::Failed(format!("challenge certificate: {e}"));
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
         challenge.key_authorization.as_bytes(),
     );
-    let key = rcgen::KeyPair::generate().map_err(|e| fail(&e))?;
+    let key = rcgen::KeyPair::generate().map_err(tls_alpn_error)?;
     let mut params =
         rcgen::CertificateParams::new(vec![challenge.identifier.as_str().into_owned()])
-            .map_err(|e| fail(&e))?;
+            .map_err(tls_alpn_error)?;
     params.distinguished_name = rcgen::DistinguishedName::new();
     params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
-    let cert = params.self_signed(&key).map_err(|e| fail(&e))?;
+    let cert = params.self_signed(&key).map_err(tls_alpn_error)?;
     let der_key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
     // Not `CertifiedKey::from_der`: its key check parses the certificate with
     // webpki, which refuses the critical acmeIdentifier extension.
     let signing_key = crypto_provider()
         .key_provider
         .load_private_key(der_key)
-        .map_err(|e| fail(&e))?;
+        .map_err(tls_alpn_error)?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
 }
 
@@ -210,7 +214,7 @@ impl TlsAlpn01Solver {
         let local = listener.local_addr().map_err(bind_err)?;
         let mut config = rustls::ServerConfig::builder_with_provider(crypto_provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| SolverError::Failed(e.to_string()))?
+            .map_err(|e| SolverError::TlsAlpn(Box::new(e)))?
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(ChallengeOnly(self.challenges.clone())));
         config.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];

@@ -259,6 +259,7 @@ impl Config {
                     names,
                     renewal,
                     error: ErrorChain(e).to_string(),
+                    problem: e.problem().cloned().map(Box::new),
                     attempt: retry.map_or(1, |(attempt, _)| attempt),
                     retry_at: retry.map(|(_, at)| at),
                 });

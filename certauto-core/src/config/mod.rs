@@ -251,7 +251,7 @@ impl Config {
     }
 
     /// Sends an event to every handler.
-    pub fn emit(&self, event: &Event) {
+    pub(crate) fn emit(&self, event: &Event) {
         tracing::debug!(event = event.name(), names = ?event.names(), "event");
         for handler in &self.inner.handlers {
             handler(event);

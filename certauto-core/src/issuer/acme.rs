@@ -546,11 +546,7 @@ impl AcmeIssuer {
             let Some((kind, solver, token, url)) = self.choose(&authz) else {
                 return Err(AcmeError::NoUsableChallenge {
                     identifier: identifier.to_string(),
-                    offered: authz
-                        .challenges
-                        .iter()
-                        .map(|c| c.type_.as_str().to_owned())
-                        .collect(),
+                    offered: authz.challenges.iter().map(|c| c.type_.clone()).collect(),
                 }
                 .into());
             };

@@ -98,8 +98,8 @@ impl fmt::Debug for LocalCa {
     }
 }
 
-fn ca_error(e: impl fmt::Display) -> Error {
-    CertificateError::Parse(format!("local CA: {e}")).into()
+fn ca_error(e: impl std::error::Error + Send + Sync + 'static) -> Error {
+    CertificateError::LocalCa(Box::new(e)).into()
 }
 
 fn offset(now: time::OffsetDateTime, d: Duration, forward: bool) -> time::OffsetDateTime {

@@ -536,8 +536,8 @@ fn measure_memory(certs: &[Certificate]) -> BenchResult<MemoryRun> {
     for cert in certs {
         entries.push(
             cache
-                .insert(cert, true)
-                .map_err(|e| format!("CertCache::insert: {e}"))?,
+                .add_unmanaged(cert)
+                .map_err(|e| format!("CertCache::add_unmanaged: {e}"))?,
         );
     }
     let insert_time = start.elapsed();
