@@ -687,13 +687,13 @@ mod tests {
         assert_eq!(response.headers[LOCATION], "https://example.com/");
     }
 
-    /// A config managing `example.com` and `*.wild.example` (local CA, in memory).
+    /// A config managing `example.test` and `*.wild.test` (local CA, in memory).
     async fn managing() -> Config {
         let config = Config::builder()
             .storage(std::sync::Arc::new(certauto_core::MemoryStorage::new()))
             .build();
         config
-            .manage(["example.com", "*.wild.example"])
+            .manage(["example.test", "*.wild.test"])
             .await
             .unwrap();
         config
@@ -704,17 +704,17 @@ mod tests {
         let config = managing().await;
         let layer = HttpsRedirectLayer::only_managed(&config);
         assert_eq!(
-            location(layer.clone(), "/a?b", "Example.COM.:80").await,
-            "https://Example.COM./a?b"
+            location(layer.clone(), "/a?b", "Example.TEST.:80").await,
+            "https://Example.TEST./a?b"
         );
         assert_eq!(
-            location(layer.clone(), "/", "a.wild.example").await,
-            "https://a.wild.example/"
+            location(layer.clone(), "/", "a.wild.test").await,
+            "https://a.wild.test/"
         );
         for host in [
             "evil.example",
-            "wild.example",
-            "a.b.wild.example",
+            "wild.test",
+            "a.b.wild.test",
             "[::1]:80",
             "127.0.0.1",
         ] {
@@ -726,7 +726,7 @@ mod tests {
         // The request target's authority is what is checked.
         let (response, _) = send(
             layer.clone(),
-            get("http://evil.example/", Some("example.com")),
+            get("http://evil.example/", Some("example.test")),
         )
         .await;
         assert_eq!(response.status, StatusCode::MISDIRECTED_REQUEST);
@@ -738,13 +738,13 @@ mod tests {
         assert_eq!(response.status, StatusCode::OK);
         // 301 with the same restriction, and names managed later.
         let layer = HttpsRedirectLayer::moved_permanently().managed_hosts_only(&config);
-        let (response, _) = send(layer.clone(), get("/", Some("late.example"))).await;
+        let (response, _) = send(layer.clone(), get("/", Some("late.test"))).await;
         assert_eq!(response.status, StatusCode::MISDIRECTED_REQUEST);
-        config.manage(["late.example"]).await.unwrap();
-        let (response, _) = send(layer, get("/", Some("late.example"))).await;
+        config.manage(["late.test"]).await.unwrap();
+        let (response, _) = send(layer, get("/", Some("late.test"))).await;
         assert_eq!(response.status, StatusCode::MOVED_PERMANENTLY);
-        assert!(is_managed_authority(&config, "late.example:8080"));
-        assert!(!is_managed_authority(&config, "late.example:x"));
+        assert!(is_managed_authority(&config, "late.test:8080"));
+        assert!(!is_managed_authority(&config, "late.test:x"));
     }
 
     #[test]
