@@ -19,12 +19,12 @@
 //! use std::time::Duration;
 //! use actix_web::{App, HttpServer, web};
 //! use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect_only_managed};
-//! use certauto_core::{ChallengeTokens, Config, ServerLimits};
+//! use certauto_core::{Config, ServerLimits};
 //!
 //! # async fn demo() -> std::io::Result<()> {
 //! let config = Config::builder().build(); // the local CA: works offline
 //! config.manage(["localhost"]).await.expect("certificate");
-//! let tokens = ChallengeTokens::new();
+//! let tokens = config.challenge_tokens().clone();
 //!
 //! let https = HttpServer::new(|| App::new().route("/", web::get().to(|| async { "hello" })))
 //!     .bind_acme(("0.0.0.0", 443), &config)?
@@ -84,6 +84,7 @@ use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
+use certauto_core::challenge::{HTTP01_CONTENT_TYPE, Http01Answer};
 use certauto_core::{ChallengeTokens, Config, ServerLimits};
 
 /// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,
@@ -175,17 +176,17 @@ fn challenge_route() -> Route {
 }
 
 async fn answer_challenge(req: HttpRequest, tokens: web::Data<ChallengeTokens>) -> HttpResponse {
-    let Some(token) = ChallengeTokens::token_from_path(req.path()) else {
-        return HttpResponse::NotFound().finish();
+    // actix-web 4 uses http 0.2: the method is matched by the route guard.
+    let method = if req.method() == actix_web::http::Method::HEAD {
+        http::Method::HEAD
+    } else {
+        http::Method::GET
     };
-    match tokens.get(token).await {
-        Some(key_authorization) => {
-            tracing::debug!(path = req.path(), "answered HTTP-01 challenge");
-            HttpResponse::Ok()
-                .content_type("application/octet-stream")
-                .body(key_authorization)
-        }
-        None => HttpResponse::NotFound().finish(),
+    match tokens.answer(&method, req.path()).await {
+        Http01Answer::KeyAuthorization(key_authorization) => HttpResponse::Ok()
+            .content_type(HTTP01_CONTENT_TYPE)
+            .body(key_authorization),
+        Http01Answer::NotChallenge | Http01Answer::NotFound => HttpResponse::NotFound().finish(),
     }
 }
 

@@ -21,13 +21,14 @@
 //! use std::future::IntoFuture as _;
 //! use std::time::Duration;
 //! use axum::{Router, routing::get};
-//! use certauto_core::{ChallengeTokens, Config, ServerLimits};
+//! use certauto_core::{Config, ServerLimits};
 //! use certauto_tower::{AcmeLayer, HttpsRedirectLayer};
 //!
-//! # async fn demo(tokens: ChallengeTokens) -> std::io::Result<()> {
-//! // `tokens`: the ChallengeTokens the HTTP-01 solver presents into.
-//! let config = Config::builder().build(); // the local CA: works offline
+//! # async fn demo() -> std::io::Result<()> {
+//! let config = Config::builder().build(); // localhost: the local CA, works offline
 //! config.manage(["localhost"]).await.expect("certificate");
+//! // The tokens the config's HTTP-01 solvers present into.
+//! let tokens = config.challenge_tokens().clone();
 //! let app = Router::new().route("/", get(|| async { "hello over TLS" }));
 //!
 //! // Port 80: ACME HTTP-01 challenges; other requests for managed names are

@@ -38,7 +38,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use certauto_core::ChallengeTokens;
-use certauto_core::challenge::HTTP01_PATH_PREFIX;
+use certauto_core::challenge::{HTTP01_CONTENT_TYPE, Http01Answer};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -124,41 +124,28 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        let head = match *req.method() {
-            Method::GET => false,
-            Method::HEAD => true,
-            _ => return ResponseFuture::inner(self.inner.call(req)),
-        };
-        let path = req.uri().path();
-        if !path.starts_with(HTTP01_PATH_PREFIX) {
-            return ResponseFuture::inner(self.inner.call(req));
-        }
-        let Some(token) = ChallengeTokens::token_from_path(path) else {
-            tracing::debug!(path, "malformed ACME HTTP-01 challenge path");
-            return ResponseFuture::ready(challenge_response(None, head));
-        };
-        if let Some(key_authorization) = self.tokens.get_local(token) {
-            tracing::debug!(token, "answering an ACME HTTP-01 challenge");
-            return ResponseFuture::ready(challenge_response(Some(key_authorization), head));
-        }
-        if !self.tokens.is_shared() {
-            tracing::debug!(token, "unknown ACME HTTP-01 challenge token");
-            return ResponseFuture::ready(challenge_response(None, head));
-        }
-        let tokens = self.tokens.clone();
-        let token = token.to_owned();
-        ResponseFuture::Lookup {
-            fut: Box::pin(async move {
-                let found = tokens.get(&token).await;
-                match &found {
-                    Some(_) => {
-                        tracing::debug!(token, "answering an ACME HTTP-01 challenge from storage");
-                    }
-                    None => tracing::debug!(token, "unknown ACME HTTP-01 challenge token"),
+        let head = req.method() == Method::HEAD;
+        match self.tokens.answer_now(req.method(), req.uri().path()) {
+            Some(Http01Answer::NotChallenge) => ResponseFuture::inner(self.inner.call(req)),
+            Some(Http01Answer::NotFound) => ResponseFuture::ready(challenge_response(None, head)),
+            Some(Http01Answer::KeyAuthorization(key_authorization)) => {
+                ResponseFuture::ready(challenge_response(Some(key_authorization), head))
+            }
+            // In another instance's storage: looked up without blocking the service.
+            None => {
+                let tokens = self.tokens.clone();
+                let method = req.method().clone();
+                let path = req.uri().path().to_owned();
+                ResponseFuture::Lookup {
+                    fut: Box::pin(async move {
+                        match tokens.answer(&method, &path).await {
+                            Http01Answer::KeyAuthorization(k) => Some(k),
+                            Http01Answer::NotChallenge | Http01Answer::NotFound => None,
+                        }
+                    }),
+                    head,
                 }
-                found
-            }),
-            head,
+            }
         }
     }
 }
@@ -178,10 +165,7 @@ fn challenge_response(key_authorization: Option<String>, head: bool) -> Response
     };
     let mut response = Response::new(body);
     let headers = response.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(HTTP01_CONTENT_TYPE));
     headers.insert(CONTENT_LENGTH, len);
     response
 }
@@ -278,6 +262,7 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
+    use certauto_core::challenge::HTTP01_PATH_PREFIX;
 
     const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
     const KEY_AUTHORIZATION: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.thumbprint";

@@ -168,14 +168,8 @@ async fn answer(
     req: &Request<Incoming>,
     peer: SocketAddr,
 ) -> Response<Full<Bytes>> {
-    let token = ChallengeTokens::token_from_path(req.uri().path())
-        .filter(|_| req.method() == Method::GET || req.method() == Method::HEAD);
-    let found = match token {
-        Some(token) => tokens.get(token).await,
-        None => None,
-    };
-    let response = match found {
-        Some(key_authorization) => {
+    let response = match tokens.answer(req.method(), req.uri().path()).await {
+        super::Http01Answer::KeyAuthorization(key_authorization) => {
             tracing::debug!(%peer, path = req.uri().path(), "answered HTTP-01 challenge");
             let body = if req.method() == Method::HEAD {
                 Bytes::new()
@@ -184,10 +178,10 @@ async fn answer(
             };
             Response::builder()
                 .status(StatusCode::OK)
-                .header(http::header::CONTENT_TYPE, "application/octet-stream")
+                .header(http::header::CONTENT_TYPE, super::HTTP01_CONTENT_TYPE)
                 .body(Full::new(body))
         }
-        None => Response::builder()
+        super::Http01Answer::NotChallenge | super::Http01Answer::NotFound => Response::builder()
             .status(StatusCode::NOT_FOUND)
             .body(Full::new(Bytes::new())),
     };

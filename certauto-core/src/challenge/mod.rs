@@ -116,6 +116,21 @@ pub struct ChallengeTokens {
 
 use crate::storage::keys::challenge_token as token_key;
 
+/// What the HTTP-01 responder answers to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Http01Answer {
+    /// Not an HTTP-01 request (another method or path): the application's.
+    NotChallenge,
+    /// A challenge request for an unknown or malformed token: 404, no body.
+    NotFound,
+    /// 200 with `Content-Type:` [`HTTP01_CONTENT_TYPE`] and this body (none
+    /// for `HEAD`).
+    KeyAuthorization(String),
+}
+
+/// The content type of an HTTP-01 answer.
+pub const HTTP01_CONTENT_TYPE: &str = "application/octet-stream";
+
 /// Whether `token` is a well-formed ACME token (base64url characters).
 fn is_token(token: &str) -> bool {
     !token.is_empty()
@@ -197,6 +212,54 @@ impl ChallengeTokens {
     /// Whether tokens are shared through storage.
     pub fn is_shared(&self) -> bool {
         self.storage.is_some()
+    }
+
+    /// The one HTTP-01 responder (RFC 8555 §8.3), without waiting when it
+    /// can: `None` means the token must be looked up in storage
+    /// ([`answer`](Self::answer)). Every HTTP front end decides through this:
+    /// certauto-tower's `AcmeLayer`, certauto-actix's challenge route and
+    /// [`Http01Solver`]'s own listener.
+    pub fn answer_now(&self, method: &http::Method, path: &str) -> Option<Http01Answer> {
+        if !(method == http::Method::GET || method == http::Method::HEAD)
+            || !path.starts_with(HTTP01_PATH_PREFIX)
+        {
+            return Some(Http01Answer::NotChallenge);
+        }
+        let Some(token) = Self::token_from_path(path) else {
+            tracing::debug!(path, "malformed ACME HTTP-01 challenge path");
+            return Some(Http01Answer::NotFound);
+        };
+        if let Some(key_authorization) = self.get_local(token) {
+            tracing::debug!(token, "answering an ACME HTTP-01 challenge");
+            return Some(Http01Answer::KeyAuthorization(key_authorization));
+        }
+        if self.is_shared() {
+            return None;
+        }
+        tracing::debug!(token, "unknown ACME HTTP-01 challenge token");
+        Some(Http01Answer::NotFound)
+    }
+
+    /// The HTTP-01 responder's answer to `method` `path`, reading storage
+    /// when the token is not in this process (see [`answer_now`](Self::answer_now)).
+    pub async fn answer(&self, method: &http::Method, path: &str) -> Http01Answer {
+        if let Some(answer) = self.answer_now(method, path) {
+            return answer;
+        }
+        let found = match Self::token_from_path(path) {
+            Some(token) => self.get(token).await,
+            None => None,
+        };
+        match found {
+            Some(key_authorization) => {
+                tracing::debug!(path, "answering an ACME HTTP-01 challenge from storage");
+                Http01Answer::KeyAuthorization(key_authorization)
+            }
+            None => {
+                tracing::debug!(path, "unknown ACME HTTP-01 challenge token");
+                Http01Answer::NotFound
+            }
+        }
     }
 
     /// The token of an HTTP-01 request path, if it is one.
