@@ -14,6 +14,7 @@ use std::fmt;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+use crate::der::{INTEGER, OCTET_STRING, SEQUENCE, tlv};
 use crate::error::KeyError;
 use crate::identifier::Identifier;
 
@@ -193,32 +194,16 @@ const OID_RSA_ENCRYPTION: &[u8] = &[
 ];
 const DER_NULL: &[u8] = &[0x05, 0x00];
 
-/// A DER TLV.
-fn der(tag: u8, content: &[u8]) -> Vec<u8> {
-    let mut out = vec![tag];
-    let len = content.len();
-    if len < 0x80 {
-        out.push(len as u8);
-    } else {
-        let bytes = len.to_be_bytes();
-        let skip = bytes.iter().take_while(|b| **b == 0).count();
-        out.push(0x80 | (bytes.len() - skip) as u8);
-        out.extend_from_slice(&bytes[skip..]);
-    }
-    out.extend_from_slice(content);
-    out
-}
-
 /// Wraps a SEC1 or PKCS#1 private key in PKCS#8 (RFC 5208) with the given
 /// AlgorithmIdentifier contents.
 fn pkcs8_wrap(algorithm: &[u8], private_key: &[u8]) -> Vec<u8> {
     let body = [
-        der(0x02, &[0x00]),
-        der(0x30, algorithm),
-        der(0x04, private_key),
+        tlv(INTEGER, &[0x00]),
+        tlv(SEQUENCE, algorithm),
+        tlv(OCTET_STRING, private_key),
     ]
     .concat();
-    der(0x30, &body)
+    tlv(SEQUENCE, &body)
 }
 
 /// Encodes DER as PEM with the given label.

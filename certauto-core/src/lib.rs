@@ -51,6 +51,7 @@ mod certificate;
 pub mod challenge;
 mod clock;
 mod config;
+mod der;
 pub mod env;
 mod error;
 mod events;

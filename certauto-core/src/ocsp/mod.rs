@@ -51,7 +51,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::OcspError;
 
-mod der;
 mod staple;
 mod verify;
 

@@ -6,8 +6,8 @@ use ring::digest;
 use ring::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use super::der::*;
 use super::{CrlReason, OCSP_CLOCK_SKEW, OCSP_RESPONSE_LIMIT, OcspResponse, OcspStatus};
+use crate::der::*;
 use crate::error::OcspError;
 
 // ----- request --------------------------------------------------------------

@@ -1,55 +1,56 @@
-//! Just enough DER (X.690) for OCSP: a bounds-checked reader, a writer, the
-//! tags and object identifiers used, and GeneralizedTime.
+//! Just enough DER (X.690): the one writer (PKCS#8 wrapping, OCSP requests)
+//! and, for OCSP, a bounds-checked reader, the tags and object identifiers
+//! used, and GeneralizedTime.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::OcspError;
 
-pub(super) const INTEGER: u8 = 0x02;
-pub(super) const BIT_STRING: u8 = 0x03;
-pub(super) const OCTET_STRING: u8 = 0x04;
-pub(super) const NULL: u8 = 0x05;
-pub(super) const OID: u8 = 0x06;
-pub(super) const ENUMERATED: u8 = 0x0a;
-pub(super) const GENERALIZED_TIME: u8 = 0x18;
-pub(super) const SEQUENCE: u8 = 0x30;
-pub(super) const CONTEXT_0: u8 = 0xa0;
-pub(super) const CONTEXT_1: u8 = 0xa1;
-pub(super) const CONTEXT_2: u8 = 0xa2;
+pub(crate) const INTEGER: u8 = 0x02;
+pub(crate) const BIT_STRING: u8 = 0x03;
+pub(crate) const OCTET_STRING: u8 = 0x04;
+pub(crate) const NULL: u8 = 0x05;
+pub(crate) const OID: u8 = 0x06;
+pub(crate) const ENUMERATED: u8 = 0x0a;
+pub(crate) const GENERALIZED_TIME: u8 = 0x18;
+pub(crate) const SEQUENCE: u8 = 0x30;
+pub(crate) const CONTEXT_0: u8 = 0xa0;
+pub(crate) const CONTEXT_1: u8 = 0xa1;
+pub(crate) const CONTEXT_2: u8 = 0xa2;
 /// `good [0] IMPLICIT NULL`.
-pub(super) const GOOD: u8 = 0x80;
+pub(crate) const GOOD: u8 = 0x80;
 /// `revoked [1] IMPLICIT RevokedInfo`.
-pub(super) const REVOKED: u8 = 0xa1;
+pub(crate) const REVOKED: u8 = 0xa1;
 /// `unknown [2] IMPLICIT UnknownInfo`.
-pub(super) const UNKNOWN: u8 = 0x82;
+pub(crate) const UNKNOWN: u8 = 0x82;
 
 /// 1.3.14.3.2.26
-pub(super) const SHA1_OID: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
+pub(crate) const SHA1_OID: &[u8] = &[0x2b, 0x0e, 0x03, 0x02, 0x1a];
 /// 2.16.840.1.101.3.4.2.1
-pub(super) const SHA256_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
+pub(crate) const SHA256_OID: &[u8] = &[0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01];
 /// 1.3.6.1.5.5.7.48.1.1 (id-pkix-ocsp-basic)
-pub(super) const OCSP_BASIC_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
+pub(crate) const OCSP_BASIC_OID: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x30, 0x01, 0x01];
 /// 1.2.840.113549.1.1.1
-pub(super) const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+pub(crate) const RSA_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
 /// 1.2.840.113549.1.1.11
-pub(super) const RSA_SHA256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
+pub(crate) const RSA_SHA256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0b];
 /// 1.2.840.113549.1.1.12
-pub(super) const RSA_SHA384_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
+pub(crate) const RSA_SHA384_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0c];
 /// 1.2.840.113549.1.1.13
-pub(super) const RSA_SHA512_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
+pub(crate) const RSA_SHA512_OID: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0d];
 /// 1.2.840.10045.2.1
-pub(super) const EC_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+pub(crate) const EC_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
 /// 1.2.840.10045.3.1.7
-pub(super) const P256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+pub(crate) const P256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 /// 1.3.132.0.34
-pub(super) const P384_OID: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
+pub(crate) const P384_OID: &[u8] = &[0x2b, 0x81, 0x04, 0x00, 0x22];
 /// 1.2.840.10045.4.3.2
-pub(super) const ECDSA_SHA256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+pub(crate) const ECDSA_SHA256_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
 /// 1.2.840.10045.4.3.3
-pub(super) const ECDSA_SHA384_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
+pub(crate) const ECDSA_SHA384_OID: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x03];
 
 /// A DER TLV with a one-byte tag and a definite length.
-pub(super) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+pub(crate) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
     let mut out = vec![tag];
     let len = content.len();
     if len < 0x80 {
@@ -65,27 +66,27 @@ pub(super) fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 }
 
 /// One element read by [`Reader`].
-pub(super) struct Tlv<'a> {
-    pub(super) tag: u8,
-    pub(super) content: &'a [u8],
-    pub(super) raw: &'a [u8],
+pub(crate) struct Tlv<'a> {
+    pub(crate) tag: u8,
+    pub(crate) content: &'a [u8],
+    pub(crate) raw: &'a [u8],
 }
 
 /// A bounds-checked DER reader over a slice (one-byte tags, definite lengths).
-pub(super) struct Reader<'a> {
+pub(crate) struct Reader<'a> {
     rest: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    pub(super) fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Self { rest: data }
     }
 
-    pub(super) fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.rest.is_empty()
     }
 
-    pub(super) fn end(&self) -> Result<(), OcspError> {
+    pub(crate) fn end(&self) -> Result<(), OcspError> {
         if self.rest.is_empty() {
             Ok(())
         } else {
@@ -93,7 +94,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    pub(super) fn next(&mut self) -> Result<Tlv<'a>, OcspError> {
+    pub(crate) fn next(&mut self) -> Result<Tlv<'a>, OcspError> {
         const TRUNCATED: OcspError = OcspError::Malformed("truncated DER");
         let data = self.rest;
         let (&tag, after_tag) = data.split_first().ok_or(TRUNCATED)?;
@@ -125,7 +126,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The content of the next element, which must have `tag`.
-    pub(super) fn expect(&mut self, tag: u8) -> Result<&'a [u8], OcspError> {
+    pub(crate) fn expect(&mut self, tag: u8) -> Result<&'a [u8], OcspError> {
         let el = self.next()?;
         if el.tag == tag {
             Ok(el.content)
@@ -135,7 +136,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The content of the next element if it has `tag`; nothing is consumed otherwise.
-    pub(super) fn optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, OcspError> {
+    pub(crate) fn optional(&mut self, tag: u8) -> Result<Option<&'a [u8]>, OcspError> {
         if self.rest.first() == Some(&tag) {
             self.expect(tag).map(Some)
         } else {
@@ -145,7 +146,7 @@ impl<'a> Reader<'a> {
 }
 
 /// The content of `data`'s only element, which must have `tag`.
-pub(super) fn sole(data: &[u8], tag: u8) -> Result<&[u8], OcspError> {
+pub(crate) fn sole(data: &[u8], tag: u8) -> Result<&[u8], OcspError> {
     let mut r = Reader::new(data);
     let content = r.expect(tag)?;
     r.end()?;
@@ -153,12 +154,12 @@ pub(super) fn sole(data: &[u8], tag: u8) -> Result<&[u8], OcspError> {
 }
 
 /// A reader over the content of `data`'s only element, which must have `tag`.
-pub(super) fn inside(data: &[u8], tag: u8) -> Result<Reader<'_>, OcspError> {
+pub(crate) fn inside(data: &[u8], tag: u8) -> Result<Reader<'_>, OcspError> {
     sole(data, tag).map(Reader::new)
 }
 
 /// The bits of a BIT STRING with no unused bits.
-pub(super) fn bit_string(content: &[u8]) -> Result<&[u8], OcspError> {
+pub(crate) fn bit_string(content: &[u8]) -> Result<&[u8], OcspError> {
     match content.split_first() {
         Some((0, bits)) => Ok(bits),
         _ => Err(OcspError::Malformed("BIT STRING")),
@@ -167,7 +168,7 @@ pub(super) fn bit_string(content: &[u8]) -> Result<&[u8], OcspError> {
 
 /// `YYYYMMDDHHMMSS[.f+]Z` (RFC 5280 §4.1.2.5.2 asks for no fraction; some
 /// responders add one).
-pub(super) fn generalized_time(content: &[u8]) -> Result<SystemTime, OcspError> {
+pub(crate) fn generalized_time(content: &[u8]) -> Result<SystemTime, OcspError> {
     const BAD: OcspError = OcspError::Malformed("GeneralizedTime");
     let s = std::str::from_utf8(content).map_err(|_| BAD)?;
     let s = s.strip_suffix('Z').ok_or(BAD)?;
@@ -210,7 +211,7 @@ pub(super) fn generalized_time(content: &[u8]) -> Result<SystemTime, OcspError> 
 
 /// `secs` after the Unix epoch, or `None` if the platform's `SystemTime`
 /// cannot hold it (e.g. before 1601 on Windows): never a panic on hostile input.
-pub(super) fn unix_to_system(secs: i64) -> Option<SystemTime> {
+pub(crate) fn unix_to_system(secs: i64) -> Option<SystemTime> {
     let d = Duration::from_secs(secs.unsigned_abs());
     if secs >= 0 {
         UNIX_EPOCH.checked_add(d)
