@@ -16,7 +16,7 @@ use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
 use crate::storage::{FileStorage, MemoryStorage, Storage};
 
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver};
-use crate::issuer::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION};
+use crate::issuer::{AcmeIssuer, AcmeIssuerBuilder, IssuerSet, LETS_ENCRYPT_PRODUCTION};
 
 use super::manage::Managed;
 use super::{Config, Inner};
@@ -239,14 +239,17 @@ impl ConfigBuilder {
         Config {
             inner: Arc::new(Inner {
                 storage,
-                issuers: self.issuers,
+                issuers: IssuerSet::new(
+                    self.issuers,
+                    issuers_configured,
+                    Arc::new(local_ca),
+                    self.local_names_use_local_ca,
+                ),
                 key_type: self.key_type,
                 renewal_ratio: self.renewal_ratio,
                 handlers: self.handlers,
                 clock: self.clock,
                 name_locks: StdMutex::new(HashMap::new()),
-                local_ca: Arc::new(local_ca),
-                local_names_use_local_ca: self.local_names_use_local_ca,
                 cache,
                 resolver: Arc::new(resolver),
                 default_name_set: self.default_name.is_some(),
@@ -259,7 +262,6 @@ impl ConfigBuilder {
                 retry_scheduled: tokio::sync::Notify::new(),
                 revoked: StdMutex::new(Vec::new()),
                 manage_concurrency: self.manage_concurrency,
-                issuers_configured,
                 challenge_tokens,
             }),
         }

@@ -293,10 +293,9 @@ impl Config {
                 Ok(issued) => issued,
                 Err(e) => {
                     tracing::warn!(issuer = %issuer_key, error = %ErrorChain(&e), "issuer failed");
-                    let lost =
-                        matches!(e, Error::Storage(crate::storage::StorageError::LockLost(_)));
+                    let next = crate::issuer::IssuerSet::fails_over(&e);
                     errors.push((issuer_key, e));
-                    if lost {
+                    if !next {
                         break;
                     }
                     continue;

@@ -22,11 +22,11 @@ use std::time::Duration;
 use crate::cache::CertCache;
 use crate::challenge::ChallengeTokens;
 use crate::clock::Clock;
-use crate::error::{ConfigError, Error};
+use crate::error::Error;
 use crate::events::{Event, EventHandler};
 use crate::handshake::CertResolver;
 use crate::identifier::Identifier;
-use crate::issuer::{Issuer, LocalCa, is_internal_name, is_local_name};
+use crate::issuer::{Issuer, IssuerSet, LocalCa};
 use crate::keys::KeyType;
 use crate::maintain::state::States;
 use crate::ratelimit::RateLimiter;
@@ -59,14 +59,13 @@ pub struct Config {
 
 struct Inner {
     storage: Arc<dyn Storage>,
-    issuers: Vec<Arc<dyn Issuer>>,
+    /// The issuers and the local CA, with the routing between them.
+    issuers: IssuerSet,
     key_type: KeyType,
     renewal_ratio: f64,
     handlers: Vec<EventHandler>,
     clock: Arc<dyn Clock>,
     name_locks: StdMutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    local_ca: Arc<LocalCa>,
-    local_names_use_local_ca: bool,
     cache: CertCache,
     resolver: Arc<CertResolver>,
     default_name_set: bool,
@@ -84,9 +83,6 @@ struct Inner {
     revoked: StdMutex<Vec<(Vec<Identifier>, String)>>,
     /// How many obtains `manage` runs at once.
     manage_concurrency: usize,
-    /// Whether the user configured issuers (else `issuers` holds the default,
-    /// Let's Encrypt, for public names).
-    issuers_configured: bool,
     /// HTTP-01 key authorizations, shared by the solvers the builder made
     /// and the application's `AcmeLayer`.
     challenge_tokens: ChallengeTokens,
@@ -111,7 +107,7 @@ impl Config {
 
     /// The issuers, in order.
     pub fn issuers(&self) -> &[Arc<dyn Issuer>] {
-        &self.inner.issuers
+        self.inner.issuers.issuers()
     }
 
     /// The clock.
@@ -184,14 +180,7 @@ impl Config {
 
     /// The issuer a stored certificate came from, by issuer key.
     pub(crate) fn issuer_by_key(&self, issuer_key: &str) -> Option<Arc<dyn Issuer>> {
-        if issuer_key == crate::issuer::LOCAL_CA_ISSUER_KEY {
-            return Some(self.inner.local_ca.clone());
-        }
-        self.inner
-            .issuers
-            .iter()
-            .find(|i| i.issuer_key() == issuer_key)
-            .cloned()
+        self.inner.issuers.by_key(issuer_key)
     }
 
     /// The HTTP-01 tokens of this config's solvers: give them to
@@ -220,7 +209,7 @@ impl Config {
 
     /// The local CA (used for local names and when no issuer is configured).
     pub fn local_ca(&self) -> &LocalCa {
-        &self.inner.local_ca
+        self.inner.issuers.local_ca()
     }
 
     /// A rustls server config (ring provider, TLS 1.2 and 1.3) resolving
@@ -258,38 +247,13 @@ impl Config {
         }
     }
 
-    /// (unless turned off) when every name is local; else the configured ones.
-    fn candidate_issuers(&self, ids: &[Identifier]) -> Vec<Arc<dyn Issuer>> {
-        let local = if self.inner.issuers_configured {
-            self.inner.local_names_use_local_ca && ids.iter().all(is_internal_name)
-        } else {
-            ids.iter().all(is_local_name)
-        };
-        if self.inner.issuers.is_empty() || local {
-            vec![self.inner.local_ca.clone() as Arc<dyn Issuer>]
-        } else {
-            self.inner.issuers.clone()
-        }
+    /// The issuers for `ids` (see [`IssuerSet`]).
+    pub(crate) fn candidate_issuers(&self, ids: &[Identifier]) -> Vec<Arc<dyn Issuer>> {
+        self.inner.issuers.candidates(ids)
     }
 
-    fn usable_issuers(&self, ids: &[Identifier]) -> Result<Vec<Arc<dyn Issuer>>, Error> {
-        let candidates = self.candidate_issuers(ids);
-        if candidates.is_empty() {
-            return Err(ConfigError::NoIssuers.into());
-        }
-        let mut first_err = None;
-        let mut usable = Vec::new();
-        for issuer in &candidates {
-            match issuer.precheck(ids) {
-                Ok(()) => usable.push(issuer.clone()),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        match (usable.is_empty(), first_err) {
-            (true, Some(e)) => Err(e),
-            _ => Ok(usable),
-        }
+    /// The candidates whose precheck accepts `ids`.
+    pub(crate) fn usable_issuers(&self, ids: &[Identifier]) -> Result<Vec<Arc<dyn Issuer>>, Error> {
+        self.inner.issuers.usable(ids)
     }
 }

@@ -1,8 +1,10 @@
 //! Issuers: where certificates come from.
 //!
 //! [`Config`](crate::Config) generates the key and CSR and hands them to an
-//! [`Issuer`]; with several issuers configured it tries them in order
-//! (failover). [`AcmeIssuer`] obtains certificates from any ACME CA.
+//! [`Issuer`] (whose contract is on the trait); with several issuers
+//! configured it tries them in order (failover), and names no public CA can
+//! issue go to the [`LocalCa`] (the routing is in `set.rs`). [`AcmeIssuer`]
+//! obtains certificates from any ACME CA.
 
 use std::fmt::Debug;
 
@@ -15,12 +17,14 @@ use crate::identifier::Identifier;
 
 mod acme;
 mod local;
+mod set;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
 pub use local::{
     DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, MAX_LOCAL_LEAF_LIFETIME,
     is_internal_name, is_local_name,
 };
+pub(crate) use set::IssuerSet;
 
 /// What to issue.
 #[derive(Debug, Clone)]
@@ -69,6 +73,31 @@ impl IssuedCertificate {
 }
 
 /// Something that issues certificates.
+///
+/// # Contract
+///
+/// Implementations MUST:
+/// - be safe to call concurrently: [`Config`](crate::Config) serialises work
+///   per certificate name (in process and through the storage lock), but
+///   orders for different names run at the same time on one issuer (8 at a
+///   time by default in [`Config::manage`](crate::Config::manage));
+/// - be cancel-safe: the future of [`issue`](Self::issue) may be dropped at
+///   any await (a caller's timeout, a lost storage lock, shutdown); it must
+///   then leave no state that affects later calls (presented challenges are
+///   cleaned up, as [`AcmeIssuer`] does from a drop guard). A dropped order
+///   may have been created at the CA: that is harmless;
+/// - never store the certificate themselves: `Config` stores it, in one
+///   atomic record, while it still holds the lock;
+/// - be stable in [`issuer_key`](Self::issuer_key): certificates are stored
+///   and found under it.
+///
+/// Errors: every error from `issue` makes `Config` try the next configured
+/// issuer (failover); the errors of all are returned together in
+/// [`Error::AllIssuersFailed`]. Refusals that
+/// do not depend on the CA (a wildcard without DNS-01, a profile the CA does
+/// not offer) belong in [`precheck`](Self::precheck), so they fail before any
+/// request. A third-party issuer wraps its own errors in
+/// [`Error::Other`] so their cause chain survives.
 #[async_trait]
 pub trait Issuer: Send + Sync + Debug {
     /// A stable, storage-safe name for this issuer; certificates are stored
