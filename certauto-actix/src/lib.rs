@@ -84,8 +84,8 @@ use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
-use certauto_core::challenge::{HTTP01_CONTENT_TYPE, Http01Answer};
 use certauto_core::{ChallengeTokens, Config, ServerLimits};
+use certauto_core::{HTTP01_CONTENT_TYPE, Http01Answer};
 
 /// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,
 /// each bounding clients with CertAuto's [`ServerLimits`].

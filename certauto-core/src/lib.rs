@@ -48,7 +48,7 @@
 pub mod acme;
 mod cache;
 mod certificate;
-pub mod challenge;
+mod challenge;
 mod clock;
 mod config;
 mod der;
@@ -57,9 +57,9 @@ mod error;
 mod events;
 mod handshake;
 mod identifier;
-pub mod issuer;
+mod issuer;
 mod keys;
-pub mod maintain;
+mod maintain;
 mod name_table;
 pub mod ocsp;
 mod ratelimit;
@@ -71,8 +71,10 @@ pub use acme::{
 };
 pub use cache::{CachedCert, CertCache, DEFAULT_CACHE_CAPACITY};
 pub use certificate::{Certificate, CertificateMetadata};
+pub use challenge::tls_alpn01::ACME_TLS_ALPN;
 pub use challenge::{
-    Challenge, ChallengeTokens, Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,
+    Challenge, ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer,
+    Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO};
@@ -87,11 +89,15 @@ pub use handshake::{
 };
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
-    AcmeIssuer, AcmeIssuerBuilder, IssueRequest, IssuedCertificate, Issuer,
-    LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LocalCa,
+    AcmeIssuer, AcmeIssuerBuilder, DEFAULT_LOCAL_LEAF_LIFETIME, IssueRequest, IssuedCertificate,
+    Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LOCAL_CA_ISSUER_KEY, LocalCa,
+    MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
 };
 pub use keys::{CertificateKey, KeyType};
-pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
+pub use maintain::{
+    DEFAULT_RENEW_INTERVAL, MAX_CHECK_INTERVAL, MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF,
+    MaintenanceHandle, RenewalReport, start_maintenance,
+};
 pub use ocsp::OcspReport;
 pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,

@@ -38,7 +38,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use certauto_core::ChallengeTokens;
-use certauto_core::challenge::{HTTP01_CONTENT_TYPE, Http01Answer};
+use certauto_core::{HTTP01_CONTENT_TYPE, Http01Answer};
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use pin_project_lite::pin_project;
@@ -262,7 +262,7 @@ mod tests {
     use tower::{ServiceExt, service_fn};
 
     use super::*;
-    use certauto_core::challenge::HTTP01_PATH_PREFIX;
+    use certauto_core::HTTP01_PATH_PREFIX;
 
     const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
     const KEY_AUTHORIZATION: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.thumbprint";

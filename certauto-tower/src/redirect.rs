@@ -46,7 +46,7 @@ use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use certauto_core::Config;
-use certauto_core::challenge::HTTP01_PATH_PREFIX;
+use certauto_core::HTTP01_PATH_PREFIX;
 use http::header::{HOST, LOCATION};
 use http::{HeaderValue, Request, Response, StatusCode};
 use pin_project_lite::pin_project;

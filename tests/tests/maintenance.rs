@@ -47,7 +47,7 @@ const ISSUE_BOUND: Duration = Duration::from_secs(180);
 const PROCESS_BOUND: Duration = Duration::from_secs(300);
 /// Account e-mail of every config in this file.
 const EMAIL: &str = "maintain@certauto.example";
-/// The first retry delay (`certauto::maintain::MIN_RETRY_BACKOFF`), and
+/// The first retry delay (`certauto::MIN_RETRY_BACKOFF`), and
 /// the ±10 % jitter around it.
 const FIRST_BACKOFF: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);

@@ -19,7 +19,7 @@ use crate::identifier::Identifier;
 use crate::storage::Storage;
 
 mod http01;
-pub mod tls_alpn01;
+pub(crate) mod tls_alpn01;
 
 pub use http01::Http01Solver;
 pub use tls_alpn01::{TlsAlpn01Solver, TlsAlpnChallenges};

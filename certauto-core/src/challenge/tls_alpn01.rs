@@ -35,7 +35,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The SNI a validator sends for an identifier: the name itself, or for an IP
 /// address its reverse-DNS name (RFC 8738 §6).
-pub fn tls_alpn_sni(id: &Identifier) -> String {
+pub(crate) fn tls_alpn_sni(id: &Identifier) -> String {
     match id {
         Identifier::Dns(d) => d.as_str().to_owned(),
         Identifier::Ip(IpAddr::V4(v4)) => {
@@ -60,7 +60,7 @@ fn tls_alpn_error(e: impl std::error::Error + Send + Sync + 'static) -> SolverEr
 }
 
 /// Builds the TLS-ALPN-01 challenge certificate for a challenge (RFC 8737 §3).
-pub fn challenge_certificate(challenge: &Challenge) -> Result<CertifiedKey, SolverError> {
+pub(crate) fn challenge_certificate(challenge: &Challenge) -> Result<CertifiedKey, SolverError> {
     let digest = ring::digest::digest(
         &ring::digest::SHA256,
         challenge.key_authorization.as_bytes(),
@@ -131,7 +131,7 @@ impl TlsAlpnChallenges {
 /// Answers TLS-ALPN-01 challenges.
 ///
 /// ```
-/// use certauto_core::challenge::{TlsAlpn01Solver, TlsAlpnChallenges};
+/// use certauto_core::{TlsAlpn01Solver, TlsAlpnChallenges};
 ///
 /// // On the application's own TLS port (give the same set to the Config):
 /// let challenges = TlsAlpnChallenges::new();

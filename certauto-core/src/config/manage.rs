@@ -140,7 +140,7 @@ impl Config {
     /// (see [`ConfigBuilder::manage_concurrency`](super::ConfigBuilder::manage_concurrency)),
     /// and one failing name does not stop the others: each failure is
     /// reported (event `cert_failed`, log), scheduled for retry by
-    /// [maintenance](crate::maintain) at its retry time, and returned in
+    /// [maintenance](crate::start_maintenance) at its retry time, and returned in
     /// [`Error::ManageFailed`] once every name was tried.
     pub async fn manage<I, S>(&self, names: I) -> Result<(), Error>
     where

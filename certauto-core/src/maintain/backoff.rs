@@ -9,7 +9,7 @@ pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The delay before retry number `attempt + 1` (`attempt` ≥ 1 failures so
 /// far): a minute doubled per failure, at most 30 days, before jitter.
-pub fn retry_backoff(attempt: u32) -> Duration {
+pub(crate) fn retry_backoff(attempt: u32) -> Duration {
     let exp = attempt.saturating_sub(1).min(31);
     MIN_RETRY_BACKOFF
         .checked_mul(1u32 << exp)

@@ -1,30 +1,4 @@
-//! Maintenance: certificates stay valid with nobody watching.
-//!
-//! [`start_maintenance`] runs a renewal check every
-//! [`renew_check_interval`](crate::ConfigBuilder::renew_check_interval)
-//! (default 10 minutes) and, beside it, an OCSP staple refresh
-//! ([`Config::check_ocsp`], see [`crate::ocsp`]) every
-//! [`ocsp_check_interval`](crate::ConfigBuilder::ocsp_check_interval)
-//! (default 1 hour), until the cache's [`stop`](crate::CertCache::stop).
-//! Each renewal check ([`Config::check_renewals`]) looks at every managed certificate:
-//!
-//! - **When**: inside the CA's ARI window (RFC 9773) at a random time chosen
-//!   once per window, when the issuer offers `renewalInfo`; otherwise when
-//!   less than the renewal ratio (default 1/3) of the lifetime remains. A
-//!   window in the past means now. Deciding reads no storage: only the cache
-//!   and, for ARI, the CA.
-//! - **Without downtime**: the renewal is stored, then swapped into the cache;
-//!   the old certificate serves until then, and whenever renewal fails.
-//!   Under the storage lock, storage is checked first: if another instance
-//!   already renewed, its certificate is loaded, not ordered again.
-//! - **Retries**: a failed renewal is retried with exponential backoff from a
-//!   minute up to 30 days, with jitter. The schedule is kept in storage, so a
-//!   restarted process resumes it instead of hammering the CA, and reported in
-//!   `cert_failed` events (attempt number and next retry time).
-//!
-//! Time comes from the config's [`Clock`](crate::Clock), so tests drive
-//! renewals with a [`ManualClock`](crate::ManualClock) and
-//! [`Config::check_renewals`] instead of waiting.
+#![doc = include_str!("overview.md")]
 
 use std::future::Future;
 use std::pin::Pin;
@@ -42,7 +16,7 @@ use crate::storage::keys;
 mod backoff;
 pub(crate) mod state;
 
-pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF, retry_backoff};
+pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};
 use backoff::{jittered_backoff, random_in, saturating_add};
 use state::{AriState, AriWindow, RetryState, next_retry, unix};
 
@@ -229,8 +203,8 @@ impl Config {
         next_retry(&self.maintenance_states())
     }
 
-    /// One renewal check over every managed certificate; see the [module
-    /// docs](crate::maintain). Certificates an OCSP check found revoked are
+    /// One renewal check over every managed certificate; see
+    /// [`start_maintenance`]. Certificates an OCSP check found revoked are
     /// renewed first. Returns what it did.
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
@@ -371,6 +345,8 @@ impl Future for MaintenanceHandle {
     }
 }
 
+#[doc = include_str!("overview.md")]
+///
 /// Starts background maintenance for `config`: a renewal check every
 /// [`Config::renew_check_interval`], an OCSP check ([`Config::check_ocsp`])
 /// every [`Config::ocsp_check_interval`], a check as soon as a failed

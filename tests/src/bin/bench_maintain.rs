@@ -57,7 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use certauto::issuer::LOCAL_CA_ISSUER_KEY;
+use certauto::LOCAL_CA_ISSUER_KEY;
 use certauto::storage::keys;
 use certauto::{
     CachedCert, CertCache, Certificate, Clock, Config, Event, FileStorage, Identifier, KeyInfo,
