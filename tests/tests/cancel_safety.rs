@@ -10,7 +10,8 @@
 //!   the lock file is gone, the token is no longer served (neither from
 //!   `ChallengeTokens`, nor from storage, nor by the responder), and the same
 //!   name is obtained at once from this process and from a `store-node`
-//!   process, with exactly one new order.
+//!   process, with exactly one new order. With the solver's own listener
+//!   (`Http01Solver::bind`) instead of the responder, the listener stops.
 //! - **A lock broken under its holder**: while an obtain is blocked in the
 //!   solver, its lock file is replaced by another owner's, or broken by a
 //!   second `FileStorage` with a tiny stale age; the obtain fails with
@@ -133,9 +134,13 @@ async fn http_get_status(addr: SocketAddr, path: &str) -> u16 {
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    bounded(STEP_BOUND, "HTTP response", stream.read_to_end(&mut response))
-        .await
-        .unwrap();
+    bounded(
+        STEP_BOUND,
+        "HTTP response",
+        stream.read_to_end(&mut response),
+    )
+    .await
+    .unwrap();
     let text = String::from_utf8_lossy(&response);
     text.split_whitespace()
         .nth(1)
@@ -360,20 +365,33 @@ enum CancelPoint {
 }
 
 /// One Pebble behind the order-counting proxy, a shared storage folder, the
-/// responder on Pebble's HTTP-01 port, and the gate of this process's solver.
+/// responder on Pebble's HTTP-01 port (or, with [`Env::with_solver_listener`],
+/// none: this process's solver listens there itself while it has challenges),
+/// and the gate of this process's solver.
 struct Env {
     pebble: Pebble,
     proxy: AriProxy,
     dir: tempfile::TempDir,
     ca_pem: PathBuf,
     tokens: ChallengeTokens,
-    responder: Responder,
+    responder: Option<Responder>,
     gate: Arc<Gate>,
     events: Arc<Mutex<Vec<Event>>>,
 }
 
 impl Env {
+    /// With the storage-sharing responder on the HTTP-01 port.
     async fn start() -> Self {
+        Self::start_with(true).await
+    }
+
+    /// Without the responder: this process's `Http01Solver` binds the HTTP-01
+    /// port itself while it has challenges presented.
+    async fn with_solver_listener() -> Self {
+        Self::start_with(false).await
+    }
+
+    async fn start_with(responder: bool) -> Self {
         init_tracing();
         // No reuse of authorizations: each order validates afresh, so the
         // cancelled order's held authorization is never the next one's.
@@ -388,7 +406,10 @@ impl Env {
         std::fs::write(&ca_pem, proxy.https_ca_pem()).unwrap();
         let storage_dir = dir.path().join("storage");
         let tokens = ChallengeTokens::new().with_storage(Arc::new(FileStorage::new(&storage_dir)));
-        let responder = Responder::start(pebble.http_port(), tokens.clone()).await;
+        let responder = match responder {
+            true => Some(Responder::start(pebble.http_port(), tokens.clone()).await),
+            false => None,
+        };
         Env {
             pebble,
             proxy,
@@ -420,8 +441,13 @@ impl Env {
     /// This process's config: the gated solver, events recorded.
     fn config(&self, storage: Arc<dyn Storage>, clock: Option<Arc<ManualClock>>) -> Config {
         let events = self.events.clone();
+        let inner = match self.responder {
+            Some(_) => Http01Solver::without_listener(self.tokens.clone()),
+            None => Http01Solver::bind(SocketAddr::from(([127, 0, 0, 1], self.pebble.http_port())))
+                .with_tokens(self.tokens.clone()),
+        };
         let solver = GatedSolver {
-            inner: Http01Solver::without_listener(self.tokens.clone()),
+            inner,
             gate: self.gate.clone(),
         };
         let issuer = AcmeIssuer::builder()
@@ -439,6 +465,12 @@ impl Env {
             builder = builder.clock(clock);
         }
         builder.build()
+    }
+
+    fn responder(&self) -> &Responder {
+        self.responder
+            .as_ref()
+            .expect("holding validation needs the responder")
     }
 
     fn created_orders(&self) -> usize {
@@ -477,7 +509,7 @@ impl Env {
                 }
                 CancelPoint::ValidationPending => {
                     self.gate.set(Hold::Nowhere);
-                    self.responder.stall()
+                    self.responder().stall()
                 }
             };
             let lock_file = cert_lock_file(&self.storage_dir(), name);
@@ -485,7 +517,7 @@ impl Env {
                 match point {
                     CancelPoint::Solver(_) => self.gate.wait_held(held_before).await,
                     CancelPoint::ValidationPending => {
-                        self.responder.wait_arrived(arrived_before).await;
+                        self.responder().wait_arrived(arrived_before).await;
                     }
                 }
                 assert!(
@@ -513,7 +545,9 @@ impl Env {
                     if self.gate.presented.lock().unwrap().len() == presented_before
                         && attempt < MAX_REUSED_AUTHZ_RETRIES =>
                 {
-                    self.responder.unstall();
+                    if let Some(responder) = &self.responder {
+                        responder.unstall();
+                    }
                     tracing::warn!(what, serial = %cert.serial_hex(),
                         "Pebble reused an authorization: nothing to hold; trying again");
                 }
@@ -547,7 +581,8 @@ impl Env {
             "{what}: token still served"
         );
         // Another instance looks in storage.
-        let fresh = ChallengeTokens::new().with_storage(Arc::new(FileStorage::new(self.storage_dir())));
+        let fresh =
+            ChallengeTokens::new().with_storage(Arc::new(FileStorage::new(self.storage_dir())));
         assert_eq!(
             fresh.get(token).await,
             None,
@@ -560,13 +595,27 @@ impl Env {
                 .unwrap(),
             "{what}: token key still in storage"
         );
-        // Let held validation requests go (they now get 404), then ask ourselves.
-        self.responder.unstall();
-        assert_eq!(
-            self.responder.status_of(token).await,
-            404,
-            "{what}: the responder still answers token {token}"
-        );
+        match &self.responder {
+            Some(responder) => {
+                // Let held validation requests go (they now get 404), then ask ourselves.
+                responder.unstall();
+                assert_eq!(
+                    responder.status_of(token).await,
+                    404,
+                    "{what}: the responder still answers token {token}"
+                );
+            }
+            None => {
+                // The solver's own listener stopped with its last challenge.
+                let addr = SocketAddr::from(([127, 0, 0, 1], self.pebble.http_port()));
+                eventually(
+                    CLEANUP_BOUND,
+                    &format!("{what}: the solver's listener on {addr} stopping"),
+                    || async { TcpStream::connect(addr).await.is_err() },
+                )
+                .await;
+            }
+        }
     }
 
     /// Runs `store-node acme --op <op>` for `name` to its end.
@@ -668,7 +717,11 @@ async fn cancelled_obtain_then_two_processes_obtain(point: CancelPoint, name: &s
 
     let orders_before = env.created_orders();
     let (here, there) = tokio::join!(
-        bounded(ISSUE_BOUND, "obtain after the cancel", config.obtain([name])),
+        bounded(
+            ISSUE_BOUND,
+            "obtain after the cancel",
+            config.obtain([name])
+        ),
         env.store_node("obtain", name),
     );
     let here = here.unwrap_or_else(|e| panic!("{what}: obtain at once failed: {e}"));
@@ -717,6 +770,37 @@ async fn obtain_cancelled_while_validation_pending_frees_lock_and_token() {
     .await;
 }
 
+/// The solver's own listener (`Http01Solver::bind`) too: a cancelled obtain
+/// stops it, and the next obtain binds the port again and succeeds with one
+/// order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn obtain_cancelled_stops_the_solvers_own_listener() {
+    const NAME: &str = "own-listener.certauto.example";
+    let env = Env::with_solver_listener().await;
+    let config = env.config(env.storage(None), None);
+    for point in [Hold::InPresent, Hold::InWait] {
+        let what = format!("obtain with its own listener cancelled at {point:?}");
+        let token = env
+            .cancel_at(&what, NAME, CancelPoint::Solver(point), || {
+                config.obtain([NAME])
+            })
+            .await;
+        env.assert_cleaned_up(&what, NAME, &token).await;
+    }
+    let orders_before = env.created_orders();
+    let cert = bounded(
+        ISSUE_BOUND,
+        "obtain after the cancels",
+        config.obtain([NAME]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("obtain at once after the cancels failed: {e}"));
+    assert_eq!(env.created_orders(), orders_before + 1, "one new order");
+    let chain: Vec<Vec<u8>> = cert.chain().iter().map(|c| c.to_vec()).collect();
+    webpki_verify_chain(&chain, &env.pebble.root_der(0).await, NAME).unwrap();
+    assert!(!cert_lock_file(&env.storage_dir(), NAME).exists());
+}
+
 // ----- cancelled renewals --------------------------------------------------
 
 /// `renew` (due by the injected clock) and `force_renew` cancelled mid-order:
@@ -734,7 +818,10 @@ async fn renewals_cancelled_mid_order_free_lock_and_token() {
     let mut serials = HashSet::from([normalize_serial(&first.serial_hex())]);
     // Three quarters into its lifetime: inside the default renewal window of
     // every certificate this test gets (all issued within minutes).
-    let lifetime = first.not_after().duration_since(first.not_before()).unwrap();
+    let lifetime = first
+        .not_after()
+        .duration_since(first.not_before())
+        .unwrap();
     clock.set(first.not_before() + lifetime.mul_f64(0.75));
 
     // renew, cancelled after present and while validation is pending; then
@@ -791,9 +878,13 @@ async fn renewals_cancelled_mid_order_free_lock_and_token() {
         assert_eq!(normalize_serial(&stored.serial_hex()), there_serial);
 
         let orders_before = env.created_orders();
-        let here = bounded(ISSUE_BOUND, "force_renew at once", config.force_renew([NAME]))
-            .await
-            .unwrap_or_else(|e| panic!("{what}: force_renew at once failed: {e}"));
+        let here = bounded(
+            ISSUE_BOUND,
+            "force_renew at once",
+            config.force_renew([NAME]),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{what}: force_renew at once failed: {e}"));
         assert_eq!(
             env.created_orders(),
             orders_before + 1,
@@ -860,9 +951,13 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
                 .lock_wait_timeout(Some(STEP_BOUND))
                 .build();
             let lock_name = keys::cert_lock(&Identifier::parse(name).unwrap());
-            let guard = bounded(STEP_BOUND, "the second storage's lock", second.lock(&lock_name))
-                .await
-                .unwrap();
+            let guard = bounded(
+                STEP_BOUND,
+                "the second storage's lock",
+                second.lock(&lock_name),
+            )
+            .await
+            .unwrap();
             let owner = lock_owner(&lock_file);
             second_guard = Some(guard);
             owner
@@ -870,7 +965,7 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
     };
     assert_ne!(new_owner, holder);
 
-    let result = bounded(ISSUE_BOUND, "the obtain noticing its lost lock", task)
+    let result = bounded(STEP_BOUND, "the obtain noticing its lost lock", task)
         .await
         .unwrap();
     match &result {
@@ -890,10 +985,16 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
     assert_eq!(failed.len(), 1, "{what}: one cert_failed event: {failed:?}");
     if let Event::CertFailed { error, renewal, .. } = &failed[0] {
         assert!(!renewal);
-        assert!(error.contains("lost"), "{what}: the event says why: {error}");
+        assert!(
+            error.contains("lost"),
+            "{what}: the event says why: {error}"
+        );
     }
     // Nothing stored for the name, by this config or as seen by a fresh one.
-    assert!(config.load([name]).await.unwrap().is_none(), "{what}: stored");
+    assert!(
+        config.load([name]).await.unwrap().is_none(),
+        "{what}: stored"
+    );
     let fresh = Config::builder()
         .storage(Arc::new(FileStorage::new(env.storage_dir())))
         .acme(
@@ -903,7 +1004,10 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
                 .agreed(true),
         )
         .build();
-    assert!(fresh.load([name]).await.unwrap().is_none(), "{what}: stored");
+    assert!(
+        fresh.load([name]).await.unwrap().is_none(),
+        "{what}: stored"
+    );
     let stored = FileStorage::new(env.storage_dir())
         .list("certificates", true)
         .await
@@ -913,7 +1017,9 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
         "{what}: certificate files for {name}: {stored:?}"
     );
     assert!(
-        !env.events().iter().any(|e| matches!(e, Event::CertObtained { .. })),
+        !env.events()
+            .iter()
+            .any(|e| matches!(e, Event::CertObtained { .. })),
         "{what}: nothing obtained"
     );
     // The holder's cleanup left the other owner's lock alone.
@@ -923,7 +1029,10 @@ async fn lock_broken_under_obtain(breaker: Breaker, name: &str) {
     })
     .await;
     assert!(env.tokens.get(&token).await.is_none());
-    assert!(lock_file.exists(), "{what}: the other owner's lock was removed");
+    assert!(
+        lock_file.exists(),
+        "{what}: the other owner's lock was removed"
+    );
     assert_eq!(lock_owner(&lock_file), new_owner);
     if let Some(guard) = second_guard {
         assert!(!guard.is_lost(), "the new owner's lock was touched");
@@ -1071,7 +1180,10 @@ async fn killed_renewals_leave_the_old_or_the_new_certificate_whole() {
         lines.push(line);
     }
     let status = node.wait().await;
-    assert!(status.success(), "the last child failed: {status} {lines:?}");
+    assert!(
+        status.success(),
+        "the last child failed: {status} {lines:?}"
+    );
     let serial = lines
         .last()
         .and_then(|l| l.strip_prefix("renewed 1 "))

@@ -127,7 +127,10 @@ async fn acme(args: Args) -> Result<(), String> {
     };
     match result {
         Ok(cert) => {
-            println!("{}", serde_json::json!({"ok": true, "serial": cert.serial_hex()}));
+            println!(
+                "{}",
+                serde_json::json!({"ok": true, "serial": cert.serial_hex()})
+            );
             Ok(())
         }
         Err(e) => {
