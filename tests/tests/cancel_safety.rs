@@ -45,13 +45,13 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::Response;
-use certauto_core::challenge::{Challenge, HTTP01_PATH_PREFIX, Solver};
-use certauto_core::issuer::LOCAL_CA_ISSUER_KEY;
-use certauto_core::storage::keys;
-use certauto_core::{
+use certauto::LOCAL_CA_ISSUER_KEY;
+use certauto::storage::keys;
+use certauto::{
     AcmeIssuer, Certificate, ChallengeTokens, Config, Error, Event, FileStorage, Http01Solver,
     Identifier, ManualClock, SolverError, Storage, StorageError,
 };
+use certauto::{Challenge, HTTP01_PATH_PREFIX, Solver};
 use certauto_tests::{AriProxy, Pebble, init_tracing, normalize_serial, webpki_verify_chain};
 use certauto_tower::AcmeLayer;
 use rustls_pki_types::CertificateDer;

@@ -547,6 +547,54 @@ fn release_lock(path: &Path, owner: &str) -> io::Result<()> {
     }
 }
 
+/// One attempt to create a lock file, running on the blocking pool. Dropped
+/// before [`finish`](Self::finish) returns (the `lock` future was
+/// cancelled), it waits for the attempt in the background and removes the
+/// lock file it created, so a cancelled `lock` never leaves a lock behind.
+struct PendingAttempt {
+    task: Option<tokio::task::JoinHandle<io::Result<Attempt>>>,
+    path: PathBuf,
+    owner: String,
+}
+
+impl PendingAttempt {
+    async fn finish(&mut self, name: &str) -> Result<Attempt, StorageError> {
+        let Some(task) = self.task.as_mut() else {
+            return Ok(Attempt::Retry);
+        };
+        let result = task.await;
+        self.task = None;
+        result
+            .map_err(|e| io_fail(name, io::Error::other(e)))?
+            .map_err(|e| io_fail(name, e))
+    }
+}
+
+impl Drop for PendingAttempt {
+    fn drop(&mut self) {
+        let Some(task) = self.task.take() else {
+            return;
+        };
+        let (path, owner) = (
+            std::mem::take(&mut self.path),
+            std::mem::take(&mut self.owner),
+        );
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            if let Ok(Ok(Attempt::Acquired)) = task.await {
+                let removed =
+                    tokio::task::spawn_blocking(move || release_lock(&path, &owner)).await;
+                tracing::debug!(
+                    ok = matches!(removed, Ok(Ok(()))),
+                    "file storage: lock taken by a cancelled lock() removed"
+                );
+            }
+        });
+    }
+}
+
 /// What the keepalive task of one lock needs.
 struct Keepalive {
     path: PathBuf,
@@ -799,9 +847,8 @@ impl Storage for FileStorage {
     /// Acquires the lock `name`, waiting while another client holds it, for at
     /// most the configured [`lock_wait_timeout`](FileStorageBuilder::lock_wait_timeout).
     ///
-    /// If the returned future is dropped while the lock file is being created,
-    /// the file may be left behind without a keepalive: it is then broken once
-    /// it goes stale.
+    /// Cancel-safe: if the returned future is dropped while the lock file is
+    /// being created, the file is removed once its creation finished.
     async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         let (path, _file) = self.lock_path(name)?;
         let config = self.inner.config;
@@ -821,13 +868,16 @@ impl Storage for FileStorage {
             released.as_mut().enable();
 
             let attempt = {
-                let path = path.clone();
-                let owner = owner.clone();
-                let lock_name = name.to_owned();
-                blocking(name, move || {
-                    try_acquire(&path, &owner).map_err(|e| io_fail(&lock_name, e))
-                })
-                .await?
+                let (p, o) = (path.clone(), owner.clone());
+                let task = tokio::task::spawn_blocking(move || try_acquire(&p, &o));
+                // If this future is dropped while the file is being created,
+                // the attempt's file (if it was created) is removed.
+                let mut pending = PendingAttempt {
+                    task: Some(task),
+                    path: path.clone(),
+                    owner: owner.clone(),
+                };
+                pending.finish(name).await?
             };
             let now = tokio::time::Instant::now();
             let seen = match attempt {
@@ -1479,6 +1529,35 @@ mod tests {
         fs::remove_dir(&path).unwrap();
         fs::write(&path, saved).unwrap();
         held.release().await.unwrap();
+    }
+
+    /// A `lock` call aborted at any point (before, during or after the file
+    /// is created) leaves no lock behind: another instance, which would wait
+    /// an hour for a stale lock, gets it at once every time.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cancelled_lock_call_leaves_no_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let make = || {
+            FileStorage::builder(dir.path())
+                .lock_stale_after(Duration::from_secs(3600))
+                .lock_poll_interval(Duration::from_millis(1))
+                .build()
+        };
+        let (a, b) = (make(), make());
+        for round in 0..50 {
+            let a = a.clone();
+            let task = tokio::spawn(async move { a.lock("k").await.map(drop) });
+            for _ in 0..round % 7 {
+                tokio::task::yield_now().await;
+            }
+            task.abort();
+            let _ = task.await;
+            let lock = tokio::time::timeout(HANG, b.lock("k"))
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: a cancelled lock() left the lock held"))
+                .unwrap();
+            lock.release().await.unwrap();
+        }
     }
 
     /// A guard dropped unreleased (a cancelled future) frees the lock at once

@@ -24,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certauto_core::{AcmeIssuer, Config, Error, FileStorage, Storage, StorageError};
+use certauto::{AcmeIssuer, Config, Error, FileStorage, Storage, StorageError};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 
@@ -134,7 +134,7 @@ async fn acme(args: Args) -> Result<(), String> {
             Ok(())
         }
         Err(e) => {
-            let error = certauto_core::ErrorChain(&e).to_string();
+            let error = certauto::ErrorChain(&e).to_string();
             println!(
                 "{}",
                 serde_json::json!({"ok": false, "lock_timeout": is_lock_timeout(&e), "error": error})
@@ -166,7 +166,7 @@ async fn renew_loop(args: Args) -> Result<(), String> {
         let cert = config
             .force_renew([name.as_str()])
             .await
-            .map_err(|e| format!("force_renew {name}: {}", certauto_core::ErrorChain(&e)))?;
+            .map_err(|e| format!("force_renew {name}: {}", certauto::ErrorChain(&e)))?;
         println!("renewed {round} {}", cert.serial_hex());
     }
     Ok(())
