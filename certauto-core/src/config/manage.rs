@@ -523,4 +523,30 @@ mod tests {
         assert_ne!(config.cache().get("renew.test").unwrap().serial(), first);
         config.cache().stop();
     }
+
+    /// Huge durations from configuration are clamped: nothing overflows,
+    /// in the builder or in the maintenance task.
+    #[tokio::test(start_paused = true)]
+    async fn huge_configured_durations_do_not_panic() {
+        let storage = std::sync::Arc::new(MemoryStorage::new());
+        let config = Config::builder()
+            .storage(storage)
+            .renew_check_interval(Duration::MAX)
+            .ocsp_check_interval(Duration::MAX)
+            .issuance_rate_limit(1, Duration::MAX)
+            .local_ca_leaf_lifetime(Duration::MAX)
+            .build();
+        assert_eq!(config.renew_check_interval(), crate::MAX_CHECK_INTERVAL);
+        config.manage(["huge.test"]).await.unwrap();
+        let handle = start_maintenance(&config);
+        // Two issuances through a limiter whose window is clamped.
+        config.force_renew(["huge.test"]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        config.cache().stop();
+        tokio::time::timeout(Duration::from_secs(60), handle)
+            .await
+            .unwrap();
+        let cert = config.load(["huge.test"]).await.unwrap().unwrap();
+        assert!(cert.lifetime() <= crate::MAX_LOCAL_LEAF_LIFETIME + Duration::from_secs(3600));
+    }
 }
