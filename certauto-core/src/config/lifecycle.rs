@@ -123,26 +123,10 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        let ids = Identifier::parse_all(names)?;
-        let issuers = self.usable_issuers(&ids)?;
-        let guard = self.lock_name(&ids[0]).await?;
-        let result = async {
-            if let Some(cert) = self.load_ids(&ids).await?
-                && !cert.needs_renewal(self.inner.clock.now(), self.inner.renewal_ratio)
-            {
-                tracing::debug!(names = ?ids, serial = %cert.serial_hex(), "certificate already in storage");
-                self.ensure_cached(&cert)?;
-                return Ok(cert);
-            }
-            self.issue(&guard.storage, &ids, &issuers, false, None, None)
-                .await
-        }
-        .await;
-        guard.release().await;
-        if let Ok(cert) = &result {
-            self.staple_new(cert).await;
-        }
-        result
+        // A stored certificate inside its renewal window is renewed (and
+        // reported as a renewal, with `replaces`).
+        self.renew_inner(Identifier::parse_all(names)?, RenewMode::IfDue, None)
+            .await
     }
 
     /// Renews the certificate for `names` if it is inside its renewal window
