@@ -1,4 +1,5 @@
-//! HTTP-01 (RFC 8555 §8.3) on a listener of the solver's own.
+//! HTTP-01 (RFC 8555 §8.3): the solver with a listener of its own, and
+//! the tokens and responder it shares with the application's HTTP servers.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -15,9 +16,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
 
-use super::{Challenge, ChallengeTokens, Solver};
+use super::{Challenge, Solver};
+
+mod tokens;
+
 use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
+pub use tokens::{ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer};
 
 /// How long one connection to the challenge listener may live.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
