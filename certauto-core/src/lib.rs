@@ -77,7 +77,10 @@ pub use challenge::{
     Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,
 };
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::{Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO};
+pub use config::{
+    Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO, MAX_RETRY_BACKOFF,
+    MIN_RETRY_BACKOFF,
+};
 pub use error::{
     AcmeError, BoxError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError,
     SolverError,
@@ -95,8 +98,7 @@ pub use issuer::{
 };
 pub use keys::{CertificateKey, KeyType};
 pub use maintain::{
-    DEFAULT_RENEW_INTERVAL, MAX_CHECK_INTERVAL, MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF,
-    MaintenanceHandle, RenewalReport, start_maintenance,
+    DEFAULT_RENEW_INTERVAL, MAX_CHECK_INTERVAL, MaintenanceHandle, RenewalReport, start_maintenance,
 };
 pub use ocsp::OcspReport;
 pub use ratelimit::{

@@ -259,6 +259,7 @@ impl ConfigBuilder {
                 renew_interval: self.renew_interval,
                 ocsp_interval: self.ocsp_interval,
                 maintenance: StdMutex::new(HashMap::new()),
+                retries: StdMutex::new(HashMap::new()),
                 retry_scheduled: tokio::sync::Notify::new(),
                 revoked: StdMutex::new(Vec::new()),
                 manage_concurrency: self.manage_concurrency,

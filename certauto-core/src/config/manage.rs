@@ -7,9 +7,8 @@ use crate::certificate::Certificate;
 use crate::error::{ConfigError, Error};
 use crate::events::Event;
 use crate::identifier::{DomainName, Identifier};
-use crate::maintain::RenewOutcome;
 
-use super::{Config, RenewMode};
+use super::{Config, RenewMode, RenewOutcome};
 
 /// How many stored certificates [`Config::manage`] loads at once: the reads
 /// overlap, and parsing spreads over the runtime's worker threads.

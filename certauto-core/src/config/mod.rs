@@ -5,14 +5,18 @@
 //! two processes sharing storage never both order). Under the lock, storage is
 //! checked first, so a certificate another instance already obtained is reused.
 
+pub(crate) mod backoff;
 mod builder;
 mod lifecycle;
 mod manage;
+mod retry;
 
+pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};
 pub use builder::{ConfigBuilder, DEFAULT_RENEWAL_RATIO};
 pub(crate) use lifecycle::RenewMode;
 pub use manage::DEFAULT_MANAGE_CONCURRENCY;
 use manage::Managed;
+pub(crate) use retry::RenewOutcome;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -74,7 +78,10 @@ struct Inner {
     rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
     renew_interval: Duration,
     ocsp_interval: Duration,
+    /// ARI state, maintenance's.
     maintenance: StdMutex<States>,
+    /// Retry schedules of failed attempts (see `retry.rs`).
+    retries: StdMutex<retry::Retries>,
     /// Woken when a retry is scheduled or a revocation reported, so the
     /// maintenance task looks at its schedule again.
     retry_scheduled: tokio::sync::Notify,
@@ -148,7 +155,7 @@ impl Config {
         self.inner.ocsp_interval
     }
 
-    /// The maintenance state of every managed certificate.
+    /// The ARI state of every managed certificate.
     pub(crate) fn maintenance_states(&self) -> std::sync::MutexGuard<'_, States> {
         self.inner
             .maintenance

@@ -8,17 +8,14 @@ use std::time::{Duration, SystemTime};
 use tokio::task::JoinHandle;
 
 use crate::cache::CachedCert;
-use crate::config::{Config, RenewMode};
-use crate::error::{Error, ErrorChain};
+use crate::config::{Config, RenewMode, RenewOutcome};
+use crate::error::ErrorChain;
 use crate::identifier::Identifier;
-use crate::storage::keys;
 
-mod backoff;
 pub(crate) mod state;
 
-pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};
-use backoff::{jittered_backoff, random_in, saturating_add};
-use state::{AriState, AriWindow, RetryState, next_retry, unix};
+use crate::config::backoff::{random_in, saturating_add};
+use state::{AriState, AriWindow};
 
 /// The default interval between renewal checks.
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(600);
@@ -77,7 +74,6 @@ impl Config {
             let states = self.maintenance_states();
             states
                 .get(primary)
-                .and_then(|s| s.ari.as_ref())
                 .filter(|a| a.serial == entry.serial())
                 .map(|a| (a.window, a.next_fetch))
         };
@@ -123,10 +119,7 @@ impl Config {
                     }
                 };
                 let window = fetched.window;
-                self.maintenance_states()
-                    .entry(primary.clone())
-                    .or_default()
-                    .ari = Some(fetched);
+                self.maintenance_states().insert(primary.clone(), fetched);
                 window
             }
         };
@@ -134,73 +127,6 @@ impl Config {
             Some(w) => w.chosen.min(entry.not_after()),
             None => by_ratio,
         }
-    }
-
-    /// The retry schedule of `primary`, loaded from storage the first time.
-    async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
-        if let Some(retry) = self
-            .maintenance_states()
-            .get(primary)
-            .and_then(|s| s.retry.clone())
-        {
-            return retry;
-        }
-        let loaded = match self.storage().load(&keys::retry_schedule(primary)).await {
-            Ok(bytes) => serde_json::from_slice::<RetryState>(&bytes).ok(),
-            Err(e) => {
-                if !e.is_not_found() {
-                    tracing::warn!(name = %primary, error = %ErrorChain(&e), "could not load the retry schedule");
-                }
-                None
-            }
-        };
-        self.maintenance_states()
-            .entry(primary.clone())
-            .or_default()
-            .retry = Some(loaded.clone());
-        if loaded.is_some() {
-            self.retry_scheduled().notify_one();
-        }
-        loaded
-    }
-
-    /// Whether a failed obtain or renewal of `primary` is waiting for its
-    /// retry time (the schedule is persisted, so this holds across restarts).
-    pub(crate) async fn retry_pending(&self, primary: &Identifier) -> bool {
-        let now = self.clock().now();
-        self.retry_state(primary)
-            .await
-            .is_some_and(|r| !r.is_due(now))
-    }
-
-    async fn set_retry_state(&self, primary: &Identifier, retry: Option<RetryState>) {
-        self.maintenance_states()
-            .entry(primary.clone())
-            .or_default()
-            .retry = Some(retry.clone());
-        if retry.is_some() {
-            // The maintenance task sleeps until the earliest retry: wake it.
-            self.retry_scheduled().notify_one();
-        }
-        let key = keys::retry_schedule(primary);
-        let result = match &retry {
-            Some(r) => match serde_json::to_vec(r) {
-                Ok(bytes) => self.storage().store(&key, &bytes).await,
-                Err(_) => Ok(()),
-            },
-            None => match self.storage().delete(&key).await {
-                Err(e) if e.is_not_found() => Ok(()),
-                other => other,
-            },
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %ErrorChain(&e), name = %primary, "could not persist the retry schedule");
-        }
-    }
-
-    /// When the earliest scheduled retry is due, if any.
-    pub(crate) fn next_retry_at(&self) -> Option<SystemTime> {
-        next_retry(&self.maintenance_states())
     }
 
     /// One renewal check over every managed certificate; see
@@ -258,66 +184,6 @@ impl Config {
             {
                 RenewOutcome::Renewed => renewed.push(name),
                 RenewOutcome::Failed(_) | RenewOutcome::Deferred => failed.push(name),
-            }
-        }
-    }
-}
-
-/// What [`Config::renew_with_backoff`] did.
-#[derive(Debug)]
-pub(crate) enum RenewOutcome {
-    /// Renewed, or found renewed by another instance.
-    Renewed,
-    /// The attempt failed; a retry is scheduled.
-    Failed(Error),
-    /// Not tried: a previous failure's retry time has not come yet.
-    Deferred,
-}
-
-impl Config {
-    /// Obtains or renews `ids` now with `mode`, honouring and updating the
-    /// persisted retry schedule: renewal checks, revoked certificates,
-    /// [`manage`](Config::manage) and background obtains all go through here.
-    pub(crate) async fn renew_with_backoff(
-        &self,
-        ids: Vec<Identifier>,
-        mode: RenewMode,
-    ) -> RenewOutcome {
-        let primary = ids[0].clone();
-        let now = self.clock().now();
-        let previous = self.retry_state(&primary).await;
-        if let Some(r) = &previous
-            && !r.is_due(now)
-        {
-            return RenewOutcome::Deferred;
-        }
-        let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
-        let next = saturating_add(now, jittered_backoff(attempt));
-        let first_obtain = self.cache().get(&primary.as_str()).is_none();
-        match self.renew_inner(ids, mode, Some((attempt, next))).await {
-            Ok(_) => {
-                self.set_retry_state(&primary, None).await;
-                if let Some(state) = self.maintenance_states().get_mut(&primary) {
-                    state.ari = None;
-                }
-                RenewOutcome::Renewed
-            }
-            Err(e) => {
-                let what = if first_obtain {
-                    "obtain failed; retry scheduled"
-                } else {
-                    "renewal failed; retry scheduled"
-                };
-                tracing::warn!(name = %primary, attempt, error = %ErrorChain(&e), retry_at = ?next, "{what}");
-                self.set_retry_state(
-                    &primary,
-                    Some(RetryState {
-                        attempts: attempt,
-                        next_attempt: unix(next),
-                    }),
-                )
-                .await;
-                RenewOutcome::Failed(e)
             }
         }
     }

@@ -1,24 +1,14 @@
-//! Typed per-certificate maintenance state: the ARI window of the serving
-//! certificate and the retry schedule of a failed obtain or renewal.
+//! Typed per-certificate maintenance state: what the CA said about when to
+//! renew the certificate now serving (RFC 9773). The retry schedule of failed
+//! attempts is the lifecycle's (`config/retry.rs`).
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use serde::{Deserialize, Serialize};
+use std::time::SystemTime;
 
 use crate::identifier::Identifier;
 
-/// The maintenance state of every managed certificate, by primary name.
-pub(crate) type States = HashMap<Identifier, CertState>;
-
-/// The maintenance state of one certificate, in memory.
-#[derive(Debug, Default)]
-pub(crate) struct CertState {
-    /// The CA's renewal window for the certificate now serving, if fetched.
-    pub(crate) ari: Option<AriState>,
-    /// The retry schedule, once loaded from storage (`None` inside: no failure).
-    pub(crate) retry: Option<Option<RetryState>>,
-}
+/// The ARI state of every managed certificate, by primary name.
+pub(crate) type States = HashMap<Identifier, AriState>;
 
 /// What the CA said about when to renew one certificate (RFC 9773).
 #[derive(Debug, Clone)]
@@ -37,41 +27,4 @@ pub(crate) struct AriWindow {
     pub(crate) start: SystemTime,
     pub(crate) end: SystemTime,
     pub(crate) chosen: SystemTime,
-}
-
-/// The retry schedule of one certificate, kept in storage.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub(crate) struct RetryState {
-    /// Failures so far.
-    pub(crate) attempts: u32,
-    /// When the next attempt is due, Unix seconds.
-    pub(crate) next_attempt: u64,
-}
-
-impl RetryState {
-    /// When the next attempt is due.
-    pub(crate) fn due_at(&self) -> SystemTime {
-        UNIX_EPOCH
-            .checked_add(Duration::from_secs(self.next_attempt))
-            .unwrap_or(UNIX_EPOCH)
-    }
-
-    /// Whether the next attempt is due at `now`.
-    pub(crate) fn is_due(&self, now: SystemTime) -> bool {
-        unix(now) >= self.next_attempt
-    }
-}
-
-/// `t` in Unix seconds (0 before the epoch).
-pub(crate) fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// The earliest retry due among `states` (only schedules already loaded).
-pub(crate) fn next_retry(states: &States) -> Option<SystemTime> {
-    states
-        .values()
-        .filter_map(|s| s.retry.as_ref()?.as_ref())
-        .map(RetryState::due_at)
-        .min()
 }
