@@ -213,24 +213,29 @@ impl Storage for MemoryStorage {
     /// it, for at most 10 minutes ([`StorageError::LockTimeout`]).
     async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         check_lock_name(name)?;
-        let wait = async {
-            loop {
-                // Register for the wake-up before checking, so that a release
-                // between the check and the await is not missed.
-                let released = self.inner.released.notified();
-                tokio::pin!(released);
-                released.as_mut().enable();
-                if guard(&self.inner.locks).insert(name.to_owned()) {
-                    tracing::debug!(lock = name, "memory storage: lock acquired");
-                    return;
+        let try_take = || guard(&self.inner.locks).insert(name.to_owned());
+        // Uncontended: taken at once, with no timer (so a runtime without
+        // tokio's time driver can use it).
+        if !try_take() {
+            let wait = async {
+                loop {
+                    // Register for the wake-up before checking, so that a
+                    // release between the check and the await is not missed.
+                    let released = self.inner.released.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    if try_take() {
+                        return;
+                    }
+                    tracing::debug!(lock = name, "memory storage: waiting for lock");
+                    released.await;
                 }
-                tracing::debug!(lock = name, "memory storage: waiting for lock");
-                released.await;
-            }
-        };
-        tokio::time::timeout(LOCK_WAIT_TIMEOUT, wait)
-            .await
-            .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
+            };
+            tokio::time::timeout(LOCK_WAIT_TIMEOUT, wait)
+                .await
+                .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
+        }
+        tracing::debug!(lock = name, "memory storage: lock acquired");
         let inner = self.inner.clone();
         let lock_name = name.to_owned();
         Ok(LockGuard::new(name, &LockLoss::new(), move || {
