@@ -105,3 +105,14 @@ pub fn webpki_verify_chain(
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
 struct ReadmeDoctests;
+
+/// Logs to stderr (stdout carries the benchmark figures or a child process's
+/// protocol lines), at `RUST_LOG` or else `warn`. For the binaries of this crate.
+pub fn init_stderr_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

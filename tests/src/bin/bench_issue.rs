@@ -99,12 +99,7 @@ const TIMEOUT_MISSING: &str = "timeout not found on PATH: install the Debian pac
 type BenchResult<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    certauto_tests::init_stderr_logging();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

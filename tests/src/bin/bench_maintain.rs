@@ -103,12 +103,7 @@ const RUN_DEADLINE: Duration = Duration::from_secs(20 * 60);
 type BenchResult<T> = Result<T, String>;
 
 fn main() -> ExitCode {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    certauto_tests::init_stderr_logging();
 
     // A watchdog: the run must not hang forever on a shared machine.
     std::thread::spawn(|| {
