@@ -15,9 +15,11 @@ use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
 use crate::identifier::Identifier;
 
+mod dns01;
 mod http01;
 pub(crate) mod tls_alpn01;
 
+pub use dns01::{DnsError, DnsProvider};
 pub use http01::{
     ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer, Http01Solver,
 };

@@ -1,0 +1,319 @@
+//! What the HTTP API providers share: one ring-configured reqwest client with
+//! bounded time and body size, the mapping of HTTP answers to [`DnsError`],
+//! a redacting wrapper for credentials, and zone candidates for a name.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::CertificateDer;
+
+use super::provider::DnsError;
+use crate::acme::http::{build_http_client, parse_retry_after};
+
+/// The time one API request may take, connection included.
+pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// The most of an API answer read.
+pub(crate) const MAX_API_BODY: usize = 1 << 20;
+
+/// A credential: kept out of `Debug`, `Display` and logs.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(String);
+
+impl Secret {
+    pub(crate) fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret itself, to put on the wire.
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// An API's base URL and the client that talks to it.
+#[derive(Clone)]
+pub(crate) struct ApiClient {
+    provider: &'static str,
+    base: String,
+    client: reqwest::Client,
+}
+
+impl fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("provider", &self.provider)
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An API answer, its body read (bounded).
+#[derive(Debug)]
+pub(crate) struct ApiResponse {
+    pub(crate) status: u16,
+    pub(crate) retry_after: Option<Duration>,
+    pub(crate) body: Vec<u8>,
+}
+
+impl ApiResponse {
+    pub(crate) fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    /// The body, shortened and printable, for error messages.
+    pub(crate) fn snippet(&self) -> String {
+        let text = String::from_utf8_lossy(&self.body);
+        let mut s: String = text.chars().take(300).collect();
+        if text.chars().count() > 300 {
+            s.push('…');
+        }
+        s
+    }
+
+    /// The body as JSON.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &'static str,
+    ) -> Result<T, DnsError> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            DnsError::rejected(
+                provider,
+                Some(self.status),
+                format!("unexpected answer ({e}): {}", self.snippet()),
+            )
+        })
+    }
+
+    /// The error for a non-success answer: 401/403 refuse the credentials,
+    /// 429 rate-limits, 5xx (and 408) may pass, other codes refuse the request.
+    /// `detail` is what the provider's error body says, if it was parsed.
+    pub(crate) fn error(&self, provider: &'static str, detail: Option<String>) -> DnsError {
+        let detail = detail.unwrap_or_else(|| self.snippet());
+        match self.status {
+            401 | 403 => DnsError::AuthRefused { provider, detail },
+            429 => DnsError::RateLimited {
+                provider,
+                retry_after: self.retry_after,
+            },
+            408 | 500..=599 => {
+                DnsError::transient(provider, format!("HTTP {}: {detail}", self.status))
+            }
+            status => DnsError::rejected(provider, Some(status), detail),
+        }
+    }
+}
+
+impl ApiClient {
+    /// A client for `base` (no trailing `/`). `https` is required except for
+    /// loopback hosts (local stand-ins and development servers).
+    pub(crate) fn new(
+        provider: &'static str,
+        base: &str,
+        extra_roots: &[CertificateDer<'static>],
+    ) -> Result<Self, DnsError> {
+        let base = base.trim_end_matches('/').to_owned();
+        let url = reqwest::Url::parse(&base)
+            .map_err(|e| DnsError::config(provider, format!("API URL {base:?}: {e}")))?;
+        let loopback = url.host_str().is_some_and(|host| {
+            host.eq_ignore_ascii_case("localhost")
+                || host
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        });
+        match url.scheme() {
+            "https" => {}
+            "http" if loopback => {}
+            other => {
+                return Err(DnsError::config(
+                    provider,
+                    format!(
+                        "API URL {base:?}: scheme {other:?} (https required except on loopback)"
+                    ),
+                ));
+            }
+        }
+        let client = build_http_client(
+            extra_roots,
+            true,
+            API_TIMEOUT,
+            concat!("certauto/", env!("CARGO_PKG_VERSION")),
+        )
+        .map_err(|e| DnsError::config(provider, e.to_string()))?;
+        Ok(Self {
+            provider,
+            base,
+            client,
+        })
+    }
+
+    /// The provider's name.
+    pub(crate) fn provider(&self) -> &'static str {
+        self.provider
+    }
+
+    /// `base` + `path` (which starts with `/`).
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// A request to `base` + `path`.
+    pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client.request(method, self.url(path))
+    }
+
+    /// Sends `request` and reads its answer; network errors and timeouts are
+    /// [`DnsError::Transient`], an oversized body is refused.
+    pub(crate) async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<ApiResponse, DnsError> {
+        let provider = self.provider;
+        let mut resp = request
+            .send()
+            .await
+            .map_err(|e| DnsError::transient(provider, e.without_url()))?;
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, SystemTime::now()));
+        if resp
+            .content_length()
+            .is_some_and(|len| len > MAX_API_BODY as u64)
+        {
+            return Err(DnsError::rejected(
+                provider,
+                Some(status),
+                format!("answer larger than {MAX_API_BODY} bytes"),
+            ));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| DnsError::transient(provider, e.without_url()))?
+        {
+            if body.len() + chunk.len() > MAX_API_BODY {
+                return Err(DnsError::rejected(
+                    provider,
+                    Some(status),
+                    format!("answer larger than {MAX_API_BODY} bytes"),
+                ));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(ApiResponse {
+            status,
+            retry_after,
+            body,
+        })
+    }
+}
+
+/// The names that may be the zone of `fqdn`, longest first, down to the
+/// last two labels (`a.b.example.com` gives `a.b.example.com`,
+/// `b.example.com`, `example.com`).
+pub(crate) fn zone_candidates(fqdn: &str) -> impl Iterator<Item = &str> {
+    let fqdn = fqdn.trim_end_matches('.');
+    let labels = fqdn.split('.').count();
+    let mut rest = Some(fqdn);
+    (0..labels.saturating_sub(1)).filter_map(move |_| {
+        let current = rest?;
+        rest = current.split_once('.').map(|(_, r)| r);
+        Some(current)
+    })
+}
+
+/// `fqdn` relative to `zone` (`_acme-challenge.www` in `example.com`), or
+/// `@` for the apex; `None` when `fqdn` is not inside `zone`.
+pub(crate) fn relative_name<'a>(fqdn: &'a str, zone: &str) -> Option<&'a str> {
+    let fqdn = fqdn.trim_end_matches('.');
+    let zone = zone.trim_end_matches('.');
+    if fqdn.eq_ignore_ascii_case(zone) {
+        return Some("@");
+    }
+    let cut = fqdn.len().checked_sub(zone.len() + 1)?;
+    let (head, tail) = fqdn.split_at(cut);
+    (tail.len() == zone.len() + 1
+        && tail.as_bytes()[0] == b'.'
+        && tail[1..].eq_ignore_ascii_case(zone))
+    .then_some(head)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn candidates_and_relative_names() {
+        let c: Vec<_> = zone_candidates("_acme-challenge.www.example.com").collect();
+        assert_eq!(
+            c,
+            [
+                "_acme-challenge.www.example.com",
+                "www.example.com",
+                "example.com"
+            ]
+        );
+        assert_eq!(
+            relative_name("_acme-challenge.www.example.com", "example.com"),
+            Some("_acme-challenge.www")
+        );
+        assert_eq!(relative_name("example.com", "example.com."), Some("@"));
+        assert_eq!(relative_name("badexample.com", "example.com"), None);
+        assert_eq!(relative_name("com", "example.com"), None);
+    }
+
+    #[test]
+    fn secrets_are_redacted_and_http_only_on_loopback() {
+        assert_eq!(format!("{:?}", Secret::new("hunter2")), "<redacted>");
+        assert!(ApiClient::new("test", "http://127.0.0.1:1/api", &[]).is_ok());
+        assert!(ApiClient::new("test", "https://api.example.com/v1/", &[]).is_ok());
+        assert!(matches!(
+            ApiClient::new("test", "http://api.example.com", &[]),
+            Err(DnsError::Config { .. })
+        ));
+    }
+
+    #[test]
+    fn status_mapping() {
+        let resp = |status| ApiResponse {
+            status,
+            retry_after: Some(Duration::from_secs(3)),
+            body: b"{}".to_vec(),
+        };
+        assert!(matches!(
+            resp(403).error("p", None),
+            DnsError::AuthRefused { .. }
+        ));
+        assert!(matches!(
+            resp(429).error("p", None),
+            DnsError::RateLimited {
+                retry_after: Some(_),
+                ..
+            }
+        ));
+        assert!(resp(503).error("p", None).is_retryable());
+        assert!(matches!(
+            resp(422).error("p", None),
+            DnsError::Rejected {
+                status: Some(422),
+                ..
+            }
+        ));
+    }
+}
