@@ -335,6 +335,35 @@ pub enum SolverError {
     /// The TLS-ALPN-01 challenge certificate or its TLS listener could not be built.
     #[error("TLS-ALPN-01 setup failed: {}", ErrorChain(&**.0))]
     TlsAlpn(#[source] BoxError),
+    /// The DNS provider could not add or remove the DNS-01 record.
+    #[error("DNS-01 record {record}: {source}")]
+    Dns {
+        /// The TXT record's name.
+        record: String,
+        /// What the provider said.
+        #[source]
+        source: crate::challenge::DnsError,
+    },
+    /// The DNS-01 record did not become visible at every server checked
+    /// within the propagation timeout.
+    #[error("DNS-01 record {record} not visible after {waited:?}: {detail}")]
+    PropagationTimeout {
+        /// The TXT record's name.
+        record: String,
+        /// How long the solver waited.
+        waited: std::time::Duration,
+        /// Which servers did not answer the value, and what they answered.
+        detail: String,
+    },
+    /// A DNS lookup the DNS-01 solver needs (CNAME, SOA, NS) failed.
+    #[error("DNS-01 lookup for {record} failed: {}", ErrorChain(&**source))]
+    DnsLookup {
+        /// The name being looked up.
+        record: String,
+        /// The cause.
+        #[source]
+        source: BoxError,
+    },
     /// A third-party solver failed with an error of its own.
     #[error("challenge solver failed: {}", ErrorChain(&**.0))]
     Other(#[source] BoxError),

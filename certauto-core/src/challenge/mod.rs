@@ -19,7 +19,10 @@ mod dns01;
 mod http01;
 pub(crate) mod tls_alpn01;
 
-pub use dns01::{DnsError, DnsProvider};
+pub use dns01::{
+    DEFAULT_POLLING_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, Dns01Solver, Dns01SolverBuilder,
+    DnsError, DnsProvider,
+};
 pub use http01::{
     ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer, Http01Solver,
 };

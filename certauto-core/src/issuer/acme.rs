@@ -569,8 +569,12 @@ impl AcmeIssuer {
         presented: &PresentedSet,
     ) -> Result<(), Error> {
         let presented = &presented.presented;
-        for p in presented {
-            p.solver.wait(&p.challenge).await?;
+        // Propagation waits run together: each may take the DNS-01 timeout.
+        for waited in
+            futures_util::future::join_all(presented.iter().map(|p| p.solver.wait(&p.challenge)))
+                .await
+        {
+            waited?;
         }
         for p in presented {
             let ch = client

@@ -1,0 +1,279 @@
+//! One DNS question to one server: UDP first, TCP when the answer is
+//! truncated (or when asked), every exchange bounded in time and size.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Edns, Message, MessageType, Query, ResponseCode};
+use hickory_proto::rr::{Name, RData, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+
+/// The EDNS payload size we advertise (the DNS Flag Day 2020 value).
+const EDNS_PAYLOAD: u16 = 1232;
+/// The most datagrams read while waiting for the answer to our id.
+const MAX_STRAY_DATAGRAMS: usize = 16;
+
+/// Why a question got no usable answer.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueryError {
+    /// No answer within the time allowed.
+    #[error("{server}: no answer within {timeout:?}")]
+    Timeout {
+        server: SocketAddr,
+        timeout: Duration,
+    },
+    /// A socket error.
+    #[error("{server}: {source}")]
+    Io {
+        server: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer could not be decoded, or does not answer our question.
+    #[error("{server}: malformed answer: {reason}")]
+    Malformed { server: SocketAddr, reason: String },
+    /// The question could not be encoded (a name too long, say).
+    #[error("cannot encode a query for {name}: {reason}")]
+    Encode { name: String, reason: String },
+}
+
+/// An answer's response code and records, decoded.
+#[derive(Debug, Clone)]
+pub(crate) struct Answer {
+    pub(crate) code: ResponseCode,
+    pub(crate) message: Message,
+}
+
+impl Answer {
+    /// The TXT values in the answer section (character-strings joined, as
+    /// RFC 8555 §8.4 validators read them).
+    pub(crate) fn txt_values(&self) -> Vec<String> {
+        self.message
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::TXT(txt) => Some(
+                    txt.txt_data
+                        .iter()
+                        .map(|part| String::from_utf8_lossy(part))
+                        .collect::<String>(),
+                ),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The target of a CNAME owned by `name` in the answer section.
+    pub(crate) fn cname_of(&self, name: &Name) -> Option<Name> {
+        self.message.answers.iter().find_map(|r| match &r.data {
+            RData::CNAME(c) if &r.name == name => Some(c.0.clone()),
+            _ => None,
+        })
+    }
+
+    /// The owner of an SOA record in the answer or authority section: the
+    /// zone the question's name belongs to.
+    pub(crate) fn soa_owner(&self) -> Option<Name> {
+        self.message
+            .answers
+            .iter()
+            .chain(self.message.authorities.iter())
+            .find_map(|r| matches!(&r.data, RData::SOA(_)).then(|| r.name.clone()))
+    }
+
+    /// The NS targets in the answer section.
+    pub(crate) fn ns_names(&self) -> Vec<Name> {
+        self.message
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::NS(ns) => Some(ns.0.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The A and AAAA addresses of `name` in the answer and additional sections.
+    pub(crate) fn addresses_of(&self, name: &Name) -> Vec<std::net::IpAddr> {
+        self.message
+            .answers
+            .iter()
+            .chain(self.message.additionals.iter())
+            .filter(|r| &r.name == name)
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Asks `server` one question, with recursion desired or not, within `timeout`.
+pub(crate) async fn ask(
+    server: SocketAddr,
+    name: &Name,
+    record_type: RecordType,
+    recursion: bool,
+    timeout: Duration,
+) -> Result<Answer, QueryError> {
+    let mut message = Message::query();
+    message.metadata.recursion_desired = recursion;
+    message.add_query(Query::query(name.clone(), record_type));
+    let mut edns = Edns::new();
+    edns.set_max_payload(EDNS_PAYLOAD);
+    message.set_edns(edns);
+    let id = message.metadata.id;
+    let bytes = message.to_vec().map_err(|e| QueryError::Encode {
+        name: name.to_ascii(),
+        reason: e.to_string(),
+    })?;
+    let exchange = async {
+        let answer = udp_exchange(server, &bytes, id).await?;
+        let answer = if answer.metadata.truncation {
+            tcp_exchange(server, &bytes).await?
+        } else {
+            answer
+        };
+        check_answer(server, answer, id, name, record_type)
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| QueryError::Timeout { server, timeout })?
+}
+
+fn check_answer(
+    server: SocketAddr,
+    message: Message,
+    id: u16,
+    name: &Name,
+    record_type: RecordType,
+) -> Result<Answer, QueryError> {
+    let malformed = |reason: &str| QueryError::Malformed {
+        server,
+        reason: reason.to_owned(),
+    };
+    if message.metadata.id != id || message.metadata.message_type != MessageType::Response {
+        return Err(malformed("not an answer to our query"));
+    }
+    match message.queries.first() {
+        Some(q) if q.name() == name && q.query_type() == record_type => {}
+        // Some servers omit the question in error answers.
+        None if message.metadata.response_code != ResponseCode::NoError => {}
+        _ => return Err(malformed("answers another question")),
+    }
+    Ok(Answer {
+        code: message.metadata.response_code,
+        message,
+    })
+}
+
+async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Message, QueryError> {
+    let io = |source| QueryError::Io { server, source };
+    let local: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(local).await.map_err(io)?;
+    socket.connect(server).await.map_err(io)?;
+    socket.send(bytes).await.map_err(io)?;
+    let mut buf = vec![0u8; 65_535];
+    for _ in 0..MAX_STRAY_DATAGRAMS {
+        let len = socket.recv(&mut buf).await.map_err(io)?;
+        // A datagram that is not our answer (a late answer to an earlier
+        // query, or spoofing) is skipped.
+        match Message::from_vec(&buf[..len]) {
+            Ok(message) if message.metadata.id == id => return Ok(message),
+            _ => continue,
+        }
+    }
+    Err(QueryError::Malformed {
+        server,
+        reason: "no datagram answered our query".to_owned(),
+    })
+}
+
+async fn tcp_exchange(server: SocketAddr, bytes: &[u8]) -> Result<Message, QueryError> {
+    let io = |source| QueryError::Io { server, source };
+    let mut stream = TcpStream::connect(server).await.map_err(io)?;
+    let len = u16::try_from(bytes.len()).map_err(|_| QueryError::Malformed {
+        server,
+        reason: "query too long for TCP".to_owned(),
+    })?;
+    let mut framed = Vec::with_capacity(bytes.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(bytes);
+    stream.write_all(&framed).await.map_err(io)?;
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).await.map_err(io)?;
+    let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    stream.read_exact(&mut buf).await.map_err(io)?;
+    Message::from_vec(&buf).map_err(|e| QueryError::Malformed {
+        server,
+        reason: e.to_string(),
+    })
+}
+
+/// The name servers of `/etc/resolv.conf` (at most three, as glibc reads),
+/// on port 53; empty when the file is missing or names none.
+pub(crate) fn system_resolvers() -> Vec<SocketAddr> {
+    let Ok(text) = std::fs::read_to_string("/etc/resolv.conf") else {
+        return Vec::new();
+    };
+    parse_resolv_conf(&text)
+}
+
+fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .take(1000)
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next() == Some("nameserver")).then(|| words.next())?
+        })
+        .filter_map(|ip| {
+            // A scoped IPv6 address (`fe80::1%eth0`) cannot be used as is.
+            ip.parse::<std::net::IpAddr>().ok()
+        })
+        .map(|ip| SocketAddr::new(ip, 53))
+        .take(3)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn resolv_conf() {
+        let text = "# comment\nsearch example.com\nnameserver 10.0.0.1\nnameserver ::1\nnameserver fe80::1%eth0\nnameserver 10.0.0.2\nnameserver 10.0.0.3\n";
+        assert_eq!(
+            parse_resolv_conf(text),
+            [
+                "10.0.0.1:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap(),
+                "10.0.0.2:53".parse().unwrap(),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        // A bound UDP socket that never answers.
+        let silent = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let name = Name::from_ascii("example.test.").unwrap();
+        let err = ask(
+            addr,
+            &name,
+            RecordType::TXT,
+            false,
+            Duration::from_millis(50),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(err, QueryError::Timeout { .. }), "{err}");
+    }
+}
