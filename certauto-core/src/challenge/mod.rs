@@ -15,7 +15,7 @@ use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
 use crate::identifier::Identifier;
 
-mod dns01;
+pub(crate) mod dns01;
 mod http01;
 pub(crate) mod tls_alpn01;
 

@@ -36,7 +36,7 @@
 
 // Used by the providers, which land next.
 #[allow(dead_code)]
-mod http;
+pub(crate) mod http;
 mod propagation;
 mod provider;
 mod query;

@@ -255,7 +255,7 @@ impl Lookup {
             match outcome {
                 Ok(answer) if answer.txt_values().iter().any(|v| v == value) => {}
                 Ok(answer) => pending.push(format!(
-                    "{server} answers {} with {} other TXT value(s)",
+                    "{server}: {}, {} TXT value(s), none ours",
                     answer.code,
                     answer.txt_values().len()
                 )),
@@ -269,3 +269,4 @@ impl Lookup {
         })
     }
 }
+

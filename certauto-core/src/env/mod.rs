@@ -10,8 +10,12 @@
 //! | `CERTAUTO_STORAGE` | storage folder | the OS data folder |
 //! | `CERTAUTO_HTTP_ADDR` | HTTP listen address (challenges, redirect) | `127.0.0.1:8080` |
 //! | `CERTAUTO_HTTPS_ADDR` | HTTPS listen address | `127.0.0.1:8443` |
-//! | `CERTAUTO_CHALLENGE` | `http-01` or `tls-alpn-01` | `http-01` |
+//! | `CERTAUTO_CHALLENGE` | `http-01`, `tls-alpn-01` or `dns-01` | `http-01` |
 //! | `CERTAUTO_RENEW_CHECK` | renewal-check interval, e.g. `2s`, `10m` | `10m` |
+//!
+//! With `CERTAUTO_CHALLENGE=dns-01`, `CERTAUTO_DNS_PROVIDER` names the DNS
+//! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
+//! README's table); `CERTAUTO_DOMAINS` may then hold wildcards.
 //!
 //! A bad value is an [`EnvError`] naming the variable.
 
@@ -28,6 +32,10 @@ use crate::config::Config;
 use crate::identifier::Identifier;
 use crate::issuer::AcmeIssuer;
 use crate::storage::{FileStorage, Storage};
+
+mod dns;
+
+pub use dns::{DNS_PROVIDERS, DnsSettings};
 
 /// A bad environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -65,8 +73,10 @@ pub struct EnvSettings {
     pub http_addr: SocketAddr,
     /// The HTTPS listen address.
     pub https_addr: SocketAddr,
-    /// `http-01` or `tls-alpn-01`.
+    /// `http-01`, `tls-alpn-01` or `dns-01`.
     pub challenge: ChallengeType,
+    /// The DNS provider and propagation settings, with `dns-01`.
+    pub dns: Option<DnsSettings>,
     /// How often maintenance checks for renewals.
     pub renew_check: Duration,
 }
@@ -158,13 +168,26 @@ impl EnvSettings {
         let challenge = match var("CERTAUTO_CHALLENGE").as_deref() {
             None | Some("http-01") => ChallengeType::Http01,
             Some("tls-alpn-01") => ChallengeType::TlsAlpn01,
+            Some("dns-01") => ChallengeType::Dns01,
             Some(other) => {
                 return Err(bad(
                     "CERTAUTO_CHALLENGE",
-                    format!("{other:?}: expected http-01 or tls-alpn-01"),
+                    format!("{other:?}: expected http-01, tls-alpn-01 or dns-01"),
                 ));
             }
         };
+        let dns = match challenge {
+            ChallengeType::Dns01 => Some(DnsSettings::from_vars(&var)?),
+            _ => None,
+        };
+        if challenge != ChallengeType::Dns01
+            && let Some(wild) = domains.iter().find(|d| d.is_wildcard())
+        {
+            return Err(bad(
+                "CERTAUTO_DOMAINS",
+                format!("{wild} is a wildcard: wildcards need CERTAUTO_CHALLENGE=dns-01"),
+            ));
+        }
         let renew_check = match var("CERTAUTO_RENEW_CHECK") {
             Some(v) => parse_duration(&v).ok_or_else(|| {
                 bad(
@@ -183,6 +206,7 @@ impl EnvSettings {
             http_addr: addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?,
             https_addr: addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?,
             challenge,
+            dns,
             renew_check,
         })
     }
