@@ -145,7 +145,10 @@ impl DnsSettings {
             "rfc2136" => {
                 let server = required("CERTAUTO_DNS_SERVER")?;
                 let server = resolve_host_port("CERTAUTO_DNS_SERVER", &server)?;
-                let tsig = match (var("CERTAUTO_DNS_TSIG_NAME"), var("CERTAUTO_DNS_TSIG_SECRET")) {
+                let tsig = match (
+                    var("CERTAUTO_DNS_TSIG_NAME"),
+                    var("CERTAUTO_DNS_TSIG_SECRET"),
+                ) {
                     (Some(key), Some(secret)) => {
                         let alg = var("CERTAUTO_DNS_TSIG_ALG")
                             .unwrap_or_else(|| "hmac-sha256".to_owned())
@@ -153,7 +156,9 @@ impl DnsSettings {
                         if !matches!(alg.as_str(), "hmac-sha256" | "hmac-sha384" | "hmac-sha512") {
                             return Err(bad(
                                 "CERTAUTO_DNS_TSIG_ALG",
-                                format!("{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"),
+                                format!(
+                                    "{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"
+                                ),
                             ));
                         }
                         use base64::Engine as _;
@@ -161,16 +166,25 @@ impl DnsSettings {
                             .decode(secret.as_bytes())
                             .map_or(true, |k| k.is_empty())
                         {
-                            return Err(bad("CERTAUTO_DNS_TSIG_SECRET", "must be non-empty base64"));
+                            return Err(bad(
+                                "CERTAUTO_DNS_TSIG_SECRET",
+                                "must be non-empty base64",
+                            ));
                         }
                         Some((key, Secret::new(secret), alg))
                     }
                     (None, None) => None,
                     (Some(_), None) => {
-                        return Err(bad("CERTAUTO_DNS_TSIG_SECRET", "required with CERTAUTO_DNS_TSIG_NAME"));
+                        return Err(bad(
+                            "CERTAUTO_DNS_TSIG_SECRET",
+                            "required with CERTAUTO_DNS_TSIG_NAME",
+                        ));
                     }
                     (None, Some(_)) => {
-                        return Err(bad("CERTAUTO_DNS_TSIG_NAME", "required with CERTAUTO_DNS_TSIG_SECRET"));
+                        return Err(bad(
+                            "CERTAUTO_DNS_TSIG_NAME",
+                            "required with CERTAUTO_DNS_TSIG_SECRET",
+                        ));
                     }
                 };
                 ProviderSettings::Rfc2136 {
