@@ -2,7 +2,8 @@
 # The whole CertAuto test suite, on a fresh Debian machine or a developer's.
 #
 # Installs what the suite runs against when it is missing: the system packages
-# (a C compiler, curl, openssl) with apt, and the test CA, Pebble and its DNS
+# (a C compiler, curl, openssl; BIND9 for RFC 2136 and PowerDNS with its SQLite
+# backend for the DNS-01 tests) with apt, and the test CA, Pebble and its DNS
 # companion pebble-challtestsrv, built with `go install` into .tools/bin (see
 # scripts/install-pebble.sh; CERTAUTO_PEBBLE_DIR overrides the folder). Then it
 # checks formatting, lints, builds the docs and runs every test, Pebble-backed
@@ -14,6 +15,10 @@ packages=()
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
+[ -x /usr/sbin/named ] || packages+=(bind9)
+[ -x /usr/sbin/pdns_server ] || packages+=(pdns-server)
+[ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || packages+=(pdns-backend-sqlite3)
+command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -65,6 +65,12 @@ pub mod ocsp;
 mod ratelimit;
 pub mod storage;
 
+/// The DNS providers [`Dns01Solver`] writes its TXT records through, one per
+/// DNS host; implement [`DnsProvider`] for any other.
+pub mod dns {
+    // One line per provider module of `challenge/dns01/`.
+}
+
 pub use acme::{
     AccountKey, AccountKeyType, AcmeClient, ChainPreference, ExternalAccountKey, Problem,
     ProblemType, RevocationReason, crypto_provider, parse_pem_roots,

@@ -40,6 +40,8 @@ pub(crate) mod http;
 mod propagation;
 mod provider;
 mod query;
+#[cfg(test)]
+mod standin;
 
 use std::collections::HashMap;
 use std::fmt;
