@@ -35,8 +35,12 @@
 //! ```
 
 // Used by the providers, which land next.
+pub(crate) mod acme_dns;
+pub(crate) mod challtestsrv;
+pub(crate) mod exec;
 #[allow(dead_code)]
 pub(crate) mod http;
+pub(crate) mod name_lock;
 mod propagation;
 mod provider;
 mod query;
