@@ -72,6 +72,7 @@ pub mod dns {
     pub use crate::challenge::dns01::acme_dns::{AcmeDns, AcmeDnsAccount, AcmeDnsBuilder};
     pub use crate::challenge::dns01::challtestsrv::{ChallTestSrv, ChallTestSrvBuilder};
     pub use crate::challenge::dns01::exec::Exec;
+    pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
 }
 
 pub use acme::{

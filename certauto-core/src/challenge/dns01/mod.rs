@@ -44,6 +44,7 @@ pub(crate) mod name_lock;
 mod propagation;
 mod provider;
 mod query;
+pub(crate) mod route53;
 #[cfg(test)]
 mod standin;
 
