@@ -69,6 +69,10 @@ pub mod storage;
 /// DNS host; implement [`DnsProvider`] for any other.
 pub mod dns {
     // One line per provider module of `challenge/dns01/`.
+    pub use crate::challenge::dns01::acme_dns::{AcmeDns, AcmeDnsAccount, AcmeDnsBuilder};
+    pub use crate::challenge::dns01::challtestsrv::{ChallTestSrv, ChallTestSrvBuilder};
+    pub use crate::challenge::dns01::exec::Exec;
+    pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
 }
 
 pub use acme::{

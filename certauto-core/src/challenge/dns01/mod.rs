@@ -35,11 +35,16 @@
 //! ```
 
 // Used by the providers, which land next.
+pub(crate) mod acme_dns;
+pub(crate) mod challtestsrv;
+pub(crate) mod exec;
 #[allow(dead_code)]
 pub(crate) mod http;
+pub(crate) mod name_lock;
 mod propagation;
 mod provider;
 mod query;
+pub(crate) mod route53;
 #[cfg(test)]
 mod standin;
 
