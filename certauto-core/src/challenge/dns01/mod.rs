@@ -37,8 +37,11 @@
 // Used by the providers, which land next.
 #[allow(dead_code)]
 pub(crate) mod http;
+pub(crate) mod cloudflare;
 mod propagation;
 mod provider;
+#[cfg(test)]
+mod provider_checks;
 mod query;
 #[cfg(test)]
 mod standin;
