@@ -537,7 +537,11 @@ mod tests {
                     return Err(format!("unquoted TXT content {content}"));
                 }
                 if !st.zones.iter().any(|z| z.0 == *zone) {
-                    return Ok(cf_error(400, 7003, "Could not route to /zones, perhaps your object identifier is invalid?"));
+                    return Ok(cf_error(
+                        400,
+                        7003,
+                        "Could not route to /zones, perhaps your object identifier is invalid?",
+                    ));
                 }
                 if st
                     .records
@@ -640,7 +644,11 @@ mod tests {
         cf.assert_no_violations();
         // Records are written with the configured TTL and quoted content.
         let st = cf.state.lock().unwrap();
-        assert!(st.records.iter().all(|r| r.3 == OTHER || r.3.starts_with('"')));
+        assert!(
+            st.records
+                .iter()
+                .all(|r| r.3 == OTHER || r.3.starts_with('"'))
+        );
     }
 
     #[tokio::test]
@@ -667,7 +675,11 @@ mod tests {
         let before = cf.server.seen().len();
         provider.delete_txt_record(fqdn, V1).await.unwrap();
         let seen = cf.server.seen();
-        assert!(seen[before..].iter().all(|s| s.path() != format!("{BASE}/zones")));
+        assert!(
+            seen[before..]
+                .iter()
+                .all(|s| s.path() != format!("{BASE}/zones"))
+        );
         assert!(cf.values(fqdn).is_empty());
         cf.assert_no_violations();
     }
@@ -715,7 +727,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, DnsError::Rejected { status: Some(400), .. }),
+            matches!(
+                err,
+                DnsError::Rejected {
+                    status: Some(400),
+                    ..
+                }
+            ),
             "{err:?}"
         );
         assert!(
@@ -733,8 +751,12 @@ mod tests {
             &provider,
             "_acme-challenge.example.com",
             |r| cf.answer_all(r),
-            cf_error(429, 971, "Please wait and consider throttling your request speed")
-                .header("retry-after", "7"),
+            cf_error(
+                429,
+                971,
+                "Please wait and consider throttling your request speed",
+            )
+            .header("retry-after", "7"),
             cf_error(502, 0, "Bad gateway"),
         )
         .await;
@@ -747,7 +769,10 @@ mod tests {
         assert!(!format!("{builder:?}").contains(TOKEN));
         let provider = builder.api_url("http://127.0.0.1:1").build().unwrap();
         let debug = format!("{provider:?}");
-        assert!(!debug.contains(TOKEN) && debug.contains("redacted"), "{debug}");
+        assert!(
+            !debug.contains(TOKEN) && debug.contains("redacted"),
+            "{debug}"
+        );
 
         for builder in [
             Cloudflare::builder(""),

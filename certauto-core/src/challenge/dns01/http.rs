@@ -342,7 +342,10 @@ mod tests {
         assert_eq!(unquote_txt("abc"), "abc");
         assert_eq!(unquote_txt(r#""ab" "c""#), "abc");
         assert_eq!(unquote_txt(&quote_txt(r#"a"b\c"#)), r#"a"b\c"#);
-        assert_eq!(encode_component("_acme-challenge.a.b"), "_acme-challenge.a.b");
+        assert_eq!(
+            encode_component("_acme-challenge.a.b"),
+            "_acme-challenge.a.b"
+        );
         assert_eq!(encode_component("a b/*?&="), "a%20b%2F%2A%3F%26%3D");
     }
 

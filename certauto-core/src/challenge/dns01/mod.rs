@@ -35,9 +35,11 @@
 //! ```
 
 // Used by the providers, which land next.
+pub(crate) mod cloudflare;
+pub(crate) mod digitalocean;
 #[allow(dead_code)]
 pub(crate) mod http;
-pub(crate) mod cloudflare;
+pub(crate) mod name_lock;
 mod propagation;
 mod provider;
 #[cfg(test)]

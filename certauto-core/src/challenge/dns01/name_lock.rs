@@ -140,7 +140,7 @@ mod tests {
     #[tokio::test]
     async fn entries_of_cancelled_waiters_are_swept() {
         let locks: NameLocks<usize> = NameLocks::new();
-        for key in 0..SWEEP_ABOVE + 5 {
+        for key in 0..SWEEP_ABOVE {
             let held = locks.lock(key).await;
             let waiter = locks.lock(key);
             tokio::pin!(waiter);
@@ -149,8 +149,12 @@ mod tests {
             // waiter is cancelled: its entry stays behind.
             drop(held);
         }
-        assert_eq!(locks.len(), SWEEP_ABOVE + 5);
-        let _g = locks.lock(usize::MAX).await;
-        assert_eq!(locks.len(), 1);
+        assert_eq!(locks.len(), SWEEP_ABOVE);
+        // Up to SWEEP_ABOVE entries are left alone...
+        let _a = locks.lock(usize::MAX).await;
+        assert_eq!(locks.len(), SWEEP_ABOVE + 1);
+        // ...above that, the idle ones are swept; held ones stay.
+        let _b = locks.lock(usize::MAX - 1).await;
+        assert_eq!(locks.len(), 2);
     }
 }
