@@ -70,6 +70,7 @@ pub mod storage;
 pub mod dns {
     // One line per provider module of `challenge/dns01/`.
     pub use crate::challenge::dns01::cloudflare::{Cloudflare, CloudflareBuilder};
+    pub use crate::challenge::dns01::desec::{Desec, DesecBuilder};
     pub use crate::challenge::dns01::digitalocean::{DigitalOcean, DigitalOceanBuilder};
 }
 

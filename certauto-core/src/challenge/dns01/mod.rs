@@ -36,6 +36,7 @@
 
 // Used by the providers, which land next.
 pub(crate) mod cloudflare;
+pub(crate) mod desec;
 pub(crate) mod digitalocean;
 #[allow(dead_code)]
 pub(crate) mod http;

@@ -101,7 +101,7 @@ pub(crate) async fn http_failures(
         "{err:?}"
     );
 
-    for body in ["{not json", "[]", "{\"unexpected\": true}"] {
+    for body in ["{not json", "42", "{\"unexpected\": true}"] {
         answer_all(Some(Reply::text(200, "application/json", body)));
         let err = provider.create_txt_record(fqdn, V1).await.unwrap_err();
         assert!(
