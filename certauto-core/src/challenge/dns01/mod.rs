@@ -38,6 +38,7 @@
 pub(crate) mod cloudflare;
 pub(crate) mod desec;
 pub(crate) mod digitalocean;
+pub(crate) mod hetzner;
 #[allow(dead_code)]
 pub(crate) mod http;
 pub(crate) mod name_lock;
