@@ -66,8 +66,12 @@ pub(crate) const MAX_PAGES: u32 = 20;
 /// Cloudflare's code for "An identical record already exists."
 const IDENTICAL_RECORD: i64 = 81058;
 
-/// Writes DNS-01 TXT records through the Cloudflare API v4; see the
-/// [module docs](self).
+/// Writes DNS-01 TXT records through the Cloudflare API v4
+/// (`https://api.cloudflare.com/client/v4`), one record per value, with an
+/// API token allowed *Zone / DNS / Edit* (and *Zone / Zone / Read* unless a
+/// [`zone_id`](CloudflareBuilder::zone_id) is given). The zone is found from
+/// the record's name, longest candidate first; duplicate values count as
+/// written and records already gone as deleted.
 #[derive(Clone)]
 pub struct Cloudflare {
     api: ApiClient,

@@ -66,8 +66,14 @@ const DEFAULT_API_URL: &str = "https://desec.io/api/v1";
 /// deSEC's usual minimum TTL, the default for new RRsets.
 const DEFAULT_TTL: u32 = 3600;
 
-/// Writes DNS-01 TXT records through the deSEC API; see the
-/// [module docs](self).
+/// Writes DNS-01 TXT records through the deSEC API
+/// (`https://desec.io/api/v1`) with an API token (`Authorization: Token`).
+///
+/// deSEC stores whole RRsets, so a value is added or removed by reading the
+/// TXT RRset and writing it back; calls for one name are serialised inside
+/// the provider (and its clones), but another process writing the same RRset
+/// at the same time can still race. New RRsets get at least the domain's
+/// minimum TTL (usually 3600 s); rate limits (429) carry `Retry-After`.
 #[derive(Clone)]
 pub struct Desec {
     api: ApiClient,

@@ -62,8 +62,11 @@ const DEFAULT_TTL: u32 = 30;
 /// The most pages of 200 records read when looking for a value.
 pub(crate) const MAX_PAGES: u32 = 10;
 
-/// Writes DNS-01 TXT records through the DigitalOcean API v2; see the
-/// [module docs](self).
+/// Writes DNS-01 TXT records through the DigitalOcean API v2
+/// (`https://api.digitalocean.com/v2`, Domains and Domain Records), one
+/// record per value, with a personal access token (scopes `domain` read,
+/// create, delete). The domain is found from the record's name, longest
+/// candidate first; calls for one name are serialised inside the provider.
 #[derive(Clone)]
 pub struct DigitalOcean {
     api: ApiClient,

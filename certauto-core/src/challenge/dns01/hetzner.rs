@@ -82,8 +82,14 @@ pub(crate) const MAX_ACTION_POLLS: u32 = 30;
 /// The wait between two polls of a running action.
 const ACTION_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Writes DNS-01 TXT records through the Hetzner Cloud API; see the
-/// [module docs](self).
+/// Writes DNS-01 TXT records through Hetzner DNS's API, part of the Hetzner
+/// Cloud API (`https://api.hetzner.cloud/v1`, zones and RRsets), with a
+/// Cloud API token (*Read & Write*) of the project holding the zones.
+///
+/// Values are added and removed with the RRset actions `add_records` and
+/// `remove_records`, which touch only the given values; zones still in the
+/// old DNS Console (`dns.hetzner.com`) must be migrated to the Hetzner
+/// Console first.
 #[derive(Clone)]
 pub struct Hetzner {
     api: ApiClient,
