@@ -73,6 +73,10 @@ pub mod dns {
     pub use crate::challenge::dns01::challtestsrv::{ChallTestSrv, ChallTestSrvBuilder};
     pub use crate::challenge::dns01::exec::Exec;
     pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
+    pub use crate::challenge::dns01::cloudflare::{Cloudflare, CloudflareBuilder};
+    pub use crate::challenge::dns01::desec::{Desec, DesecBuilder};
+    pub use crate::challenge::dns01::digitalocean::{DigitalOcean, DigitalOceanBuilder};
+    pub use crate::challenge::dns01::hetzner::{Hetzner, HetznerBuilder};
 }
 
 pub use acme::{

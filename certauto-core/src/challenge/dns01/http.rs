@@ -253,6 +253,62 @@ pub(crate) fn relative_name<'a>(fqdn: &'a str, zone: &str) -> Option<&'a str> {
     .then_some(head)
 }
 
+/// `value` percent-encoded for a URL path segment or query component:
+/// everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
+pub(crate) fn encode_component(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// A TXT value in zone-file presentation form: one quoted character string,
+/// `"` and `\` escaped (`abc` gives `"abc"`). ACME values are base64url and
+/// need no escaping; other values are quoted all the same.
+pub(crate) fn quote_txt(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() + 2);
+    out.push('"');
+    for c in value.chars() {
+        if matches!(c, '"' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out.push('"');
+    out
+}
+
+/// The text of a TXT value as an API shows it: quoted character strings
+/// (`"abc"`, `"ab" "c"`) are unescaped and joined; anything else is taken as
+/// it is (some APIs show the value unquoted).
+pub(crate) fn unquote_txt(shown: &str) -> String {
+    let shown = shown.trim();
+    if !(shown.len() >= 2 && shown.starts_with('"') && shown.ends_with('"')) {
+        return shown.to_owned();
+    }
+    let mut out = String::with_capacity(shown.len());
+    let mut quoted = false;
+    let mut chars = shown.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => quoted = !quoted,
+            '\\' if quoted => {
+                if let Some(next) = chars.next() {
+                    out.push(next);
+                }
+            }
+            c if quoted => out.push(c),
+            _ => {} // whitespace between strings
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -276,6 +332,21 @@ mod tests {
         assert_eq!(relative_name("example.com", "example.com."), Some("@"));
         assert_eq!(relative_name("badexample.com", "example.com"), None);
         assert_eq!(relative_name("com", "example.com"), None);
+    }
+
+    #[test]
+    fn txt_quoting_and_encoding() {
+        assert_eq!(quote_txt("abc-_1"), "\"abc-_1\"");
+        assert_eq!(quote_txt(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(unquote_txt("\"abc\""), "abc");
+        assert_eq!(unquote_txt("abc"), "abc");
+        assert_eq!(unquote_txt(r#""ab" "c""#), "abc");
+        assert_eq!(unquote_txt(&quote_txt(r#"a"b\c"#)), r#"a"b\c"#);
+        assert_eq!(
+            encode_component("_acme-challenge.a.b"),
+            "_acme-challenge.a.b"
+        );
+        assert_eq!(encode_component("a b/*?&="), "a%20b%2F%2A%3F%26%3D");
     }
 
     #[test]

@@ -38,11 +38,17 @@
 pub(crate) mod acme_dns;
 pub(crate) mod challtestsrv;
 pub(crate) mod exec;
+pub(crate) mod cloudflare;
+pub(crate) mod desec;
+pub(crate) mod digitalocean;
+pub(crate) mod hetzner;
 #[allow(dead_code)]
 pub(crate) mod http;
 pub(crate) mod name_lock;
 mod propagation;
 mod provider;
+#[cfg(test)]
+mod provider_checks;
 mod query;
 pub(crate) mod route53;
 #[cfg(test)]
