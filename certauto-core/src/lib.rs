@@ -69,6 +69,7 @@ pub mod storage;
 /// DNS host; implement [`DnsProvider`] for any other.
 pub mod dns {
     // One line per provider module of `challenge/dns01/`.
+    pub use crate::challenge::dns01::powerdns::{PowerDns, PowerDnsBuilder};
 }
 
 pub use acme::{

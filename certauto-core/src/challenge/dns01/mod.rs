@@ -37,6 +37,7 @@
 // Used by the providers, which land next.
 #[allow(dead_code)]
 pub(crate) mod http;
+pub(crate) mod powerdns;
 mod propagation;
 mod provider;
 mod query;
