@@ -77,6 +77,7 @@ pub mod dns {
     pub use crate::challenge::dns01::desec::{Desec, DesecBuilder};
     pub use crate::challenge::dns01::digitalocean::{DigitalOcean, DigitalOceanBuilder};
     pub use crate::challenge::dns01::hetzner::{Hetzner, HetznerBuilder};
+    pub use crate::challenge::dns01::powerdns::{PowerDns, PowerDnsBuilder};
 }
 
 pub use acme::{

@@ -31,6 +31,7 @@ mod dns;
 mod ocsp;
 mod pebble;
 mod pki;
+mod powerdns;
 mod util;
 mod verify;
 
@@ -47,6 +48,7 @@ pub use pebble::{
     PEBBLE_EXAMPLE_EAB_KEYS, PEBBLE_VERSION, Pebble, PebbleBuilder, normalize_serial,
     pebble_bin_dir, serial_hex,
 };
+pub use powerdns::{PowerDnsServer, PowerDnsServerBuilder};
 pub use verify::SignatureOnly;
 
 /// Installs a `tracing` fmt subscriber that writes through the test harness's captured

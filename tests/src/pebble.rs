@@ -145,6 +145,7 @@ pub struct PebbleBuilder {
     http_port: Option<u16>,
     tls_port: Option<u16>,
     retry_after: Option<(u64, u64)>,
+    dns_server: Option<SocketAddr>,
 }
 
 impl PebbleBuilder {
@@ -279,6 +280,14 @@ impl PebbleBuilder {
         self
     }
 
+    /// The DNS server Pebble resolves and validates through (`-dnsserver`; Pebble 2.10 asks
+    /// over TCP) instead of `pebble-challtestsrv`'s: a real DNS server for DNS-01 tests.
+    /// `pebble-challtestsrv` still runs, and [`Pebble::dns_addr`] stays its address.
+    pub fn dns_server(mut self, addr: SocketAddr) -> Self {
+        self.dns_server = Some(addr);
+        self
+    }
+
     /// Starts `pebble-challtestsrv` and `pebble` and waits until both answer.
     ///
     /// # Panics
@@ -371,7 +380,7 @@ impl PebbleBuilder {
             .arg("-config")
             .arg(path("pebble.json"))
             .arg("-dnsserver")
-            .arg(dns_addr.to_string());
+            .arg(self.dns_server.unwrap_or(dns_addr).to_string());
         for var in PEBBLE_ENV_VARS {
             pebble.env_remove(var);
         }

@@ -45,6 +45,7 @@ pub(crate) mod hetzner;
 #[allow(dead_code)]
 pub(crate) mod http;
 pub(crate) mod name_lock;
+pub(crate) mod powerdns;
 mod propagation;
 mod provider;
 #[cfg(test)]
