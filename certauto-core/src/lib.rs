@@ -69,6 +69,9 @@ pub mod storage;
 /// DNS host; implement [`DnsProvider`] for any other.
 pub mod dns {
     // One line per provider module of `challenge/dns01/`.
+    pub use crate::challenge::dns01::rfc2136::{
+        Rfc2136, Rfc2136Builder, Rfc2136Transport, TsigAlgorithm,
+    };
 }
 
 pub use acme::{

@@ -40,6 +40,7 @@ pub(crate) mod http;
 mod propagation;
 mod provider;
 mod query;
+pub(crate) mod rfc2136;
 #[cfg(test)]
 mod standin;
 
