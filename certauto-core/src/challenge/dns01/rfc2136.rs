@@ -653,3 +653,491 @@ impl DnsProvider for Rfc2136 {
         self.change(fqdn, value, Change::Delete).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+
+    use hickory_proto::rr::TSigResponseContext;
+    use hickory_proto::rr::rdata::SOA;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// `base64("test-secret-of-the-fake-server!")`.
+    const SECRET: &str = "dGVzdC1zZWNyZXQtb2YtdGhlLWZha2Utc2VydmVyIQ==";
+    const KEY: &str = "acme-key";
+
+    fn server_signer(algorithm: TsigAlgorithm) -> TSigner {
+        TSigner::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(SECRET)
+                .unwrap(),
+            algorithm.to_hickory(),
+            Name::from_ascii("acme-key.").unwrap(),
+            FUDGE,
+        )
+        .unwrap()
+    }
+
+    fn provider(server: SocketAddr) -> Rfc2136Builder {
+        Rfc2136::builder(server)
+            .tsig(KEY, SECRET, TsigAlgorithm::HmacSha256)
+            .timeout(Duration::from_secs(5))
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// What the fake server answers to one request: each element is sent
+    /// as one datagram (UDP) or the first one framed (TCP).
+    type Handler = Arc<dyn Fn(&[u8]) -> Vec<Vec<u8>> + Send + Sync>;
+
+    /// A stand-in for a DNS server: records the requests, answers through `handler`.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Seen {
+        fn messages(&self) -> Vec<Message> {
+            let raw = self.0.lock().unwrap().clone();
+            raw.iter().map(|b| Message::from_vec(b).unwrap()).collect()
+        }
+        fn raw(&self) -> Vec<Vec<u8>> {
+            self.0.lock().unwrap().clone()
+        }
+    }
+
+    async fn fake_tcp(handler: Handler) -> (SocketAddr, Seen) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Seen::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await.unwrap();
+                let mut msg = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                stream.read_exact(&mut msg).await.unwrap();
+                log.0.lock().unwrap().push(msg.clone());
+                if let Some(answer) = handler(&msg).into_iter().next() {
+                    let mut framed = u16::try_from(answer.len()).unwrap().to_be_bytes().to_vec();
+                    framed.extend_from_slice(&answer);
+                    stream.write_all(&framed).await.unwrap();
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    async fn fake_udp(handler: Handler) -> (SocketAddr, Seen) {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = Seen::default();
+        let log = seen.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (len, peer) = socket.recv_from(&mut buf).await.unwrap();
+                let msg = buf[..len].to_vec();
+                log.0.lock().unwrap().push(msg.clone());
+                for answer in handler(&msg) {
+                    socket.send_to(&answer, peer).await.unwrap();
+                }
+            }
+        });
+        (addr, seen)
+    }
+
+    /// The answer to `request` with `code`, signed with `signer` as a
+    /// server does (RFC 8945 §5.3), or unsigned.
+    fn answer(request: &[u8], code: ResponseCode, signer: Option<&TSigner>) -> Vec<u8> {
+        let request = Message::from_vec(request).unwrap();
+        let mut response = Message::response(request.metadata.id, request.metadata.op_code);
+        response.metadata.response_code = code;
+        response.add_queries(request.queries.clone());
+        if let Some(signer) = signer {
+            let mac = request.signature.as_ref().unwrap().data.mac.clone();
+            let unsigned = response.to_vec().unwrap();
+            let tsig =
+                TSigResponseContext::new(request.metadata.id, now(), signer.clone(), mac, None)
+                    .sign(&unsigned)
+                    .unwrap();
+            response.set_signature(tsig);
+        }
+        response.to_vec().unwrap()
+    }
+
+    /// A NOTAUTH answer with the unsigned TSIG error BADSIG (RFC 8945 §5.3.2).
+    fn bad_signature(request: &[u8]) -> Vec<u8> {
+        let request = Message::from_vec(request).unwrap();
+        let mut response = Message::response(request.metadata.id, OpCode::Update);
+        response.metadata.response_code = ResponseCode::NotAuth;
+        response.add_queries(request.queries.clone());
+        let unsigned = response.to_vec().unwrap();
+        let tsig = TSigResponseContext::bad_signature(
+            request.metadata.id,
+            now(),
+            server_signer(TsigAlgorithm::HmacSha256),
+        )
+        .sign(&unsigned)
+        .unwrap();
+        response.set_signature(tsig);
+        response.to_vec().unwrap()
+    }
+
+    /// Answers SOA queries for names under `example.test` with NXDOMAIN and
+    /// the zone's SOA, and updates with a signed NOERROR.
+    fn authoritative(signer: TSigner) -> Handler {
+        Arc::new(move |request| {
+            let message = Message::from_vec(request).unwrap();
+            if message.metadata.op_code == OpCode::Update {
+                return vec![answer(request, ResponseCode::NoError, Some(&signer))];
+            }
+            let zone = Name::from_ascii("example.test.").unwrap();
+            let mut response = Message::response(message.metadata.id, OpCode::Query);
+            response.add_queries(message.queries.clone());
+            let asked = message.queries[0].name().clone();
+            if zone.zone_of(&asked) {
+                response.metadata.response_code = ResponseCode::NXDomain;
+                let soa = SOA::new(
+                    Name::from_ascii("ns.example.test.").unwrap(),
+                    Name::from_ascii("admin.example.test.").unwrap(),
+                    1,
+                    60,
+                    60,
+                    600,
+                    1,
+                );
+                response.add_authority(Record::from_rdata(zone, 1, RData::SOA(soa)));
+            } else {
+                response.metadata.response_code = ResponseCode::Refused;
+            }
+            vec![response.to_vec().unwrap()]
+        })
+    }
+
+    #[test]
+    fn algorithm_names() {
+        for algorithm in [
+            TsigAlgorithm::HmacSha256,
+            TsigAlgorithm::HmacSha384,
+            TsigAlgorithm::HmacSha512,
+        ] {
+            assert_eq!(
+                algorithm.as_str().parse::<TsigAlgorithm>().unwrap(),
+                algorithm
+            );
+            assert_eq!(algorithm.to_string(), algorithm.as_str());
+        }
+        assert_eq!(
+            "HMAC-SHA384.".parse::<TsigAlgorithm>().unwrap(),
+            TsigAlgorithm::HmacSha384
+        );
+        for bad in ["hmac-md5", "hmac-sha1", "", "sha256"] {
+            assert!(
+                matches!(bad.parse::<TsigAlgorithm>(), Err(DnsError::Config { .. })),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn settings_are_checked_and_the_secret_never_shown() {
+        let server: SocketAddr = "127.0.0.1:53".parse().unwrap();
+        let config_error = |b: Rfc2136Builder| match b.build() {
+            Err(DnsError::Config { detail, .. }) => detail,
+            other => panic!("{other:?}"),
+        };
+        assert!(config_error(Rfc2136::builder(server)).contains("TSIG key is required"));
+        let detail = config_error(Rfc2136::builder(server).tsig(
+            KEY,
+            "not base64 at all!",
+            TsigAlgorithm::HmacSha256,
+        ));
+        assert!(detail.contains("not base64"), "{detail}");
+        assert!(!detail.contains("at all"), "{detail}");
+        config_error(Rfc2136::builder(server).tsig(KEY, "", TsigAlgorithm::HmacSha256));
+        config_error(Rfc2136::builder(server).tsig("", SECRET, TsigAlgorithm::HmacSha256));
+        config_error(provider(server).zone("bad..zone"));
+        // Unpadded base64 is accepted.
+        provider(server).build().unwrap();
+        Rfc2136::builder(server)
+            .tsig(KEY, SECRET.trim_end_matches('='), TsigAlgorithm::HmacSha512)
+            .build()
+            .unwrap();
+
+        let builder = provider(server).zone("Example.TEST.");
+        assert!(!format!("{builder:?}").contains(SECRET));
+        let dns = builder.build().unwrap();
+        let shown = format!("{dns:?}");
+        assert!(!shown.contains(SECRET), "{shown}");
+        assert!(
+            shown.contains("acme-key") && shown.contains("example.test."),
+            "{shown}"
+        );
+        assert_eq!(dns.ttl, DEFAULT_TTL);
+        assert_eq!(dns.transport, Rfc2136Transport::Tcp);
+    }
+
+    #[test]
+    fn update_messages_follow_rfc2136() {
+        let dns = provider("127.0.0.1:53".parse().unwrap())
+            .ttl(120)
+            .build()
+            .unwrap();
+        let zone = Name::from_ascii("example.test.").unwrap();
+        let name = Name::from_ascii("_acme-challenge.example.test.").unwrap();
+
+        let add = dns.update_message(&zone, &name, "value-1", Change::Add);
+        let decoded = Message::from_vec(&add.to_vec().unwrap()).unwrap();
+        assert_eq!(decoded.metadata.op_code, OpCode::Update);
+        assert!(!decoded.metadata.recursion_desired);
+        assert_eq!(decoded.queries.len(), 1, "one zone");
+        assert_eq!(decoded.queries[0].name(), &zone);
+        assert_eq!(decoded.queries[0].query_type(), RecordType::SOA);
+        assert_eq!(decoded.queries[0].query_class(), DNSClass::IN);
+        assert!(decoded.answers.is_empty(), "no prerequisite");
+        assert_eq!(decoded.authorities.len(), 1);
+        let update = &decoded.authorities[0];
+        assert_eq!(update.name, name);
+        assert_eq!(update.dns_class, DNSClass::IN);
+        assert_eq!(update.ttl, 120);
+        match &update.data {
+            RData::TXT(txt) => assert_eq!(&*txt.txt_data, [b"value-1".to_vec().into_boxed_slice()]),
+            other => panic!("{other:?}"),
+        }
+
+        let delete = dns.update_message(&zone, &name, "value-1", Change::Delete);
+        let decoded = Message::from_vec(&delete.to_vec().unwrap()).unwrap();
+        assert!(decoded.answers.is_empty(), "no prerequisite");
+        let update = &decoded.authorities[0];
+        assert_eq!(update.dns_class, DNSClass::NONE);
+        assert_eq!(update.ttl, 0);
+        assert!(matches!(&update.data, RData::TXT(txt) if txt.txt_data.len() == 1));
+
+        // Long values are split into 255-byte character-strings.
+        let long = "x".repeat(300);
+        let txt = txt_rdata(&long);
+        assert_eq!(txt.txt_data.len(), 2);
+        assert_eq!(txt.txt_data[0].len(), 255);
+        assert_eq!(txt.txt_data[1].len(), 45);
+    }
+
+    #[test]
+    fn response_codes_map_to_typed_errors() {
+        let fqdn = "_acme-challenge.example.test";
+        let auth = |e: DnsError| matches!(e, DnsError::AuthRefused { .. });
+        assert!(auth(classify(ResponseCode::NotAuth, None, fqdn)));
+        assert!(auth(classify(ResponseCode::Refused, None, fqdn)));
+        for tsig in [TsigError::BadSig, TsigError::BadKey, TsigError::BadTime] {
+            let e = classify(ResponseCode::NotAuth, Some(tsig), fqdn);
+            assert!(matches!(&e, DnsError::AuthRefused { .. }), "{e}");
+            assert!(
+                e.to_string().contains(&format!("{tsig:?}").to_uppercase()),
+                "{e}"
+            );
+        }
+        assert!(matches!(
+            classify(ResponseCode::NotZone, None, fqdn),
+            DnsError::ZoneNotFound { name, .. } if name == fqdn
+        ));
+        let e = classify(ResponseCode::ServFail, None, fqdn);
+        assert!(e.is_retryable(), "{e}");
+        for code in [
+            ResponseCode::FormErr,
+            ResponseCode::NotImp,
+            ResponseCode::YXRRSet,
+            ResponseCode::NXRRSet,
+        ] {
+            let e = classify(code, None, fqdn);
+            assert!(
+                matches!(&e, DnsError::Rejected { status: Some(s), .. } if *s == u16::from(code)),
+                "{e}"
+            );
+            assert!(!e.is_retryable());
+        }
+        let timeout = query_error(
+            QueryError::Timeout {
+                server: "127.0.0.1:53".parse().unwrap(),
+                timeout: Duration::from_secs(1),
+            },
+            fqdn,
+        );
+        assert!(timeout.is_retryable(), "{timeout}");
+    }
+
+    #[tokio::test]
+    async fn signed_update_over_tcp_with_the_zone_found_by_soa() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, seen) = fake_tcp(authoritative(signer.clone())).await;
+        let dns = provider(addr).build().unwrap();
+        dns.create_txt_record("_acme-challenge.www.example.test", "v1")
+            .await
+            .unwrap();
+        dns.delete_txt_record("_acme-challenge.www.example.test", "v1")
+            .await
+            .unwrap();
+        let messages = seen.messages();
+        assert_eq!(messages.len(), 4, "SOA, update, SOA, update");
+        assert_eq!(messages[0].metadata.op_code, OpCode::Query);
+        assert!(!messages[0].metadata.recursion_desired);
+        assert_eq!(messages[0].queries[0].query_type(), RecordType::SOA);
+        assert_eq!(messages[1].metadata.op_code, OpCode::Update);
+        assert_eq!(
+            messages[1].queries[0].name(),
+            &Name::from_ascii("example.test.").unwrap()
+        );
+        assert_eq!(messages[3].authorities[0].dns_class, DNSClass::NONE);
+        // The server can verify our signature.
+        for raw in [&seen.raw()[1], &seen.raw()[3]] {
+            signer.verify_message_byte(raw, None, true).unwrap();
+        }
+        // A name the server is not authoritative for.
+        let err = dns
+            .create_txt_record("_acme-challenge.other.test", "v1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err}");
+        // A fixed zone not holding the name: no update is sent.
+        let before = seen.raw().len();
+        let fixed = provider(addr).zone("delegated.test").build().unwrap();
+        let err = fixed
+            .create_txt_record("_acme-challenge.www.example.test", "v1")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err}");
+        assert_eq!(seen.raw().len(), before);
+    }
+
+    #[tokio::test]
+    async fn every_algorithm_signs_and_verifies() {
+        for algorithm in [TsigAlgorithm::HmacSha384, TsigAlgorithm::HmacSha512] {
+            let signer = server_signer(algorithm);
+            let (addr, seen) = fake_tcp(Arc::new(move |req| {
+                vec![answer(req, ResponseCode::NoError, Some(&signer))]
+            }))
+            .await;
+            let dns = Rfc2136::builder(addr)
+                .tsig(KEY, SECRET, algorithm)
+                .zone("example.test")
+                .build()
+                .unwrap();
+            dns.create_txt_record("_acme-challenge.example.test", "v")
+                .await
+                .unwrap();
+            let sent = &seen.messages()[0];
+            let tsig = sent.signature.as_ref().unwrap();
+            assert_eq!(tsig.data.algorithm, algorithm.to_hickory());
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unsigned_success_is_not_trusted() {
+        let (addr, _) = fake_tcp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::NoError, None)]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::Rejected { detail, .. } if detail.contains("TSIG")),
+            "{err}"
+        );
+        // Signed with another secret: not trusted either.
+        let other = TSigner::new(
+            b"another secret".to_vec(),
+            HickoryTsigAlgorithm::HmacSha256,
+            Name::from_ascii("acme-key.").unwrap(),
+            FUDGE,
+        )
+        .unwrap();
+        let (addr, _) = fake_tcp(Arc::new(move |req| {
+            vec![answer(req, ResponseCode::NoError, Some(&other))]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_bad_signature_answer_is_auth_refused() {
+        let (addr, _) = fake_tcp(Arc::new(|req| vec![bad_signature(req)])).await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("BADSIG")),
+            "{err}"
+        );
+        assert!(!err.to_string().contains(SECRET));
+    }
+
+    #[tokio::test]
+    async fn udp_skips_forged_answers_and_accepts_the_signed_one() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, seen) = fake_udp(Arc::new(move |req| {
+            // An unsigned "success" (what an off-path forger could send), a
+            // datagram with another id, then the real answer.
+            let mut other_id = answer(req, ResponseCode::NoError, Some(&signer));
+            other_id[0] ^= 0xff;
+            vec![
+                answer(req, ResponseCode::NoError, None),
+                other_id,
+                answer(req, ResponseCode::NoError, Some(&signer)),
+            ]
+        }))
+        .await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .build()
+            .unwrap();
+        dns.create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap();
+        assert_eq!(seen.raw().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_is_transient() {
+        let (addr, _) = fake_udp(Arc::new(|_| Vec::new())).await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+        // Without a fixed zone, the SOA lookup times out the same way.
+        let dns = provider(addr)
+            .transport(Rfc2136Transport::Udp)
+            .timeout(Duration::from_millis(100))
+            .build()
+            .unwrap();
+        let err = dns
+            .delete_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+    }
+}
