@@ -145,6 +145,7 @@ pub struct PebbleBuilder {
     http_port: Option<u16>,
     tls_port: Option<u16>,
     retry_after: Option<(u64, u64)>,
+    dns_server: Option<SocketAddr>,
 }
 
 impl PebbleBuilder {
@@ -279,6 +280,15 @@ impl PebbleBuilder {
         self
     }
 
+    /// The DNS server Pebble's validation authority resolves through (its `-dnsserver`),
+    /// e.g. [`Bind::recursive_addr`](crate::Bind::recursive_addr) for DNS-01 tests
+    /// against real DNS. Pebble 2.10 asks it over TCP. By default it is the harness's
+    /// `pebble-challtestsrv` (which is started either way).
+    pub fn dns_server(mut self, server: SocketAddr) -> Self {
+        self.dns_server = Some(server);
+        self
+    }
+
     /// Starts `pebble-challtestsrv` and `pebble` and waits until both answer.
     ///
     /// # Panics
@@ -371,7 +381,7 @@ impl PebbleBuilder {
             .arg("-config")
             .arg(path("pebble.json"))
             .arg("-dnsserver")
-            .arg(dns_addr.to_string());
+            .arg(self.dns_server.unwrap_or(dns_addr).to_string());
         for var in PEBBLE_ENV_VARS {
             pebble.env_remove(var);
         }
@@ -546,7 +556,7 @@ fn client_config(ca_der: &[u8]) -> rustls::ClientConfig {
 }
 
 /// Sends SIGKILL to every child, then reaps them (bounded wait).
-fn kill_and_reap(children: &mut [&mut Child]) {
+pub(crate) fn kill_and_reap(children: &mut [&mut Child]) {
     for child in children.iter_mut() {
         let _ = child.start_kill();
     }
