@@ -25,6 +25,8 @@ use rustls_pki_types::CertificateDer;
 
 /// A TXT value of another tool, seeded in the zone before every test.
 const FOREIGN: &str = "foreign-value-not-ours";
+/// What Pebble logs when it starts validating a challenge.
+const PEBBLE_VALIDATES: &str = "Pulled a task from the Tasks queue";
 
 fn der_chain(cert: &Certificate) -> Vec<Vec<u8>> {
     cert.chain().iter().map(|c| c.as_ref().to_vec()).collect()
@@ -105,6 +107,8 @@ async fn wildcard_and_apex_in_one_certificate_through_rfc2136_on_bind() {
         .await
         .unwrap();
     check_cert(&pebble, &cert, &["example.test", "*.example.test"]).await;
+    // Pebble really validated (what the auth-error test checks did not happen there).
+    assert!(pebble.pebble_log().contains(PEBBLE_VALIDATES));
     // Both of our values were removed; the foreign one stays.
     assert_eq!(
         bind.lookup_txt("_acme-challenge.example.test").await,
@@ -203,9 +207,7 @@ async fn a_key_bind_refuses_is_an_auth_error_before_the_ca_validates() {
     assert!(matches!(dns, DnsError::AuthRefused { .. }), "{dns}");
     // Pebble was never asked to validate anything.
     assert!(
-        !pebble
-            .pebble_log()
-            .contains("Pulled a task from the Tasks queue"),
+        !pebble.pebble_log().contains(PEBBLE_VALIDATES),
         "Pebble validated a challenge"
     );
 }
@@ -234,6 +236,123 @@ async fn propagation_times_out_when_the_checked_servers_never_see_the_record() {
         bind.lookup_txt("_acme-challenge.example.test").await,
         [FOREIGN]
     );
+}
+
+#[tokio::test]
+async fn wildcard_and_apex_with_updates_over_udp() {
+    let bind = bind_with_foreign_value().await;
+    let pebble = pebble_through(bind.recursive_addr()).await;
+    let provider = Rfc2136::builder(bind.addr())
+        .tsig(bind.key_name(), bind.key_secret(), bind.key_algorithm())
+        .transport(Rfc2136Transport::Udp)
+        .build()
+        .unwrap();
+    let config = config(&pebble, authoritative_check(provider, &bind).build());
+    let cert = config
+        .obtain(["example.test", "*.example.test"])
+        .await
+        .unwrap();
+    check_cert(&pebble, &cert, &["example.test", "*.example.test"]).await;
+    assert_eq!(
+        bind.lookup_txt("_acme-challenge.example.test").await,
+        [FOREIGN]
+    );
+}
+
+#[tokio::test]
+async fn an_hmac_sha512_key() {
+    let bind = Bind::builder()
+        .key_algorithm(TsigAlgorithm::HmacSha512)
+        .recursive(true)
+        .start()
+        .await;
+    assert_eq!(bind.key_algorithm(), TsigAlgorithm::HmacSha512);
+    // The same secret under another algorithm is another key to BIND.
+    let wrong_algorithm = Rfc2136::builder(bind.addr())
+        .tsig(
+            bind.key_name(),
+            bind.key_secret(),
+            TsigAlgorithm::HmacSha256,
+        )
+        .build()
+        .unwrap();
+    let err = wrong_algorithm
+        .create_txt_record("_acme-challenge.www.example.test", "v")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::AuthRefused { .. }), "{err}");
+
+    let pebble = pebble_through(bind.recursive_addr()).await;
+    let config = config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
+    let cert = config.obtain(["www.example.test"]).await.unwrap();
+    check_cert(&pebble, &cert, &["www.example.test"]).await;
+    assert!(
+        bind.lookup_txt("_acme-challenge.www.example.test")
+            .await
+            .is_empty()
+    );
+}
+
+/// The provider against BIND without a CA: exact values, idempotence, two
+/// values written at once at one name, typed errors.
+#[tokio::test]
+async fn the_provider_against_bind() {
+    let bind = bind_with_foreign_value().await;
+    let name = "_acme-challenge.example.test";
+    for transport in [Rfc2136Transport::Tcp, Rfc2136Transport::Udp] {
+        let dns = Rfc2136::builder(bind.addr())
+            .tsig(bind.key_name(), bind.key_secret(), bind.key_algorithm())
+            .transport(transport)
+            .build()
+            .unwrap();
+        // Two values at once (a wildcard and its apex), each added twice.
+        let (a, b) = tokio::join!(
+            dns.create_txt_record(name, "value-a"),
+            dns.create_txt_record(name, "value-b")
+        );
+        a.unwrap();
+        b.unwrap();
+        dns.create_txt_record(name, "value-a").await.unwrap();
+        let mut values = bind.lookup_txt(name).await;
+        values.sort();
+        assert_eq!(values, [FOREIGN, "value-a", "value-b"], "{transport:?}");
+        // Deleting removes exactly that value, and deleting it again succeeds.
+        dns.delete_txt_record(name, "value-a").await.unwrap();
+        dns.delete_txt_record(name, "value-a").await.unwrap();
+        let mut values = bind.lookup_txt(name).await;
+        values.sort();
+        assert_eq!(values, [FOREIGN, "value-b"], "{transport:?}");
+        dns.delete_txt_record(name, "value-b").await.unwrap();
+        assert_eq!(bind.lookup_txt(name).await, [FOREIGN], "{transport:?}");
+        // A name in no zone of the server.
+        let err = dns
+            .create_txt_record("_acme-challenge.elsewhere.invalid", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err}");
+    }
+    // A fixed zone that the server does not hold: BIND answers NOTAUTH.
+    let dns = Rfc2136::builder(bind.addr())
+        .tsig(bind.key_name(), bind.key_secret(), bind.key_algorithm())
+        .zone("elsewhere.invalid")
+        .build()
+        .unwrap();
+    let err = dns
+        .create_txt_record("_acme-challenge.elsewhere.invalid", "v")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, DnsError::AuthRefused { .. }), "{err}");
+    // An unknown key name: BADKEY.
+    let dns = Rfc2136::builder(bind.addr())
+        .tsig("no-such-key", bind.key_secret(), bind.key_algorithm())
+        .build()
+        .unwrap();
+    let err = dns.create_txt_record(name, "v").await.unwrap_err();
+    assert!(
+        matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("BADKEY")),
+        "{err}"
+    );
+    assert!(!err.to_string().contains(bind.key_secret()));
 }
 
 /// A provider wrapper recording the names it was asked to write.
