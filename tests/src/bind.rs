@@ -448,10 +448,10 @@ impl Bind {
             if let Ok(Some(status)) = self.authoritative.child.try_wait() {
                 exited = Some(("authoritative", status));
             }
-            if let Some(r) = self.recursive.as_mut() {
-                if let Ok(Some(status)) = r.child.try_wait() {
-                    exited = Some(("recursive", status));
-                }
+            if let Some(r) = self.recursive.as_mut()
+                && let Ok(Some(status)) = r.child.try_wait()
+            {
+                exited = Some(("recursive", status));
             }
             if let Some((what, status)) = exited {
                 return Err(format!(

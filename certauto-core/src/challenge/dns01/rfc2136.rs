@@ -1,72 +1,5 @@
-//! RFC 2136 dynamic updates: the [`DnsProvider`] for DNS servers you run
-//! yourself (BIND, Knot, PowerDNS, Windows DNS and most others), signed with
-//! a TSIG key (RFC 8945).
-//!
-//! [`Rfc2136`] sends one `UPDATE` message per record to the zone's primary
-//! server, signed with HMAC-SHA256, -384 or -512, and checks the TSIG
-//! signature of the answer before it counts a success:
-//!
-//! - **adding** a value is an "add to an RRset" (RFC 2136 §2.5.1) with no
-//!   prerequisite, so the values already at the name (the other half of a
-//!   wildcard-and-apex order, another tool's value) stay, and adding a value
-//!   that is there changes nothing;
-//! - **removing** a value is a "delete an RR from an RRset" (§2.5.4) that
-//!   names the value, never the whole RRset; removing a value that is not
-//!   there changes nothing.
-//!
-//! Each update is applied atomically by the server (RFC 2136 §3.7), and
-//! neither reads the record set first, so concurrent calls, including two
-//! values at one name, never lose each other's values.
-//!
-//! **Zone.** Give it with [`Rfc2136Builder::zone`], or the provider asks the
-//! server for the SOA of the record's name (recursion off) and uses the zone
-//! the answer names.
-//!
-//! **Credentials.** A TSIG key the server accepts for updates, best limited
-//! to TXT records under `_acme-challenge` (BIND:
-//! `update-policy { grant <key> wildcard _acme-challenge.*.example.com. TXT; ... };`
-//! or a zone of its own that `_acme-challenge` CNAMEs point to). Generate
-//! one with `tsig-keygen -a hmac-sha256 <name>`; its `secret` is the base64
-//! this provider takes. The secret never appears in logs, errors or `Debug`.
-//!
-//! **Transport.** TCP by default: an answer over TCP comes from the server
-//! the connection was made to, so an unsigned error answer cannot be
-//! injected by another host, and a lost answer is an error rather than an
-//! unknown outcome. UDP ([`Rfc2136Transport::Udp`]) is there for servers or
-//! firewalls that accept updates only over UDP; answers whose signature
-//! does not verify are then ignored, and a truncated answer is fetched again
-//! over TCP.
-//!
-//! **Errors.** The server's response codes map to [`DnsError`]:
-//! `NOTAUTH` and the TSIG errors `BADSIG`, `BADKEY`, `BADTIME` are
-//! [`AuthRefused`](DnsError::AuthRefused) (the key or the clock is wrong);
-//! `REFUSED` is [`AuthRefused`](DnsError::AuthRefused) too, since BIND and
-//! others answer it when the update policy does not let the key change the
-//! name; `NOTZONE`, or no SOA for the name, is
-//! [`ZoneNotFound`](DnsError::ZoneNotFound); `SERVFAIL`, time-outs and
-//! socket errors are [`Transient`](DnsError::Transient) (retried by the
-//! solver); any other code is [`Rejected`](DnsError::Rejected).
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use std::time::Duration;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::{Rfc2136, TsigAlgorithm};
-//!
-//! # fn demo() -> Result<(), certauto::DnsError> {
-//! let dns = Rfc2136::builder("192.0.2.53:53".parse().unwrap())
-//!     .tsig("acme-update", "c2VjcmV0LWZyb20tdHNpZy1rZXlnZW4=", TsigAlgorithm::HmacSha256)
-//!     .zone("example.com")
-//!     .timeout(Duration::from_secs(10))
-//!     .build()?;
-//! let solver = Dns01Solver::new(dns);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! See [RFC 2136](https://www.rfc-editor.org/rfc/rfc2136) (dynamic update)
-//! and [RFC 8945](https://www.rfc-editor.org/rfc/rfc8945) (TSIG).
+//! The RFC 2136 provider: TSIG-signed dynamic updates to a DNS server you
+//! run ([`Rfc2136`] documents it).
 
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -174,15 +107,82 @@ impl FromStr for TsigAlgorithm {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Rfc2136Transport {
     /// One TCP connection per update (RFC 1035 §4.2.2 framing). The default:
-    /// see the [module docs](self) for why.
+    /// see [`Rfc2136`] for why.
     #[default]
     Tcp,
     /// One datagram each way; a truncated answer is fetched again over TCP.
     Udp,
 }
 
-/// Adds and removes TXT records by RFC 2136 dynamic update, signed with
-/// TSIG. See the [module docs](self).
+/// RFC 2136 dynamic updates: the [`DnsProvider`] for DNS servers you run
+/// yourself (BIND, Knot, PowerDNS, Windows DNS and most others), signed with
+/// a TSIG key (RFC 8945).
+///
+/// [`Rfc2136`] sends one `UPDATE` message per record to the zone's primary
+/// server, signed with HMAC-SHA256, -384 or -512, and checks the TSIG
+/// signature of the answer before it counts a success:
+///
+/// - **adding** a value is an "add to an RRset" (RFC 2136 §2.5.1) with no
+///   prerequisite, so the values already at the name (the other half of a
+///   wildcard-and-apex order, another tool's value) stay, and adding a value
+///   that is there changes nothing;
+/// - **removing** a value is a "delete an RR from an RRset" (§2.5.4) that
+///   names the value, never the whole RRset; removing a value that is not
+///   there changes nothing.
+///
+/// Each update is applied atomically by the server (RFC 2136 §3.7), and
+/// neither reads the record set first, so concurrent calls, including two
+/// values at one name, never lose each other's values.
+///
+/// **Zone.** Give it with [`Rfc2136Builder::zone`], or the provider asks the
+/// server for the SOA of the record's name (recursion off) and uses the zone
+/// the answer names.
+///
+/// **Credentials.** A TSIG key the server accepts for updates, best limited
+/// to TXT records under `_acme-challenge` (BIND:
+/// `update-policy { grant <key> wildcard _acme-challenge.*.example.com. TXT; ... };`
+/// or a zone of its own that `_acme-challenge` CNAMEs point to). Generate
+/// one with `tsig-keygen -a hmac-sha256 <name>`; its `secret` is the base64
+/// this provider takes. The secret never appears in logs, errors or `Debug`.
+///
+/// **Transport.** TCP by default: an answer over TCP comes from the server
+/// the connection was made to, so an unsigned error answer cannot be
+/// injected by another host, and a lost answer is an error rather than an
+/// unknown outcome. UDP ([`Rfc2136Transport::Udp`]) is there for servers or
+/// firewalls that accept updates only over UDP; answers whose signature
+/// does not verify are then ignored, and a truncated answer is fetched again
+/// over TCP.
+///
+/// **Errors.** The server's response codes map to [`DnsError`]:
+/// `NOTAUTH` and the TSIG errors `BADSIG`, `BADKEY`, `BADTIME` are
+/// [`AuthRefused`](DnsError::AuthRefused) (the key or the clock is wrong);
+/// `REFUSED` is [`AuthRefused`](DnsError::AuthRefused) too, since BIND and
+/// others answer it when the update policy does not let the key change the
+/// name; `NOTZONE`, or no SOA for the name, is
+/// [`ZoneNotFound`](DnsError::ZoneNotFound); `SERVFAIL`, time-outs and
+/// socket errors are [`Transient`](DnsError::Transient) (retried by the
+/// solver); any other code is [`Rejected`](DnsError::Rejected).
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use std::time::Duration;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::{Rfc2136, TsigAlgorithm};
+///
+/// # fn demo() -> Result<(), certauto::DnsError> {
+/// let dns = Rfc2136::builder("192.0.2.53:53".parse().unwrap())
+///     .tsig("acme-update", "c2VjcmV0LWZyb20tdHNpZy1rZXlnZW4=", TsigAlgorithm::HmacSha256)
+///     .zone("example.com")
+///     .timeout(Duration::from_secs(10))
+///     .build()?;
+/// let solver = Dns01Solver::new(dns);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// See [RFC 2136](https://www.rfc-editor.org/rfc/rfc2136) (dynamic update)
+/// and [RFC 8945](https://www.rfc-editor.org/rfc/rfc8945) (TSIG).
 #[derive(Clone)]
 pub struct Rfc2136 {
     server: SocketAddr,
@@ -259,7 +259,7 @@ impl Rfc2136Builder {
         self
     }
 
-    /// TCP (the default) or UDP; see the [module docs](self).
+    /// TCP (the default) or UDP; see [`Rfc2136`].
     pub fn transport(mut self, transport: Rfc2136Transport) -> Self {
         self.transport = transport;
         self
