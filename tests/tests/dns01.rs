@@ -3,12 +3,14 @@
 //! and CertAuto writes the records through the RFC 2136 provider.
 //!
 //! Covered: a wildcard and its apex in one certificate and as two (checking
-//! the authoritative servers directly);
+//! the authoritative servers directly), with updates over TCP and over UDP;
 //! a CNAME-delegated `_acme-challenge` (the record lands in the delegated
 //! zone); 10 names in parallel on one zone; a TSIG key BIND refuses (a typed
-//! auth error, before the CA is asked to validate); a propagation timeout
-//! when the servers checked never see the record; cleanup that leaves a
-//! foreign TXT value in place.
+//! auth error, before the CA is asked to validate); an HMAC-SHA512 key; a
+//! propagation timeout when the servers checked never see the record;
+//! cleanup that leaves a foreign TXT value in place; and the provider alone
+//! against BIND (exact values, idempotence, concurrent values at one name,
+//! unknown zone and key).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
