@@ -78,6 +78,9 @@ pub mod dns {
     pub use crate::challenge::dns01::digitalocean::{DigitalOcean, DigitalOceanBuilder};
     pub use crate::challenge::dns01::hetzner::{Hetzner, HetznerBuilder};
     pub use crate::challenge::dns01::powerdns::{PowerDns, PowerDnsBuilder};
+    pub use crate::challenge::dns01::rfc2136::{
+        Rfc2136, Rfc2136Builder, Rfc2136Transport, TsigAlgorithm,
+    };
 }
 
 pub use acme::{

@@ -27,14 +27,30 @@ pub(crate) enum Transport {
     Tcp,
 }
 
-/// Sends one query for (`name`, `qtype`, class IN) and returns the answer records as
-/// `(type, rdata)` pairs. `timeout` bounds the whole exchange.
+/// DNS record type SOA.
+pub(crate) const TYPE_SOA: u16 = 6;
+
+/// Sends one query for (`name`, `qtype`, class IN), recursion desired, and returns the
+/// answer records as `(type, rdata)` pairs. `timeout` bounds the whole exchange.
 pub(crate) async fn query(
     server: SocketAddr,
     name: &str,
     qtype: u16,
     transport: Transport,
     timeout: Duration,
+) -> Result<Vec<(u16, Vec<u8>)>, String> {
+    query_with(server, name, qtype, transport, timeout, true).await
+}
+
+/// Like [`query`], with recursion desired or not (`recursion: false` asks an
+/// authoritative server for what it holds itself).
+pub(crate) async fn query_with(
+    server: SocketAddr,
+    name: &str,
+    qtype: u16,
+    transport: Transport,
+    timeout: Duration,
+    recursion: bool,
 ) -> Result<Vec<(u16, Vec<u8>)>, String> {
     let mut id = [0u8; 2];
     SystemRandom::new()
@@ -43,7 +59,8 @@ pub(crate) async fn query(
 
     let mut packet = Vec::with_capacity(64);
     packet.extend_from_slice(&id);
-    packet.extend_from_slice(&[0x01, 0x00]); // standard query, recursion desired
+    // Standard query, with the RD bit as asked.
+    packet.extend_from_slice(&[u8::from(recursion), 0x00]);
     packet.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]); // QDCOUNT=1, AN/NS/AR=0
     for label in name.trim_end_matches('.').split('.') {
         let len = u8::try_from(label.len())

@@ -27,6 +27,7 @@
 //! [Pebble]: https://github.com/letsencrypt/pebble
 
 mod ari_proxy;
+mod bind;
 mod dns;
 mod ocsp;
 mod pebble;
@@ -42,6 +43,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
+pub use bind::{BIND_ZONES, Bind, BindBuilder};
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{
     DEFAULT_PROFILE, HARNESS_USER_AGENT, PEBBLE_DEFAULT_VALIDITY_SECS, PEBBLE_DIR_ENV,

@@ -280,11 +280,12 @@ impl PebbleBuilder {
         self
     }
 
-    /// The DNS server Pebble resolves and validates through (`-dnsserver`; Pebble 2.10 asks
-    /// over TCP) instead of `pebble-challtestsrv`'s: a real DNS server for DNS-01 tests.
-    /// `pebble-challtestsrv` still runs, and [`Pebble::dns_addr`] stays its address.
-    pub fn dns_server(mut self, addr: SocketAddr) -> Self {
-        self.dns_server = Some(addr);
+    /// The DNS server Pebble's validation authority resolves through (its `-dnsserver`),
+    /// e.g. [`Bind::recursive_addr`](crate::Bind::recursive_addr) for DNS-01 tests
+    /// against real DNS. Pebble 2.10 asks it over TCP. By default it is the harness's
+    /// `pebble-challtestsrv` (which is started either way).
+    pub fn dns_server(mut self, server: SocketAddr) -> Self {
+        self.dns_server = Some(server);
         self
     }
 
@@ -555,7 +556,7 @@ fn client_config(ca_der: &[u8]) -> rustls::ClientConfig {
 }
 
 /// Sends SIGKILL to every child, then reaps them (bounded wait).
-fn kill_and_reap(children: &mut [&mut Child]) {
+pub(crate) fn kill_and_reap(children: &mut [&mut Child]) {
     for child in children.iter_mut() {
         let _ = child.start_kill();
     }

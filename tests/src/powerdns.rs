@@ -39,6 +39,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
+use crate::pebble::kill_and_reap;
 use crate::dns::{self, Transport};
 use crate::util::{PortReservation, find_on_path, is_executable, log_tail, read_log};
 
@@ -521,14 +522,8 @@ impl PowerDnsServer {
 
 impl Drop for PowerDnsServer {
     fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        // Reap it (bounded wait), so no zombie outlives the test.
-        for _ in 0..200 {
-            match self.child.try_wait() {
-                Ok(None) => std::thread::sleep(Duration::from_millis(5)),
-                Ok(Some(_)) | Err(_) => break,
-            }
-        }
+        // Reaped (bounded wait), so no zombie outlives the test.
+        kill_and_reap(&mut [&mut self.child]);
         if std::thread::panicking() {
             eprintln!(
                 "certauto-tests: PowerDNS server dropped during a panic.\n{}",

@@ -52,6 +52,7 @@ mod provider;
 mod provider_checks;
 mod query;
 pub(crate) mod route53;
+pub(crate) mod rfc2136;
 #[cfg(test)]
 mod standin;
 

@@ -118,6 +118,19 @@ pub(crate) async fn ask(
     recursion: bool,
     timeout: Duration,
 ) -> Result<Answer, QueryError> {
+    ask_over(server, name, record_type, recursion, timeout, false).await
+}
+
+/// Like [`ask`], over TCP from the start when `tcp_only` (for servers
+/// reached only over TCP, such as the RFC 2136 provider's by default).
+pub(crate) async fn ask_over(
+    server: SocketAddr,
+    name: &Name,
+    record_type: RecordType,
+    recursion: bool,
+    timeout: Duration,
+    tcp_only: bool,
+) -> Result<Answer, QueryError> {
     let mut message = Message::query();
     message.metadata.recursion_desired = recursion;
     message.add_query(Query::query(name.clone(), record_type));
@@ -130,6 +143,10 @@ pub(crate) async fn ask(
         reason: e.to_string(),
     })?;
     let exchange = async {
+        if tcp_only {
+            let answer = tcp_exchange(server, &bytes).await?;
+            return check_answer(server, answer, id, name, record_type);
+        }
         let answer = udp_exchange(server, &bytes, id).await?;
         let answer = if answer.metadata.truncation {
             tcp_exchange(server, &bytes).await?
@@ -196,6 +213,20 @@ async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Messa
 }
 
 async fn tcp_exchange(server: SocketAddr, bytes: &[u8]) -> Result<Message, QueryError> {
+    let buf = tcp_exchange_raw(server, bytes).await?;
+    Message::from_vec(&buf).map_err(|e| QueryError::Malformed {
+        server,
+        reason: e.to_string(),
+    })
+}
+
+/// Sends one message over a new TCP connection (RFC 1035 §4.2.2 framing)
+/// and reads one message back, undecoded (at most 64 KiB, by the framing).
+/// The caller bounds the time.
+pub(crate) async fn tcp_exchange_raw(
+    server: SocketAddr,
+    bytes: &[u8],
+) -> Result<Vec<u8>, QueryError> {
     let io = |source| QueryError::Io { server, source };
     let mut stream = TcpStream::connect(server).await.map_err(io)?;
     let len = u16::try_from(bytes.len()).map_err(|_| QueryError::Malformed {
@@ -210,10 +241,7 @@ async fn tcp_exchange(server: SocketAddr, bytes: &[u8]) -> Result<Message, Query
     stream.read_exact(&mut len).await.map_err(io)?;
     let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
     stream.read_exact(&mut buf).await.map_err(io)?;
-    Message::from_vec(&buf).map_err(|e| QueryError::Malformed {
-        server,
-        reason: e.to_string(),
-    })
+    Ok(buf)
 }
 
 /// The name servers of `/etc/resolv.conf` (at most three, as glibc reads),
