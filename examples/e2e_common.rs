@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certauto_tests::{Pebble, init_tracing, webpki_verify_chain};
+use certauto_tests::{Bind, Pebble, init_tracing, webpki_verify_chain};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tempfile::TempDir;
@@ -103,6 +103,86 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
     }
 }
 
+/// The example obtains `example.test` and `*.example.test` from a fresh
+/// Pebble with DNS-01, writing its TXT records to a real BIND9 through the
+/// RFC 2136 provider (TSIG), all configured by `CERTAUTO_DNS_*` variables;
+/// Pebble validates through a recursive BIND in front of it. Then the apex
+/// and a name under the wildcard are served.
+pub(crate) async fn pebble_dns01_scenario(bin: &str) {
+    const APEX: &str = "example.test";
+    const UNDER_WILDCARD: &str = "www.example.test";
+    init_tracing();
+    let curl = curl_path();
+    for attempt in 1..=MAX_ATTEMPTS {
+        let bind = Bind::builder().recursive(true).start().await;
+        let pebble = Pebble::builder()
+            .dns_server(bind.recursive_addr())
+            .start()
+            .await;
+        let mut app = App::new(bin);
+        let https_ca = app.write("pebble-https-ca.pem", &pebble.https_ca_pem());
+        let root_der = pebble.root_der(0).await;
+        let root_file = app.write("pebble-root.pem", &pebble.root_pem(0).await);
+        let [http_port, https_port] = free_ports();
+        let https_addr = loopback(https_port);
+        let storage = app.storage();
+        app.spawn(&[
+            ("CERTAUTO_DOMAINS", format!("{APEX},*.{APEX}")),
+            ("CERTAUTO_DIRECTORY", pebble.directory_url()),
+            ("CERTAUTO_CA_ROOTS", path_str(&https_ca)),
+            ("CERTAUTO_STORAGE", path_str(&storage)),
+            ("CERTAUTO_HTTP_ADDR", loopback(http_port).to_string()),
+            ("CERTAUTO_HTTPS_ADDR", https_addr.to_string()),
+            ("CERTAUTO_CHALLENGE", "dns-01".to_owned()),
+            ("CERTAUTO_DNS_PROVIDER", "rfc2136".to_owned()),
+            ("CERTAUTO_DNS_SERVER", bind.addr().to_string()),
+            ("CERTAUTO_DNS_TSIG_NAME", bind.key_name().to_owned()),
+            ("CERTAUTO_DNS_TSIG_SECRET", bind.key_secret().to_owned()),
+            (
+                "CERTAUTO_DNS_TSIG_ALG",
+                bind.key_algorithm().as_str().to_owned(),
+            ),
+            // The authoritative server is on a test port, not 53.
+            ("CERTAUTO_DNS_RESOLVERS", bind.addr().to_string()),
+            ("CERTAUTO_DNS_PROPAGATION_TIMEOUT", "30s".to_owned()),
+        ]);
+
+        let mut ready = true;
+        for (name, cert_name) in [
+            (APEX, APEX.to_owned()),
+            (UNDER_WILDCARD, format!("*.{APEX}")),
+        ] {
+            let client = https_client(&root_der, name, https_addr);
+            let url = format!("https://{name}:{}/", https_addr.port());
+            match wait_https(&mut app, &client, &url).await {
+                Wait::Ready => {}
+                Wait::PortTaken if attempt < MAX_ATTEMPTS => {
+                    eprintln!("attempt {attempt}: the example could not bind its ports; retrying");
+                    ready = false;
+                    break;
+                }
+                Wait::PortTaken => {
+                    panic!("the example could not bind its ports {MAX_ATTEMPTS} times")
+                }
+            }
+            check_https(&client, &url).await;
+            check_served_names(&root_der, name, &[cert_name.as_str()], https_addr).await;
+            check_curl(&curl, &root_file, name, https_addr).await;
+        }
+        if !ready {
+            continue;
+        }
+        // Our TXT values are gone from the zone.
+        assert_eq!(
+            bind.lookup_txt(&format!("_acme-challenge.{APEX}")).await,
+            Vec::<String>::new(),
+            "TXT values left at _acme-challenge.{APEX}"
+        );
+        app.assert_running();
+        return;
+    }
+}
+
 /// With no ACME directory, the example issues for `localhost` from its local
 /// CA, offline; clients trusting `<storage>/local_ca/root.crt` connect.
 pub(crate) async fn local_ca_scenario(bin: &str) {
@@ -177,6 +257,12 @@ async fn check_https(client: &reqwest::Client, url: &str) {
 /// The chain served for `name` verifies against `root_der` alone, and its
 /// leaf names exactly `name`.
 async fn check_served_chain(root_der: &[u8], name: &str, addr: SocketAddr) {
+    check_served_names(root_der, name, &[name], addr).await;
+}
+
+/// The chain served for the SNI `name` verifies against `root_der` alone for
+/// `name`, and its leaf's DNS names are exactly `names`.
+async fn check_served_names(root_der: &[u8], name: &str, names: &[&str], addr: SocketAddr) {
     let chain = served_chain(root_der, name, addr).await;
     assert!(!chain.is_empty(), "no certificates served for {name}");
     webpki_verify_chain(&chain, root_der, name)
@@ -196,11 +282,7 @@ async fn check_served_chain(root_der: &[u8], name: &str, addr: SocketAddr) {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        dns_names,
-        vec![name.to_owned()],
-        "DNS names of the leaf served for {name}"
-    );
+    assert_eq!(dns_names, names, "DNS names of the leaf served for {name}");
 }
 
 /// `curl --cacert <root>` fetches `/` over HTTPS.

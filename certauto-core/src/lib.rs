@@ -71,16 +71,16 @@ pub mod dns {
     // One line per provider module of `challenge/dns01/`.
     pub use crate::challenge::dns01::acme_dns::{AcmeDns, AcmeDnsAccount, AcmeDnsBuilder};
     pub use crate::challenge::dns01::challtestsrv::{ChallTestSrv, ChallTestSrvBuilder};
-    pub use crate::challenge::dns01::exec::Exec;
-    pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
     pub use crate::challenge::dns01::cloudflare::{Cloudflare, CloudflareBuilder};
     pub use crate::challenge::dns01::desec::{Desec, DesecBuilder};
     pub use crate::challenge::dns01::digitalocean::{DigitalOcean, DigitalOceanBuilder};
+    pub use crate::challenge::dns01::exec::Exec;
     pub use crate::challenge::dns01::hetzner::{Hetzner, HetznerBuilder};
     pub use crate::challenge::dns01::powerdns::{PowerDns, PowerDnsBuilder};
     pub use crate::challenge::dns01::rfc2136::{
         Rfc2136, Rfc2136Builder, Rfc2136Transport, TsigAlgorithm,
     };
+    pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
 }
 
 pub use acme::{

@@ -39,8 +39,8 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::process::{Child, Command};
 
-use crate::pebble::kill_and_reap;
 use crate::dns::{self, Transport};
+use crate::pebble::kill_and_reap;
 use crate::util::{PortReservation, find_on_path, is_executable, log_tail, read_log};
 
 /// Where Debian's `pdns-backend-sqlite3` puts the schema of the `gsqlite3` backend.
@@ -74,7 +74,7 @@ pub struct PowerDnsServerBuilder {
 }
 
 impl PowerDnsServerBuilder {
-    /// A zone to create (`example.test`); without any, [`DEFAULT_ZONE`] is created.
+    /// A zone to create (`example.test`); without any, `example.test` is created.
     pub fn zone(mut self, name: impl Into<String>) -> Self {
         self.zones.push(trim(&name.into()));
         self

@@ -6,8 +6,14 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use super::{EnvError, bad, parse_duration};
-use crate::challenge::dns01::http::Secret;
+use crate::challenge::{Dns01Solver, DnsError, DnsProvider};
+use crate::dns::{
+    AcmeDns, ChallTestSrv, Cloudflare, Desec, DigitalOcean, Exec, Hetzner, PowerDns, Rfc2136,
+    Route53, TsigAlgorithm,
+};
 
 /// The provider names `CERTAUTO_DNS_PROVIDER` accepts.
 pub const DNS_PROVIDERS: [&str; 10] = [
@@ -23,12 +29,14 @@ pub const DNS_PROVIDERS: [&str; 10] = [
     "challtestsrv",
 ];
 
-/// A DNS provider and its settings, read from `CERTAUTO_DNS_*`. Its `Debug`
-/// output never shows a credential.
+/// The DNS-01 solver read from `CERTAUTO_DNS_*`: its provider built (so a
+/// bad setting stops the program at start, naming the variable) and its
+/// propagation settings. Its `Debug` output never shows a credential.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct DnsSettings {
-    pub(super) provider: ProviderSettings,
+    provider: &'static str,
+    solver: Dns01Solver,
     /// `CERTAUTO_DNS_RESOLVERS`: check propagation against these instead of
     /// the authoritative servers.
     pub resolvers: Vec<SocketAddr>,
@@ -36,75 +44,10 @@ pub struct DnsSettings {
     pub propagation_timeout: Option<Duration>,
 }
 
-#[derive(Clone)]
-pub(super) enum ProviderSettings {
-    Rfc2136 {
-        server: SocketAddr,
-        tsig: Option<(String, Secret, String)>,
-        zone: Option<String>,
-    },
-    PowerDns {
-        api_url: String,
-        api_key: Secret,
-        server_id: String,
-    },
-    Cloudflare {
-        token: Secret,
-        zone_id: Option<String>,
-        api_url: Option<String>,
-    },
-    Route53 {
-        access_key_id: String,
-        secret_access_key: Secret,
-        session_token: Option<Secret>,
-        zone_id: Option<String>,
-        api_url: Option<String>,
-    },
-    DigitalOcean {
-        token: Secret,
-        api_url: Option<String>,
-    },
-    Hetzner {
-        token: Secret,
-        api_url: Option<String>,
-    },
-    Desec {
-        token: Secret,
-        api_url: Option<String>,
-    },
-    AcmeDns {
-        api_url: String,
-        accounts_file: PathBuf,
-    },
-    Exec {
-        command: PathBuf,
-    },
-    ChallTestSrv {
-        api_url: String,
-    },
-}
-
-impl ProviderSettings {
-    fn name(&self) -> &'static str {
-        match self {
-            ProviderSettings::Rfc2136 { .. } => "rfc2136",
-            ProviderSettings::PowerDns { .. } => "powerdns",
-            ProviderSettings::Cloudflare { .. } => "cloudflare",
-            ProviderSettings::Route53 { .. } => "route53",
-            ProviderSettings::DigitalOcean { .. } => "digitalocean",
-            ProviderSettings::Hetzner { .. } => "hetzner",
-            ProviderSettings::Desec { .. } => "desec",
-            ProviderSettings::AcmeDns { .. } => "acme-dns",
-            ProviderSettings::Exec { .. } => "exec",
-            ProviderSettings::ChallTestSrv { .. } => "challtestsrv",
-        }
-    }
-}
-
 impl fmt::Debug for DnsSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DnsSettings")
-            .field("provider", &self.provider.name())
+            .field("provider", &self.provider)
             .field("resolvers", &self.resolvers)
             .field("propagation_timeout", &self.propagation_timeout)
             .finish_non_exhaustive()
@@ -114,7 +57,12 @@ impl fmt::Debug for DnsSettings {
 impl DnsSettings {
     /// The provider's name, as `CERTAUTO_DNS_PROVIDER` spells it.
     pub fn provider_name(&self) -> &'static str {
-        self.provider.name()
+        self.provider
+    }
+
+    /// The DNS-01 solver (cheap to clone: solvers share their state).
+    pub fn solver(&self) -> Dns01Solver {
+        self.solver.clone()
     }
 
     /// Reads the variables through `var` (values trimmed, empty as unset).
@@ -132,7 +80,6 @@ impl DnsSettings {
         let required = |k: &'static str| {
             var(k).ok_or_else(|| bad(k, format!("required with {PROVIDER}={name}")))
         };
-        let secret = |k: &'static str| required(k).map(Secret::new);
         let url = |k: &'static str, value: String| -> Result<String, EnvError> {
             if value.starts_with("https://") || value.starts_with("http://") {
                 Ok(value)
@@ -141,11 +88,22 @@ impl DnsSettings {
             }
         };
         let optional_url = |k: &'static str| var(k).map(|v| url(k, v)).transpose();
-        let provider = match name.as_str() {
+        // A provider refusing its settings names the variable that holds them:
+        // the API URL when one is given (a bad URL is the likely cause), else
+        // the credential.
+        let blame = |credential: &'static str| {
+            if var("CERTAUTO_DNS_API_URL").is_some() {
+                "CERTAUTO_DNS_API_URL"
+            } else {
+                credential
+            }
+        };
+        let provider: Arc<dyn DnsProvider> = match name.as_str() {
             "rfc2136" => {
                 let server = required("CERTAUTO_DNS_SERVER")?;
                 let server = resolve_host_port("CERTAUTO_DNS_SERVER", &server)?;
-                let tsig = match (
+                let mut builder = Rfc2136::builder(server);
+                match (
                     var("CERTAUTO_DNS_TSIG_NAME"),
                     var("CERTAUTO_DNS_TSIG_SECRET"),
                 ) {
@@ -153,14 +111,14 @@ impl DnsSettings {
                         let alg = var("CERTAUTO_DNS_TSIG_ALG")
                             .unwrap_or_else(|| "hmac-sha256".to_owned())
                             .to_ascii_lowercase();
-                        if !matches!(alg.as_str(), "hmac-sha256" | "hmac-sha384" | "hmac-sha512") {
-                            return Err(bad(
+                        let alg: TsigAlgorithm = alg.parse().map_err(|_| {
+                            bad(
                                 "CERTAUTO_DNS_TSIG_ALG",
                                 format!(
                                     "{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"
                                 ),
-                            ));
-                        }
+                            )
+                        })?;
                         use base64::Engine as _;
                         if base64::engine::general_purpose::STANDARD
                             .decode(secret.as_bytes())
@@ -171,9 +129,9 @@ impl DnsSettings {
                                 "must be non-empty base64",
                             ));
                         }
-                        Some((key, Secret::new(secret), alg))
+                        builder = builder.tsig(key, secret, alg);
                     }
-                    (None, None) => None,
+                    (None, None) => {}
                     (Some(_), None) => {
                         return Err(bad(
                             "CERTAUTO_DNS_TSIG_SECRET",
@@ -186,42 +144,67 @@ impl DnsSettings {
                             "required with CERTAUTO_DNS_TSIG_SECRET",
                         ));
                     }
-                };
-                ProviderSettings::Rfc2136 {
-                    server,
-                    tsig,
-                    zone: var("CERTAUTO_DNS_ZONE"),
                 }
+                if let Some(zone) = var("CERTAUTO_DNS_ZONE") {
+                    builder = builder.zone(zone);
+                }
+                built("CERTAUTO_DNS_SERVER", builder.build())?
             }
-            "powerdns" => ProviderSettings::PowerDns {
-                api_url: url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?,
-                api_key: secret("CERTAUTO_DNS_API_KEY")?,
-                server_id: var("CERTAUTO_DNS_SERVER_ID").unwrap_or_else(|| "localhost".to_owned()),
-            },
-            "cloudflare" => ProviderSettings::Cloudflare {
-                token: secret("CERTAUTO_DNS_API_TOKEN")?,
-                zone_id: var("CERTAUTO_DNS_ZONE_ID"),
-                api_url: optional_url("CERTAUTO_DNS_API_URL")?,
-            },
-            "route53" => ProviderSettings::Route53 {
-                access_key_id: required("CERTAUTO_DNS_ACCESS_KEY_ID")?,
-                secret_access_key: secret("CERTAUTO_DNS_SECRET_ACCESS_KEY")?,
-                session_token: var("CERTAUTO_DNS_SESSION_TOKEN").map(Secret::new),
-                zone_id: var("CERTAUTO_DNS_ZONE_ID"),
-                api_url: optional_url("CERTAUTO_DNS_API_URL")?,
-            },
-            "digitalocean" => ProviderSettings::DigitalOcean {
-                token: secret("CERTAUTO_DNS_API_TOKEN")?,
-                api_url: optional_url("CERTAUTO_DNS_API_URL")?,
-            },
-            "hetzner" => ProviderSettings::Hetzner {
-                token: secret("CERTAUTO_DNS_API_TOKEN")?,
-                api_url: optional_url("CERTAUTO_DNS_API_URL")?,
-            },
-            "desec" => ProviderSettings::Desec {
-                token: secret("CERTAUTO_DNS_API_TOKEN")?,
-                api_url: optional_url("CERTAUTO_DNS_API_URL")?,
-            },
+            "powerdns" => {
+                let url = url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?;
+                let mut builder = PowerDns::builder(url, required("CERTAUTO_DNS_API_KEY")?);
+                if let Some(id) = var("CERTAUTO_DNS_SERVER_ID") {
+                    builder = builder.server_id(id);
+                }
+                built("CERTAUTO_DNS_API_URL", builder.build())?
+            }
+            "cloudflare" => {
+                let mut builder = Cloudflare::builder(required("CERTAUTO_DNS_API_TOKEN")?);
+                if let Some(id) = var("CERTAUTO_DNS_ZONE_ID") {
+                    builder = builder.zone_id(id);
+                }
+                if let Some(url) = optional_url("CERTAUTO_DNS_API_URL")? {
+                    builder = builder.api_url(url);
+                }
+                built(blame("CERTAUTO_DNS_API_TOKEN"), builder.build())?
+            }
+            "route53" => {
+                let mut builder = Route53::builder(
+                    required("CERTAUTO_DNS_ACCESS_KEY_ID")?,
+                    required("CERTAUTO_DNS_SECRET_ACCESS_KEY")?,
+                );
+                if let Some(token) = var("CERTAUTO_DNS_SESSION_TOKEN") {
+                    builder = builder.session_token(token);
+                }
+                if let Some(id) = var("CERTAUTO_DNS_ZONE_ID") {
+                    builder = builder.hosted_zone_id(id);
+                }
+                if let Some(url) = optional_url("CERTAUTO_DNS_API_URL")? {
+                    builder = builder.api_url(url);
+                }
+                built(blame("CERTAUTO_DNS_ACCESS_KEY_ID"), builder.build())?
+            }
+            "digitalocean" => {
+                let mut builder = DigitalOcean::builder(required("CERTAUTO_DNS_API_TOKEN")?);
+                if let Some(url) = optional_url("CERTAUTO_DNS_API_URL")? {
+                    builder = builder.api_url(url);
+                }
+                built(blame("CERTAUTO_DNS_API_TOKEN"), builder.build())?
+            }
+            "hetzner" => {
+                let mut builder = Hetzner::builder(required("CERTAUTO_DNS_API_TOKEN")?);
+                if let Some(url) = optional_url("CERTAUTO_DNS_API_URL")? {
+                    builder = builder.api_url(url);
+                }
+                built(blame("CERTAUTO_DNS_API_TOKEN"), builder.build())?
+            }
+            "desec" => {
+                let mut builder = Desec::builder(required("CERTAUTO_DNS_API_TOKEN")?);
+                if let Some(url) = optional_url("CERTAUTO_DNS_API_URL")? {
+                    builder = builder.api_url(url);
+                }
+                built(blame("CERTAUTO_DNS_API_TOKEN"), builder.build())?
+            }
             "acme-dns" => {
                 let accounts_file = PathBuf::from(required("CERTAUTO_DNS_ACCOUNTS_FILE")?);
                 if !accounts_file.is_file() {
@@ -230,10 +213,11 @@ impl DnsSettings {
                         format!("{}: no such file", accounts_file.display()),
                     ));
                 }
-                ProviderSettings::AcmeDns {
-                    api_url: url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?,
-                    accounts_file,
-                }
+                let url = url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?;
+                built(
+                    "CERTAUTO_DNS_ACCOUNTS_FILE",
+                    AcmeDns::builder(url).accounts_file(&accounts_file).build(),
+                )?
             }
             "exec" => {
                 let command = PathBuf::from(required("CERTAUTO_DNS_COMMAND")?);
@@ -243,11 +227,12 @@ impl DnsSettings {
                         format!("{}: no such program", command.display()),
                     ));
                 }
-                ProviderSettings::Exec { command }
+                Arc::new(Exec::new(command))
             }
-            "challtestsrv" => ProviderSettings::ChallTestSrv {
-                api_url: url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?,
-            },
+            "challtestsrv" => {
+                let url = url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?;
+                built("CERTAUTO_DNS_API_URL", ChallTestSrv::builder(url).build())?
+            }
             other => {
                 return Err(bad(
                     PROVIDER,
@@ -273,11 +258,33 @@ impl DnsSettings {
             })?),
             None => None,
         };
+        let mut solver = Dns01Solver::builder(provider);
+        if !resolvers.is_empty() {
+            solver = solver.resolvers(resolvers.clone());
+        }
+        if let Some(timeout) = propagation_timeout {
+            solver = solver.propagation_timeout(timeout);
+        }
         Ok(Self {
-            provider,
+            provider: DNS_PROVIDERS
+                .into_iter()
+                .find(|p| *p == name)
+                .unwrap_or("unknown"),
+            solver: solver.build(),
             resolvers,
             propagation_timeout,
         })
+    }
+}
+
+/// The provider `result` built, or an error naming `var`.
+fn built<P: DnsProvider + 'static>(
+    var: &'static str,
+    result: Result<P, DnsError>,
+) -> Result<Arc<dyn DnsProvider>, EnvError> {
+    match result {
+        Ok(provider) => Ok(Arc::new(provider)),
+        Err(e) => Err(bad(var, e.to_string())),
     }
 }
 
@@ -297,4 +304,213 @@ fn resolve_host_port(var: &'static str, value: &str) -> Result<SocketAddr, EnvEr
         .map_err(|e| bad(var, format!("{value:?}: {e}")))?
         .next()
         .ok_or_else(|| bad(var, format!("{value:?}: no address")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn read(pairs: &[(&str, &str)]) -> Result<DnsSettings, EnvError> {
+        let vars: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        DnsSettings::from_vars(&|k: &str| vars.get(k).cloned())
+    }
+
+    const SECRET: &str = "c2VjcmV0LXRzaWcta2V5LWZvci10ZXN0cw==";
+
+    #[test]
+    fn every_provider_builds_from_its_variables() {
+        let dir = tempfile::tempdir().unwrap();
+        let accounts = dir.path().join("accounts.json");
+        std::fs::write(
+            &accounts,
+            r#"{"example.com":{"username":"u","password":"p","fulldomain":"x.auth.example.org","subdomain":"x","allowfrom":[]}}"#,
+        )
+        .unwrap();
+        let program = dir.path().join("hook.sh");
+        std::fs::write(&program, "#!/bin/sh\nexit 0\n").unwrap();
+        let accounts = accounts.to_str().unwrap();
+        let program = program.to_str().unwrap();
+        let cases: Vec<Vec<(&str, &str)>> = vec![
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                ("CERTAUTO_DNS_SERVER", "127.0.0.1:5353"),
+                ("CERTAUTO_DNS_TSIG_NAME", "acme-key"),
+                ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                ("CERTAUTO_DNS_TSIG_ALG", "HMAC-SHA512"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "powerdns"),
+                ("CERTAUTO_DNS_API_URL", "http://127.0.0.1:8081"),
+                ("CERTAUTO_DNS_API_KEY", "pdns-key"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "cloudflare"),
+                ("CERTAUTO_DNS_API_TOKEN", "cf-token"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "route53"),
+                ("CERTAUTO_DNS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("CERTAUTO_DNS_SECRET_ACCESS_KEY", "aws-secret"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "digitalocean"),
+                ("CERTAUTO_DNS_API_TOKEN", "do-token"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "hetzner"),
+                ("CERTAUTO_DNS_API_TOKEN", "hz-token"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "desec"),
+                ("CERTAUTO_DNS_API_TOKEN", "desec-token"),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "acme-dns"),
+                ("CERTAUTO_DNS_API_URL", "https://auth.example.org"),
+                ("CERTAUTO_DNS_ACCOUNTS_FILE", accounts),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "exec"),
+                ("CERTAUTO_DNS_COMMAND", program),
+            ],
+            vec![
+                ("CERTAUTO_DNS_PROVIDER", "challtestsrv"),
+                ("CERTAUTO_DNS_API_URL", "http://127.0.0.1:8055"),
+                ("CERTAUTO_DNS_RESOLVERS", "127.0.0.1:8053, [::1]:53"),
+                ("CERTAUTO_DNS_PROPAGATION_TIMEOUT", "90s"),
+            ],
+        ];
+        assert_eq!(cases.len(), DNS_PROVIDERS.len());
+        for (case, name) in cases.iter().zip(DNS_PROVIDERS) {
+            let settings = read(case).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(settings.provider_name(), name);
+            // No credential shows, neither in the settings nor in the solver.
+            let shown = format!("{settings:?} {:?}", settings.solver());
+            for (var, value) in case {
+                if !var.ends_with("_ID")
+                    && (var.contains("SECRET") || var.contains("TOKEN") || var.contains("KEY"))
+                {
+                    assert!(!shown.contains(value), "{name}: {var} shown in {shown}");
+                }
+            }
+        }
+        let last = read(cases.last().unwrap()).unwrap();
+        assert_eq!(last.resolvers.len(), 2);
+        assert_eq!(last.propagation_timeout, Some(Duration::from_secs(90)));
+    }
+
+    #[test]
+    fn bad_or_missing_settings_name_the_variable() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "CERTAUTO_DNS_PROVIDER"),
+            (
+                &[("CERTAUTO_DNS_PROVIDER", "bind")],
+                "CERTAUTO_DNS_PROVIDER",
+            ),
+            (
+                &[("CERTAUTO_DNS_PROVIDER", "rfc2136")],
+                "CERTAUTO_DNS_SERVER",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "no-port"),
+                ],
+                "CERTAUTO_DNS_SERVER",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "k"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", "not base64!"),
+                ],
+                "CERTAUTO_DNS_TSIG_SECRET",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "k"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                    ("CERTAUTO_DNS_TSIG_ALG", "hmac-md5"),
+                ],
+                "CERTAUTO_DNS_TSIG_ALG",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "k"),
+                ],
+                "CERTAUTO_DNS_TSIG_SECRET",
+            ),
+            (
+                &[("CERTAUTO_DNS_PROVIDER", "powerdns")],
+                "CERTAUTO_DNS_API_URL",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "powerdns"),
+                    ("CERTAUTO_DNS_API_URL", "ftp://x"),
+                    ("CERTAUTO_DNS_API_KEY", "k"),
+                ],
+                "CERTAUTO_DNS_API_URL",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "cloudflare"),
+                    ("CERTAUTO_DNS_API_TOKEN", "t"),
+                    // Plain HTTP is for loopback stand-ins only.
+                    ("CERTAUTO_DNS_API_URL", "http://api.example.com"),
+                ],
+                "CERTAUTO_DNS_API_URL",
+            ),
+            (
+                &[("CERTAUTO_DNS_PROVIDER", "route53")],
+                "CERTAUTO_DNS_ACCESS_KEY_ID",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "acme-dns"),
+                    ("CERTAUTO_DNS_API_URL", "https://auth.example.org"),
+                    ("CERTAUTO_DNS_ACCOUNTS_FILE", "/nonexistent/accounts.json"),
+                ],
+                "CERTAUTO_DNS_ACCOUNTS_FILE",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "exec"),
+                    ("CERTAUTO_DNS_COMMAND", "/nonexistent/hook"),
+                ],
+                "CERTAUTO_DNS_COMMAND",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "challtestsrv"),
+                    ("CERTAUTO_DNS_API_URL", "http://127.0.0.1:8055"),
+                    ("CERTAUTO_DNS_RESOLVERS", "127.0.0.1"),
+                ],
+                "CERTAUTO_DNS_RESOLVERS",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "challtestsrv"),
+                    ("CERTAUTO_DNS_API_URL", "http://127.0.0.1:8055"),
+                    ("CERTAUTO_DNS_PROPAGATION_TIMEOUT", "soon"),
+                ],
+                "CERTAUTO_DNS_PROPAGATION_TIMEOUT",
+            ),
+        ];
+        for (pairs, var) in cases {
+            let err = read(pairs).unwrap_err();
+            assert_eq!(err.var, *var, "{pairs:?}: {err}");
+        }
+    }
 }

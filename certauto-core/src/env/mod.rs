@@ -231,10 +231,11 @@ impl EnvSettings {
             if let Some(email) = &self.email {
                 issuer = issuer.email(email);
             }
-            issuer = match self.challenge {
-                ChallengeType::TlsAlpn01 => {
+            issuer = match (&self.challenge, &self.dns) {
+                (ChallengeType::TlsAlpn01, _) => {
                     issuer.tls_alpn01_solver(TlsAlpn01Solver::inline(tls_alpn))
                 }
+                (ChallengeType::Dns01, Some(dns)) => issuer.dns01_solver(dns.solver()),
                 _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
             };
             builder = builder.issuer(issuer.build());

@@ -1,8 +1,9 @@
 //! End to end: the example-axum binary, configured only through `CERTAUTO_*`
-//! variables, obtains a certificate from a real Pebble (HTTP-01 and
-//! TLS-ALPN-01, answered on its own ports) or from its local CA (offline), and
-//! serves it to reqwest, a raw TLS handshake and curl; its HTTP port
-//! redirects. The scenarios live in `examples/e2e_common.rs`.
+//! variables, obtains certificates from a real Pebble (HTTP-01 and
+//! TLS-ALPN-01 answered on its own ports; DNS-01 for a wildcard and its apex
+//! through a real BIND9) or from its local CA (offline), and serves them to
+//! reqwest, a raw TLS handshake and curl; its HTTP port redirects. The
+//! scenarios live in `examples/e2e_common.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -19,6 +20,11 @@ async fn pebble_http01() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pebble_tls_alpn01() {
     e2e_common::pebble_scenario(BIN, "tls-alpn-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pebble_dns01_wildcard_through_bind() {
+    e2e_common::pebble_dns01_scenario(BIN).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

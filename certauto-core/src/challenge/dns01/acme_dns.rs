@@ -2,49 +2,7 @@
 //! small DNS server whose only job is to answer DNS-01 TXT records, so the
 //! credentials on this machine can change nothing but one challenge name.
 //!
-//! It follows acme-dns's update API (the README's "Update endpoint"):
-//! `POST <api_url>/update` with the headers `X-Api-User` and `X-Api-Key` and
-//! the JSON body `{"subdomain": "<subdomain>", "txt": "<value>"}`, answered
-//! by `200 {"txt": "<value>"}`.
-//!
-//! **Setup.** Register one account per domain (`POST /register` on your
-//! acme-dns server), then point `_acme-challenge.<domain>` at the account's
-//! `fulldomain` with a CNAME. [`Dns01Solver`](crate::Dns01Solver) follows
-//! that CNAME and asks this provider to write at the `fulldomain`; the
-//! provider finds the account by its `fulldomain`, or by
-//! `_acme-challenge.<domain>` for its domain (when the solver was told not
-//! to follow CNAMEs). A name with no account is
-//! [`DnsError::ZoneNotFound`].
-//!
-//! **Accounts** are given one by one ([`AcmeDnsBuilder::account`]) or as
-//! the JSON file lego (and cert-manager) store them in
-//! ([`AcmeDnsBuilder::accounts_file`]): an object mapping each domain to
-//! `{"username", "password", "fulldomain", "subdomain", "server_url"?}`
-//! (other fields, such as `allowfrom`, are ignored; `server_url`, when
-//! present, overrides the API URL for that account). The password never
-//! appears in logs, errors or `Debug` output.
-//!
-//! **Values and deletion.** acme-dns accepts only 43-character values (a
-//! DNS-01 digest) and keeps the two latest values of each subdomain itself,
-//! so a wildcard and its apex, validated at one name, both work; a third
-//! concurrent value for one subdomain pushes out the oldest. acme-dns has no
-//! delete: [`delete_txt_record`](DnsProvider::delete_txt_record) does
-//! nothing and succeeds, and old values are replaced by later ones.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::AcmeDns;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let acme_dns = AcmeDns::builder("https://auth.acme-dns.io")
-//!     .accounts_file("/etc/certauto/acme-dns.json")
-//!     .build()?;
-//! let solver = Dns01Solver::builder(acme_dns).build();
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`AcmeDns`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -95,7 +53,51 @@ impl fmt::Debug for AcmeDnsAccount {
     }
 }
 
-/// Writes DNS-01 values through acme-dns; see the [module docs](self).
+/// Writes DNS-01 values through acme-dns.
+///
+/// It follows acme-dns's update API (the README's "Update endpoint"):
+/// `POST <api_url>/update` with the headers `X-Api-User` and `X-Api-Key` and
+/// the JSON body `{"subdomain": "<subdomain>", "txt": "<value>"}`, answered
+/// by `200 {"txt": "<value>"}`.
+///
+/// **Setup.** Register one account per domain (`POST /register` on your
+/// acme-dns server), then point `_acme-challenge.<domain>` at the account's
+/// `fulldomain` with a CNAME. [`Dns01Solver`](crate::Dns01Solver) follows
+/// that CNAME and asks this provider to write at the `fulldomain`; the
+/// provider finds the account by its `fulldomain`, or by
+/// `_acme-challenge.<domain>` for its domain (when the solver was told not
+/// to follow CNAMEs). A name with no account is
+/// [`DnsError::ZoneNotFound`].
+///
+/// **Accounts** are given one by one ([`AcmeDnsBuilder::account`]) or as
+/// the JSON file lego (and cert-manager) store them in
+/// ([`AcmeDnsBuilder::accounts_file`]): an object mapping each domain to
+/// `{"username", "password", "fulldomain", "subdomain", "server_url"?}`
+/// (other fields, such as `allowfrom`, are ignored; `server_url`, when
+/// present, overrides the API URL for that account). The password never
+/// appears in logs, errors or `Debug` output.
+///
+/// **Values and deletion.** acme-dns accepts only 43-character values (a
+/// DNS-01 digest) and keeps the two latest values of each subdomain itself,
+/// so a wildcard and its apex, validated at one name, both work; a third
+/// concurrent value for one subdomain pushes out the oldest. acme-dns has no
+/// delete: [`delete_txt_record`](DnsProvider::delete_txt_record) does
+/// nothing and succeeds, and old values are replaced by later ones.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::AcmeDns;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let acme_dns = AcmeDns::builder("https://auth.acme-dns.io")
+///     .accounts_file("/etc/certauto/acme-dns.json")
+///     .build()?;
+/// let solver = Dns01Solver::builder(acme_dns).build();
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct AcmeDns {
     accounts: Arc<[Account]>,

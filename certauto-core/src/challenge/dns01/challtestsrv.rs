@@ -2,29 +2,7 @@
 //! with Pebble, for tests and local development against Pebble; never for
 //! production.
 //!
-//! It follows challtestsrv's management API
-//! (<https://github.com/letsencrypt/pebble/tree/main/cmd/pebble-challtestsrv>):
-//! `POST /set-txt {"host": "<fqdn>.", "value": "<value>"}` adds a value and
-//! `POST /clear-txt {"host": "<fqdn>."}` removes **every** value at the
-//! host. There is no way to remove one value, so this provider remembers the
-//! values it set per host, in memory, and deletes one by clearing the host
-//! and setting the others again, holding a per-host lock meanwhile so
-//! concurrent calls for one host (a wildcard and its apex) keep each other's
-//! values. Values set at a host by anyone else (another process, another
-//! provider instance) are removed by that clear. No credentials.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::ChallTestSrv;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let mock = ChallTestSrv::builder("http://127.0.0.1:8055").build()?;
-//! let solver = Dns01Solver::builder(mock).build();
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`ChallTestSrv`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -39,7 +17,31 @@ use super::provider::{DnsError, DnsProvider};
 
 const PROVIDER: &str = "challtestsrv";
 
-/// Writes TXT records into `pebble-challtestsrv`; see the [module docs](self).
+/// Writes TXT records into `pebble-challtestsrv`.
+///
+/// It follows challtestsrv's management API
+/// (<https://github.com/letsencrypt/pebble/tree/main/cmd/pebble-challtestsrv>):
+/// `POST /set-txt {"host": "<fqdn>.", "value": "<value>"}` adds a value and
+/// `POST /clear-txt {"host": "<fqdn>."}` removes **every** value at the
+/// host. There is no way to remove one value, so this provider remembers the
+/// values it set per host, in memory, and deletes one by clearing the host
+/// and setting the others again, holding a per-host lock meanwhile so
+/// concurrent calls for one host (a wildcard and its apex) keep each other's
+/// values. Values set at a host by anyone else (another process, another
+/// provider instance) are removed by that clear. No credentials.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::ChallTestSrv;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let mock = ChallTestSrv::builder("http://127.0.0.1:8055").build()?;
+/// let solver = Dns01Solver::builder(mock).build();
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct ChallTestSrv {
     inner: Arc<Inner>,

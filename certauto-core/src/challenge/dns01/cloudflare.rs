@@ -1,48 +1,6 @@
 //! Cloudflare: DNS-01 records through the Cloudflare API v4.
 //!
-//! Follows the API v4 at `https://api.cloudflare.com/client/v4`, as
-//! documented at <https://developers.cloudflare.com/api/resources/dns/subresources/records/>
-//! and <https://developers.cloudflare.com/api/resources/zones/>:
-//!
-//! - the zone is a configured [`zone_id`](CloudflareBuilder::zone_id), or
-//!   found with `GET /zones?name=<candidate>`, trying the record's name and
-//!   its parents, longest first;
-//! - a value is added with `POST /zones/{zone_id}/dns_records` (`type` TXT,
-//!   the full `name`, `content` as a quoted character string, as Cloudflare
-//!   asks of TXT content, and `ttl`); Cloudflare keeps one record per value,
-//!   so other values at the name are untouched, and its answer "An identical
-//!   record already exists" (code 81058) counts as success;
-//! - a value is removed by listing the TXT records at the name
-//!   (`GET /zones/{zone_id}/dns_records?type=TXT&name=<fqdn>`, at most
-//!   [`MAX_PAGES`] pages of 100) and deleting the ones whose content is that
-//!   value (`DELETE /zones/{zone_id}/dns_records/{id}`); a record already
-//!   gone (404) counts as success.
-//!
-//! No call reads and rewrites a record set, so no lock is needed: concurrent
-//! calls for one name each touch only their own record.
-//!
-//! Errors come from Cloudflare's `{"success":false,"errors":[{"code","message"}]}`
-//! body, whose codes and messages are shown in the [`DnsError`].
-//!
-//! **Credentials:** an API token (`Authorization: Bearer`), created in the
-//! dashboard with the least privilege that works: *Zone / DNS / Edit* for the
-//! zone(s) holding the records, plus *Zone / Zone / Read* unless
-//! [`zone_id`](CloudflareBuilder::zone_id) is given. Global API keys are not
-//! supported.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::dns::Cloudflare;
-//! use certauto::Dns01Solver;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let token = std::env::var("CLOUDFLARE_API_TOKEN").unwrap_or_default();
-//! let dns = Cloudflare::builder(token).ttl(120).build()?;
-//! let solver = Dns01Solver::new(dns);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`Cloudflare`].
 
 use std::fmt;
 
@@ -72,6 +30,50 @@ const IDENTICAL_RECORD: i64 = 81058;
 /// [`zone_id`](CloudflareBuilder::zone_id) is given). The zone is found from
 /// the record's name, longest candidate first; duplicate values count as
 /// written and records already gone as deleted.
+///
+/// Follows the API v4 at `https://api.cloudflare.com/client/v4`, as
+/// documented at <https://developers.cloudflare.com/api/resources/dns/subresources/records/>
+/// and <https://developers.cloudflare.com/api/resources/zones/>:
+///
+/// - the zone is a configured [`zone_id`](CloudflareBuilder::zone_id), or
+///   found with `GET /zones?name=<candidate>`, trying the record's name and
+///   its parents, longest first;
+/// - a value is added with `POST /zones/{zone_id}/dns_records` (`type` TXT,
+///   the full `name`, `content` as a quoted character string, as Cloudflare
+///   asks of TXT content, and `ttl`); Cloudflare keeps one record per value,
+///   so other values at the name are untouched, and its answer "An identical
+///   record already exists" (code 81058) counts as success;
+/// - a value is removed by listing the TXT records at the name
+///   (`GET /zones/{zone_id}/dns_records?type=TXT&name=<fqdn>`, at most
+///   20 pages of 100) and deleting the ones whose content is that
+///   value (`DELETE /zones/{zone_id}/dns_records/{id}`); a record already
+///   gone (404) counts as success.
+///
+/// No call reads and rewrites a record set, so no lock is needed: concurrent
+/// calls for one name each touch only their own record.
+///
+/// Errors come from Cloudflare's `{"success":false,"errors":[{"code","message"}]}`
+/// body, whose codes and messages are shown in the [`DnsError`].
+///
+/// **Credentials:** an API token (`Authorization: Bearer`), created in the
+/// dashboard with the least privilege that works: *Zone / DNS / Edit* for the
+/// zone(s) holding the records, plus *Zone / Zone / Read* unless
+/// [`zone_id`](CloudflareBuilder::zone_id) is given. Global API keys are not
+/// supported.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::dns::Cloudflare;
+/// use certauto::Dns01Solver;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let token = std::env::var("CLOUDFLARE_API_TOKEN").unwrap_or_default();
+/// let dns = Cloudflare::builder(token).ttl(120).build()?;
+/// let solver = Dns01Solver::new(dns);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Cloudflare {
     api: ApiClient,

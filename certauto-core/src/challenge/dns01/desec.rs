@@ -1,50 +1,7 @@
 //! deSEC: DNS-01 records through the deSEC DNS API (`desec.io`, also serving
 //! `dedyn.io` names).
 //!
-//! Follows the API v1 at `https://desec.io/api/v1`, as documented at
-//! <https://desec.readthedocs.io/en/latest/dns/domains.html> and
-//! <https://desec.readthedocs.io/en/latest/dns/rrsets.html>:
-//!
-//! - the domain is found with `GET /api/v1/domains/?owns_qname=<fqdn>`,
-//!   which answers the account's domain responsible for the name (if any);
-//! - deSEC stores record *sets*: a value is added by reading the TXT RRset
-//!   (`GET /api/v1/domains/{domain}/rrsets/{subname}/TXT/`, 404 when absent)
-//!   and writing it back with the value added, with
-//!   `PATCH /api/v1/domains/{domain}/rrsets/{subname}/TXT/` (`records` only,
-//!   so the TTL set by others stays) or, for a new RRset,
-//!   `POST /api/v1/domains/{domain}/rrsets/` (`subname`, `type`, `ttl`,
-//!   `records`); a value is removed the same way, and an empty `records`
-//!   list deletes the RRset. TXT values are quoted character strings;
-//! - new RRsets get the configured TTL, raised to the domain's
-//!   `minimum_ttl` (3600 for most accounts, deSEC's default).
-//!
-//! Because of that read-modify-write, calls for one name are serialised
-//! inside the provider (and its clones) with a lock per name, so a wildcard
-//! and its apex written at once keep both values. **Another process or tool
-//! writing the same RRset at the same time can still race** and lose a
-//! value: give each its own name (CNAME delegation) if that can happen.
-//!
-//! deSEC rate-limits writes (per domain, per minute and per day) with
-//! `429 Too Many Requests` and `Retry-After`, which becomes
-//! [`DnsError::RateLimited`]; error bodies (`{"detail": ...}` and field
-//! errors) are shown in the [`DnsError`].
-//!
-//! **Credentials:** an API token (`Authorization: Token ...`). deSEC tokens
-//! can be restricted by token policies: allow writing only the `TXT` RRsets of
-//! the `_acme-challenge` subnames of the domains concerned.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::dns::Desec;
-//! use certauto::Dns01Solver;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let token = std::env::var("DESEC_TOKEN").unwrap_or_default();
-//! let solver = Dns01Solver::new(Desec::builder(token).build()?);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`Desec`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -75,6 +32,51 @@ const DEFAULT_TTL: u32 = 3600;
 /// the provider (and its clones), but another process writing the same RRset
 /// at the same time can still race. New RRsets get at least the domain's
 /// minimum TTL (usually 3600 s); rate limits (429) carry `Retry-After`.
+///
+/// Follows the API v1 at `https://desec.io/api/v1`, as documented at
+/// <https://desec.readthedocs.io/en/latest/dns/domains.html> and
+/// <https://desec.readthedocs.io/en/latest/dns/rrsets.html>:
+///
+/// - the domain is found with `GET /api/v1/domains/?owns_qname=<fqdn>`,
+///   which answers the account's domain responsible for the name (if any);
+/// - deSEC stores record *sets*: a value is added by reading the TXT RRset
+///   (`GET /api/v1/domains/{domain}/rrsets/{subname}/TXT/`, 404 when absent)
+///   and writing it back with the value added, with
+///   `PATCH /api/v1/domains/{domain}/rrsets/{subname}/TXT/` (`records` only,
+///   so the TTL set by others stays) or, for a new RRset,
+///   `POST /api/v1/domains/{domain}/rrsets/` (`subname`, `type`, `ttl`,
+///   `records`); a value is removed the same way, and an empty `records`
+///   list deletes the RRset. TXT values are quoted character strings;
+/// - new RRsets get the configured TTL, raised to the domain's
+///   `minimum_ttl` (3600 for most accounts, deSEC's default).
+///
+/// Because of that read-modify-write, calls for one name are serialised
+/// inside the provider (and its clones) with a lock per name, so a wildcard
+/// and its apex written at once keep both values. **Another process or tool
+/// writing the same RRset at the same time can still race** and lose a
+/// value: give each its own name (CNAME delegation) if that can happen.
+///
+/// deSEC rate-limits writes (per domain, per minute and per day) with
+/// `429 Too Many Requests` and `Retry-After`, which becomes
+/// [`DnsError::RateLimited`]; error bodies (`{"detail": ...}` and field
+/// errors) are shown in the [`DnsError`].
+///
+/// **Credentials:** an API token (`Authorization: Token ...`). deSEC tokens
+/// can be restricted by token policies: allow writing only the `TXT` RRsets of
+/// the `_acme-challenge` subnames of the domains concerned.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::dns::Desec;
+/// use certauto::Dns01Solver;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let token = std::env::var("DESEC_TOKEN").unwrap_or_default();
+/// let solver = Dns01Solver::new(Desec::builder(token).build()?);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Desec {
     api: ApiClient,

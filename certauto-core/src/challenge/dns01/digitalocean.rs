@@ -1,45 +1,7 @@
 //! DigitalOcean: DNS-01 records through the DigitalOcean API v2 (Domains and
 //! Domain Records).
 //!
-//! Follows the API v2 at `https://api.digitalocean.com/v2`, as documented at
-//! <https://docs.digitalocean.com/reference/api/digitalocean/#tag/Domain-Records>:
-//!
-//! - the domain is found with `GET /v2/domains/{name}` for the record's name
-//!   and its parents, longest first (404 means "not this one");
-//! - a value is added with `POST /v2/domains/{domain}/records` (`type` TXT,
-//!   `name` relative to the domain, `@` at its apex, `data` the value, `ttl`),
-//!   unless the value is already there: DigitalOcean keeps one record per
-//!   value, so other values at the name are untouched;
-//! - a value is removed by listing the TXT records at the name
-//!   (`GET /v2/domains/{domain}/records?type=TXT&name=<fqdn>`, at most
-//!   [`MAX_PAGES`] pages of 200) and deleting those holding the value
-//!   (`DELETE /v2/domains/{domain}/records/{id}`); a record already gone
-//!   (404) counts as success.
-//!
-//! "Add unless already there" is a check then a write, so calls for one name
-//! are serialised inside the provider (a lock per name): a value is never
-//! added twice by this process. Another process writing the same name can
-//! still add a duplicate record, which the next delete removes with it.
-//!
-//! Errors come from DigitalOcean's `{"id": ..., "message": ...}` body, shown
-//! in the [`DnsError`].
-//!
-//! **Credentials:** a personal access token (`Authorization: Bearer`). Use a
-//! custom-scoped token with only the `domain` read, create and delete scopes
-//! (DigitalOcean has no narrower scope than "all domains of the team").
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::dns::DigitalOcean;
-//! use certauto::Dns01Solver;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let token = std::env::var("DO_AUTH_TOKEN").unwrap_or_default();
-//! let solver = Dns01Solver::new(DigitalOcean::builder(token).build()?);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`DigitalOcean`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -68,6 +30,46 @@ pub(crate) const MAX_PAGES: u32 = 10;
 /// record per value, with a personal access token (scopes `domain` read,
 /// create, delete). The domain is found from the record's name, longest
 /// candidate first; calls for one name are serialised inside the provider.
+///
+/// Follows the API v2 at `https://api.digitalocean.com/v2`, as documented at
+/// <https://docs.digitalocean.com/reference/api/digitalocean/#tag/Domain-Records>:
+///
+/// - the domain is found with `GET /v2/domains/{name}` for the record's name
+///   and its parents, longest first (404 means "not this one");
+/// - a value is added with `POST /v2/domains/{domain}/records` (`type` TXT,
+///   `name` relative to the domain, `@` at its apex, `data` the value, `ttl`),
+///   unless the value is already there: DigitalOcean keeps one record per
+///   value, so other values at the name are untouched;
+/// - a value is removed by listing the TXT records at the name
+///   (`GET /v2/domains/{domain}/records?type=TXT&name=<fqdn>`, at most
+///   10 pages of 200) and deleting those holding the value
+///   (`DELETE /v2/domains/{domain}/records/{id}`); a record already gone
+///   (404) counts as success.
+///
+/// "Add unless already there" is a check then a write, so calls for one name
+/// are serialised inside the provider (a lock per name): a value is never
+/// added twice by this process. Another process writing the same name can
+/// still add a duplicate record, which the next delete removes with it.
+///
+/// Errors come from DigitalOcean's `{"id": ..., "message": ...}` body, shown
+/// in the [`DnsError`].
+///
+/// **Credentials:** a personal access token (`Authorization: Bearer`). Use a
+/// custom-scoped token with only the `domain` read, create and delete scopes
+/// (DigitalOcean has no narrower scope than "all domains of the team").
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::dns::DigitalOcean;
+/// use certauto::Dns01Solver;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let token = std::env::var("DO_AUTH_TOKEN").unwrap_or_default();
+/// let solver = Dns01Solver::new(DigitalOcean::builder(token).build()?);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct DigitalOcean {
     api: ApiClient,

@@ -2,48 +2,7 @@
 //! provider here (a script calling some API, `nsupdate`, a config
 //! management hook).
 //!
-//! It follows the argument convention of lego's `exec` provider
-//! (<https://go-acme.github.io/lego/dns/exec/>, default mode), so scripts
-//! written for lego work unchanged:
-//!
-//! ```text
-//! <program> [args...] present _acme-challenge.www.example.com. <value>
-//! <program> [args...] cleanup _acme-challenge.www.example.com. <value>
-//! ```
-//!
-//! The name is fully qualified, with the trailing dot; `args` are the
-//! prefix arguments given with [`Exec::args`]. The program must add exactly
-//! that value (keeping other TXT values at the name) on `present`, remove
-//! exactly that value on `cleanup`, succeed when there is nothing to do, and
-//! cope with two calls for one name at the same time (the
-//! [`DnsProvider`] contract). Note that a value may start with `-`.
-//!
-//! - The program runs directly, never through a shell, with the
-//!   environment of this process and stdin closed.
-//! - It must finish within the [timeout](Exec::timeout) (2 minutes by
-//!   default); otherwise it is killed (the program itself: processes it
-//!   started in the background are not) and the call fails with
-//!   [`DnsError::Transient`]. A call that is dropped kills it too.
-//! - Exit code 0 is success. Exit code 75 (`EX_TEMPFAIL` from
-//!   `sysexits.h`) means "try again later": [`DnsError::Transient`], which
-//!   the solver retries. Any other exit code, or death by a signal, is
-//!   [`DnsError::Rejected`] with the code and the tail of stderr.
-//! - The last few KiB of stdout and stderr are kept, logged at debug level
-//!   and put in errors; the rest is read and dropped. Prefix arguments are
-//!   never logged (they may hold a credential).
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use std::time::Duration;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::Exec;
-//!
-//! let hook = Exec::new("/usr/local/bin/acme-dns-hook")
-//!     .args(["--config", "/etc/acme-hook.conf"])
-//!     .timeout(Duration::from_secs(60));
-//! let solver = Dns01Solver::builder(hook).build();
-//! # let _ = solver;
-//! ```
+//! The user documentation is on [`Exec`].
 
 use std::ffi::OsString;
 use std::fmt;
@@ -67,7 +26,50 @@ const EX_TEMPFAIL: i32 = 75;
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 
 /// Runs a program to add and remove TXT records, as lego's `exec` provider
-/// does; see the [module docs](self).
+/// does.
+///
+/// It follows the argument convention of lego's `exec` provider
+/// (<https://go-acme.github.io/lego/dns/exec/>, default mode), so scripts
+/// written for lego work unchanged:
+///
+/// ```text
+/// <program> [args...] present _acme-challenge.www.example.com. <value>
+/// <program> [args...] cleanup _acme-challenge.www.example.com. <value>
+/// ```
+///
+/// The name is fully qualified, with the trailing dot; `args` are the
+/// prefix arguments given with [`Exec::args`]. The program must add exactly
+/// that value (keeping other TXT values at the name) on `present`, remove
+/// exactly that value on `cleanup`, succeed when there is nothing to do, and
+/// cope with two calls for one name at the same time (the
+/// [`DnsProvider`] contract). Note that a value may start with `-`.
+///
+/// - The program runs directly, never through a shell, with the
+///   environment of this process and stdin closed.
+/// - It must finish within the [timeout](Exec::timeout) (2 minutes by
+///   default); otherwise it is killed (the program itself: processes it
+///   started in the background are not) and the call fails with
+///   [`DnsError::Transient`]. A call that is dropped kills it too.
+/// - Exit code 0 is success. Exit code 75 (`EX_TEMPFAIL` from
+///   `sysexits.h`) means "try again later": [`DnsError::Transient`], which
+///   the solver retries. Any other exit code, or death by a signal, is
+///   [`DnsError::Rejected`] with the code and the tail of stderr.
+/// - The last few KiB of stdout and stderr are kept, logged at debug level
+///   and put in errors; the rest is read and dropped. Prefix arguments are
+///   never logged (they may hold a credential).
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use std::time::Duration;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::Exec;
+///
+/// let hook = Exec::new("/usr/local/bin/acme-dns-hook")
+///     .args(["--config", "/etc/acme-hook.conf"])
+///     .timeout(Duration::from_secs(60));
+/// let solver = Dns01Solver::builder(hook).build();
+/// # let _ = solver;
+/// ```
 #[derive(Clone)]
 pub struct Exec {
     program: PathBuf,

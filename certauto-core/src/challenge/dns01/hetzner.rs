@@ -1,61 +1,7 @@
 //! Hetzner: DNS-01 records through the Hetzner Cloud API's DNS (zones and
 //! RRsets), the API of Hetzner DNS in the Hetzner Console.
 //!
-//! **Which API, and why.** Hetzner moved its DNS hosting from the DNS Console
-//! (`dns.hetzner.com`, API `https://dns.hetzner.com/api/v1` with an
-//! `Auth-API-Token` header) into the Hetzner Console, whose DNS API is part
-//! of the Cloud API. Hetzner's migration guide
-//! (<https://docs.hetzner.com/networking/dns/migration-to-hetzner-console/process>)
-//! says that Hetzner DNS "comes with a new API, integrated in the Cloud API"
-//! and that the old DNS API can no longer be used for a zone once it is
-//! migrated; the old console is being retired. So this provider follows the
-//! Cloud API at `https://api.hetzner.cloud/v1`
-//! (<https://docs.hetzner.cloud/reference/cloud#zones>), with a Cloud API
-//! token of the project holding the zones (`Authorization: Bearer`). Zones
-//! still in the old DNS Console must be migrated first.
-//!
-//! - the zone is found with `GET /zones/{name}` (the API takes a zone's ID
-//!   or name) for the record's name and its parents, longest first;
-//! - the RRset is read with `GET /zones/{zone}/rrsets/{name}/TXT` (`name`
-//!   relative to the zone, `@` at its apex; 404 when absent);
-//! - a value is added with
-//!   `POST /zones/{zone}/rrsets/{name}/TXT/actions/add_records` and removed
-//!   with `POST .../actions/remove_records`: these actions add or remove the
-//!   given records only, creating the RRset when needed and deleting it when
-//!   emptied, so the exact-value contract holds without rewriting the set.
-//!   TXT values are sent as quoted character strings, as the API requires. A
-//!   `ttl` is sent only when the RRset is new (the API refuses one that
-//!   differs from an existing RRset's);
-//! - both answer an *action*; while it is `running` it is polled with
-//!   `GET /zones/actions/{id}` (at most [`MAX_ACTION_POLLS`] times, a second
-//!   apart), and an action ending in `error` fails the call with its message.
-//!
-//! The RRset is read first so that adding a value already there, or removing
-//! one that is not, does nothing (idempotence); that check-then-act is done
-//! under a per-name lock inside the provider. Another process changing the
-//! same RRset between the read and the action can still make an action fail;
-//! the action's error is then reported, and no value of others is lost.
-//!
-//! Errors come from the `{"error": {"code", "message"}}` body, shown in the
-//! [`DnsError`]. Hetzner's rate limit answers 429 (without `Retry-After`;
-//! its `RateLimit-Reset` header is not read).
-//!
-//! **Credentials:** a Cloud API token with *Read & Write* permission, created
-//! in the project that holds the zones (tokens are per project: a project of
-//! its own for DNS limits what the token can touch).
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::dns::Hetzner;
-//! use certauto::Dns01Solver;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let token = std::env::var("HCLOUD_TOKEN").unwrap_or_default();
-//! let solver = Dns01Solver::new(Hetzner::builder(token).ttl(60).build()?);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`Hetzner`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -91,6 +37,62 @@ const ACTION_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// `remove_records`, which touch only the given values; zones still in the
 /// old DNS Console (`dns.hetzner.com`) must be migrated to the Hetzner
 /// Console first.
+///
+/// **Which API, and why.** Hetzner moved its DNS hosting from the DNS Console
+/// (`dns.hetzner.com`, API `https://dns.hetzner.com/api/v1` with an
+/// `Auth-API-Token` header) into the Hetzner Console, whose DNS API is part
+/// of the Cloud API. Hetzner's migration guide
+/// (<https://docs.hetzner.com/networking/dns/migration-to-hetzner-console/process>)
+/// says that Hetzner DNS "comes with a new API, integrated in the Cloud API"
+/// and that the old DNS API can no longer be used for a zone once it is
+/// migrated; the old console is being retired. So this provider follows the
+/// Cloud API at `https://api.hetzner.cloud/v1`
+/// (<https://docs.hetzner.cloud/reference/cloud#zones>), with a Cloud API
+/// token of the project holding the zones (`Authorization: Bearer`). Zones
+/// still in the old DNS Console must be migrated first.
+///
+/// - the zone is found with `GET /zones/{name}` (the API takes a zone's ID
+///   or name) for the record's name and its parents, longest first;
+/// - the RRset is read with `GET /zones/{zone}/rrsets/{name}/TXT` (`name`
+///   relative to the zone, `@` at its apex; 404 when absent);
+/// - a value is added with
+///   `POST /zones/{zone}/rrsets/{name}/TXT/actions/add_records` and removed
+///   with `POST .../actions/remove_records`: these actions add or remove the
+///   given records only, creating the RRset when needed and deleting it when
+///   emptied, so the exact-value contract holds without rewriting the set.
+///   TXT values are sent as quoted character strings, as the API requires. A
+///   `ttl` is sent only when the RRset is new (the API refuses one that
+///   differs from an existing RRset's);
+/// - both answer an *action*; while it is `running` it is polled with
+///   `GET /zones/actions/{id}` (at most 30 times, a second
+///   apart), and an action ending in `error` fails the call with its message.
+///
+/// The RRset is read first so that adding a value already there, or removing
+/// one that is not, does nothing (idempotence); that check-then-act is done
+/// under a per-name lock inside the provider. Another process changing the
+/// same RRset between the read and the action can still make an action fail;
+/// the action's error is then reported, and no value of others is lost.
+///
+/// Errors come from the `{"error": {"code", "message"}}` body, shown in the
+/// [`DnsError`]. Hetzner's rate limit answers 429 (without `Retry-After`;
+/// its `RateLimit-Reset` header is not read).
+///
+/// **Credentials:** a Cloud API token with *Read & Write* permission, created
+/// in the project that holds the zones (tokens are per project: a project of
+/// its own for DNS limits what the token can touch).
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::dns::Hetzner;
+/// use certauto::Dns01Solver;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let token = std::env::var("HCLOUD_TOKEN").unwrap_or_default();
+/// let solver = Dns01Solver::new(Hetzner::builder(token).ttl(60).build()?);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Hetzner {
     api: ApiClient,

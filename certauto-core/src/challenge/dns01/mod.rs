@@ -2,45 +2,15 @@
 //! `_acme-challenge.<name>`, the only challenge that validates wildcards and
 //! the only one that needs no open port.
 //!
-//! [`Dns01Solver`] writes the record through a [`DnsProvider`] and:
-//!
-//! 1. follows a CNAME at `_acme-challenge.<name>` (at most
-//!    [`MAX_CNAME_HOPS`](propagation::MAX_CNAME_HOPS) hops) and writes the
-//!    record where it points: delegating validation to a zone of its own, so
-//!    the DNS API key can change only that zone, is the safe setup. An
-//!    explicit [`override_domain`](Dns01SolverBuilder::override_domain)
-//!    replaces the lookup;
-//! 2. waits until every authoritative name server of the record's zone answers
-//!    the value, asking them directly with recursion off (found through SOA
-//!    and NS lookups at the bootstrap resolvers), or the given
-//!    [`resolvers`](Dns01SolverBuilder::resolvers) instead; only then is the CA
-//!    told to validate;
-//! 3. removes exactly its own value afterwards, so the apex and wildcard
-//!    values of one order, and other tools' values, survive.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use std::time::Duration;
-//! use certauto::{AcmeIssuer, AcmeIssuerBuilder, Dns01Solver, DnsProvider, LETS_ENCRYPT_STAGING};
-//!
-//! // `dns` is one of the providers of `certauto::dns`, or your own.
-//! fn issuer(dns: impl DnsProvider + 'static) -> AcmeIssuerBuilder {
-//!     let solver = Dns01Solver::with_timeouts(dns, Duration::from_secs(180), Duration::from_secs(5));
-//!     AcmeIssuer::builder()
-//!         .ca(LETS_ENCRYPT_STAGING)
-//!         .email("admin@example.com")
-//!         .agreed(true)
-//!         .dns01_solver(solver)
-//! }
-//! ```
+//! The user documentation is on [`Dns01Solver`].
 
 // Used by the providers, which land next.
 pub(crate) mod acme_dns;
 pub(crate) mod challtestsrv;
-pub(crate) mod exec;
 pub(crate) mod cloudflare;
 pub(crate) mod desec;
 pub(crate) mod digitalocean;
+pub(crate) mod exec;
 pub(crate) mod hetzner;
 #[allow(dead_code)]
 pub(crate) mod http;
@@ -51,8 +21,8 @@ mod provider;
 #[cfg(test)]
 mod provider_checks;
 mod query;
-pub(crate) mod route53;
 pub(crate) mod rfc2136;
+pub(crate) mod route53;
 #[cfg(test)]
 mod standin;
 
@@ -86,8 +56,39 @@ const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Solves DNS-01 challenges through a [`DnsProvider`].
 ///
-/// See the [module docs](self) for what it does; [`Dns01Solver::builder`]
 /// sets the options. One solver may serve many orders at once.
+///
+/// [`Dns01Solver`] writes the record through a [`DnsProvider`] and:
+///
+/// 1. follows a CNAME at `_acme-challenge.<name>` (at most
+///    8 hops) and writes the
+///    record where it points: delegating validation to a zone of its own, so
+///    the DNS API key can change only that zone, is the safe setup. An
+///    explicit [`override_domain`](Dns01SolverBuilder::override_domain)
+///    replaces the lookup;
+/// 2. waits until every authoritative name server of the record's zone answers
+///    the value, asking them directly with recursion off (found through SOA
+///    and NS lookups at the bootstrap resolvers), or the given
+///    [`resolvers`](Dns01SolverBuilder::resolvers) instead; only then is the CA
+///    told to validate;
+/// 3. removes exactly its own value afterwards, so the apex and wildcard
+///    values of one order, and other tools' values, survive.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use std::time::Duration;
+/// use certauto::{AcmeIssuer, AcmeIssuerBuilder, Dns01Solver, DnsProvider, LETS_ENCRYPT_STAGING};
+///
+/// // `dns` is one of the providers of `certauto::dns`, or your own.
+/// fn issuer(dns: impl DnsProvider + 'static) -> AcmeIssuerBuilder {
+///     let solver = Dns01Solver::with_timeouts(dns, Duration::from_secs(180), Duration::from_secs(5));
+///     AcmeIssuer::builder()
+///         .ca(LETS_ENCRYPT_STAGING)
+///         .email("admin@example.com")
+///         .agreed(true)
+///         .dns01_solver(solver)
+/// }
+/// ```
 #[derive(Clone)]
 pub struct Dns01Solver {
     inner: Arc<Inner>,

@@ -1,67 +1,7 @@
 //! A [`DnsProvider`] for [PowerDNS Authoritative] servers, through their
 //! [HTTP API](https://doc.powerdns.com/authoritative/http-api/).
 //!
-//! For self-hosted DNS run with PowerDNS: the records are written with
-//! `PATCH /api/v1/servers/{server_id}/zones/{zone_id}`, authenticated by the
-//! `X-API-Key` header. The zone of a name is found by asking
-//! `GET /api/v1/servers/{server_id}/zones?zone=<candidate>` for the name and
-//! each of its parents, longest first.
-//!
-//! # Credentials
-//!
-//! The server's `api-key` (PowerDNS 4.7 has a single key for the whole API,
-//! so no narrower credential exists there; keep the webserver reachable only
-//! from the hosts that need it with `webserver-allow-from`, and serve it
-//! behind TLS when it is not on loopback: plain `http` is refused except for
-//! loopback addresses).
-//!
-//! # How values are added and removed
-//!
-//! The API replaces whole RRsets: a `REPLACE` sets all the values at a name,
-//! `DELETE` removes them all. So adding one value reads the TXT RRset and
-//! replaces it with the old values plus the new one (its TTL and the other
-//! values' `disabled` flags kept), and removing one replaces it with the rest,
-//! or deletes it when nothing is left. Other tools' values at the same name
-//! survive.
-//!
-//! That read-modify-write is serialised per record name **inside one
-//! `PowerDns` value** (and its clones): a wildcard and its apex presented at
-//! once both keep their values. **Writers in other processes** (another
-//! CertAuto instance, another ACME client, an operator) are not covered: if
-//! one of them rewrites the same RRset between our read and our write, one of
-//! the two changes is lost. Run one writer per name, or give each its own name
-//! through a CNAME at `_acme-challenge`. PowerDNS 4.7 (Debian 12's) offers no
-//! single-value operation: the `EXTEND`/`PRUNE` change types that would make
-//! the change atomic on the server only arrived in 4.9.12 and 5.0.2.
-//!
-//! # Serials and secondaries
-//!
-//! A change made through the API bumps the zone's SOA serial only when the
-//! zone's `SOA-EDIT-API` metadata says so (`DEFAULT`, which PowerDNS sets on
-//! zones created through the API; not on zones created with `pdnsutil` or
-//! loaded otherwise). Secondaries fed by AXFR see the change only once the
-//! serial moved, and the solver's propagation check waits for every
-//! authoritative server: set `SOA-EDIT-API` on zones served by secondaries.
-//! Native replication (a shared database) needs nothing.
-//!
-//! # Example
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::PowerDns;
-//!
-//! # fn demo() -> Result<(), certauto::DnsError> {
-//! let pdns = PowerDns::builder("https://pdns.example.com:8081", "the api-key")
-//!     .ttl(60)
-//!     .build()?;
-//! let solver = Dns01Solver::new(pdns);
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
-//!
-//! [PowerDNS Authoritative]: https://doc.powerdns.com/authoritative/
+//! The user documentation is on [`PowerDns`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -86,8 +26,69 @@ const DEFAULT_SERVER_ID: &str = "localhost";
 /// Adds and removes DNS-01 TXT values through a PowerDNS Authoritative
 /// server's HTTP API.
 ///
-/// See the [module docs](self) for how values are changed and what that
 /// assumes. Clones share the connection pool and the per-name locks.
+///
+/// For self-hosted DNS run with PowerDNS: the records are written with
+/// `PATCH /api/v1/servers/{server_id}/zones/{zone_id}`, authenticated by the
+/// `X-API-Key` header. The zone of a name is found by asking
+/// `GET /api/v1/servers/{server_id}/zones?zone=<candidate>` for the name and
+/// each of its parents, longest first.
+///
+/// # Credentials
+///
+/// The server's `api-key` (PowerDNS 4.7 has a single key for the whole API,
+/// so no narrower credential exists there; keep the webserver reachable only
+/// from the hosts that need it with `webserver-allow-from`, and serve it
+/// behind TLS when it is not on loopback: plain `http` is refused except for
+/// loopback addresses).
+///
+/// # How values are added and removed
+///
+/// The API replaces whole RRsets: a `REPLACE` sets all the values at a name,
+/// `DELETE` removes them all. So adding one value reads the TXT RRset and
+/// replaces it with the old values plus the new one (its TTL and the other
+/// values' `disabled` flags kept), and removing one replaces it with the rest,
+/// or deletes it when nothing is left. Other tools' values at the same name
+/// survive.
+///
+/// That read-modify-write is serialised per record name **inside one
+/// `PowerDns` value** (and its clones): a wildcard and its apex presented at
+/// once both keep their values. **Writers in other processes** (another
+/// CertAuto instance, another ACME client, an operator) are not covered: if
+/// one of them rewrites the same RRset between our read and our write, one of
+/// the two changes is lost. Run one writer per name, or give each its own name
+/// through a CNAME at `_acme-challenge`. PowerDNS 4.7 (Debian 12's) offers no
+/// single-value operation: the `EXTEND`/`PRUNE` change types that would make
+/// the change atomic on the server only arrived in 4.9.12 and 5.0.2.
+///
+/// # Serials and secondaries
+///
+/// A change made through the API bumps the zone's SOA serial only when the
+/// zone's `SOA-EDIT-API` metadata says so (`DEFAULT`, which PowerDNS sets on
+/// zones created through the API; not on zones created with `pdnsutil` or
+/// loaded otherwise). Secondaries fed by AXFR see the change only once the
+/// serial moved, and the solver's propagation check waits for every
+/// authoritative server: set `SOA-EDIT-API` on zones served by secondaries.
+/// Native replication (a shared database) needs nothing.
+///
+/// # Example
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::PowerDns;
+///
+/// # fn demo() -> Result<(), certauto::DnsError> {
+/// let pdns = PowerDns::builder("https://pdns.example.com:8081", "the api-key")
+///     .ttl(60)
+///     .build()?;
+/// let solver = Dns01Solver::new(pdns);
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [PowerDNS Authoritative]: https://doc.powerdns.com/authoritative/
 #[derive(Clone)]
 pub struct PowerDns {
     api: ApiClient,
@@ -550,6 +551,7 @@ fn txt_matches(content: &str, value: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use std::collections::BTreeMap;
+    use std::sync::Mutex;
 
     use serde_json::{Value, json};
 

@@ -1,67 +1,6 @@
 //! A DNS provider for [Amazon Route 53](https://aws.amazon.com/route53/).
 //!
-//! It follows the Route 53 REST API, version 2013-04-01
-//! (<https://docs.aws.amazon.com/Route53/latest/APIReference/>), at
-//! `https://route53.amazonaws.com/2013-04-01/`, every request signed with
-//! AWS Signature Version 4 (service `route53`, region `us-east-1`):
-//!
-//! - the zone is the configured [`hosted_zone_id`](Route53Builder::hosted_zone_id),
-//!   or found with `ListHostedZonesByName`
-//!   (`GET /2013-04-01/hostedzonesbyname?dnsname=<candidate>`): the longest
-//!   public hosted zone whose name ends the record name;
-//! - the TXT record set is read with `ListResourceRecordSets`
-//!   (`GET /2013-04-01/hostedzone/<id>/rrset?name=<fqdn>.&type=TXT&maxitems=1`)
-//!   and written with `ChangeResourceRecordSets`
-//!   (`POST /2013-04-01/hostedzone/<id>/rrset/`, an XML
-//!   `ChangeResourceRecordSetsRequest`).
-//!
-//! **Exact values.** Route 53 replaces whole record sets, so adding a value
-//! is read, then `UPSERT` of the set with every value; deleting one is an
-//! `UPSERT` of the others, or a `DELETE` of the exact current set when ours
-//! is the last. These steps run under a per-name lock inside the provider,
-//! so concurrent calls for one name (a wildcard and its apex) keep each
-//! other's values. Another program changing the same set at the same moment
-//! can still race with us (Route 53 has no conditional writes); a `DELETE`
-//! that no longer matches is re-read and retried a bounded number of times.
-//! An existing set keeps its TTL; a new one gets [`ttl`](Route53Builder::ttl)
-//! (60 s by default). Values are written as Route 53 requires TXT data:
-//! in double quotes, `"` and `\` escaped with a backslash, bytes outside
-//! printable ASCII as `\ooo`, split into 255-byte strings.
-//!
-//! **Waiting.** After adding a value, the provider polls `GetChange`
-//! (`GET /2013-04-01/change/<id>`) until Route 53 reports `INSYNC` (every
-//! 2 s, at most 60 times by default, see
-//! [`sync_polling`](Route53Builder::sync_polling)); when that bound passes,
-//! or `GetChange` fails, it logs a warning and returns, since the solver
-//! then checks the authoritative servers itself. Deletions do not wait.
-//!
-//! **Credentials.** An access key of an IAM principal allowed only
-//! `route53:ListHostedZonesByName`, `route53:ListResourceRecordSets`,
-//! `route53:ChangeResourceRecordSets` (ideally limited to the zone and to
-//! `_acme-challenge.*` TXT records with the
-//! `route53:ChangeResourceRecordSetsNormalizedRecordNames` and
-//! `route53:ChangeResourceRecordSetsRecordTypes` conditions) and
-//! `route53:GetChange`; with temporary credentials, also the session token.
-//! The secret key and session token never appear in logs, errors or `Debug`
-//! output.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! use certauto::Dns01Solver;
-//! use certauto::dns::Route53;
-//!
-//! # fn main() -> Result<(), certauto::DnsError> {
-//! let route53 = Route53::builder(
-//!     std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
-//!     std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
-//! )
-//! .hosted_zone_id("Z1D633PJN98FT9")
-//! .build()?;
-//! let solver = Dns01Solver::builder(route53).build();
-//! # let _ = solver;
-//! # Ok(())
-//! # }
-//! ```
+//! The user documentation is on [`Route53`].
 
 mod sigv4;
 mod xml;
@@ -99,7 +38,70 @@ const CHANGE_ATTEMPTS: u32 = 3;
 /// The most zone lookups remembered.
 const MAX_CACHED_ZONES: usize = 256;
 
-/// Writes TXT records through the Route 53 API; see the [module docs](self).
+/// Writes TXT records through the Route 53 API.
+///
+/// It follows the Route 53 REST API, version 2013-04-01
+/// (<https://docs.aws.amazon.com/Route53/latest/APIReference/>), at
+/// `https://route53.amazonaws.com/2013-04-01/`, every request signed with
+/// AWS Signature Version 4 (service `route53`, region `us-east-1`):
+///
+/// - the zone is the configured [`hosted_zone_id`](Route53Builder::hosted_zone_id),
+///   or found with `ListHostedZonesByName`
+///   (`GET /2013-04-01/hostedzonesbyname?dnsname=<candidate>`): the longest
+///   public hosted zone whose name ends the record name;
+/// - the TXT record set is read with `ListResourceRecordSets`
+///   (`GET /2013-04-01/hostedzone/<id>/rrset?name=<fqdn>.&type=TXT&maxitems=1`)
+///   and written with `ChangeResourceRecordSets`
+///   (`POST /2013-04-01/hostedzone/<id>/rrset/`, an XML
+///   `ChangeResourceRecordSetsRequest`).
+///
+/// **Exact values.** Route 53 replaces whole record sets, so adding a value
+/// is read, then `UPSERT` of the set with every value; deleting one is an
+/// `UPSERT` of the others, or a `DELETE` of the exact current set when ours
+/// is the last. These steps run under a per-name lock inside the provider,
+/// so concurrent calls for one name (a wildcard and its apex) keep each
+/// other's values. Another program changing the same set at the same moment
+/// can still race with us (Route 53 has no conditional writes); a `DELETE`
+/// that no longer matches is re-read and retried a bounded number of times.
+/// An existing set keeps its TTL; a new one gets [`ttl`](Route53Builder::ttl)
+/// (60 s by default). Values are written as Route 53 requires TXT data:
+/// in double quotes, `"` and `\` escaped with a backslash, bytes outside
+/// printable ASCII as `\ooo`, split into 255-byte strings.
+///
+/// **Waiting.** After adding a value, the provider polls `GetChange`
+/// (`GET /2013-04-01/change/<id>`) until Route 53 reports `INSYNC` (every
+/// 2 s, at most 60 times by default, see
+/// [`sync_polling`](Route53Builder::sync_polling)); when that bound passes,
+/// or `GetChange` fails, it logs a warning and returns, since the solver
+/// then checks the authoritative servers itself. Deletions do not wait.
+///
+/// **Credentials.** An access key of an IAM principal allowed only
+/// `route53:ListHostedZonesByName`, `route53:ListResourceRecordSets`,
+/// `route53:ChangeResourceRecordSets` (ideally limited to the zone and to
+/// `_acme-challenge.*` TXT records with the
+/// `route53:ChangeResourceRecordSetsNormalizedRecordNames` and
+/// `route53:ChangeResourceRecordSetsRecordTypes` conditions) and
+/// `route53:GetChange`; with temporary credentials, also the session token.
+/// The secret key and session token never appear in logs, errors or `Debug`
+/// output.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// use certauto::Dns01Solver;
+/// use certauto::dns::Route53;
+///
+/// # fn main() -> Result<(), certauto::DnsError> {
+/// let route53 = Route53::builder(
+///     std::env::var("AWS_ACCESS_KEY_ID").unwrap_or_default(),
+///     std::env::var("AWS_SECRET_ACCESS_KEY").unwrap_or_default(),
+/// )
+/// .hosted_zone_id("Z1D633PJN98FT9")
+/// .build()?;
+/// let solver = Dns01Solver::builder(route53).build();
+/// # let _ = solver;
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Route53 {
     inner: Arc<Inner>,
