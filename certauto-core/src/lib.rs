@@ -97,8 +97,8 @@ pub use challenge::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO, MAX_RETRY_BACKOFF,
-    MIN_RETRY_BACKOFF,
+    Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEW_INTERVAL,
+    DEFAULT_RENEWAL_RATIO, MAX_CHECK_INTERVAL, MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF,
 };
 pub use error::{
     AcmeError, BoxError, CertificateError, ConfigError, Error, ErrorChain, KeyError, OcspError,
@@ -116,9 +116,7 @@ pub use issuer::{
     MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
 };
 pub use keys::{CertificateKey, KeyType};
-pub use maintain::{
-    DEFAULT_RENEW_INTERVAL, MAX_CHECK_INTERVAL, MaintenanceHandle, RenewalReport, start_maintenance,
-};
+pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
 pub use ocsp::OcspReport;
 pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
