@@ -84,10 +84,13 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest propagation timeout accepted.
 const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// Solves DNS-01 challenges through a [`DnsProvider`].
+/// Solves DNS-01 challenges through a [`DnsProvider`]: it follows a CNAME at
+/// `_acme-challenge.<name>`, writes the TXT value where it points, waits until
+/// every authoritative name server answers it before the CA is told to
+/// validate, and removes exactly its own value afterwards.
 ///
-/// See the [module docs](self) for what it does; [`Dns01Solver::builder`]
-/// sets the options. One solver may serve many orders at once.
+/// [`Dns01Solver::builder`] sets the options. One solver may serve many
+/// orders at once.
 #[derive(Clone)]
 pub struct Dns01Solver {
     inner: Arc<Inner>,
