@@ -26,6 +26,9 @@ pub const DEFAULT_RENEWAL_RATIO: f64 = 1.0 / 3.0;
 /// The default interval between renewal checks of
 /// [`start_maintenance`](crate::start_maintenance).
 pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(600);
+/// The default interval between OCSP checks of
+/// [`start_maintenance`](crate::start_maintenance).
+pub const DEFAULT_OCSP_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The longest interval between maintenance checks (renewal and OCSP)
 /// accepted from configuration (a year); longer values are clamped to it.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -286,7 +289,7 @@ impl Config {
             default_name: None,
             rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
             renew_interval: DEFAULT_RENEW_INTERVAL,
-            ocsp_interval: crate::ocsp::DEFAULT_OCSP_CHECK_INTERVAL,
+            ocsp_interval: DEFAULT_OCSP_CHECK_INTERVAL,
             manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,
             pending_acme: Vec::new(),
         }
