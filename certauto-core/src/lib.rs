@@ -41,6 +41,16 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Where things are
+//!
+//! Each public item has one path. The types above are at the crate root;
+//! the modules hold only what is not: [`acme`] the rest of the RFC 8555
+//! protocol layer (resources, statuses, account options), [`storage`] the
+//! storage layout (every key) for backend and tool writers, [`ocsp`] OCSP
+//! requests and verification for users who check staples themselves,
+//! [`env`](mod@env) the `CERTAUTO_*` settings the examples read, [`dns`] the DNS
+//! providers.
+//!
 //! Every rustls object CertAuto builds uses the *ring* provider explicitly
 //! ([`crypto_provider`]), never the process default. The ring provider has no
 //! post-quantum hybrid key exchange.
@@ -83,10 +93,12 @@ pub mod dns {
     pub use crate::challenge::dns01::route53::{Route53, Route53Builder};
 }
 
-pub use acme::{
-    AccountKey, AccountKeyType, AcmeClient, ChainPreference, ExternalAccountKey, Problem,
-    ProblemType, RevocationReason, crypto_provider, parse_pem_roots,
-};
+pub use acme::chain::ChainPreference;
+pub use acme::client::{AcmeClient, AcmeClientBuilder};
+pub use acme::http::{crypto_provider, parse_pem_roots};
+pub use acme::jws::{AccountKey, AccountKeyType, ExternalAccountKey};
+pub use acme::problem::{Problem, ProblemType};
+pub use acme::types::RevocationReason;
 pub use cache::{CachedCert, CertCache, DEFAULT_CACHE_CAPACITY};
 pub use certificate::{Certificate, CertificateMetadata};
 pub use challenge::tls_alpn01::ACME_TLS_ALPN;
@@ -97,7 +109,8 @@ pub use challenge::{
 };
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{
-    Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_RENEWAL_RATIO, MAX_RETRY_BACKOFF,
+    Config, ConfigBuilder, DEFAULT_MANAGE_CONCURRENCY, DEFAULT_OCSP_CHECK_INTERVAL,
+    DEFAULT_RENEW_INTERVAL, DEFAULT_RENEWAL_RATIO, MAX_CHECK_INTERVAL, MAX_RETRY_BACKOFF,
     MIN_RETRY_BACKOFF,
 };
 pub use error::{
@@ -116,16 +129,15 @@ pub use issuer::{
     MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
 };
 pub use keys::{CertificateKey, KeyType};
-pub use maintain::{
-    DEFAULT_RENEW_INTERVAL, MAX_CHECK_INTERVAL, MaintenanceHandle, RenewalReport, start_maintenance,
-};
-pub use ocsp::OcspReport;
+pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
+pub use ocsp::staple::OcspReport;
 pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
 };
-pub use storage::{
-    FileStorage, KeyInfo, LockGuard, LockLoss, MemoryStorage, Storage, StorageError,
-};
+pub use storage::contract::{KeyInfo, Storage, StorageError};
+pub use storage::file::{FileStorage, FileStorageBuilder};
+pub use storage::lock::{LockGuard, LockLoss};
+pub use storage::memory::MemoryStorage;
 
 /// Manages certificates for `domains` with the default [`Config`] and returns
 /// a rustls server config that serves them, renewed for as long as the

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use certauto::acme::client::NewAccountOptions;
+use certauto::acme::NewAccountOptions;
 use certauto::acme::{AccountStatus, ChallengeType};
 use certauto::{
     AccountKey, AccountKeyType, AcmeClient, AcmeError, AcmeIssuer, Certificate, ChainPreference,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use certauto::acme::client::NewAccountOptions;
+use certauto::acme::NewAccountOptions;
 use certauto::{AccountKey, AccountKeyType, AcmeClient, AcmeError, Error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

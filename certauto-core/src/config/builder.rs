@@ -23,6 +23,15 @@ use super::{Config, Inner};
 
 /// The default renewal window: renew when less than a third of the lifetime remains.
 pub const DEFAULT_RENEWAL_RATIO: f64 = 1.0 / 3.0;
+/// The default interval between renewal checks of
+/// [`start_maintenance`](crate::start_maintenance).
+pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(600);
+/// The default interval between OCSP checks of
+/// [`start_maintenance`](crate::start_maintenance).
+pub const DEFAULT_OCSP_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+/// The longest interval between maintenance checks (renewal and OCSP)
+/// accepted from configuration (a year); longer values are clamped to it.
+pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// Builds a [`Config`].
 pub struct ConfigBuilder {
@@ -141,10 +150,7 @@ impl ConfigBuilder {
     /// How often [`start_maintenance`](crate::start_maintenance) checks for
     /// renewals (default 10 minutes; clamped to between 10 ms and a year).
     pub fn renew_check_interval(mut self, interval: Duration) -> Self {
-        self.renew_interval = interval.clamp(
-            Duration::from_millis(10),
-            crate::maintain::MAX_CHECK_INTERVAL,
-        );
+        self.renew_interval = interval.clamp(Duration::from_millis(10), MAX_CHECK_INTERVAL);
         self
     }
 
@@ -152,10 +158,7 @@ impl ConfigBuilder {
     /// OCSP staples with [`Config::check_ocsp`] (default 1 hour; clamped to
     /// between 10 ms and a year).
     pub fn ocsp_check_interval(mut self, interval: Duration) -> Self {
-        self.ocsp_interval = interval.clamp(
-            Duration::from_millis(10),
-            crate::maintain::MAX_CHECK_INTERVAL,
-        );
+        self.ocsp_interval = interval.clamp(Duration::from_millis(10), MAX_CHECK_INTERVAL);
         self
     }
 
@@ -285,8 +288,8 @@ impl Config {
             local_ca_lifetime: None,
             default_name: None,
             rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
-            renew_interval: crate::maintain::DEFAULT_RENEW_INTERVAL,
-            ocsp_interval: crate::ocsp::DEFAULT_OCSP_CHECK_INTERVAL,
+            renew_interval: DEFAULT_RENEW_INTERVAL,
+            ocsp_interval: DEFAULT_OCSP_CHECK_INTERVAL,
             manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,
             pending_acme: Vec::new(),
         }

@@ -12,7 +12,10 @@ mod manage;
 mod retry;
 
 pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};
-pub use builder::{ConfigBuilder, DEFAULT_RENEWAL_RATIO};
+pub use builder::{
+    ConfigBuilder, DEFAULT_OCSP_CHECK_INTERVAL, DEFAULT_RENEW_INTERVAL, DEFAULT_RENEWAL_RATIO,
+    MAX_CHECK_INTERVAL,
+};
 pub(crate) use lifecycle::RenewMode;
 pub use manage::DEFAULT_MANAGE_CONCURRENCY;
 use manage::Managed;

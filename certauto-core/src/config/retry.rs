@@ -146,8 +146,6 @@ impl Config {
         match self.renew_inner(ids, mode, Some((attempt, next))).await {
             Ok(_) => {
                 self.set_retry_state(&primary, None).await;
-                // The ARI state of the replaced certificate is stale.
-                self.maintenance_states().remove(&primary);
                 RenewOutcome::Renewed
             }
             Err(e) => {

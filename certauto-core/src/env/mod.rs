@@ -145,7 +145,7 @@ impl EnvSettings {
             Some(path) => {
                 let pem = std::fs::read(&path)
                     .map_err(|e| bad("CERTAUTO_CA_ROOTS", format!("{path}: {e}")))?;
-                crate::acme::parse_pem_roots(&pem)
+                crate::acme::http::parse_pem_roots(&pem)
                     .map_err(|e| bad("CERTAUTO_CA_ROOTS", format!("{path}: {e}")))?
             }
             None => Vec::new(),

@@ -598,7 +598,7 @@ impl AcmeIssuer {
         Ok(())
     }
 
-    fn authz_failed(&self, p: &Presented, problem: Option<crate::acme::Problem>) -> Error {
+    fn authz_failed(&self, p: &Presented, problem: Option<crate::acme::problem::Problem>) -> Error {
         AcmeError::AuthorizationFailed {
             identifier: p.challenge.identifier.to_string(),
             challenge: Some(p.challenge.challenge_type.clone()),
@@ -719,7 +719,7 @@ impl Issuer for AcmeIssuer {
             Err(Error::Acme(AcmeError::Problem { url, problem, .. }))
                 if request.replaces.is_some()
                     && url == client.directory().new_order
-                    && problem.kind() != crate::acme::ProblemType::RateLimited =>
+                    && problem.kind() != crate::acme::problem::ProblemType::RateLimited =>
             {
                 tracing::warn!(problem = %problem, "the CA refused the order naming the certificate it replaces; ordering without `replaces`");
                 let request = request.replaces(None);
@@ -751,7 +751,7 @@ impl Issuer for AcmeIssuer {
             Ok(()) => Ok(()),
             // Issued to another account: the certificate key can still revoke it.
             Err(AcmeError::Problem { problem, .. })
-                if problem.kind() == crate::acme::ProblemType::Unauthorized =>
+                if problem.kind() == crate::acme::problem::ProblemType::Unauthorized =>
             {
                 self.revoke_with_certificate_key(certificate, reason).await
             }

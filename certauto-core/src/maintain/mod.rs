@@ -1,4 +1,26 @@
-#![doc = include_str!("overview.md")]
+//! Maintenance: the background task that keeps certificates valid.
+//!
+//! Data flows one way: maintenance decides *when* and asks the lifecycle
+//! ([`Config::renew_with_backoff`](crate::Config), `config/retry.rs`) to renew;
+//! the lifecycle goes through the issuer set, the certificate store and the
+//! cache. Nothing below calls back into maintenance: OCSP reports a revoked
+//! certificate ([`Config::report_revoked`]) and maintenance renews it.
+//!
+//! - `mod.rs` (this file): the task ([`start_maintenance`]), its
+//!   [`MaintenanceHandle`] and its shutdown (the cache's stop signal).
+//! - [`state`]: the typed per-certificate state (the CA's ARI window and the
+//!   time chosen in it, by primary name, for one serial).
+//! - [`renew`]: deciding what is due and renewing it ([`Config::check_renewals`],
+//!   [`Config::check_ocsp`], revoked certificates).
+//! - [`ari`]: when a certificate is due: ARI `renewalInfo` windows (fetching,
+//!   the random time inside the window, `Retry-After`), else the renewal ratio.
+//!
+//! Retry backoff (exponential, jittered) lives in `config/backoff.rs` and the
+//! persisted retry schedule in `config/retry.rs`: they are the lifecycle's,
+//! used by every obtain and renewal, not only by maintenance. The check
+//! intervals' defaults and bounds ([`DEFAULT_RENEW_INTERVAL`](crate::DEFAULT_RENEW_INTERVAL),
+//! [`MAX_CHECK_INTERVAL`](crate::MAX_CHECK_INTERVAL)) live with the builder's
+//! setters.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -7,187 +29,17 @@ use std::time::{Duration, SystemTime};
 
 use tokio::task::JoinHandle;
 
-use crate::cache::CachedCert;
-use crate::config::{Config, RenewMode, RenewOutcome};
-use crate::error::ErrorChain;
-use crate::identifier::Identifier;
+use crate::config::Config;
 
+mod ari;
+mod renew;
 pub(crate) mod state;
 
-use crate::config::backoff::{random_in, saturating_add};
-use state::{AriState, AriWindow};
+pub use renew::RenewalReport;
 
-/// The default interval between renewal checks.
-pub const DEFAULT_RENEW_INTERVAL: Duration = Duration::from_secs(600);
-/// The longest interval between checks accepted from configuration (a year);
-/// longer values are clamped to it.
-pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
-/// How long to wait before asking the CA for a new ARI window, when it does
-/// not say (`Retry-After`).
-const ARI_DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
-const ARI_MIN_RECHECK: Duration = Duration::from_secs(60);
-const ARI_MAX_RECHECK: Duration = Duration::from_secs(24 * 3600);
-/// After a failed ARI request, the ratio rules until this much later.
-const ARI_ERROR_RECHECK: Duration = Duration::from_secs(3600);
 /// The longest the maintenance task sleeps between looks at the retry
 /// schedule (it also wakes whenever a retry is scheduled).
 const MAX_RETRY_SLEEP: Duration = Duration::from_secs(3600);
-
-/// What one renewal check did.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RenewalReport {
-    /// Managed certificates looked at.
-    pub checked: usize,
-    /// Primary names that were due.
-    pub due: Vec<String>,
-    /// Primary names renewed (or found renewed by another instance).
-    pub renewed: Vec<String>,
-    /// Primary names whose renewal failed (a retry is scheduled).
-    pub failed: Vec<String>,
-    /// Primary names due but waiting for their retry time.
-    pub deferred: Vec<String>,
-}
-
-impl Config {
-    /// When `entry` is due: the time chosen in its ARI window, else the ratio.
-    async fn renewal_time(
-        &self,
-        primary: &Identifier,
-        entry: &CachedCert,
-        now: SystemTime,
-    ) -> SystemTime {
-        let lifetime = entry
-            .not_after()
-            .duration_since(entry.not_before())
-            .unwrap_or(Duration::ZERO);
-        let by_ratio = saturating_add(
-            entry.not_before(),
-            lifetime.mul_f64(1.0 - self.renewal_ratio()),
-        );
-        let (Some(cert_id), Some(issuer)) =
-            (entry.ari_cert_id(), self.issuer_by_key(entry.issuer_key()))
-        else {
-            return by_ratio;
-        };
-        let cached = {
-            let states = self.maintenance_states();
-            states
-                .get(primary)
-                .filter(|a| a.serial == entry.serial())
-                .map(|a| (a.window, a.next_fetch))
-        };
-        let window = match cached {
-            Some((window, next_fetch)) if now < next_fetch => window,
-            previous => {
-                let fetched = match issuer.renewal_info(cert_id).await {
-                    Ok(Some(info)) => {
-                        let same_window = previous
-                            .and_then(|(window, _)| window)
-                            .filter(|w| w.start == info.window_start && w.end == info.window_end);
-                        let chosen = same_window.map_or_else(
-                            || random_in(info.window_start, info.window_end),
-                            |w| w.chosen,
-                        );
-                        let recheck = info
-                            .retry_after
-                            .unwrap_or(ARI_DEFAULT_RECHECK)
-                            .clamp(ARI_MIN_RECHECK, ARI_MAX_RECHECK);
-                        tracing::debug!(serial = entry.serial(), ?recheck, "ARI window fetched");
-                        AriState {
-                            serial: entry.serial().to_owned(),
-                            window: Some(AriWindow {
-                                start: info.window_start,
-                                end: info.window_end,
-                                chosen,
-                            }),
-                            next_fetch: saturating_add(now, recheck),
-                        }
-                    }
-                    Ok(None) => AriState {
-                        serial: entry.serial().to_owned(),
-                        window: None,
-                        next_fetch: saturating_add(now, ARI_MAX_RECHECK),
-                    },
-                    Err(e) => {
-                        tracing::warn!(serial = entry.serial(), error = %ErrorChain(&e), "ARI request failed; using the renewal ratio");
-                        AriState {
-                            serial: entry.serial().to_owned(),
-                            window: None,
-                            next_fetch: saturating_add(now, ARI_ERROR_RECHECK),
-                        }
-                    }
-                };
-                let window = fetched.window;
-                self.maintenance_states().insert(primary.clone(), fetched);
-                window
-            }
-        };
-        match window {
-            Some(w) => w.chosen.min(entry.not_after()),
-            None => by_ratio,
-        }
-    }
-
-    /// One renewal check over every managed certificate; see
-    /// [`start_maintenance`]. Certificates an OCSP check found revoked are
-    /// renewed first. Returns what it did.
-    pub async fn check_renewals(&self) -> RenewalReport {
-        let mut report = RenewalReport::default();
-        self.renew_revoked(&mut report.renewed, &mut report.failed)
-            .await;
-        for ids in self.managed_snapshot().iter() {
-            if self.cache().is_stopped() {
-                break;
-            }
-            let primary = &ids[0];
-            let now = self.clock().now();
-            report.checked += 1;
-            let mode = match self.cache().get(&primary.as_str()) {
-                Some(entry) => {
-                    if now < self.renewal_time(primary, &entry, now).await {
-                        continue;
-                    }
-                    RenewMode::Replace(entry.serial().to_owned())
-                }
-                // Managed but never obtained (a first obtain failed): obtain it.
-                None => RenewMode::IfDue,
-            };
-            let name = primary.to_string();
-            report.due.push(name.clone());
-            match self.renew_with_backoff(ids.clone(), mode).await {
-                RenewOutcome::Renewed => report.renewed.push(name),
-                RenewOutcome::Failed(_) => report.failed.push(name),
-                RenewOutcome::Deferred => report.deferred.push(name),
-            }
-        }
-        report
-    }
-
-    /// One OCSP pass (see [`crate::ocsp`]), then the renewal of every
-    /// certificate the responder reported revoked, at once.
-    pub async fn check_ocsp(&self) -> crate::OcspReport {
-        let mut report = self.staple_pass().await;
-        self.renew_revoked(&mut report.renewed, &mut report.failed)
-            .await;
-        report
-    }
-
-    /// Renews the certificates OCSP reported revoked (see
-    /// [`Config::report_revoked`]); pushes the primary names to `renewed` or `failed`.
-    async fn renew_revoked(&self, renewed: &mut Vec<String>, failed: &mut Vec<String>) {
-        for (ids, serial) in self.take_revoked() {
-            let name = ids[0].to_string();
-            match self
-                .renew_with_backoff(ids, RenewMode::Replace(serial))
-                .await
-            {
-                RenewOutcome::Renewed => renewed.push(name),
-                RenewOutcome::Failed(_) | RenewOutcome::Deferred => failed.push(name),
-            }
-        }
-    }
-}
 
 /// The handle of the maintenance task: await it after
 /// [`CertCache::stop`](crate::CertCache::stop) for a graceful shutdown.

@@ -31,6 +31,13 @@
 //!
 //! Time comes from the config's [`Clock`](crate::Clock).
 //!
+//! Stapling needs nothing from this module; the report of a check,
+//! [`OcspReport`](crate::OcspReport), is at the crate root. This module holds
+//! the protocol pieces for users who check or staple OCSP responses
+//! themselves: [`request`] builds an `OCSPRequest`, [`fetch`] sends it,
+//! [`verify`] checks the answer as above into an [`OcspResponse`], and
+//! [`query`] does all three.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use std::time::Duration;
@@ -51,13 +58,10 @@ use std::time::{Duration, SystemTime};
 
 use crate::error::OcspError;
 
-mod staple;
+pub(crate) mod staple;
 mod verify;
 
 pub use verify::{request, verify};
-
-/// The default interval between OCSP checks of [`start_maintenance`](crate::start_maintenance).
-pub const DEFAULT_OCSP_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The largest OCSP response accepted, from a responder or from storage.
 pub const OCSP_RESPONSE_LIMIT: usize = 64 * 1024;
 /// How far in the future `thisUpdate` may be (clock skew between us and the responder).
@@ -201,24 +205,6 @@ impl OcspResponse {
             .unwrap_or(Duration::ZERO);
         self.this_update + validity / 2
     }
-}
-
-/// What one OCSP check ([`Config::check_ocsp`](crate::Config::check_ocsp)) did. Names are primary names.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct OcspReport {
-    /// Managed certificates with an OCSP responder that were looked at.
-    pub checked: usize,
-    /// Certificates that got a new staple (fetched, or loaded from storage).
-    pub refreshed: Vec<String>,
-    /// Certificates the responder reported revoked.
-    pub revoked: Vec<String>,
-    /// Revoked certificates that were renewed (or found renewed by another instance).
-    pub renewed: Vec<String>,
-    /// Certificates for which no usable response could be had (a still-valid
-    /// staple keeps being served; a stale one was removed), or whose renewal
-    /// after revocation failed or waits for its retry time.
-    pub failed: Vec<String>,
 }
 
 // ----- fetching -------------------------------------------------------------

@@ -4,13 +4,31 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{OcspReport, OcspResponse, OcspStatus, query, verify};
+use super::{OcspResponse, OcspStatus, query, verify};
 use crate::cache::CachedCert;
 use crate::config::Config;
 use crate::error::OcspError;
 use crate::events::Event;
 use crate::identifier::Identifier;
 use crate::storage::keys;
+
+/// What one OCSP check ([`Config::check_ocsp`]) did. Names are primary names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OcspReport {
+    /// Managed certificates with an OCSP responder that were looked at.
+    pub checked: usize,
+    /// Certificates that got a new staple (fetched, or loaded from storage).
+    pub refreshed: Vec<String>,
+    /// Certificates the responder reported revoked.
+    pub revoked: Vec<String>,
+    /// Revoked certificates that were renewed (or found renewed by another instance).
+    pub renewed: Vec<String>,
+    /// Certificates for which no usable response could be had (a still-valid
+    /// staple keeps being served; a stale one was removed), or whose renewal
+    /// after revocation failed or waits for its retry time.
+    pub failed: Vec<String>,
+}
 
 /// What stapling one cached certificate did.
 #[derive(Debug)]

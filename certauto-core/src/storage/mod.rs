@@ -1,188 +1,46 @@
 //! Persistent storage for certificates, keys, ACME accounts, OCSP staples and locks.
 //!
-//! Everything CertAuto keeps goes through the [`Storage`] trait, so a cluster of
+//! Everything CertAuto keeps goes through the [`Storage`]
+//! trait (its docs state the contract, locks included), so a cluster of
 //! instances that share one storage backend share certificates, accounts and
-//! locks. [`FileStorage`] is the default; [`MemoryStorage`] is for tests and
-//! single-process use.
+//! locks. [`FileStorage`] is the default;
+//! [`MemoryStorage`] is for tests and single-process use.
+//! Those, the errors and the lock guard are at the crate root.
 //!
-//! Keys are `/`-separated paths of non-empty components such as
-//! `certificates/acme-v02.api.letsencrypt.org-directory/example.com/example.com.crt`.
-//! The helpers in [`keys`] build every key CertAuto uses from validated
-//! [`Identifier`](crate::Identifier)s, so user input never becomes a path directly.
+//! This module holds the storage *layout*, for people who write a backend or
+//! a tool that reads what CertAuto stored: keys are `/`-separated paths of
+//! non-empty components such as
+//! `certificates/acme-v02.api.letsencrypt.org-directory/example.com/example.com.pem`;
+//! [`keys`] builds every key CertAuto uses from validated
+//! [`Identifier`](crate::Identifier)s, so user input never becomes a path
+//! directly, and [`validate_key`] is the check a backend runs first.
 //!
 //! ```
-//! # async fn demo() -> Result<(), certauto_core::StorageError> {
-//! use certauto_core::{MemoryStorage, Storage};
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use certauto_core::storage::{keys, validate_key};
+//! use certauto_core::{Identifier, MemoryStorage, Storage};
 //!
 //! let storage = MemoryStorage::new();
-//! storage.store("a/b", b"hello").await?;
-//! assert_eq!(storage.load("a/b").await?, b"hello");
-//! assert_eq!(storage.list("a", false).await?, vec!["a/b".to_string()]);
+//! let key = keys::cert_record("local", &Identifier::parse("example.com")?);
+//! validate_key(&key)?;
+//! storage.store(&key, b"a PEM bundle: key, then chain").await?;
+//! assert_eq!(storage.list("certificates", true).await?, vec![key]);
 //! # Ok(()) }
 //! ```
 
-use std::fmt::Debug;
-use std::time::SystemTime;
-
-use async_trait::async_trait;
-
 pub(crate) mod certs;
-mod file;
+pub(crate) mod contract;
+pub(crate) mod file;
 pub mod keys;
-mod lock;
-mod memory;
+pub(crate) mod lock;
+pub(crate) mod memory;
 
-pub use file::{FileStorage, FileStorageBuilder};
-pub use lock::{LockGuard, LockLoss};
-pub use memory::MemoryStorage;
-
-/// Errors from a [`Storage`] backend.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StorageError {
-    /// The key does not exist. Backends MUST return this (and not another
-    /// variant) for a missing key, so callers can tell absence from failure.
-    #[error("storage key {0:?} not found")]
-    NotFound(String),
-    /// The key is not acceptable to the backend (empty component, `..`, absolute path...).
-    #[error("invalid storage key {key:?}: {reason}")]
-    InvalidKey {
-        /// The refused key.
-        key: String,
-        /// Why it was refused.
-        reason: &'static str,
-    },
-    /// Waiting for a lock took longer than allowed.
-    #[error("timed out waiting for lock {0:?}")]
-    LockTimeout(String),
-    /// The lock was lost while held: broken as stale by another client (its
-    /// keepalive could not refresh it in time) or taken over. The holder MUST
-    /// NOT write what the lock protects.
-    #[error("lock {0:?} was lost while held (broken or taken over by another client)")]
-    LockLost(String),
-    /// An I/O error from the backend.
-    #[error("storage I/O error on {key:?}: {source}")]
-    Io {
-        /// The key being accessed.
-        key: String,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
-    },
-    /// A backend-specific failure (network store unreachable, ...).
-    #[error("storage backend error: {0}")]
-    Backend(Box<dyn std::error::Error + Send + Sync>),
-}
-
-impl StorageError {
-    /// Whether this error means "the key does not exist".
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, StorageError::NotFound(_))
-    }
-}
-
-/// Facts about a stored key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct KeyInfo {
-    /// The key.
-    pub key: String,
-    /// When the value was last written, if the backend knows.
-    pub modified: Option<SystemTime>,
-    /// The size of the value in bytes (0 for a non-terminal key).
-    pub size: u64,
-    /// Whether the key holds a value (true) or only has keys below it (false).
-    pub is_terminal: bool,
-}
-
-impl KeyInfo {
-    /// Creates a `KeyInfo`.
-    pub fn new(key: String, modified: Option<SystemTime>, size: u64, is_terminal: bool) -> Self {
-        Self {
-            key,
-            modified,
-            size,
-            is_terminal,
-        }
-    }
-}
-
-/// A key-value store with locks, shared by every instance of a cluster.
-///
-/// # Contract
-///
-/// Implementations MUST:
-/// - be safe to call concurrently from many tasks and, for shared backends, from
-///   many processes or machines;
-/// - make [`store`](Storage::store) atomic: a concurrent or later
-///   [`load`](Storage::load) sees either the old value or the new one, never a
-///   mix, and a crash during `store` leaves the old value intact;
-/// - return [`StorageError::NotFound`] from `load`, `delete` and `stat` when the
-///   key does not exist (a `delete` of a missing key may instead succeed);
-/// - treat keys as `/`-separated paths: `list("a", false)` returns the keys
-///   directly below `a` (both values and "directories"), `list("a", true)` returns
-///   every terminal key below `a`; both return full keys, and an unknown prefix
-///   gives [`StorageError::NotFound`] or an empty list;
-/// - implement [`lock`](Storage::lock) as described in [Locks](#locks).
-///
-/// Values may hold private keys: backends MUST keep them readable by their owner
-/// only (as [`FileStorage`] does with mode 0600).
-///
-/// # Locks
-///
-/// [`lock`](Storage::lock) is a mutual-exclusion lock across every client of
-/// the storage (every task, process and machine sharing it), returning a
-/// [`LockGuard`]. A backend MUST guarantee:
-/// - **exclusion**: while a guard is held and not [lost](LockGuard::is_lost),
-///   no other client acquires the same lock;
-/// - **waiting**: `lock` waits while another client holds the lock, and
-///   fails with [`StorageError::LockTimeout`] after a bounded wait of its
-///   choosing (never forever);
-/// - **expiry**: a lock whose holder died (crash, lost network) expires, so
-///   work resumes: the holder keeps its lock alive while it holds the guard
-///   (a keepalive), and a lock not kept alive for the backend's expiry time
-///   may be broken by another client ([`FileStorage`]: 10 s by default);
-/// - **loss is reported**: when the backend finds that the holder's lock was
-///   broken or taken over, or that it could not keep it alive for longer than
-///   the expiry (so others may have broken it), it reports the loss through
-///   the [`LockLoss`] it gave the guard. It never refreshes or releases
-///   another holder's lock;
-/// - **clock steps**: a lock whose recorded time is in the future (a clock
-///   stepped back) still expires once it is no longer kept alive;
-/// - **release**: the guard's release action frees the lock only if it is
-///   still this holder's, and is safe to run from a background task (it runs
-///   there when the guard is dropped unreleased, e.g. by a cancelled future).
-///
-/// A holder may assume that, until the guard reports a loss, what it reads
-/// under the lock is not changed by other clients honouring the lock. It MUST
-/// call [`LockGuard::ensure_held`] before each write the lock protects and
-/// give up (not write) once it fails: a loss is noticed within one keepalive
-/// interval, so a holder whose writes are slow relative to that interval
-/// cannot be told about a loss sooner.
-#[async_trait]
-pub trait Storage: Send + Sync + Debug {
-    /// Stores `value` at `key`, replacing any previous value atomically.
-    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError>;
-    /// Loads the value at `key`.
-    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError>;
-    /// Deletes `key` and, if it is a directory, everything below it.
-    async fn delete(&self, key: &str) -> Result<(), StorageError>;
-    /// Whether `key` exists.
-    async fn exists(&self, key: &str) -> Result<bool, StorageError>;
-    /// Lists the keys below `prefix`, see the trait docs.
-    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError>;
-    /// Facts about `key`.
-    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError>;
-    /// Acquires the lock `name`, waiting while another client holds it (see
-    /// [Locks](#locks)). The lock is held until the guard is released or dropped.
-    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError>;
-
-    /// Where `key` lives on the local file system, for backends that keep
-    /// files (used to tell people where to find, e.g., the local CA's root).
-    fn local_path(&self, _key: &str) -> Option<std::path::PathBuf> {
-        None
-    }
-}
+// Re-exported at the crate root (their one public path); here for the
+// crate's own `crate::storage::…` paths.
+pub(crate) use contract::{KeyInfo, Storage, StorageError};
+pub(crate) use file::FileStorage;
+pub(crate) use lock::{LockGuard, LockLoss};
+pub(crate) use memory::MemoryStorage;
 
 /// Checks that a key is a relative `/`-separated path of ordinary components.
 ///

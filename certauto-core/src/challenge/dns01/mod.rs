@@ -56,14 +56,13 @@ const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Solves DNS-01 challenges through a [`DnsProvider`].
 ///
-/// sets the options. One solver may serve many orders at once.
+/// [`Dns01Solver::builder`] sets the options. One solver may serve many
+/// orders at once. It writes the record through its provider and:
 ///
-/// [`Dns01Solver`] writes the record through a [`DnsProvider`] and:
-///
-/// 1. follows a CNAME at `_acme-challenge.<name>` (at most
-///    8 hops) and writes the
-///    record where it points: delegating validation to a zone of its own, so
-///    the DNS API key can change only that zone, is the safe setup. An
+/// 1. follows a CNAME at `_acme-challenge.<name>` (at most 8 hops) and
+///    writes the record where it points: delegating validation to a zone of
+///    its own, so the DNS API key can change only that zone, is the safe
+///    setup. An
 ///    explicit [`override_domain`](Dns01SolverBuilder::override_domain)
 ///    replaces the lookup;
 /// 2. waits until every authoritative name server of the record's zone answers
