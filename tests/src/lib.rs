@@ -51,6 +51,7 @@ pub use pebble::{
     pebble_bin_dir, serial_hex,
 };
 pub use powerdns::{PowerDnsServer, PowerDnsServerBuilder};
+pub use util::{find_on_path, is_executable};
 pub use verify::SignatureOnly;
 
 /// Installs a `tracing` fmt subscriber that writes through the test harness's captured
@@ -102,6 +103,43 @@ pub fn webpki_verify_chain(
         .verify_server_cert(&leaf, &intermediates, &server_name, &[], UnixTime::now())
         .map(|_| ())
         .map_err(|e| format!("chain does not verify for {name:?}: {e}"))
+}
+
+/// A config obtaining from `pebble` (trusting its HTTPS only) with `solver`
+/// for DNS-01, on fresh in-memory storage: what the DNS-01 tests share.
+pub fn dns01_config(pebble: &Pebble, solver: certauto::Dns01Solver) -> certauto::Config {
+    let storage: Arc<dyn certauto::Storage> = Arc::new(certauto::MemoryStorage::new());
+    let issuer = certauto::AcmeIssuer::builder()
+        .ca(pebble.directory_url())
+        .email("dns@certauto.example")
+        .agreed(true)
+        .trust_roots([CertificateDer::from(pebble.https_ca_der())])
+        .only_trusted_roots()
+        .dns01_solver(solver)
+        .storage(storage.clone())
+        .build();
+    certauto::Config::builder()
+        .storage(storage)
+        .issuer(issuer)
+        .build()
+}
+
+/// Panics unless `cert` names exactly `names` and its chain verifies against
+/// Pebble's root for each of them (a wildcard through a name it covers).
+pub async fn assert_issued_for(pebble: &Pebble, cert: &certauto::Certificate, names: &[&str]) {
+    let mut sans: Vec<String> = cert.names().iter().map(|n| n.to_string()).collect();
+    sans.sort();
+    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    want.sort();
+    assert_eq!(sans, want, "the certificate's names");
+    let root = pebble.root_der(0).await;
+    let chain: Vec<Vec<u8>> = cert.chain().iter().map(|c| c.as_ref().to_vec()).collect();
+    for name in names {
+        let host = name.replace("*.", "host.");
+        if let Err(e) = webpki_verify_chain(&chain, &root, &host) {
+            panic!("{e}");
+        }
+    }
 }
 
 /// The README's examples, compiled as doc tests of this crate (which depends

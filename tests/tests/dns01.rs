@@ -18,21 +18,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use certauto::dns::{Rfc2136, Rfc2136Transport, TsigAlgorithm};
-use certauto::{
-    AcmeIssuer, Certificate, Config, Dns01Solver, Dns01SolverBuilder, DnsError, DnsProvider, Error,
-    MemoryStorage, SolverError, Storage,
-};
-use certauto_tests::{Bind, Pebble, init_tracing, webpki_verify_chain};
-use rustls_pki_types::CertificateDer;
+use certauto::{Dns01Solver, Dns01SolverBuilder, DnsError, DnsProvider, Error, SolverError};
+use certauto_tests::{Bind, Pebble, assert_issued_for, dns01_config, init_tracing};
 
 /// A TXT value of another tool, seeded in the zone before every test.
 const FOREIGN: &str = "foreign-value-not-ours";
 /// What Pebble logs when it starts validating a challenge.
 const PEBBLE_VALIDATES: &str = "Pulled a task from the Tasks queue";
-
-fn der_chain(cert: &Certificate) -> Vec<Vec<u8>> {
-    cert.chain().iter().map(|c| c.as_ref().to_vec()).collect()
-}
 
 /// The RFC 2136 provider for `bind`'s authoritative server and test key.
 fn rfc2136(bind: &Bind) -> Rfc2136 {
@@ -53,20 +45,6 @@ fn authoritative_check(provider: impl DnsProvider + 'static, bind: &Bind) -> Dns
         .polling_interval(Duration::from_millis(50))
 }
 
-fn config(pebble: &Pebble, solver: Dns01Solver) -> Config {
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let issuer = AcmeIssuer::builder()
-        .ca(pebble.directory_url())
-        .email("dns@certauto.example")
-        .agreed(true)
-        .trust_roots([CertificateDer::from(pebble.https_ca_der())])
-        .only_trusted_roots()
-        .dns01_solver(solver)
-        .storage(storage.clone())
-        .build();
-    Config::builder().storage(storage).issuer(issuer).build()
-}
-
 async fn bind_with_foreign_value() -> Bind {
     Bind::builder()
         .txt("_acme-challenge.example.test", FOREIGN)
@@ -84,31 +62,16 @@ async fn pebble_through(dns: std::net::SocketAddr) -> Pebble {
     Pebble::builder().dns_server(dns).start().await
 }
 
-/// Checks `cert` covers exactly `names` and chains to Pebble's root.
-async fn check_cert(pebble: &Pebble, cert: &Certificate, names: &[&str]) {
-    let mut sans: Vec<String> = cert.names().iter().map(|n| n.to_string()).collect();
-    sans.sort();
-    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    want.sort();
-    assert_eq!(sans, want);
-    let root = pebble.root_der(0).await;
-    for name in names {
-        // A wildcard is verified through a name it covers.
-        let host = name.replace("*.", "host.");
-        webpki_verify_chain(&der_chain(cert), &root, &host).unwrap();
-    }
-}
-
 #[tokio::test]
 async fn wildcard_and_apex_in_one_certificate_through_rfc2136_on_bind() {
     let bind = bind_with_foreign_value().await;
     let pebble = pebble_through(bind.recursive_addr()).await;
-    let config = config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
     let cert = config
         .obtain(["example.test", "*.example.test"])
         .await
         .unwrap();
-    check_cert(&pebble, &cert, &["example.test", "*.example.test"]).await;
+    assert_issued_for(&pebble, &cert, &["example.test", "*.example.test"]).await;
     // Pebble really validated (what the auth-error test checks did not happen there).
     assert!(pebble.pebble_log().contains(PEBBLE_VALIDATES));
     // Both of our values were removed; the foreign one stays.
@@ -122,13 +85,13 @@ async fn wildcard_and_apex_in_one_certificate_through_rfc2136_on_bind() {
 async fn wildcard_and_apex_as_separate_certificates_through_rfc2136() {
     let bind = bind_with_foreign_value().await;
     let pebble = pebble_through(bind.recursive_addr()).await;
-    let config = config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
     let (apex, wild) = tokio::join!(
         config.obtain(["example.test"]),
         config.obtain(["*.example.test"])
     );
-    check_cert(&pebble, &apex.unwrap(), &["example.test"]).await;
-    check_cert(&pebble, &wild.unwrap(), &["*.example.test"]).await;
+    assert_issued_for(&pebble, &apex.unwrap(), &["example.test"]).await;
+    assert_issued_for(&pebble, &wild.unwrap(), &["*.example.test"]).await;
     assert_eq!(
         bind.lookup_txt("_acme-challenge.example.test").await,
         [FOREIGN]
@@ -151,9 +114,9 @@ async fn cname_delegated_challenge_lands_in_the_delegated_zone() {
         .build()
         .unwrap();
     let writes = Arc::new(Recording::new(provider));
-    let config = config(&pebble, authoritative_check(writes.clone(), &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(writes.clone(), &bind).build());
     let cert = config.obtain(["alias.example.test"]).await.unwrap();
-    check_cert(&pebble, &cert, &["alias.example.test"]).await;
+    assert_issued_for(&pebble, &cert, &["alias.example.test"]).await;
     let created = writes.created();
     assert_eq!(created.len(), 1);
     assert_eq!(created[0], "_acme-challenge.alias.delegated.test");
@@ -168,7 +131,7 @@ async fn cname_delegated_challenge_lands_in_the_delegated_zone() {
 async fn ten_names_in_parallel_on_one_zone() {
     let bind = bind_with_foreign_value().await;
     let pebble = pebble_through(bind.recursive_addr()).await;
-    let config = config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
     let names: Vec<String> = (0..10).map(|i| format!("n{i}.example.test")).collect();
     let tasks = names.iter().map(|name| {
         let config = config.clone();
@@ -178,7 +141,7 @@ async fn ten_names_in_parallel_on_one_zone() {
     let results = futures_join_all(tasks).await;
     for (name, result) in names.iter().zip(results) {
         let cert = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-        check_cert(&pebble, &cert, &[name.as_str()]).await;
+        assert_issued_for(&pebble, &cert, &[name.as_str()]).await;
         assert!(
             bind.lookup_txt(&format!("_acme-challenge.{name}"))
                 .await
@@ -203,7 +166,7 @@ async fn a_key_bind_refuses_is_an_auth_error_before_the_ca_validates() {
         )
         .build()
         .unwrap();
-    let config = config(&pebble, authoritative_check(provider, &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(provider, &bind).build());
     let err = config.obtain(["example.test"]).await.unwrap_err();
     let dns = find_dns_error(&err).unwrap_or_else(|| panic!("not a DNS error: {err}"));
     assert!(matches!(dns, DnsError::AuthRefused { .. }), "{dns}");
@@ -226,7 +189,7 @@ async fn propagation_times_out_when_the_checked_servers_never_see_the_record() {
         .propagation_timeout(Duration::from_millis(500))
         .polling_interval(Duration::from_millis(50))
         .build();
-    let config = config(&pebble, solver);
+    let config = dns01_config(&pebble, solver);
     let err = config.obtain(["example.test"]).await.unwrap_err();
     let timeout = find_solver_error(&err).unwrap_or_else(|| panic!("{err}"));
     assert!(
@@ -249,12 +212,12 @@ async fn wildcard_and_apex_with_updates_over_udp() {
         .transport(Rfc2136Transport::Udp)
         .build()
         .unwrap();
-    let config = config(&pebble, authoritative_check(provider, &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(provider, &bind).build());
     let cert = config
         .obtain(["example.test", "*.example.test"])
         .await
         .unwrap();
-    check_cert(&pebble, &cert, &["example.test", "*.example.test"]).await;
+    assert_issued_for(&pebble, &cert, &["example.test", "*.example.test"]).await;
     assert_eq!(
         bind.lookup_txt("_acme-challenge.example.test").await,
         [FOREIGN]
@@ -285,9 +248,9 @@ async fn an_hmac_sha512_key() {
     assert!(matches!(err, DnsError::AuthRefused { .. }), "{err}");
 
     let pebble = pebble_through(bind.recursive_addr()).await;
-    let config = config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
+    let config = dns01_config(&pebble, authoritative_check(rfc2136(&bind), &bind).build());
     let cert = config.obtain(["www.example.test"]).await.unwrap();
-    check_cert(&pebble, &cert, &["www.example.test"]).await;
+    assert_issued_for(&pebble, &cert, &["www.example.test"]).await;
     assert!(
         bind.lookup_txt("_acme-challenge.www.example.test")
             .await

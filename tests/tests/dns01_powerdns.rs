@@ -9,15 +9,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use certauto::dns::PowerDns;
-use certauto::{
-    AcmeIssuer, Certificate, Config, Dns01Solver, DnsError, DnsProvider, MemoryStorage, Storage,
-};
-use certauto_tests::{Pebble, PowerDnsServer, init_tracing, webpki_verify_chain};
-use rustls_pki_types::CertificateDer;
+use certauto::{Dns01Solver, DnsError, DnsProvider};
+use certauto_tests::{Pebble, PowerDnsServer, assert_issued_for, dns01_config, init_tracing};
 
 /// A TXT value of another tool, seeded at `_acme-challenge.example.test`.
 const FOREIGN: &str = "foreign-value-not-ours";
@@ -39,39 +35,6 @@ fn provider(pdns: &PowerDnsServer) -> PowerDns {
         .unwrap()
 }
 
-fn config(pebble: &Pebble, solver: Dns01Solver) -> Config {
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
-    let issuer = AcmeIssuer::builder()
-        .ca(pebble.directory_url())
-        .email("dns@certauto.example")
-        .agreed(true)
-        .trust_roots([CertificateDer::from(pebble.https_ca_der())])
-        .only_trusted_roots()
-        .dns01_solver(solver)
-        .storage(storage.clone())
-        .build();
-    Config::builder().storage(storage).issuer(issuer).build()
-}
-
-fn der_chain(cert: &Certificate) -> Vec<Vec<u8>> {
-    cert.chain().iter().map(|c| c.as_ref().to_vec()).collect()
-}
-
-/// Checks `cert` covers exactly `names` and chains to Pebble's root for each.
-async fn check_cert(pebble: &Pebble, cert: &Certificate, names: &[&str]) {
-    let mut sans: Vec<String> = cert.names().iter().map(|n| n.to_string()).collect();
-    sans.sort();
-    let mut want: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
-    want.sort();
-    assert_eq!(sans, want);
-    let root = pebble.root_der(0).await;
-    for name in names {
-        // A wildcard is verified through a name it covers.
-        let host = name.replace("*.", "host.");
-        webpki_verify_chain(&der_chain(cert), &root, &host).unwrap();
-    }
-}
-
 #[tokio::test]
 async fn wildcard_and_apex_in_one_certificate_through_powerdns() {
     let pdns = powerdns_with_foreign_value().await;
@@ -83,12 +46,12 @@ async fn wildcard_and_apex_in_one_certificate_through_powerdns() {
         .propagation_timeout(Duration::from_secs(30))
         .polling_interval(Duration::from_millis(50))
         .build();
-    let config = config(&pebble, solver);
+    let config = dns01_config(&pebble, solver);
     let cert = config
         .obtain(["example.test", "*.example.test"])
         .await
         .unwrap();
-    check_cert(&pebble, &cert, &["example.test", "*.example.test"]).await;
+    assert_issued_for(&pebble, &cert, &["example.test", "*.example.test"]).await;
     // Both of our values were removed; the foreign one stays.
     assert_eq!(pdns.lookup_txt(CHALLENGE_NAME).await, [FOREIGN]);
 }

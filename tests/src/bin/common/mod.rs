@@ -9,13 +9,12 @@
 pub(crate) mod lego;
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use certauto::{Certificate, Config, Identifier, KeyType};
-use certauto_tests::webpki_verify_chain;
+pub(crate) use certauto_tests::{find_on_path, is_executable, webpki_verify_chain};
 use tokio::task::JoinSet;
 
 /// A benchmark step's result; the error says what failed, for the report.
@@ -139,21 +138,6 @@ where
 }
 
 // ----- tools -----
-
-/// An executable named `name` on `PATH`.
-pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .filter(|dir| !dir.as_os_str().is_empty())
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
-}
-
-/// Whether `path` is an executable file.
-pub(crate) fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
 
 /// The last `lines` lines of `text`.
 pub(crate) fn tail(text: &str, lines: usize) -> String {
