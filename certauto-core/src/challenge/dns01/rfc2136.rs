@@ -149,9 +149,13 @@ pub enum Rfc2136Transport {
 /// the connection was made to, so an unsigned error answer cannot be
 /// injected by another host, and a lost answer is an error rather than an
 /// unknown outcome. UDP ([`Rfc2136Transport::Udp`]) is there for servers or
-/// firewalls that accept updates only over UDP; answers whose signature
-/// does not verify are then ignored, and a truncated answer is fetched again
-/// over TCP.
+/// firewalls that accept updates only over UDP; a datagram anyone could
+/// forge is then ignored (and the wait goes on for the real answer): an
+/// answer whose signature does not verify, and an unsigned error answer
+/// other than the TSIG errors `BADSIG` and `BADKEY`, which RFC 8945 §5.3.2
+/// sends unsigned (and `BADTIME`, signed at a time our clock may refuse).
+/// A truncated answer is fetched again over TCP. Over either transport, a
+/// signed answer counts only when its signature verifies.
 ///
 /// **Errors.** The server's response codes map to [`DnsError`]:
 /// `NOTAUTH` and the TSIG errors `BADSIG`, `BADKEY`, `BADTIME` are
@@ -488,7 +492,7 @@ impl Rfc2136 {
         let answer = tcp_exchange_raw(self.server, bytes)
             .await
             .map_err(|e| query_error(e, checker.fqdn))?;
-        match checker.judge(&answer) {
+        match checker.judge(&answer, false) {
             Verdict::Done => Ok(()),
             Verdict::Failed(e) => Err(e),
             Verdict::Truncated => Err(DnsError::rejected(
@@ -520,7 +524,7 @@ impl Rfc2136 {
         for _ in 0..MAX_DATAGRAMS {
             let len = socket.recv(&mut buf).await.map_err(io)?;
             let datagram = buf.get(..len).unwrap_or_default();
-            match checker.judge(datagram) {
+            match checker.judge(datagram, true) {
                 Verdict::Done => return Ok(()),
                 Verdict::Failed(e) => return Err(e),
                 Verdict::Truncated => {
@@ -549,7 +553,8 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn judge(&mut self, bytes: &[u8]) -> Verdict {
+    /// What `bytes`, received over UDP or TCP, mean for our update.
+    fn judge(&mut self, bytes: &[u8], udp: bool) -> Verdict {
         let message = match Message::from_vec(bytes) {
             Ok(m) => m,
             Err(e) => return Verdict::NotOurs(format!("undecodable: {e}")),
@@ -573,9 +578,28 @@ impl Checker<'_> {
                 Err(e) => Verdict::NotOurs(format!("its TSIG signature does not verify: {e}")),
             };
         }
-        // Error answers to a bad key are unsigned by design (RFC 8945
-        // §5.3.2); trusting an unsigned error can only make us fail.
         let tsig_error = message.signature.as_ref().and_then(|s| s.data.error);
+        match (&message.signature, tsig_error) {
+            // The answers to a request the server could not check carry the
+            // TSIG error unsigned (BADSIG, BADKEY: RFC 8945 §5.3.2), or
+            // signed at a time our clock may not accept (BADTIME): taken
+            // as they are, since they can only make us fail.
+            (Some(_), Some(TsigError::BadSig | TsigError::BadKey | TsigError::BadTime)) => {}
+            // Any other signed answer counts only when its signature verifies.
+            (Some(_), _) => {
+                if let Err(e) = self.verifier.verify(bytes) {
+                    return Verdict::NotOurs(format!(
+                        "{code} answer whose TSIG signature does not verify: {e}"
+                    ));
+                }
+            }
+            // An unsigned error over UDP may come from anyone who guessed
+            // the id; over TCP it comes from the server connected to.
+            (None, _) if udp => {
+                return Verdict::NotOurs(format!("unsigned {code} answer over UDP"));
+            }
+            (None, _) => {}
+        }
         Verdict::Failed(classify(code, tsig_error, self.fqdn))
     }
 }
@@ -1054,13 +1078,7 @@ mod tests {
             "{err}"
         );
         // Signed with another secret: not trusted either.
-        let other = TSigner::new(
-            b"another secret".to_vec(),
-            HickoryTsigAlgorithm::HmacSha256,
-            Name::from_ascii("acme-key.").unwrap(),
-            FUDGE,
-        )
-        .unwrap();
+        let other = forger();
         let (addr, _) = fake_tcp(Arc::new(move |req| {
             vec![answer(req, ResponseCode::NoError, Some(&other))]
         }))
@@ -1112,6 +1130,119 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen.raw().len(), 1);
+    }
+
+    /// A signer with the right key name but another secret: what a forger
+    /// without the secret can produce at best.
+    fn forger() -> TSigner {
+        TSigner::new(
+            b"another secret".to_vec(),
+            HickoryTsigAlgorithm::HmacSha256,
+            Name::from_ascii("acme-key.").unwrap(),
+            FUDGE,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn udp_skips_forged_error_answers() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, _) = fake_udp(Arc::new(move |req| {
+            // What an off-path forger could send before the real answer:
+            // an unsigned REFUSED, a NOTAUTH signed with another secret.
+            vec![
+                answer(req, ResponseCode::Refused, None),
+                answer(req, ResponseCode::NotAuth, Some(&forger())),
+                answer(req, ResponseCode::NoError, Some(&signer)),
+            ]
+        }))
+        .await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .build()
+            .unwrap();
+        dns.create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap();
+
+        // Alone, a forged error is no answer: the update times out (retried).
+        let (addr, _) = fake_udp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, None)]
+        }))
+        .await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn udp_takes_signed_errors_and_the_unsigned_tsig_errors() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, _) = fake_udp(Arc::new(move |req| {
+            vec![answer(req, ResponseCode::Refused, Some(&signer))]
+        }))
+        .await;
+        let udp = |addr| {
+            provider(addr)
+                .zone("example.test")
+                .transport(Rfc2136Transport::Udp)
+                .build()
+                .unwrap()
+        };
+        let err = udp(addr)
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("REFUSED")),
+            "{err}"
+        );
+        // BADSIG comes unsigned (RFC 8945 §5.3.2) and still counts.
+        let (addr, _) = fake_udp(Arc::new(|req| vec![bad_signature(req)])).await;
+        let err = udp(addr)
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("BADSIG")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_trusts_unsigned_errors_but_not_badly_signed_ones() {
+        let (addr, _) = fake_tcp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, None)]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::AuthRefused { .. }), "{err}");
+        let (addr, _) = fake_tcp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, Some(&forger()))]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::Rejected { detail, .. } if detail.contains("does not verify")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
