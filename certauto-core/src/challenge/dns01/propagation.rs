@@ -198,12 +198,13 @@ impl Lookup {
     }
 
     /// The zone holding `name`: the owner of the SOA in the answer (or the
-    /// authority section of a negative answer), walking up the labels.
+    /// authority section of a negative answer) that encloses the name asked,
+    /// walking up the labels.
     pub(crate) async fn find_zone(&self, name: &Name) -> Result<Name, LookupError> {
         let mut candidate = name.clone();
         for _ in 0..=name.num_labels() {
             let answer = self.recursive(&candidate, RecordType::SOA).await?;
-            if let Some(zone) = answer.soa_owner() {
+            if let Some(zone) = answer.soa_owner(&candidate) {
                 return Ok(zone);
             }
             if candidate.is_root() {

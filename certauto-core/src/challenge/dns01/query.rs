@@ -72,14 +72,18 @@ impl Answer {
         })
     }
 
-    /// The owner of an SOA record in the answer or authority section: the
-    /// zone the question's name belongs to.
-    pub(crate) fn soa_owner(&self) -> Option<Name> {
+    /// The zone `name` belongs to, by this answer: the deepest owner of an
+    /// SOA record in the answer or authority section that encloses `name`
+    /// (an answer that followed a CNAME may carry the target zone's SOA
+    /// too, and an SOA of an unrelated zone says nothing about `name`).
+    pub(crate) fn soa_owner(&self, name: &Name) -> Option<Name> {
         self.message
             .answers
             .iter()
             .chain(self.message.authorities.iter())
-            .find_map(|r| matches!(&r.data, RData::SOA(_)).then(|| r.name.clone()))
+            .filter(|r| matches!(r.data, RData::SOA(_)) && r.name.zone_of(name))
+            .map(|r| r.name.clone())
+            .max_by_key(Name::num_labels)
     }
 
     /// The NS targets in the answer section.
@@ -285,6 +289,38 @@ mod tests {
                 "10.0.0.2:53".parse().unwrap(),
             ]
         );
+    }
+
+    #[test]
+    fn the_soa_owner_encloses_the_name() {
+        use hickory_proto::op::OpCode;
+        use hickory_proto::rr::Record;
+        use hickory_proto::rr::rdata::SOA;
+
+        let name = |text: &str| Name::from_ascii(text).unwrap();
+        let soa = |zone: &str| {
+            let rdata = SOA::new(name("ns.test."), name("admin.test."), 1, 60, 60, 600, 1);
+            Record::from_rdata(name(zone), 60, RData::SOA(rdata))
+        };
+        let answer = |answers: Vec<Record>, authorities: Vec<Record>| {
+            let mut message = Message::response(1, OpCode::Query);
+            message.add_answers(answers);
+            message.add_authorities(authorities);
+            Answer {
+                code: ResponseCode::NoError,
+                message,
+            }
+        };
+        let asked = name("_acme-challenge.www.example.test.");
+        // An unrelated zone's SOA first, then the enclosing zones'.
+        let a = answer(
+            vec![soa("other.test."), soa("example.test.")],
+            vec![soa("www.example.test."), soa("deeper.www.example.test.")],
+        );
+        assert_eq!(a.soa_owner(&asked), Some(name("www.example.test.")));
+        let a = answer(vec![soa("other.test.")], vec![soa("evil.example.")]);
+        assert_eq!(a.soa_owner(&asked), None);
+        assert_eq!(a.soa_owner(&name("other.test.")), Some(name("other.test.")));
     }
 
     #[tokio::test]

@@ -407,17 +407,7 @@ impl Rfc2136 {
                 ));
             }
         }
-        // The deepest SOA owner that contains the name (an answer that
-        // followed a CNAME may carry the target zone's SOA too).
-        answer
-            .message
-            .answers
-            .iter()
-            .chain(answer.message.authorities.iter())
-            .filter(|r| matches!(r.data, RData::SOA(_)) && r.name.zone_of(name))
-            .map(|r| r.name.clone())
-            .max_by_key(Name::num_labels)
-            .ok_or_else(not_found)
+        answer.soa_owner(name).ok_or_else(not_found)
     }
 
     /// The UPDATE message adding or deleting `value` at `name` in `zone`.
