@@ -9,6 +9,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use super::{EnvError, bad, parse_duration};
+use crate::challenge::dns01::rfc2136::Rfc2136Setting;
 use crate::challenge::{Dns01Solver, DnsError, DnsProvider};
 use crate::dns::{
     AcmeDns, ChallTestSrv, Cloudflare, Desec, DigitalOcean, Exec, Hetzner, PowerDns, Rfc2136,
@@ -102,53 +103,32 @@ impl DnsSettings {
             "rfc2136" => {
                 let server = required("CERTAUTO_DNS_SERVER")?;
                 let server = resolve_host_port("CERTAUTO_DNS_SERVER", &server)?;
-                let mut builder = Rfc2136::builder(server);
-                match (
-                    var("CERTAUTO_DNS_TSIG_NAME"),
-                    var("CERTAUTO_DNS_TSIG_SECRET"),
-                ) {
-                    (Some(key), Some(secret)) => {
-                        let alg = var("CERTAUTO_DNS_TSIG_ALG")
-                            .unwrap_or_else(|| "hmac-sha256".to_owned())
-                            .to_ascii_lowercase();
-                        let alg: TsigAlgorithm = alg.parse().map_err(|_| {
-                            bad(
-                                "CERTAUTO_DNS_TSIG_ALG",
-                                format!(
-                                    "{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"
-                                ),
-                            )
-                        })?;
-                        use base64::Engine as _;
-                        if base64::engine::general_purpose::STANDARD
-                            .decode(secret.as_bytes())
-                            .map_or(true, |k| k.is_empty())
-                        {
-                            return Err(bad(
-                                "CERTAUTO_DNS_TSIG_SECRET",
-                                "must be non-empty base64",
-                            ));
-                        }
-                        builder = builder.tsig(key, secret, alg);
-                    }
-                    (None, None) => {}
-                    (Some(_), None) => {
-                        return Err(bad(
-                            "CERTAUTO_DNS_TSIG_SECRET",
-                            "required with CERTAUTO_DNS_TSIG_NAME",
-                        ));
-                    }
-                    (None, Some(_)) => {
-                        return Err(bad(
-                            "CERTAUTO_DNS_TSIG_NAME",
-                            "required with CERTAUTO_DNS_TSIG_SECRET",
-                        ));
-                    }
-                }
+                let key = required("CERTAUTO_DNS_TSIG_NAME")?;
+                let secret = required("CERTAUTO_DNS_TSIG_SECRET")?;
+                let alg = var("CERTAUTO_DNS_TSIG_ALG").unwrap_or_else(|| "hmac-sha256".to_owned());
+                let alg: TsigAlgorithm = alg.parse().map_err(|_| {
+                    bad(
+                        "CERTAUTO_DNS_TSIG_ALG",
+                        format!("{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"),
+                    )
+                })?;
+                let mut builder = Rfc2136::builder(server).tsig(key, secret, alg);
                 if let Some(zone) = var("CERTAUTO_DNS_ZONE") {
                     builder = builder.zone(zone);
                 }
-                built("CERTAUTO_DNS_SERVER", builder.build())?
+                // The provider checks its settings (the secret with its own
+                // base64 decoder) and says which one it refuses.
+                match builder.build_naming_setting() {
+                    Ok(provider) => Arc::new(provider),
+                    Err((setting, e)) => {
+                        let var = match setting {
+                            Rfc2136Setting::TsigKeyName => "CERTAUTO_DNS_TSIG_NAME",
+                            Rfc2136Setting::TsigSecret => "CERTAUTO_DNS_TSIG_SECRET",
+                            Rfc2136Setting::Zone => "CERTAUTO_DNS_ZONE",
+                        };
+                        return Err(bad(var, e.to_string()));
+                    }
+                }
             }
             "powerdns" => {
                 let url = url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?;
@@ -400,6 +380,14 @@ mod tests {
                 }
             }
         }
+        // The provider's own decoder reads the secret: padding is optional.
+        let unpadded = read(&[
+            ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+            ("CERTAUTO_DNS_SERVER", "127.0.0.1:5353"),
+            ("CERTAUTO_DNS_TSIG_NAME", "acme-key"),
+            ("CERTAUTO_DNS_TSIG_SECRET", SECRET.trim_end_matches('=')),
+        ]);
+        assert!(unpadded.is_ok(), "{unpadded:?}");
         let last = read(cases.last().unwrap()).unwrap();
         assert_eq!(last.resolvers.len(), 2);
         assert_eq!(last.propagation_timeout, Some(Duration::from_secs(90)));
@@ -432,6 +420,40 @@ mod tests {
                     ("CERTAUTO_DNS_TSIG_SECRET", "not base64!"),
                 ],
                 "CERTAUTO_DNS_TSIG_SECRET",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "bad..key"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "k"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                    ("CERTAUTO_DNS_ZONE", "bad..zone"),
+                ],
+                "CERTAUTO_DNS_ZONE",
             ),
             (
                 &[
@@ -512,5 +534,15 @@ mod tests {
             let err = read(pairs).unwrap_err();
             assert_eq!(err.var, *var, "{pairs:?}: {err}");
         }
+        // A secret refused is not quoted.
+        let err = read(&[
+            ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+            ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+            ("CERTAUTO_DNS_TSIG_NAME", "k"),
+            ("CERTAUTO_DNS_TSIG_SECRET", "hunter2 hunter2"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "CERTAUTO_DNS_TSIG_SECRET");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

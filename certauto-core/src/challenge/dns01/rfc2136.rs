@@ -289,21 +289,35 @@ impl Rfc2136Builder {
     /// [`DnsError::Config`] when no TSIG key was given, the secret is not
     /// base64 or empty, or the key name or zone is not a DNS name.
     pub fn build(self) -> Result<Rfc2136, DnsError> {
+        self.build_naming_setting().map_err(|(_, e)| e)
+    }
+
+    /// Like [`build`](Self::build), saying which setting an error is
+    /// about (for readers of settings that name them, such as the
+    /// `CERTAUTO_DNS_*` variables).
+    pub(crate) fn build_naming_setting(self) -> Result<Rfc2136, (Rfc2136Setting, DnsError)> {
         let Some((key_name, secret, algorithm)) = self.tsig else {
-            return Err(DnsError::config(
-                PROVIDER,
-                "a TSIG key is required (Rfc2136Builder::tsig)",
+            return Err((
+                Rfc2136Setting::TsigKeyName,
+                DnsError::config(PROVIDER, "a TSIG key is required (Rfc2136Builder::tsig)"),
             ));
         };
-        let key_name = dns_name(&key_name, "TSIG key name")?;
-        let key = decode_secret(&secret)?;
-        let signer = TSigner::new(key, algorithm.to_hickory(), key_name.clone(), FUDGE)
-            .map_err(|e| DnsError::config(PROVIDER, format!("TSIG key unusable: {e}")))?;
+        let key_name =
+            dns_name(&key_name, "TSIG key name").map_err(|e| (Rfc2136Setting::TsigKeyName, e))?;
+        let key = decode_secret(&secret).map_err(|e| (Rfc2136Setting::TsigSecret, e))?;
+        let signer =
+            TSigner::new(key, algorithm.to_hickory(), key_name.clone(), FUDGE).map_err(|e| {
+                (
+                    Rfc2136Setting::TsigSecret,
+                    DnsError::config(PROVIDER, format!("TSIG key unusable: {e}")),
+                )
+            })?;
         let zone = self
             .zone
             .as_deref()
             .map(|zone| dns_name(zone, "zone"))
-            .transpose()?;
+            .transpose()
+            .map_err(|e| (Rfc2136Setting::Zone, e))?;
         Ok(Rfc2136 {
             server: self.server,
             signer,
@@ -315,6 +329,17 @@ impl Rfc2136Builder {
             ttl: self.ttl,
         })
     }
+}
+
+/// The setting an [`Rfc2136Builder::build`] error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rfc2136Setting {
+    /// The TSIG key's name (or the key, when none was given).
+    TsigKeyName,
+    /// The TSIG key's secret.
+    TsigSecret,
+    /// The zone.
+    Zone,
 }
 
 /// `text` as an absolute, lower-case DNS name.
