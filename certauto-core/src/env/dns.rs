@@ -1,9 +1,10 @@
 //! The `CERTAUTO_DNS_*` variables: which DNS provider DNS-01 uses, its
 //! settings, and how propagation is checked.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
@@ -201,10 +202,13 @@ impl DnsSettings {
             }
             "exec" => {
                 let command = PathBuf::from(required("CERTAUTO_DNS_COMMAND")?);
-                if !command.is_file() {
+                if !program_exists(&command, std::env::var_os("PATH").as_deref()) {
                     return Err(bad(
                         "CERTAUTO_DNS_COMMAND",
-                        format!("{}: no such program", command.display()),
+                        format!(
+                            "{}: no such program (a path to a file, or a name found in PATH)",
+                            command.display()
+                        ),
                     ));
                 }
                 Arc::new(Exec::new(command))
@@ -268,6 +272,33 @@ fn built<P: DnsProvider + 'static>(
     }
 }
 
+/// Whether `program` can be run as [`Exec`] runs it: a path (anything with
+/// a `/`) to an existing file, or a bare name found in one of the `PATH`
+/// folders (`path`), as the operating system looks it up.
+fn program_exists(program: &Path, path: Option<&OsStr>) -> bool {
+    let bare = program.components().count() == 1
+        && !program.as_os_str().as_encoded_bytes().contains(&b'/');
+    if !bare {
+        return program.is_file();
+    }
+    path.map(std::env::split_paths)
+        .into_iter()
+        .flatten()
+        // An empty entry means the current folder, as for the shell.
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            }
+        })
+        .take(MAX_PATH_ENTRIES)
+        .any(|dir| dir.join(program).is_file())
+}
+
+/// The most `PATH` folders looked into.
+const MAX_PATH_ENTRIES: usize = 256;
+
 /// `host:port` (a name is resolved now, once) as a socket address.
 fn resolve_host_port(var: &'static str, value: &str) -> Result<SocketAddr, EnvError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
@@ -302,6 +333,23 @@ mod tests {
     }
 
     const SECRET: &str = "c2VjcmV0LXRzaWcta2V5LWZvci10ZXN0cw==";
+
+    #[test]
+    fn a_command_is_a_path_or_a_name_in_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("dns-hook");
+        std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        let exists = |program: &str, path: Option<&OsStr>| program_exists(Path::new(program), path);
+        assert!(exists("dns-hook", Some(&path)));
+        assert!(exists(hook.to_str().unwrap(), None));
+        assert!(!exists("dns-hook", None));
+        assert!(!exists("other-hook", Some(&path)));
+        // A name with a folder is a path, never looked up in PATH.
+        assert!(!exists("bin/dns-hook", Some(&path)));
+        assert!(!exists(dir.path().to_str().unwrap(), Some(&path)));
+        assert!(!exists("", Some(&path)));
+    }
 
     #[test]
     fn every_provider_builds_from_its_variables() {
@@ -510,6 +558,13 @@ mod tests {
                 &[
                     ("CERTAUTO_DNS_PROVIDER", "exec"),
                     ("CERTAUTO_DNS_COMMAND", "/nonexistent/hook"),
+                ],
+                "CERTAUTO_DNS_COMMAND",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "exec"),
+                    ("CERTAUTO_DNS_COMMAND", "certauto-no-such-dns-hook"),
                 ],
                 "CERTAUTO_DNS_COMMAND",
             ),
