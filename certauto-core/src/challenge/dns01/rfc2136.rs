@@ -2,7 +2,7 @@
 //! run ([`Rfc2136`] documents it).
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,12 +12,11 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm as HickoryTsigAlgorithm, TsigError};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigVerifier, TSigner};
-use tokio::net::UdpSocket;
 
 use super::http::Secret;
 use super::propagation::absolute;
 use super::provider::{DnsError, DnsProvider};
-use super::query::{QueryError, ask_over, tcp_exchange_raw};
+use super::query::{QueryError, ask_over, tcp_exchange_raw, udp_exchange_until};
 
 /// The provider's name in errors.
 const PROVIDER: &str = "rfc2136";
@@ -30,8 +29,6 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// The clock difference the server may allow (RFC 8945 §10 recommends 300 s).
 const FUDGE: u16 = 300;
-/// The most datagrams read while waiting for the answer to an update over UDP.
-const MAX_DATAGRAMS: usize = 16;
 /// The longest character-string in a TXT record.
 const MAX_TXT_STRING: usize = 255;
 
@@ -525,38 +522,34 @@ impl Rfc2136 {
 
     async fn over_udp(&self, bytes: &[u8], checker: &mut Checker<'_>) -> Result<(), DnsError> {
         let server = self.server;
-        let io = |e: std::io::Error| DnsError::transient(PROVIDER, format!("{server}: UDP: {e}"));
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await.map_err(io)?;
-        socket.connect(server).await.map_err(io)?;
-        socket.send(bytes).await.map_err(io)?;
-        let mut buf = vec![0u8; 65_535];
         let mut last = String::from("none");
-        for _ in 0..MAX_DATAGRAMS {
-            let len = socket.recv(&mut buf).await.map_err(io)?;
-            let datagram = buf.get(..len).unwrap_or_default();
+        let verdict = udp_exchange_until(server, bytes, |datagram| {
             match checker.judge(datagram, true) {
-                Verdict::Done => return Ok(()),
-                Verdict::Failed(e) => return Err(e),
-                Verdict::Truncated => {
-                    tracing::debug!(server = %server, "RFC 2136: truncated answer over UDP; asking over TCP");
-                    return self.over_tcp(bytes, checker).await;
-                }
                 // A late answer to an earlier message, or a forgery: skipped.
                 Verdict::NotOurs(why) => {
                     tracing::debug!(server = %server, reason = %why, "RFC 2136: datagram ignored");
                     last = why;
+                    None
                 }
+                verdict => Some(verdict),
             }
+        })
+        .await;
+        match verdict {
+            Ok(Verdict::Done) => Ok(()),
+            Ok(Verdict::Failed(e)) => Err(e),
+            Ok(Verdict::Truncated) => {
+                tracing::debug!(server = %server, "RFC 2136: truncated answer over UDP; asking over TCP");
+                self.over_tcp(bytes, checker).await
+            }
+            Ok(Verdict::NotOurs(_)) | Err(QueryError::Unanswered { .. }) => {
+                Err(DnsError::transient(
+                    PROVIDER,
+                    format!("{server}: no datagram answered the update (last: {last})"),
+                ))
+            }
+            Err(e) => Err(query_error(e, checker.fqdn)),
         }
-        Err(DnsError::transient(
-            PROVIDER,
-            format!("{server}: no datagram answered the update (last: {last})"),
-        ))
     }
 }
 
@@ -666,7 +659,10 @@ fn classify(code: ResponseCode, tsig_error: Option<TsigError>, fqdn: &str) -> Dn
 fn query_error(error: QueryError, fqdn: &str) -> DnsError {
     match error {
         QueryError::Encode { .. } => DnsError::rejected(PROVIDER, None, error.to_string()),
-        QueryError::Timeout { .. } | QueryError::Io { .. } | QueryError::Malformed { .. } => {
+        QueryError::Timeout { .. }
+        | QueryError::Io { .. }
+        | QueryError::Malformed { .. }
+        | QueryError::Unanswered { .. } => {
             DnsError::transient(PROVIDER, format!("{fqdn}: {error}"))
         }
     }
@@ -701,7 +697,7 @@ mod tests {
     use hickory_proto::rr::TSigResponseContext;
     use hickory_proto::rr::rdata::SOA;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, UdpSocket};
 
     use super::*;
 
