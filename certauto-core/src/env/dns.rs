@@ -1,14 +1,16 @@
 //! The `CERTAUTO_DNS_*` variables: which DNS provider DNS-01 uses, its
 //! settings, and how propagation is checked.
 
+use std::ffi::OsStr;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use std::sync::Arc;
 
 use super::{EnvError, bad, parse_duration};
+use crate::challenge::dns01::rfc2136::Rfc2136Setting;
 use crate::challenge::{Dns01Solver, DnsError, DnsProvider};
 use crate::dns::{
     AcmeDns, ChallTestSrv, Cloudflare, Desec, DigitalOcean, Exec, Hetzner, PowerDns, Rfc2136,
@@ -102,53 +104,32 @@ impl DnsSettings {
             "rfc2136" => {
                 let server = required("CERTAUTO_DNS_SERVER")?;
                 let server = resolve_host_port("CERTAUTO_DNS_SERVER", &server)?;
-                let mut builder = Rfc2136::builder(server);
-                match (
-                    var("CERTAUTO_DNS_TSIG_NAME"),
-                    var("CERTAUTO_DNS_TSIG_SECRET"),
-                ) {
-                    (Some(key), Some(secret)) => {
-                        let alg = var("CERTAUTO_DNS_TSIG_ALG")
-                            .unwrap_or_else(|| "hmac-sha256".to_owned())
-                            .to_ascii_lowercase();
-                        let alg: TsigAlgorithm = alg.parse().map_err(|_| {
-                            bad(
-                                "CERTAUTO_DNS_TSIG_ALG",
-                                format!(
-                                    "{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"
-                                ),
-                            )
-                        })?;
-                        use base64::Engine as _;
-                        if base64::engine::general_purpose::STANDARD
-                            .decode(secret.as_bytes())
-                            .map_or(true, |k| k.is_empty())
-                        {
-                            return Err(bad(
-                                "CERTAUTO_DNS_TSIG_SECRET",
-                                "must be non-empty base64",
-                            ));
-                        }
-                        builder = builder.tsig(key, secret, alg);
-                    }
-                    (None, None) => {}
-                    (Some(_), None) => {
-                        return Err(bad(
-                            "CERTAUTO_DNS_TSIG_SECRET",
-                            "required with CERTAUTO_DNS_TSIG_NAME",
-                        ));
-                    }
-                    (None, Some(_)) => {
-                        return Err(bad(
-                            "CERTAUTO_DNS_TSIG_NAME",
-                            "required with CERTAUTO_DNS_TSIG_SECRET",
-                        ));
-                    }
-                }
+                let key = required("CERTAUTO_DNS_TSIG_NAME")?;
+                let secret = required("CERTAUTO_DNS_TSIG_SECRET")?;
+                let alg = var("CERTAUTO_DNS_TSIG_ALG").unwrap_or_else(|| "hmac-sha256".to_owned());
+                let alg: TsigAlgorithm = alg.parse().map_err(|_| {
+                    bad(
+                        "CERTAUTO_DNS_TSIG_ALG",
+                        format!("{alg:?}: expected hmac-sha256, hmac-sha384 or hmac-sha512"),
+                    )
+                })?;
+                let mut builder = Rfc2136::builder(server).tsig(key, secret, alg);
                 if let Some(zone) = var("CERTAUTO_DNS_ZONE") {
                     builder = builder.zone(zone);
                 }
-                built("CERTAUTO_DNS_SERVER", builder.build())?
+                // The provider checks its settings (the secret with its own
+                // base64 decoder) and says which one it refuses.
+                match builder.build_naming_setting() {
+                    Ok(provider) => Arc::new(provider),
+                    Err((setting, e)) => {
+                        let var = match setting {
+                            Rfc2136Setting::TsigKeyName => "CERTAUTO_DNS_TSIG_NAME",
+                            Rfc2136Setting::TsigSecret => "CERTAUTO_DNS_TSIG_SECRET",
+                            Rfc2136Setting::Zone => "CERTAUTO_DNS_ZONE",
+                        };
+                        return Err(bad(var, e.to_string()));
+                    }
+                }
             }
             "powerdns" => {
                 let url = url("CERTAUTO_DNS_API_URL", required("CERTAUTO_DNS_API_URL")?)?;
@@ -221,10 +202,13 @@ impl DnsSettings {
             }
             "exec" => {
                 let command = PathBuf::from(required("CERTAUTO_DNS_COMMAND")?);
-                if !command.is_file() {
+                if !program_exists(&command, std::env::var_os("PATH").as_deref()) {
                     return Err(bad(
                         "CERTAUTO_DNS_COMMAND",
-                        format!("{}: no such program", command.display()),
+                        format!(
+                            "{}: no such program (a path to a file, or a name found in PATH)",
+                            command.display()
+                        ),
                     ));
                 }
                 Arc::new(Exec::new(command))
@@ -288,6 +272,33 @@ fn built<P: DnsProvider + 'static>(
     }
 }
 
+/// Whether `program` can be run as [`Exec`] runs it: a path (anything with
+/// a `/`) to an existing file, or a bare name found in one of the `PATH`
+/// folders (`path`), as the operating system looks it up.
+fn program_exists(program: &Path, path: Option<&OsStr>) -> bool {
+    let bare = program.components().count() == 1
+        && !program.as_os_str().as_encoded_bytes().contains(&b'/');
+    if !bare {
+        return program.is_file();
+    }
+    path.map(std::env::split_paths)
+        .into_iter()
+        .flatten()
+        // An empty entry means the current folder, as for the shell.
+        .map(|dir| {
+            if dir.as_os_str().is_empty() {
+                PathBuf::from(".")
+            } else {
+                dir
+            }
+        })
+        .take(MAX_PATH_ENTRIES)
+        .any(|dir| dir.join(program).is_file())
+}
+
+/// The most `PATH` folders looked into.
+const MAX_PATH_ENTRIES: usize = 256;
+
 /// `host:port` (a name is resolved now, once) as a socket address.
 fn resolve_host_port(var: &'static str, value: &str) -> Result<SocketAddr, EnvError> {
     if let Ok(addr) = value.parse::<SocketAddr>() {
@@ -322,6 +333,23 @@ mod tests {
     }
 
     const SECRET: &str = "c2VjcmV0LXRzaWcta2V5LWZvci10ZXN0cw==";
+
+    #[test]
+    fn a_command_is_a_path_or_a_name_in_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = dir.path().join("dns-hook");
+        std::fs::write(&hook, "#!/bin/sh\nexit 0\n").unwrap();
+        let path = std::env::join_paths(["/nonexistent", dir.path().to_str().unwrap()]).unwrap();
+        let exists = |program: &str, path: Option<&OsStr>| program_exists(Path::new(program), path);
+        assert!(exists("dns-hook", Some(&path)));
+        assert!(exists(hook.to_str().unwrap(), None));
+        assert!(!exists("dns-hook", None));
+        assert!(!exists("other-hook", Some(&path)));
+        // A name with a folder is a path, never looked up in PATH.
+        assert!(!exists("bin/dns-hook", Some(&path)));
+        assert!(!exists(dir.path().to_str().unwrap(), Some(&path)));
+        assert!(!exists("", Some(&path)));
+    }
 
     #[test]
     fn every_provider_builds_from_its_variables() {
@@ -400,6 +428,14 @@ mod tests {
                 }
             }
         }
+        // The provider's own decoder reads the secret: padding is optional.
+        let unpadded = read(&[
+            ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+            ("CERTAUTO_DNS_SERVER", "127.0.0.1:5353"),
+            ("CERTAUTO_DNS_TSIG_NAME", "acme-key"),
+            ("CERTAUTO_DNS_TSIG_SECRET", SECRET.trim_end_matches('=')),
+        ]);
+        assert!(unpadded.is_ok(), "{unpadded:?}");
         let last = read(cases.last().unwrap()).unwrap();
         assert_eq!(last.resolvers.len(), 2);
         assert_eq!(last.propagation_timeout, Some(Duration::from_secs(90)));
@@ -432,6 +468,40 @@ mod tests {
                     ("CERTAUTO_DNS_TSIG_SECRET", "not base64!"),
                 ],
                 "CERTAUTO_DNS_TSIG_SECRET",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "bad..key"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                ],
+                "CERTAUTO_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+                    ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+                    ("CERTAUTO_DNS_TSIG_NAME", "k"),
+                    ("CERTAUTO_DNS_TSIG_SECRET", SECRET),
+                    ("CERTAUTO_DNS_ZONE", "bad..zone"),
+                ],
+                "CERTAUTO_DNS_ZONE",
             ),
             (
                 &[
@@ -493,6 +563,13 @@ mod tests {
             ),
             (
                 &[
+                    ("CERTAUTO_DNS_PROVIDER", "exec"),
+                    ("CERTAUTO_DNS_COMMAND", "certauto-no-such-dns-hook"),
+                ],
+                "CERTAUTO_DNS_COMMAND",
+            ),
+            (
+                &[
                     ("CERTAUTO_DNS_PROVIDER", "challtestsrv"),
                     ("CERTAUTO_DNS_API_URL", "http://127.0.0.1:8055"),
                     ("CERTAUTO_DNS_RESOLVERS", "127.0.0.1"),
@@ -512,5 +589,15 @@ mod tests {
             let err = read(pairs).unwrap_err();
             assert_eq!(err.var, *var, "{pairs:?}: {err}");
         }
+        // A secret refused is not quoted.
+        let err = read(&[
+            ("CERTAUTO_DNS_PROVIDER", "rfc2136"),
+            ("CERTAUTO_DNS_SERVER", "127.0.0.1:53"),
+            ("CERTAUTO_DNS_TSIG_NAME", "k"),
+            ("CERTAUTO_DNS_TSIG_SECRET", "hunter2 hunter2"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "CERTAUTO_DNS_TSIG_SECRET");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

@@ -246,11 +246,11 @@ pub(crate) fn relative_name<'a>(fqdn: &'a str, zone: &str) -> Option<&'a str> {
         return Some("@");
     }
     let cut = fqdn.len().checked_sub(zone.len() + 1)?;
-    let (head, tail) = fqdn.split_at(cut);
-    (tail.len() == zone.len() + 1
-        && tail.as_bytes()[0] == b'.'
-        && tail[1..].eq_ignore_ascii_case(zone))
-    .then_some(head)
+    // `get` rather than slicing: names from APIs may hold non-ASCII
+    // characters, and `cut` need not fall on a character boundary.
+    let head = fqdn.get(..cut)?;
+    let tail = fqdn.get(cut..)?.strip_prefix('.')?;
+    tail.eq_ignore_ascii_case(zone).then_some(head)
 }
 
 /// `value` percent-encoded for a URL path segment or query component:
@@ -332,6 +332,12 @@ mod tests {
         assert_eq!(relative_name("example.com", "example.com."), Some("@"));
         assert_eq!(relative_name("badexample.com", "example.com"), None);
         assert_eq!(relative_name("com", "example.com"), None);
+        // Non-ASCII names (from an API's answer) must not panic, whatever
+        // byte the cut falls on.
+        assert_eq!(relative_name("é.example.com", "example.com"), Some("é"));
+        assert_eq!(relative_name("xé.example.com", "éexample.com"), None);
+        assert_eq!(relative_name("ééé", "é"), None);
+        assert_eq!(relative_name("a.é", "é"), Some("a"));
     }
 
     #[test]

@@ -292,28 +292,41 @@ impl Solver for Dns01Solver {
         let mut checks = 0u32;
         loop {
             checks += 1;
-            // The servers are looked up once and again after a failure.
-            if servers.is_none() {
-                match inner.lookup.check_servers(&record.fqdn).await {
-                    Ok(found) => servers = Some(found),
-                    Err(e) => last = e.to_string(),
+            // One round (finding the zone and its servers through slow or
+            // dead resolvers, then asking them) may take many query
+            // timeouts: it is cut at the deadline.
+            let round = async {
+                // The servers are looked up once and again after a failure.
+                if servers.is_none() {
+                    match inner.lookup.check_servers(&record.fqdn).await {
+                        Ok(found) => servers = Some(found),
+                        Err(e) => last = e.to_string(),
+                    }
                 }
-            }
-            if let Some((list, recursion)) = &servers {
-                match inner
-                    .lookup
-                    .is_visible(&record.fqdn, &record.value, list, *recursion)
-                    .await
-                {
-                    Ok(Visibility::Visible) => {
-                        tracing::debug!(record = %record.fqdn, checks, waited = ?started.elapsed(), "DNS-01: record visible");
-                        return Ok(());
+                if let Some((list, recursion)) = &servers {
+                    match inner
+                        .lookup
+                        .is_visible(&record.fqdn, &record.value, list, *recursion)
+                        .await
+                    {
+                        Ok(Visibility::Visible) => return true,
+                        Ok(Visibility::Pending(detail)) => last = detail,
+                        Err(e) => {
+                            last = e.to_string();
+                            servers = None;
+                        }
                     }
-                    Ok(Visibility::Pending(detail)) => last = detail,
-                    Err(e) => {
-                        last = e.to_string();
-                        servers = None;
-                    }
+                }
+                false
+            };
+            match tokio::time::timeout_at(deadline, round).await {
+                Ok(true) => {
+                    tracing::debug!(record = %record.fqdn, checks, waited = ?started.elapsed(), "DNS-01: record visible");
+                    return Ok(());
+                }
+                Ok(false) => {}
+                Err(_) => {
+                    last = format!("a check was still running at the deadline; before it: {last}");
                 }
             }
             let now = tokio::time::Instant::now();
@@ -674,6 +687,37 @@ mod tests {
             SolverError::PropagationTimeout { record, detail, .. } => {
                 assert_eq!(record, "_acme-challenge.example.test");
                 assert!(detail.contains("no answer"), "{detail}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_round_is_cut_at_the_propagation_deadline() {
+        // Silent bootstrap resolvers: finding the zone alone takes one query
+        // timeout per resolver, far past the propagation timeout.
+        let silent = [
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+            tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap(),
+        ];
+        let provider = Arc::new(FaultyProvider::default());
+        let timeout = Duration::from_secs(1);
+        let solver = Dns01Solver::builder(provider)
+            .follow_cnames(false)
+            .bootstrap_resolvers(silent.iter().map(|s| s.local_addr().unwrap()))
+            .query_timeout(Duration::from_secs(60))
+            .propagation_timeout(timeout)
+            .build();
+        let c = challenge("example.test", "https://ca/chall/1");
+        solver.present(&c).await.unwrap();
+        let started = tokio::time::Instant::now();
+        let err = solver.wait(&c).await.unwrap_err();
+        // The paused clock only moves to the next timer: no slack needed.
+        assert!(started.elapsed() <= timeout, "{:?}", started.elapsed());
+        match err {
+            SolverError::PropagationTimeout { waited, detail, .. } => {
+                assert!(waited <= timeout, "{waited:?}");
+                assert!(detail.contains("still running at the deadline"), "{detail}");
             }
             other => panic!("unexpected {other}"),
         }

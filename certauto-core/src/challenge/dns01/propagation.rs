@@ -96,9 +96,44 @@ pub(crate) fn absolute(fqdn: &str) -> Result<Name, LookupError> {
     })
 }
 
-/// An absolute name as we hand it to providers: lower case, no trailing dot.
-pub(crate) fn plain(name: &Name) -> String {
-    name.to_ascii().trim_end_matches('.').to_ascii_lowercase()
+/// The longest name handed to providers, in presentation form without the
+/// trailing dot (RFC 1035 §2.3.4's 255 octets on the wire).
+const MAX_NAME_LEN: usize = 253;
+
+/// A name found in DNS answers (a CNAME target: unauthenticated data) as we
+/// hand it to providers (lower case, no trailing dot), or [`LookupError::BadName`] unless it is a host
+/// name providers can take: at least two labels, each 1 to 63 of
+/// `a-z 0-9 _ -` (lower-cased here), 253 characters at most. A wildcard
+/// (`*`), an escaped byte (`\.`) or the root is refused.
+pub(crate) fn checked_plain(name: &Name) -> Result<String, LookupError> {
+    let bad = |reason: &str| LookupError::BadName {
+        name: name.to_ascii(),
+        reason: reason.to_owned(),
+    };
+    let mut labels = Vec::new();
+    for label in name.iter() {
+        if label.is_empty() || label.len() > 63 {
+            return Err(bad("a label is empty or longer than 63 characters"));
+        }
+        if !label
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        {
+            return Err(bad(
+                "a label holds a character other than a-z, 0-9, _ and -",
+            ));
+        }
+        // Only ASCII letters, digits, `-` and `_` are left: valid UTF-8.
+        labels.push(String::from_utf8_lossy(label).to_ascii_lowercase());
+    }
+    if labels.len() < 2 {
+        return Err(bad("fewer than two labels"));
+    }
+    let text = labels.join(".");
+    if text.len() > MAX_NAME_LEN {
+        return Err(bad("longer than 253 characters"));
+    }
+    Ok(text)
 }
 
 impl Lookup {
@@ -147,7 +182,8 @@ impl Lookup {
         for _ in 0..MAX_CNAME_HOPS {
             let answer = self.recursive(&name, RecordType::CNAME).await?;
             let Some(target) = answer.cname_of(&name) else {
-                return Ok(plain(&name));
+                // The end of a chain comes from unauthenticated answers.
+                return checked_plain(&name);
             };
             tracing::debug!(from = %name, to = %target, "DNS-01: following CNAME");
             if seen.contains(&target) {
@@ -162,12 +198,13 @@ impl Lookup {
     }
 
     /// The zone holding `name`: the owner of the SOA in the answer (or the
-    /// authority section of a negative answer), walking up the labels.
+    /// authority section of a negative answer) that encloses the name asked,
+    /// walking up the labels.
     pub(crate) async fn find_zone(&self, name: &Name) -> Result<Name, LookupError> {
         let mut candidate = name.clone();
         for _ in 0..=name.num_labels() {
             let answer = self.recursive(&candidate, RecordType::SOA).await?;
-            if let Some(zone) = answer.soa_owner() {
+            if let Some(zone) = answer.soa_owner(&candidate) {
                 return Ok(zone);
             }
             if candidate.is_root() {
@@ -267,5 +304,112 @@ impl Lookup {
         } else {
             Visibility::Pending(pending.join("; "))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::rdata::CNAME;
+    use hickory_proto::rr::{Label, RData, Record};
+    use tokio::net::UdpSocket;
+
+    use super::*;
+
+    /// A stand-in for a recursive resolver: answers every CNAME question
+    /// for `from` with a CNAME to `to`, and every other one with NXDOMAIN.
+    async fn cname_resolver(from: &'static str, to: Name) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (len, peer) = socket.recv_from(&mut buf).await.unwrap();
+                let query = Message::from_vec(&buf[..len]).unwrap();
+                let mut response = Message::response(query.metadata.id, OpCode::Query);
+                response.add_queries(query.queries.clone());
+                let asked = query.queries[0].name().clone();
+                if asked == Name::from_ascii(from).unwrap() {
+                    response.add_answer(Record::from_rdata(
+                        asked,
+                        60,
+                        RData::CNAME(CNAME(to.clone())),
+                    ));
+                } else {
+                    response.metadata.response_code = ResponseCode::NXDomain;
+                }
+                socket
+                    .send_to(&response.to_vec().unwrap(), peer)
+                    .await
+                    .unwrap();
+            }
+        });
+        addr
+    }
+
+    fn lookup(resolver: SocketAddr) -> Lookup {
+        Lookup {
+            bootstrap: vec![resolver],
+            check_resolvers: Vec::new(),
+            nameserver_port: 53,
+            query_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn names_from_answers_are_checked() {
+        let checked = |text: &str| checked_plain(&Name::from_ascii(text).unwrap());
+        assert_eq!(
+            checked("_ACME-challenge.Example.test.").unwrap(),
+            "_acme-challenge.example.test"
+        );
+        let long_label = format!("{}.test.", "a".repeat(63));
+        assert!(checked(&long_label).is_ok());
+        // The longest name DNS carries (255 octets on the wire) passes; a
+        // longer one cannot be decoded from an answer in the first place.
+        let longest = format!("{0}.{0}.{0}.{0}.a.", "a".repeat(62));
+        assert_eq!(checked(&longest).unwrap().len(), MAX_NAME_LEN);
+        let raw = |labels: &[&[u8]]| {
+            Name::from_labels(labels.iter().map(|l| Label::from_raw_bytes(l).unwrap())).unwrap()
+        };
+        for bad in [
+            Name::from_ascii("*.example.test.").unwrap(),
+            Name::from_ascii("a\\.b.example.test.").unwrap(),
+            Name::from_ascii("test.").unwrap(),
+            Name::root(),
+            raw(&[b"a b", b"example", b"test"]),
+            raw(&["café".as_bytes(), b"example", b"test"]),
+            raw(&[b"a/b", b"test"]),
+        ] {
+            assert!(
+                matches!(checked_plain(&bad), Err(LookupError::BadName { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cname_target_is_followed_lower_cased_and_checked() {
+        let from = "_acme-challenge.example.test.";
+        let good = cname_resolver(from, Name::from_ascii("X1.Auth.Example.org.").unwrap()).await;
+        assert_eq!(
+            lookup(good)
+                .follow_cnames(from.trim_end_matches('.'))
+                .await
+                .unwrap(),
+            "x1.auth.example.org"
+        );
+        for target in ["*.evil.test.", "a\\.b.evil.test.", "."] {
+            let resolver = cname_resolver(from, Name::from_ascii(target).unwrap()).await;
+            let err = lookup(resolver)
+                .follow_cnames(from.trim_end_matches('.'))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err, LookupError::BadName { .. }),
+                "{target}: {err}"
+            );
+        }
     }
 }

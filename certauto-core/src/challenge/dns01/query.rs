@@ -33,6 +33,12 @@ pub(crate) enum QueryError {
     /// The answer could not be decoded, or does not answer our question.
     #[error("{server}: malformed answer: {reason}")]
     Malformed { server: SocketAddr, reason: String },
+    /// Datagrams came, but none was the answer to our message.
+    #[error("{server}: none of {datagrams} datagram(s) answered our message")]
+    Unanswered {
+        server: SocketAddr,
+        datagrams: usize,
+    },
     /// The question could not be encoded (a name too long, say).
     #[error("cannot encode a query for {name}: {reason}")]
     Encode { name: String, reason: String },
@@ -72,14 +78,18 @@ impl Answer {
         })
     }
 
-    /// The owner of an SOA record in the answer or authority section: the
-    /// zone the question's name belongs to.
-    pub(crate) fn soa_owner(&self) -> Option<Name> {
+    /// The zone `name` belongs to, by this answer: the deepest owner of an
+    /// SOA record in the answer or authority section that encloses `name`
+    /// (an answer that followed a CNAME may carry the target zone's SOA
+    /// too, and an SOA of an unrelated zone says nothing about `name`).
+    pub(crate) fn soa_owner(&self, name: &Name) -> Option<Name> {
         self.message
             .answers
             .iter()
             .chain(self.message.authorities.iter())
-            .find_map(|r| matches!(&r.data, RData::SOA(_)).then(|| r.name.clone()))
+            .filter(|r| matches!(r.data, RData::SOA(_)) && r.name.zone_of(name))
+            .map(|r| r.name.clone())
+            .max_by_key(Name::num_labels)
     }
 
     /// The NS targets in the answer section.
@@ -187,6 +197,24 @@ fn check_answer(
 }
 
 async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Message, QueryError> {
+    udp_exchange_until(server, bytes, |datagram| {
+        Message::from_vec(datagram)
+            .ok()
+            .filter(|message| message.metadata.id == id)
+    })
+    .await
+}
+
+/// Sends `bytes` to `server` in one datagram, from a new socket connected
+/// to it (so only datagrams from `server`'s address are read), and reads
+/// datagrams until `ours` recognises the answer (returns `Some`): a late
+/// answer to an earlier message, or a forgery, is skipped. At most
+/// [`MAX_STRAY_DATAGRAMS`] are read; the caller bounds the time.
+pub(crate) async fn udp_exchange_until<T>(
+    server: SocketAddr,
+    bytes: &[u8],
+    mut ours: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<T, QueryError> {
     let io = |source| QueryError::Io { server, source };
     let local: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
@@ -199,16 +227,13 @@ async fn udp_exchange(server: SocketAddr, bytes: &[u8], id: u16) -> Result<Messa
     let mut buf = vec![0u8; 65_535];
     for _ in 0..MAX_STRAY_DATAGRAMS {
         let len = socket.recv(&mut buf).await.map_err(io)?;
-        // A datagram that is not our answer (a late answer to an earlier
-        // query, or spoofing) is skipped.
-        match Message::from_vec(&buf[..len]) {
-            Ok(message) if message.metadata.id == id => return Ok(message),
-            _ => continue,
+        if let Some(answer) = ours(buf.get(..len).unwrap_or_default()) {
+            return Ok(answer);
         }
     }
-    Err(QueryError::Malformed {
+    Err(QueryError::Unanswered {
         server,
-        reason: "no datagram answered our query".to_owned(),
+        datagrams: MAX_STRAY_DATAGRAMS,
     })
 }
 
@@ -284,6 +309,66 @@ mod tests {
                 "[::1]:53".parse().unwrap(),
                 "10.0.0.2:53".parse().unwrap(),
             ]
+        );
+    }
+
+    #[test]
+    fn the_soa_owner_encloses_the_name() {
+        use hickory_proto::op::OpCode;
+        use hickory_proto::rr::Record;
+        use hickory_proto::rr::rdata::SOA;
+
+        let name = |text: &str| Name::from_ascii(text).unwrap();
+        let soa = |zone: &str| {
+            let rdata = SOA::new(name("ns.test."), name("admin.test."), 1, 60, 60, 600, 1);
+            Record::from_rdata(name(zone), 60, RData::SOA(rdata))
+        };
+        let answer = |answers: Vec<Record>, authorities: Vec<Record>| {
+            let mut message = Message::response(1, OpCode::Query);
+            message.add_answers(answers);
+            message.add_authorities(authorities);
+            Answer {
+                code: ResponseCode::NoError,
+                message,
+            }
+        };
+        let asked = name("_acme-challenge.www.example.test.");
+        // An unrelated zone's SOA first, then the enclosing zones'.
+        let a = answer(
+            vec![soa("other.test."), soa("example.test.")],
+            vec![soa("www.example.test."), soa("deeper.www.example.test.")],
+        );
+        assert_eq!(a.soa_owner(&asked), Some(name("www.example.test.")));
+        let a = answer(vec![soa("other.test.")], vec![soa("evil.example.")]);
+        assert_eq!(a.soa_owner(&asked), None);
+        assert_eq!(a.soa_owner(&name("other.test.")), Some(name("other.test.")));
+    }
+
+    #[tokio::test]
+    async fn stray_datagrams_are_skipped_and_bounded() {
+        // A server answering each datagram with `count` datagrams `0..count`.
+        async fn server(count: u8) -> SocketAddr {
+            let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let addr = socket.local_addr().unwrap();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 16];
+                let (_, peer) = socket.recv_from(&mut buf).await.unwrap();
+                for n in 0..count {
+                    socket.send_to(&[n], peer).await.unwrap();
+                }
+            });
+            addr
+        }
+        let wanted = |want: u8| move |d: &[u8]| (d == [want]).then_some(want);
+        let addr = server(3).await;
+        assert_eq!(udp_exchange_until(addr, b"q", wanted(2)).await.unwrap(), 2);
+        let addr = server(20).await;
+        let err = udp_exchange_until(addr, b"q", wanted(19))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, QueryError::Unanswered { datagrams, .. } if datagrams == MAX_STRAY_DATAGRAMS),
+            "{err}"
         );
     }
 

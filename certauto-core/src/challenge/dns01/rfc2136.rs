@@ -2,7 +2,7 @@
 //! run ([`Rfc2136`] documents it).
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,12 +12,11 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm as HickoryTsigAlgorithm, TsigError};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, TSigVerifier, TSigner};
-use tokio::net::UdpSocket;
 
 use super::http::Secret;
 use super::propagation::absolute;
 use super::provider::{DnsError, DnsProvider};
-use super::query::{QueryError, ask_over, tcp_exchange_raw};
+use super::query::{QueryError, ask_over, tcp_exchange_raw, udp_exchange_until};
 
 /// The provider's name in errors.
 const PROVIDER: &str = "rfc2136";
@@ -30,8 +29,6 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// The clock difference the server may allow (RFC 8945 §10 recommends 300 s).
 const FUDGE: u16 = 300;
-/// The most datagrams read while waiting for the answer to an update over UDP.
-const MAX_DATAGRAMS: usize = 16;
 /// The longest character-string in a TXT record.
 const MAX_TXT_STRING: usize = 255;
 
@@ -149,9 +146,13 @@ pub enum Rfc2136Transport {
 /// the connection was made to, so an unsigned error answer cannot be
 /// injected by another host, and a lost answer is an error rather than an
 /// unknown outcome. UDP ([`Rfc2136Transport::Udp`]) is there for servers or
-/// firewalls that accept updates only over UDP; answers whose signature
-/// does not verify are then ignored, and a truncated answer is fetched again
-/// over TCP.
+/// firewalls that accept updates only over UDP; a datagram anyone could
+/// forge is then ignored (and the wait goes on for the real answer): an
+/// answer whose signature does not verify, and an unsigned error answer
+/// other than the TSIG errors `BADSIG` and `BADKEY`, which RFC 8945 §5.3.2
+/// sends unsigned (and `BADTIME`, signed at a time our clock may refuse).
+/// A truncated answer is fetched again over TCP. Over either transport, a
+/// signed answer counts only when its signature verifies.
 ///
 /// **Errors.** The server's response codes map to [`DnsError`]:
 /// `NOTAUTH` and the TSIG errors `BADSIG`, `BADKEY`, `BADTIME` are
@@ -285,21 +286,35 @@ impl Rfc2136Builder {
     /// [`DnsError::Config`] when no TSIG key was given, the secret is not
     /// base64 or empty, or the key name or zone is not a DNS name.
     pub fn build(self) -> Result<Rfc2136, DnsError> {
+        self.build_naming_setting().map_err(|(_, e)| e)
+    }
+
+    /// Like [`build`](Self::build), saying which setting an error is
+    /// about (for readers of settings that name them, such as the
+    /// `CERTAUTO_DNS_*` variables).
+    pub(crate) fn build_naming_setting(self) -> Result<Rfc2136, (Rfc2136Setting, DnsError)> {
         let Some((key_name, secret, algorithm)) = self.tsig else {
-            return Err(DnsError::config(
-                PROVIDER,
-                "a TSIG key is required (Rfc2136Builder::tsig)",
+            return Err((
+                Rfc2136Setting::TsigKeyName,
+                DnsError::config(PROVIDER, "a TSIG key is required (Rfc2136Builder::tsig)"),
             ));
         };
-        let key_name = dns_name(&key_name, "TSIG key name")?;
-        let key = decode_secret(&secret)?;
-        let signer = TSigner::new(key, algorithm.to_hickory(), key_name.clone(), FUDGE)
-            .map_err(|e| DnsError::config(PROVIDER, format!("TSIG key unusable: {e}")))?;
+        let key_name =
+            dns_name(&key_name, "TSIG key name").map_err(|e| (Rfc2136Setting::TsigKeyName, e))?;
+        let key = decode_secret(&secret).map_err(|e| (Rfc2136Setting::TsigSecret, e))?;
+        let signer =
+            TSigner::new(key, algorithm.to_hickory(), key_name.clone(), FUDGE).map_err(|e| {
+                (
+                    Rfc2136Setting::TsigSecret,
+                    DnsError::config(PROVIDER, format!("TSIG key unusable: {e}")),
+                )
+            })?;
         let zone = self
             .zone
             .as_deref()
             .map(|zone| dns_name(zone, "zone"))
-            .transpose()?;
+            .transpose()
+            .map_err(|e| (Rfc2136Setting::Zone, e))?;
         Ok(Rfc2136 {
             server: self.server,
             signer,
@@ -311,6 +326,17 @@ impl Rfc2136Builder {
             ttl: self.ttl,
         })
     }
+}
+
+/// The setting an [`Rfc2136Builder::build`] error is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rfc2136Setting {
+    /// The TSIG key's name (or the key, when none was given).
+    TsigKeyName,
+    /// The TSIG key's secret.
+    TsigSecret,
+    /// The zone.
+    Zone,
 }
 
 /// `text` as an absolute, lower-case DNS name.
@@ -403,17 +429,7 @@ impl Rfc2136 {
                 ));
             }
         }
-        // The deepest SOA owner that contains the name (an answer that
-        // followed a CNAME may carry the target zone's SOA too).
-        answer
-            .message
-            .answers
-            .iter()
-            .chain(answer.message.authorities.iter())
-            .filter(|r| matches!(r.data, RData::SOA(_)) && r.name.zone_of(name))
-            .map(|r| r.name.clone())
-            .max_by_key(Name::num_labels)
-            .ok_or_else(not_found)
+        answer.soa_owner(name).ok_or_else(not_found)
     }
 
     /// The UPDATE message adding or deleting `value` at `name` in `zone`.
@@ -488,7 +504,7 @@ impl Rfc2136 {
         let answer = tcp_exchange_raw(self.server, bytes)
             .await
             .map_err(|e| query_error(e, checker.fqdn))?;
-        match checker.judge(&answer) {
+        match checker.judge(&answer, false) {
             Verdict::Done => Ok(()),
             Verdict::Failed(e) => Err(e),
             Verdict::Truncated => Err(DnsError::rejected(
@@ -506,38 +522,34 @@ impl Rfc2136 {
 
     async fn over_udp(&self, bytes: &[u8], checker: &mut Checker<'_>) -> Result<(), DnsError> {
         let server = self.server;
-        let io = |e: std::io::Error| DnsError::transient(PROVIDER, format!("{server}: UDP: {e}"));
-        let local: SocketAddr = if server.is_ipv4() {
-            (Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        let socket = UdpSocket::bind(local).await.map_err(io)?;
-        socket.connect(server).await.map_err(io)?;
-        socket.send(bytes).await.map_err(io)?;
-        let mut buf = vec![0u8; 65_535];
         let mut last = String::from("none");
-        for _ in 0..MAX_DATAGRAMS {
-            let len = socket.recv(&mut buf).await.map_err(io)?;
-            let datagram = buf.get(..len).unwrap_or_default();
-            match checker.judge(datagram) {
-                Verdict::Done => return Ok(()),
-                Verdict::Failed(e) => return Err(e),
-                Verdict::Truncated => {
-                    tracing::debug!(server = %server, "RFC 2136: truncated answer over UDP; asking over TCP");
-                    return self.over_tcp(bytes, checker).await;
-                }
+        let verdict = udp_exchange_until(server, bytes, |datagram| {
+            match checker.judge(datagram, true) {
                 // A late answer to an earlier message, or a forgery: skipped.
                 Verdict::NotOurs(why) => {
                     tracing::debug!(server = %server, reason = %why, "RFC 2136: datagram ignored");
                     last = why;
+                    None
                 }
+                verdict => Some(verdict),
             }
+        })
+        .await;
+        match verdict {
+            Ok(Verdict::Done) => Ok(()),
+            Ok(Verdict::Failed(e)) => Err(e),
+            Ok(Verdict::Truncated) => {
+                tracing::debug!(server = %server, "RFC 2136: truncated answer over UDP; asking over TCP");
+                self.over_tcp(bytes, checker).await
+            }
+            Ok(Verdict::NotOurs(_)) | Err(QueryError::Unanswered { .. }) => {
+                Err(DnsError::transient(
+                    PROVIDER,
+                    format!("{server}: no datagram answered the update (last: {last})"),
+                ))
+            }
+            Err(e) => Err(query_error(e, checker.fqdn)),
         }
-        Err(DnsError::transient(
-            PROVIDER,
-            format!("{server}: no datagram answered the update (last: {last})"),
-        ))
     }
 }
 
@@ -549,7 +561,8 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn judge(&mut self, bytes: &[u8]) -> Verdict {
+    /// What `bytes`, received over UDP or TCP, mean for our update.
+    fn judge(&mut self, bytes: &[u8], udp: bool) -> Verdict {
         let message = match Message::from_vec(bytes) {
             Ok(m) => m,
             Err(e) => return Verdict::NotOurs(format!("undecodable: {e}")),
@@ -573,9 +586,28 @@ impl Checker<'_> {
                 Err(e) => Verdict::NotOurs(format!("its TSIG signature does not verify: {e}")),
             };
         }
-        // Error answers to a bad key are unsigned by design (RFC 8945
-        // §5.3.2); trusting an unsigned error can only make us fail.
         let tsig_error = message.signature.as_ref().and_then(|s| s.data.error);
+        match (&message.signature, tsig_error) {
+            // The answers to a request the server could not check carry the
+            // TSIG error unsigned (BADSIG, BADKEY: RFC 8945 §5.3.2), or
+            // signed at a time our clock may not accept (BADTIME): taken
+            // as they are, since they can only make us fail.
+            (Some(_), Some(TsigError::BadSig | TsigError::BadKey | TsigError::BadTime)) => {}
+            // Any other signed answer counts only when its signature verifies.
+            (Some(_), _) => {
+                if let Err(e) = self.verifier.verify(bytes) {
+                    return Verdict::NotOurs(format!(
+                        "{code} answer whose TSIG signature does not verify: {e}"
+                    ));
+                }
+            }
+            // An unsigned error over UDP may come from anyone who guessed
+            // the id; over TCP it comes from the server connected to.
+            (None, _) if udp => {
+                return Verdict::NotOurs(format!("unsigned {code} answer over UDP"));
+            }
+            (None, _) => {}
+        }
         Verdict::Failed(classify(code, tsig_error, self.fqdn))
     }
 }
@@ -627,7 +659,10 @@ fn classify(code: ResponseCode, tsig_error: Option<TsigError>, fqdn: &str) -> Dn
 fn query_error(error: QueryError, fqdn: &str) -> DnsError {
     match error {
         QueryError::Encode { .. } => DnsError::rejected(PROVIDER, None, error.to_string()),
-        QueryError::Timeout { .. } | QueryError::Io { .. } | QueryError::Malformed { .. } => {
+        QueryError::Timeout { .. }
+        | QueryError::Io { .. }
+        | QueryError::Malformed { .. }
+        | QueryError::Unanswered { .. } => {
             DnsError::transient(PROVIDER, format!("{fqdn}: {error}"))
         }
     }
@@ -662,7 +697,7 @@ mod tests {
     use hickory_proto::rr::TSigResponseContext;
     use hickory_proto::rr::rdata::SOA;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, UdpSocket};
 
     use super::*;
 
@@ -1054,13 +1089,7 @@ mod tests {
             "{err}"
         );
         // Signed with another secret: not trusted either.
-        let other = TSigner::new(
-            b"another secret".to_vec(),
-            HickoryTsigAlgorithm::HmacSha256,
-            Name::from_ascii("acme-key.").unwrap(),
-            FUDGE,
-        )
-        .unwrap();
+        let other = forger();
         let (addr, _) = fake_tcp(Arc::new(move |req| {
             vec![answer(req, ResponseCode::NoError, Some(&other))]
         }))
@@ -1112,6 +1141,119 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seen.raw().len(), 1);
+    }
+
+    /// A signer with the right key name but another secret: what a forger
+    /// without the secret can produce at best.
+    fn forger() -> TSigner {
+        TSigner::new(
+            b"another secret".to_vec(),
+            HickoryTsigAlgorithm::HmacSha256,
+            Name::from_ascii("acme-key.").unwrap(),
+            FUDGE,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn udp_skips_forged_error_answers() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, _) = fake_udp(Arc::new(move |req| {
+            // What an off-path forger could send before the real answer:
+            // an unsigned REFUSED, a NOTAUTH signed with another secret.
+            vec![
+                answer(req, ResponseCode::Refused, None),
+                answer(req, ResponseCode::NotAuth, Some(&forger())),
+                answer(req, ResponseCode::NoError, Some(&signer)),
+            ]
+        }))
+        .await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .build()
+            .unwrap();
+        dns.create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap();
+
+        // Alone, a forged error is no answer: the update times out (retried).
+        let (addr, _) = fake_udp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, None)]
+        }))
+        .await;
+        let dns = provider(addr)
+            .zone("example.test")
+            .transport(Rfc2136Transport::Udp)
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn udp_takes_signed_errors_and_the_unsigned_tsig_errors() {
+        let signer = server_signer(TsigAlgorithm::HmacSha256);
+        let (addr, _) = fake_udp(Arc::new(move |req| {
+            vec![answer(req, ResponseCode::Refused, Some(&signer))]
+        }))
+        .await;
+        let udp = |addr| {
+            provider(addr)
+                .zone("example.test")
+                .transport(Rfc2136Transport::Udp)
+                .build()
+                .unwrap()
+        };
+        let err = udp(addr)
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("REFUSED")),
+            "{err}"
+        );
+        // BADSIG comes unsigned (RFC 8945 §5.3.2) and still counts.
+        let (addr, _) = fake_udp(Arc::new(|req| vec![bad_signature(req)])).await;
+        let err = udp(addr)
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::AuthRefused { detail, .. } if detail.contains("BADSIG")),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn tcp_trusts_unsigned_errors_but_not_badly_signed_ones() {
+        let (addr, _) = fake_tcp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, None)]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::AuthRefused { .. }), "{err}");
+        let (addr, _) = fake_tcp(Arc::new(|req| {
+            vec![answer(req, ResponseCode::Refused, Some(&forger()))]
+        }))
+        .await;
+        let dns = provider(addr).zone("example.test").build().unwrap();
+        let err = dns
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, DnsError::Rejected { detail, .. } if detail.contains("does not verify")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
