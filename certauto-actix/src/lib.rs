@@ -72,9 +72,12 @@
 //!   and one that does not is closed by the header-read timeout like any
 //!   silent client.
 
+mod serve;
+
 use std::fmt;
 use std::io;
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 
 use actix_http::{Request, Response};
 use actix_service::IntoServiceFactory;
@@ -84,8 +87,58 @@ use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
-use certauto_core::{ChallengeTokens, Config, ServerLimits};
+use certauto_core::{ChallengeTokens, Config};
 use certauto_core::{HTTP01_CONTENT_TYPE, Http01Answer};
+
+pub use certauto_core::ServerLimits;
+pub use serve::AcmeServer;
+
+/// Serves the app `factory` builds (once per worker, as with `HttpServer::new`)
+/// over HTTPS on `listener` with the certificates of `config`: handshakes in
+/// certauto-core's acceptor, bounded clients ([`ServerLimits::default`];
+/// change them with [`AcmeServer::limits`]). Call [`AcmeServer::run`] to
+/// start it.
+pub fn serve<F, I, S, B>(
+    listener: std::net::TcpListener,
+    config: &Config,
+    factory: F,
+) -> io::Result<AcmeServer>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    serve_with(listener, Arc::new(config.server_config()), factory)
+}
+
+/// Like [`serve`] with a rustls config of your own, which should resolve
+/// through a [`CertResolver`](certauto_core::CertResolver) and list
+/// `acme-tls/1` in ALPN to answer TLS-ALPN-01, and `h2` to offer HTTP/2 (as
+/// [`Config::server_config`] does).
+pub fn serve_with<F, I, S, B>(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    factory: F,
+) -> io::Result<AcmeServer>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    AcmeServer::new(listener, tls, factory)
+}
 
 /// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,
 /// each bounding clients with CertAuto's [`ServerLimits`].
