@@ -427,6 +427,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_handshaker_closes_acme_tls_1_and_hands_on_the_rest() {
+        let (server, root) = server_config(&[b"http/1.1", ACME_TLS_ALPN]);
+        let handshaker = AcmeAcceptor::builder(server).handshaker();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+
+        let validation = tokio::spawn(connect(addr, client_config(root.clone(), &[ACME_TLS_ALPN])));
+        let (stream, peer) = tcp.accept().await.unwrap();
+        let closed = tokio::time::timeout(BOUND, handshaker.handshake(stream, peer))
+            .await
+            .unwrap();
+        assert!(
+            closed.is_none(),
+            "an acme-tls/1 connection is not handed on"
+        );
+        let mut validation = validation.await.unwrap().unwrap();
+        let mut buf = [0; 1];
+        let read = tokio::time::timeout(BOUND, validation.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0)), "{read:?}");
+
+        let client = tokio::spawn(connect(addr, client_config(root, &[b"http/1.1"])));
+        let (stream, peer) = tcp.accept().await.unwrap();
+        let tls = tokio::time::timeout(BOUND, handshaker.handshake(stream, peer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        client.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_silent_client_times_out_and_others_still_get_through() {
         let (server, root) = server_config(&[b"http/1.1"]);
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
