@@ -522,7 +522,7 @@ async fn two_processes_sharing_file_storage_renew_a_name_once() {
         1,
         "two processes sharing storage must order once: {created:?}"
     );
-    assert_eq!(renewal_replaces(&proxy), Some(ari_id(&old)));
+    assert_eq!(renewal_replaces(proxy), Some(ari_id(&old)));
     let serials: Vec<String> = results
         .iter()
         .map(|r| normalize_serial(r["serial"].as_str().unwrap()))
@@ -630,7 +630,7 @@ async fn an_unreachable_ca_keeps_the_old_certificate_and_a_restart_resumes_the_b
     assert_eq!(stored_serial(&b, NAME).await, new_serial);
     assert_eq!(stored_retry(&storage, NAME).await, None);
     assert_eq!(env.renewed_events(), 1);
-    assert_eq!(renewal_replaces(&proxy), Some(ari_id(&old)));
+    assert_eq!(renewal_replaces(proxy), Some(ari_id(&old)));
 }
 
 // ----- ARI from Pebble itself ----------------------------------------------
@@ -732,7 +732,7 @@ async fn an_ari_window_in_the_past_renews_now_and_replaces_the_old_certificate()
     assert_eq!(proxy.renewal_info_requests(), vec![old_id.clone()]);
     let orders = proxy.created_orders();
     assert_eq!(orders.len(), 2, "{orders:?}");
-    assert_eq!(renewal_replaces(&proxy), Some(old_id.clone()));
+    assert_eq!(renewal_replaces(proxy), Some(old_id.clone()));
     let new = cached(&config, NAME);
     assert_ne!(new.serial(), old.serial());
 
@@ -783,7 +783,7 @@ async fn an_ari_window_in_the_future_renews_at_a_random_time_inside_it() {
     assert!(renewed_at >= start && renewed_at <= end);
     let orders = proxy.created_orders();
     assert_eq!(orders.len(), 2, "{orders:?}");
-    assert_eq!(renewal_replaces(&proxy), Some(old_id.clone()));
+    assert_eq!(renewal_replaces(proxy), Some(old_id.clone()));
     assert_eq!(env.renewed_events(), 1);
 }
 
@@ -858,7 +858,7 @@ async fn ari_failure_falls_back_to_the_ratio(name: &str, answer: AriAnswer) {
     assert_eq!(report.renewed, vec![name.to_owned()], "{report:?}");
     let orders = proxy.created_orders();
     assert_eq!(orders.len(), 2, "{orders:?}");
-    assert_eq!(renewal_replaces(&proxy), Some(ari_id(&old)));
+    assert_eq!(renewal_replaces(proxy), Some(ari_id(&old)));
     assert!(proxy.renewal_info_requests().len() >= 2);
 }
 
