@@ -1,14 +1,23 @@
 //! actix-web integration for CertAuto: HTTPS with certificates CertAuto
 //! obtains and swaps live, with bounded clients.
 //!
-//! - [`HttpServerAcmeExt::bind_acme`] binds an `HttpServer` with the config's
-//!   rustls setup: every worker shares the [`CertResolver`](certauto_core::CertResolver),
-//!   so a renewed certificate is served to the next handshake with no restart.
-//!   TLS-ALPN-01 validations are answered by the handshake itself.
-//! - Every server bound by this trait bounds its clients with CertAuto's
-//!   [`ServerLimits`] (the same defaults as certauto-axum: 10 s to send the
-//!   request headers, 60 s idle keep-alive, 10,000 connections per worker, a
-//!   10 s TLS handshake); [`HttpServerAcmeExt::server_limits`] changes them.
+//! - [`serve`] (or [`serve_with`], for a rustls config of your own) runs an
+//!   actix-web app over HTTPS with its handshakes in certauto-core's
+//!   acceptor, as certauto-axum does: each handshake under a 10 s deadline,
+//!   at most 4096 in progress, TLS-ALPN-01 validations answered and closed
+//!   right after their handshake. Certificates come from the config's
+//!   [`CertResolver`](certauto_core::CertResolver), so a renewed certificate
+//!   is served to the next handshake with no restart. It returns an
+//!   [`AcmeServer`]; its [`run`](AcmeServer::run) gives actix's own
+//!   [`Server`](actix_web::dev::Server) (await it, stop it through its
+//!   handle), as `HttpServer::run` does.
+//! - [`HttpServerAcmeExt::bind_acme`] binds an `HttpServer` instead, with
+//!   actix-tls running the handshakes (see
+//!   [below](#two-tls-accept-paths)).
+//! - Both bound their clients with CertAuto's [`ServerLimits`] (10 s to send
+//!   the request head, 60 s idle keep-alive, 10,000 connections per worker,
+//!   a 10 s TLS handshake): [`AcmeServer::limits`] and
+//!   [`HttpServerAcmeExt::server_limits`] change them.
 //! - [`acme_http01`] answers ACME HTTP-01 challenges in an `App`, and
 //!   [`https_redirect`] (or [`https_redirect_only_managed`], which refuses
 //!   hosts that are not managed names) redirects everything else to HTTPS:
@@ -26,11 +35,13 @@
 //! config.manage(["localhost"]).await.expect("certificate");
 //! let tokens = config.challenge_tokens().clone();
 //!
-//! let https = HttpServer::new(|| App::new().route("/", web::get().to(|| async { "hello" })))
-//!     .bind_acme(("0.0.0.0", 443), &config)?
-//!     // Tighter than the defaults.
-//!     .server_limits(&ServerLimits::default().header_read_timeout(Duration::from_secs(5)))
-//!     .run();
+//! let listener = std::net::TcpListener::bind(("0.0.0.0", 443))?;
+//! let https = certauto_actix::serve(listener, &config, || {
+//!     App::new().route("/", web::get().to(|| async { "hello" }))
+//! })?
+//! // Tighter than the defaults.
+//! .limits(ServerLimits::default().header_read_timeout(Duration::from_secs(5)))
+//! .run();
 //! let port80 = config.clone();
 //! let http = HttpServer::new(move || {
 //!     App::new()
@@ -46,17 +57,25 @@
 //! # }
 //! ```
 //!
-//! # Why actix keeps its own TLS accept path
+//! # Two TLS accept paths
 //!
-//! certauto-axum runs its handshakes in certauto-core's
-//! [`AcmeAcceptor`](certauto_core::AcmeAcceptor). actix-web's `HttpServer`
-//! cannot: it accepts TCP in actix-server and runs the TLS handshake in
-//! actix-tls itself, and offers no way to hand it connections whose handshake
-//! ran elsewhere (its TLS stream type has no public constructor, and a custom
-//! actix-server service would no longer be the `HttpServer` this trait
-//! extends). So [`bind_acme`](HttpServerAcmeExt::bind_acme) configures
-//! actix's own equivalents from the same [`ServerLimits`], and the
-//! certificates come from the same resolver:
+//! actix-web's `HttpServer` accepts TCP in actix-server and runs the TLS
+//! handshake in actix-tls itself; it takes no connection whose handshake ran
+//! elsewhere. So [`serve`] does not extend `HttpServer`: it builds the
+//! actix-server `Server` as `HttpServer` does, with certauto-core's
+//! [`AcmeHandshaker`](certauto_core::AcmeHandshaker) (the handshake step of
+//! [`AcmeAcceptor`](certauto_core::AcmeAcceptor)) in place of actix-tls and
+//! actix-http's `HttpService` serving the TLS stream. What it does not have
+//! of `HttpServer`: several listeners on one server (run one `Server` per
+//! listener), `on_connect`, and the HTTP/2 window and HTTP/1 buffer settings
+//! (actix's defaults apply). actix-server has accepted a connection before
+//! its handshake waits for a slot, so past the bound on handshakes in
+//! progress connections wait open (counted in the per-worker connection cap)
+//! rather than in the kernel's accept queue.
+//!
+//! [`bind_acme`](HttpServerAcmeExt::bind_acme) keeps `HttpServer` and
+//! configures actix's own equivalents from the same [`ServerLimits`], with
+//! the certificates from the same resolver:
 //!
 //! - handshake timeout: `HttpServer::tls_handshake_timeout`;
 //! - header-read timeout: `client_request_timeout` (a client that sends no
@@ -67,14 +86,17 @@
 //!   (256 per worker by default). It is process-wide state in actix-tls, so
 //!   this crate leaves it to the application.
 //! - `acme-tls/1`: the validation is answered in the handshake, as with
-//!   axum. actix then hands the connection to its HTTP/1 dispatcher instead
-//!   of closing it at once; validators close it themselves (RFC 8737 §3),
-//!   and one that does not is closed by the header-read timeout like any
-//!   silent client.
+//!   [`serve`]. actix then hands the connection to its HTTP/1 dispatcher
+//!   instead of closing it at once; validators close it themselves (RFC 8737
+//!   §3), and one that does not is closed by the header-read timeout like
+//!   any silent client.
+
+mod serve;
 
 use std::fmt;
 use std::io;
 use std::net::ToSocketAddrs;
+use std::sync::Arc;
 
 use actix_http::{Request, Response};
 use actix_service::IntoServiceFactory;
@@ -84,8 +106,58 @@ use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
-use certauto_core::{ChallengeTokens, Config, ServerLimits};
+use certauto_core::{ChallengeTokens, Config};
 use certauto_core::{HTTP01_CONTENT_TYPE, Http01Answer};
+
+pub use certauto_core::ServerLimits;
+pub use serve::AcmeServer;
+
+/// Serves the app `factory` builds (once per worker, as with `HttpServer::new`)
+/// over HTTPS on `listener` with the certificates of `config`: handshakes in
+/// certauto-core's acceptor, bounded clients ([`ServerLimits::default`];
+/// change them with [`AcmeServer::limits`]). Call [`AcmeServer::run`] to
+/// start it.
+pub fn serve<F, I, S, B>(
+    listener: std::net::TcpListener,
+    config: &Config,
+    factory: F,
+) -> io::Result<AcmeServer>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    serve_with(listener, Arc::new(config.server_config()), factory)
+}
+
+/// Like [`serve`] with a rustls config of your own, which should resolve
+/// through a [`CertResolver`](certauto_core::CertResolver) and list
+/// `acme-tls/1` in ALPN to answer TLS-ALPN-01, and `h2` to offer HTTP/2 (as
+/// [`Config::server_config`] does).
+pub fn serve_with<F, I, S, B>(
+    listener: std::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    factory: F,
+) -> io::Result<AcmeServer>
+where
+    F: Fn() -> I + Send + Clone + 'static,
+    I: IntoServiceFactory<S, Request>,
+    S: ServiceFactory<Request, Config = AppConfig> + 'static,
+    S::Error: Into<actix_web::Error> + 'static,
+    S::InitError: fmt::Debug,
+    S::Response: Into<Response<B>> + 'static,
+    <S::Service as Service<Request>>::Future: 'static,
+    S::Service: 'static,
+    B: MessageBody + 'static,
+{
+    AcmeServer::new(listener, tls, factory)
+}
 
 /// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,
 /// each bounding clients with CertAuto's [`ServerLimits`].
@@ -115,7 +187,7 @@ pub trait HttpServerAcmeExt: Sized {
     /// Bounds clients with `limits`: `client_request_timeout` (header read),
     /// `keep_alive` (idle), `max_connections` (per worker) and
     /// `tls_handshake_timeout`. `max_pending_handshakes` does not apply:
-    /// see the [crate docs](crate#why-actix-keeps-its-own-tls-accept-path).
+    /// see the [crate docs](crate#two-tls-accept-paths).
     fn server_limits(self, limits: &ServerLimits) -> Self;
 }
 

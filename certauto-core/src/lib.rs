@@ -119,7 +119,7 @@ pub use error::{
 };
 pub use events::{Event, EventHandler};
 pub use handshake::{
-    AcmeAcceptor, AcmeAcceptorBuilder, CertResolver, DEFAULT_HANDSHAKE_TIMEOUT,
+    AcmeAcceptor, AcmeAcceptorBuilder, AcmeHandshaker, CertResolver, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook, accept_tcp,
 };
 pub use identifier::{DomainName, Identifier, NameError};

@@ -17,8 +17,8 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use axum::routing::get;
 use certauto::{
-    AcmeIssuer, AcmeIssuerBuilder, CertResolver, Config, Http01Solver, MemoryStorage, Storage,
-    TlsAlpn01Solver, TlsAlpnChallenges,
+    AcmeIssuer, AcmeIssuerBuilder, CertResolver, Config, Http01Solver, MemoryStorage, ServerLimits,
+    Storage, TlsAlpn01Solver, TlsAlpnChallenges,
 };
 use certauto_actix::HttpServerAcmeExt;
 use certauto_axum::{AcmeTlsListener, TlsConnectInfo};
@@ -393,22 +393,53 @@ async fn axum_swaps_the_certificate_live_and_open_connections_keep_working() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn actix_swaps_the_certificate_live_and_open_connections_keep_working() {
+    actix_live_swap(|listener, config| {
+        HttpServer::new(|| App::new().route("/", web::get().to(actix_client_port)))
+            .workers(1)
+            .shutdown_timeout(5)
+            .disable_signals()
+            .listen_acme(listener, config)
+            .unwrap()
+            // After listen_acme (which applies CertAuto's limits): longer than
+            // the renewal, so idleness never closes the connection under test.
+            .keep_alive(Duration::from_secs(600))
+            .run()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_swaps_the_certificate_live_and_open_connections_keep_working() {
+    actix_live_swap(|listener, config| {
+        certauto_actix::serve(listener, config, || {
+            App::new().route("/", web::get().to(actix_client_port))
+        })
+        .unwrap()
+        .workers(1)
+        .shutdown_timeout(5)
+        .disable_signals()
+        // Longer than the renewal, so idleness never closes the connection
+        // under test.
+        .limits(ServerLimits::default().idle_timeout(Duration::from_secs(600)))
+        .run()
+    })
+    .await;
+}
+
+/// The live swap on an actix server that `start` runs on a listener with a
+/// config: open connections (HTTP/2 and HTTP/1.1) keep their certificate and
+/// keep serving, new handshakes get the renewed one, and a graceful stop
+/// ends the server.
+async fn actix_live_swap(
+    start: impl FnOnce(std::net::TcpListener, &Config) -> actix_web::dev::Server,
+) {
     let pebble = start_pebble().await;
     let root = pebble.root_der(0).await;
     let config = swap_config(&pebble, Arc::new(MemoryStorage::new())).await;
 
     let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = std_listener.local_addr().unwrap();
-    let server = HttpServer::new(|| App::new().route("/", web::get().to(actix_client_port)))
-        .workers(1)
-        .shutdown_timeout(5)
-        .disable_signals()
-        .listen_acme(std_listener, &config)
-        .unwrap()
-        // After listen_acme (which applies CertAuto's limits): longer than
-        // the renewal, so idleness never closes the connection under test.
-        .keep_alive(Duration::from_secs(600))
-        .run();
+    let server = start(std_listener, &config);
     let handle = server.handle();
     let server = tokio::spawn(server);
     let url = format!("https://{SWAP}:{}/", addr.port());
@@ -591,6 +622,61 @@ async fn unknown_sni_is_refused_cleanly_and_the_default_certificate_is_served() 
         assert!(!task.is_finished());
         task.abort();
     }
+}
+
+/// Serves `config` with `certauto_actix::serve` (one worker) on a fresh port.
+fn serve_actix(config: &Config) -> (SocketAddr, actix_web::dev::ServerHandle) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = certauto_actix::serve(listener, config, || {
+        App::new().route("/", web::get().to(|| async { "hello" }))
+    })
+    .unwrap()
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    (addr, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_refuses_unknown_sni_cleanly_and_serves_the_default_certificate() {
+    let pebble = start_pebble().await;
+    let root = pebble.root_der(0).await;
+    let config = swap_config(&pebble, Arc::new(MemoryStorage::new())).await;
+    let (addr, handle) = serve_actix(&config);
+    let swap_chain = verified_chain(addr, SWAP, &root).await;
+
+    // Unknown SNI: a fatal alert from the server, not a hang.
+    for client in [trusting(&root, &[]), accepting_any()] {
+        let err = bounded(
+            STEP_BOUND,
+            "handshake with unknown SNI",
+            handshake(
+                addr,
+                ServerName::try_from("unknown.example").unwrap(),
+                Arc::new(client),
+            ),
+        )
+        .await
+        .expect_err("a handshake for an unknown name must fail");
+        assert!(
+            matches!(rustls_error(&err), Some(rustls::Error::AlertReceived(_))),
+            "expected a fatal alert from the server, got {err:?}"
+        );
+    }
+
+    // The server keeps serving swap.example, and without SNI serves the
+    // default certificate (the first managed name's).
+    assert_serves(&root, SWAP, addr).await;
+    assert_eq!(verified_chain(addr, SWAP, &root).await, swap_chain);
+    let chain = chain_without_sni(addr).await;
+    assert_eq!(chain, swap_chain);
+    webpki_verify_chain(&chain, &root, SWAP).unwrap();
+
+    bounded(STEP_BOUND, "actix stop", handle.stop(true)).await;
 }
 
 // ----- 4. handshake storm --------------------------------------------------
@@ -1038,4 +1124,55 @@ async fn tls_alpn01_is_answered_on_the_applications_own_port() {
 
     assert!(!server.is_finished());
     server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_answers_tls_alpn01_on_the_applications_own_port() {
+    const NAME: &str = "alpn-actix.example";
+    let pebble = start_pebble().await;
+    let root = pebble.root_der(0).await;
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let challenges = TlsAlpnChallenges::new();
+    // TLS-ALPN-01 is the only challenge this issuer can answer.
+    let issuer = issuer_base(&pebble, storage.clone())
+        .tls_alpn01_solver(TlsAlpn01Solver::inline(challenges.clone()))
+        .build();
+    let config = Config::builder()
+        .storage(storage)
+        .issuer(issuer)
+        .tls_alpn_challenges(challenges.clone())
+        .build();
+
+    // The actix app listens first, where Pebble validates TLS-ALPN-01.
+    let listener = std::net::TcpListener::bind(("127.0.0.1", pebble.tls_port())).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = certauto_actix::serve(listener, &config, || {
+        App::new().route("/", web::get().to(|| async { "hello" }))
+    })
+    .unwrap()
+    .workers(1)
+    .shutdown_timeout(1)
+    .disable_signals()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    bounded(
+        ISSUE_BOUND,
+        "manage(alpn-actix.example)",
+        config.manage([NAME]),
+    )
+    .await
+    .unwrap();
+    assert!(
+        challenges.get(NAME).is_none(),
+        "the challenge certificate is withdrawn after validation"
+    );
+
+    // The same port now serves HTTPS with the issued certificate.
+    let chain = verified_chain(addr, NAME, &root).await;
+    assert_eq!(serial_hex(&chain[0]), cached_serial(&config, NAME));
+    assert_serves(&root, NAME, addr).await;
+
+    bounded(STEP_BOUND, "actix stop", handle.stop(true)).await;
 }

@@ -472,3 +472,145 @@ async fn actix_redirect_refuses_unmanaged_hosts_when_restricted() {
     assert_redirect_restricted(addr, 8443).await;
     bounded(STEP_BOUND, "actix stop", handle.stop(false)).await;
 }
+
+// ----- actix-web over certauto-core's acceptor (`certauto_actix::serve`) ----
+
+/// Runs the `Hold` app with `certauto_actix::serve_with` (one worker).
+fn actix_serve_with(
+    tls: Arc<rustls::ServerConfig>,
+    limits: ServerLimits,
+    hold: Arc<Hold>,
+) -> (SocketAddr, actix_web::dev::ServerHandle) {
+    actix(move |listener| {
+        let hold = web::Data::from(hold);
+        certauto_actix::serve_with(listener, tls, move || {
+            App::new()
+                .app_data(hold.clone())
+                .route("/", web::get().to(|| async { "hello" }))
+                .route(
+                    "/hold",
+                    web::get().to(|hold: web::Data<Hold>| async move { hold.hold().await }),
+                )
+        })
+        .unwrap()
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .limits(limits)
+        .run()
+    })
+}
+
+fn actix_serve(
+    config: &Config,
+    limits: ServerLimits,
+    hold: Arc<Hold>,
+) -> (SocketAddr, actix_web::dev::ServerHandle) {
+    actix_serve_with(Arc::new(config.server_config()), limits, hold)
+}
+
+/// A TLS config serving a self-signed `localhost` certificate whatever the
+/// ALPN (so an `acme-tls/1` handshake completes with no ACME challenge
+/// pending), and that certificate.
+fn self_signed_tls() -> (Arc<rustls::ServerConfig>, CertificateDer<'static>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec![HOST.to_owned()]).unwrap();
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let mut tls = rustls::ServerConfig::builder_with_provider(certauto::crypto_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    tls.alpn_protocols = vec![
+        b"h2".to_vec(),
+        b"http/1.1".to_vec(),
+        certauto::ACME_TLS_ALPN.to_vec(),
+    ];
+    (Arc::new(tls), cert.der().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_closes_slow_clients_and_keeps_serving() {
+    let (config, root) = local_config().await;
+    let (addr, handle) = actix_serve(&config, short_limits(), Hold::new());
+    https_slow_clients_are_closed(addr, &root).await;
+    bounded(STEP_BOUND, "actix stop", handle.stop(true)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_connection_cap_holds() {
+    let (config, root) = local_config().await;
+    let hold = Hold::new();
+    let (addr, handle) = actix_serve(
+        &config,
+        ServerLimits::default().max_connections(CAP),
+        hold.clone(),
+    );
+    the_connection_cap_holds(addr, &root, &hold).await;
+    bounded(STEP_BOUND, "actix stop", handle.stop(false)).await;
+}
+
+/// An `acme-tls/1` connection is closed right after its handshake: the
+/// client reads a clean EOF without sending anything, well before the 10 s
+/// header-read timeout (which would end in a `408`), and the connection never
+/// reaches the app. Ordinary clients are served meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_closes_acme_tls_1_connections_after_the_handshake() {
+    let (tls, root) = self_signed_tls();
+    let (addr, handle) = actix_serve_with(tls, ServerLimits::default(), Hold::new());
+
+    let validation = bounded(STEP_BOUND, "acme-tls/1 handshake", async {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let client = Arc::new(client_config(&root, &[certauto::ACME_TLS_ALPN]));
+        tokio_rustls::TlsConnector::from(client)
+            .connect(ServerName::try_from(HOST).unwrap(), tcp)
+            .await
+            .unwrap()
+    })
+    .await;
+    assert_eq!(
+        validation.get_ref().1.alpn_protocol(),
+        Some(certauto::ACME_TLS_ALPN)
+    );
+    let answer = closed_by_server(validation, "acme-tls/1 connection closed").await;
+    assert!(
+        answer.is_empty(),
+        "nothing is sent after the handshake: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+
+    let client = https_client(&root, addr);
+    let url = format!("https://{HOST}:{}/", addr.port());
+    let response = bounded(STEP_BOUND, "HTTPS request", client.get(&url).send())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    bounded(STEP_BOUND, "actix stop", handle.stop(true)).await;
+}
+
+/// With one handshake allowed in progress, a client that connects and sends
+/// nothing holds it: the next client's handshake completes only once the
+/// server has closed the silent one at its handshake deadline. (Without the
+/// bound, the second handshake would complete while the silent connection is
+/// still open, and the final check would find it open.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actix_serve_bounds_handshakes_in_progress() {
+    let (config, root) = local_config().await;
+    let limits = short_limits().max_pending_handshakes(1);
+    let (addr, handle) = actix_serve(&config, limits, Hold::new());
+
+    // A plain socket, to look at its state with a non-blocking read below.
+    let silent = std::net::TcpStream::connect(addr).unwrap();
+    let tls = tls_connect(addr, &root).await;
+    silent.set_nonblocking(true).unwrap();
+    let mut buf = [0; 1];
+    let read = std::io::Read::read(&mut &silent, &mut buf);
+    assert!(
+        matches!(&read, Ok(0))
+            || matches!(&read, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock),
+        "the silent connection was closed before the next handshake finished: {read:?}"
+    );
+    drop(tls);
+    bounded(STEP_BOUND, "actix stop", handle.stop(true)).await;
+}

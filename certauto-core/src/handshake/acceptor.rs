@@ -1,4 +1,6 @@
-//! [`AcmeAcceptor`]: the TLS accept loop both server adapters use.
+//! [`AcmeAcceptor`]: the TLS accept loop both server adapters use, and its
+//! handshake step alone ([`AcmeHandshaker`]) for servers that accept TCP
+//! themselves.
 
 use std::io;
 use std::net::SocketAddr;
@@ -86,6 +88,62 @@ pub struct AcmeAcceptorBuilder {
     max_pending: usize,
 }
 
+/// The handshake step of an [`AcmeAcceptor`] alone, for servers that accept
+/// TCP connections themselves and hand each one over (certauto-actix:
+/// actix-server accepts in its own thread and serves each connection in a
+/// worker). Built by [`AcmeAcceptorBuilder::handshaker`]; clones share the
+/// bound on handshakes in progress.
+///
+/// The same handshake as the acceptor's, with the same guarantees: one
+/// deadline from the first byte read to the finished handshake,
+/// TLS-ALPN-01 validations answered and shut down, never handed on. The
+/// difference is where connections wait past the bound: here they are
+/// already accepted, and wait (holding their socket, not yet read) for a
+/// slot in [`handshake`](Self::handshake); bound the connections the server
+/// accepts (actix-server: `max_concurrent_connections`) to bound them too.
+///
+/// ```no_run
+/// # async fn demo(config: certauto_core::Config, stream: tokio::net::TcpStream) {
+/// use std::sync::Arc;
+/// use certauto_core::AcmeAcceptor;
+///
+/// let handshaker = AcmeAcceptor::builder(Arc::new(config.server_config())).handshaker();
+/// // For each accepted connection:
+/// let peer = stream.peer_addr().expect("a connected socket");
+/// if let Some(tls) = handshaker.handshake(stream, peer).await {
+///     // serve HTTP over `tls`...
+///     # let _ = tls;
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AcmeHandshaker {
+    configs: ConfigSource,
+    timeout: Duration,
+    /// Handshakes in progress: one permit each, held for the handshake.
+    slots: Arc<Semaphore>,
+}
+
+impl AcmeHandshaker {
+    /// Runs the TLS handshake of `stream` from `peer` once a slot is free:
+    /// the finished stream, or `None` when the handshake failed, timed out or
+    /// was a TLS-ALPN-01 validation (answered, and the connection shut down).
+    /// The deadline starts when the slot is taken. Dropping the future drops
+    /// the connection and frees its slot.
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Option<TlsStream<TcpStream>> {
+        // Never closed (this type holds a handle and closes nothing), so this
+        // returns a permit; the `else` only guards the contract.
+        let Ok(_slot) = self.slots.acquire().await else {
+            return None;
+        };
+        finish(stream, peer, &self.configs, self.timeout).await
+    }
+}
+
 /// Where the `ServerConfig` of a handshake comes from.
 ///
 /// The seam for on-demand TLS: a variant that awaits a certificate for the
@@ -125,6 +183,16 @@ impl AcmeAcceptorBuilder {
     pub fn limits(self, limits: &super::ServerLimits) -> Self {
         self.handshake_timeout(limits.handshake_timeout_value())
             .max_pending_handshakes(limits.max_pending_handshakes_value())
+    }
+
+    /// The handshake step alone, for a server that accepts TCP connections
+    /// itself: see [`AcmeHandshaker`].
+    pub fn handshaker(self) -> AcmeHandshaker {
+        AcmeHandshaker {
+            slots: Arc::new(Semaphore::new(self.max_pending)),
+            configs: self.configs,
+            timeout: self.handshake_timeout,
+        }
     }
 
     /// Starts accepting on `tcp` (in a task on the current tokio runtime).
@@ -184,28 +252,40 @@ async fn accept_loop(
         let configs = configs.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _ = stream.set_nodelay(true);
-            let tls = match tokio::time::timeout(timeout, handshake(stream, &configs)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
-                    return;
-                }
-            };
-            if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
-                // A TLS-ALPN-01 validation: the handshake was the answer.
-                let mut tls = tls;
-                let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
-                tracing::debug!(%peer, "answered a TLS-ALPN-01 validation");
-                return;
+            if let Some(tls) = finish(stream, peer, &configs, timeout).await {
+                let _ = tx.send((tls, peer, slot)).await;
             }
-            let _ = tx.send((tls, peer, slot)).await;
         });
     }
+}
+
+/// Runs the handshake of `stream` under `timeout`: the finished stream, or
+/// `None` when it failed, timed out, or was a TLS-ALPN-01 validation (whose
+/// connection has been shut down: the handshake was the answer).
+async fn finish(
+    stream: TcpStream,
+    peer: SocketAddr,
+    configs: &ConfigSource,
+    timeout: Duration,
+) -> Option<TlsStream<TcpStream>> {
+    let _ = stream.set_nodelay(true);
+    let mut tls = match tokio::time::timeout(timeout, handshake(stream, configs)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, ?timeout, "TLS handshake timed out");
+            return None;
+        }
+    };
+    if tls.get_ref().1.alpn_protocol() == Some(ACME_TLS_ALPN) {
+        let _ = tokio::time::timeout(timeout, tls.shutdown()).await;
+        tracing::debug!(%peer, "answered a TLS-ALPN-01 validation");
+        return None;
+    }
+    Some(tls)
 }
 
 /// Reads the ClientHello, picks its config, and finishes the handshake.
@@ -344,6 +424,39 @@ mod tests {
         let mut got = [0; 1];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"x");
+    }
+
+    #[tokio::test]
+    async fn the_handshaker_closes_acme_tls_1_and_hands_on_the_rest() {
+        let (server, root) = server_config(&[b"http/1.1", ACME_TLS_ALPN]);
+        let handshaker = AcmeAcceptor::builder(server).handshaker();
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+
+        let validation = tokio::spawn(connect(addr, client_config(root.clone(), &[ACME_TLS_ALPN])));
+        let (stream, peer) = tcp.accept().await.unwrap();
+        let closed = tokio::time::timeout(BOUND, handshaker.handshake(stream, peer))
+            .await
+            .unwrap();
+        assert!(
+            closed.is_none(),
+            "an acme-tls/1 connection is not handed on"
+        );
+        let mut validation = validation.await.unwrap().unwrap();
+        let mut buf = [0; 1];
+        let read = tokio::time::timeout(BOUND, validation.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(read, Ok(0)), "{read:?}");
+
+        let client = tokio::spawn(connect(addr, client_config(root, &[b"http/1.1"])));
+        let (stream, peer) = tcp.accept().await.unwrap();
+        let tls = tokio::time::timeout(BOUND, handshaker.handshake(stream, peer))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        client.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@ use super::acceptor::{DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES}
 
 /// The bounds a server puts on its clients, so that slow or idle clients
 /// cannot hold connections forever. certauto-axum applies them with hyper's
-/// timers, certauto-actix with actix-web's `HttpServer` settings.
+/// timers, certauto-actix with actix-http's settings (and, for
+/// `bind_acme`, actix-web's `HttpServer` settings).
 ///
 /// | setting | default | bounds |
 /// |---|---|---|

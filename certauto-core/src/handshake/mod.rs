@@ -13,8 +13,8 @@ mod limits;
 mod resolver;
 
 pub use acceptor::{
-    AcmeAcceptor, AcmeAcceptorBuilder, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_PENDING_HANDSHAKES,
-    accept_tcp,
+    AcmeAcceptor, AcmeAcceptorBuilder, AcmeHandshaker, DEFAULT_HANDSHAKE_TIMEOUT,
+    DEFAULT_MAX_PENDING_HANDSHAKES, accept_tcp,
 };
 pub use limits::ServerLimits;
 pub use resolver::{CertResolver, UnknownNameHook};
