@@ -1,7 +1,7 @@
 //! Run with: `cargo run -p example-actix`
 //!
 //! An actix-web HTTPS server whose certificates CertAuto obtains and swaps
-//! live (`bind_acme`). With no `CERTAUTO_DIRECTORY` it uses the local CA
+//! live (`certauto_actix::serve`). With no `CERTAUTO_DIRECTORY` it uses the local CA
 //! (offline); with one, it obtains from that ACME CA, answering HTTP-01 on its
 //! own HTTP port or TLS-ALPN-01 on its own HTTPS port. Configuration:
 //! `CERTAUTO_*` variables, see `certauto::env`. `GET /` answers 200 over
@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use actix_web::{App, HttpServer, web};
 use certauto::env::EnvSettings;
-use certauto_actix::{HttpServerAcmeExt, acme_http01, https_redirect};
+use certauto_actix::{acme_http01, https_redirect};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -37,13 +37,14 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let https_listener = std::net::TcpListener::bind(settings.https_addr)?;
     let https_port = https_listener.local_addr()?.port();
-    let https = HttpServer::new(|| {
+    // TLS handshakes in certauto-core's acceptor (the one certauto-axum
+    // uses); actix-http serves the requests.
+    let https = certauto_actix::serve(https_listener, &config, || {
         App::new().route(
             "/",
             web::get().to(|| async { "Hello from CertAuto over HTTPS\n" }),
         )
-    })
-    .listen_acme(https_listener, &config)?
+    })?
     .run();
     let http = HttpServer::new(move || {
         App::new()
