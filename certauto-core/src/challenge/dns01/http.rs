@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::CertificateDer;
 
 use super::provider::DnsError;
-use crate::acme::http::{build_http_client, parse_retry_after};
+use crate::acme::http::{build_http_client_with_redirects, parse_retry_after};
 
 /// The time one API request may take, connection included.
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -95,7 +95,8 @@ impl ApiResponse {
     }
 
     /// The error for a non-success answer: 401/403 refuse the credentials,
-    /// 429 rate-limits, 5xx (and 408) may pass, other codes refuse the request.
+    /// 429 rate-limits, 5xx (and 408) may pass, other codes (redirects
+    /// included: they are not followed) refuse the request.
     /// `detail` is what the provider's error body says, if it was parsed.
     pub(crate) fn error(&self, provider: &'static str, detail: Option<String>) -> DnsError {
         let detail = detail.unwrap_or_else(|| self.snippet());
@@ -144,11 +145,15 @@ impl ApiClient {
                 ));
             }
         }
-        let client = build_http_client(
+        // No redirects: the credentials travel in headers (`X-API-Key`,
+        // `X-Api-User`, `x-amz-security-token`, ...) that reqwest would send
+        // on to any target, plain http included. A 3xx is refused instead.
+        let client = build_http_client_with_redirects(
             extra_roots,
             true,
             API_TIMEOUT,
             concat!("certauto/", env!("CARGO_PKG_VERSION")),
+            reqwest::redirect::Policy::none(),
         )
         .map_err(|e| DnsError::config(provider, e.to_string()))?;
         Ok(Self {
@@ -358,6 +363,40 @@ mod tests {
             ApiClient::new("test", "http://api.example.com", &[]),
             Err(DnsError::Config { .. })
         ));
+    }
+
+    /// A stand-in answering 307 towards a second stand-in that records
+    /// whether the API key reached it: the redirect is not followed and is
+    /// refused (`Rejected`).
+    #[tokio::test]
+    async fn redirects_are_not_followed_so_keys_stay_home() {
+        use crate::challenge::dns01::standin::{Reply, StandIn};
+        let elsewhere = StandIn::start(|_| Reply::json(200, serde_json::json!({}))).await;
+        let target = format!("{}/stolen", elsewhere.url());
+        let api = StandIn::start(move |_| {
+            Reply::text(307, "text/plain", "moved").header("location", &target)
+        })
+        .await;
+        let client = ApiClient::new("test", &api.url(), &[]).unwrap();
+        let resp = client
+            .send(
+                client
+                    .request(reqwest::Method::GET, "/zones")
+                    .header("x-api-key", "hunter2"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 307);
+        assert!(!resp.is_success());
+        assert!(matches!(
+            resp.error("test", None),
+            DnsError::Rejected {
+                status: Some(307),
+                ..
+            }
+        ));
+        assert_eq!(api.seen().len(), 1);
+        assert!(elsewhere.seen().is_empty(), "the redirect was followed");
     }
 
     #[test]

@@ -915,6 +915,33 @@ mod tests {
         assert!(matches!(err, DnsError::Config { .. }), "{err}");
     }
 
+    /// A stand-in answering every request with a 307 towards a second
+    /// stand-in: `X-API-Key` must not reach it (reqwest would carry it on),
+    /// and the 3xx is refused.
+    #[tokio::test]
+    async fn redirects_do_not_carry_the_api_key_away() {
+        let thief = StandIn::start(|_| Reply::json(200, json!([]))).await;
+        let target = format!("{}{ZONES}", thief.url());
+        let api =
+            StandIn::start(move |_| Reply::text(307, "text/plain", "").header("location", &target))
+                .await;
+        let err = provider(&api.url())
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DnsError::Rejected {
+                    status: Some(307),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(thief.seen().is_empty(), "the key followed the redirect");
+    }
+
     #[tokio::test]
     async fn api_errors_carry_powerdns_words() {
         // A stand-in whose zone list names a zone its zone URL does not know
