@@ -273,10 +273,23 @@ fn read_accounts_file(path: &std::path::Path) -> Result<Vec<(String, AcmeDnsAcco
         ));
     }
     let map: HashMap<String, AcmeDnsAccount> = serde_json::from_slice(&text).map_err(|e| {
-        // serde_json's message names the position, never the content.
+        // Only the kind and position of the fault: serde_json's message
+        // quotes the value of a wrong type (`invalid type: string "..."`),
+        // which may be a password.
+        let fault = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Eof => "cut short",
+            serde_json::error::Category::Data => "a field is missing or of the wrong type",
+        };
         DnsError::config(
             PROVIDER,
-            format!("accounts file {shown}: not a map of domains to acme-dns accounts: {e}"),
+            format!(
+                "accounts file {shown}: not a map of domains to acme-dns accounts \
+                 ({fault} at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let mut accounts: Vec<_> = map.into_iter().collect();
@@ -562,6 +575,24 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+        // A value of the wrong type: serde_json would quote it.
+        for text in [
+            r#"{"example.com": "s3cret-pass"}"#,
+            r#"{"example.com": {"username": "u", "password": 987654321,
+                "fulldomain": "x.auth.example.org", "subdomain": "x"}}"#,
+            r#"{"example.com": {"username": "u", "password": "s3cret-pass""#,
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = AcmeDns::builder("https://auth.example.org")
+                .accounts_file(&path)
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("987654321"), "{shown}");
+            assert!(shown.contains("line "), "{shown}");
+        }
         let err = AcmeDns::builder("https://auth.example.org")
             .accounts_file(dir.path().join("missing.json"))
             .build()
