@@ -143,7 +143,10 @@ impl CloudflareBuilder {
 
     /// The zone's identifier (32 hex digits in the dashboard), so no zone
     /// lookup is made and the token needs no *Zone Read* permission. Every
-    /// record name must then be inside that zone.
+    /// record name must then be inside that zone: for a name outside it
+    /// (which Cloudflare would take as relative to the zone, writing
+    /// `<name>.<zone>`), the record made is removed again and the call
+    /// fails with [`DnsError::ZoneNotFound`].
     pub fn zone_id(mut self, zone_id: impl Into<String>) -> Self {
         self.zone_id = Some(zone_id.into());
         self
@@ -253,6 +256,13 @@ fn success<T: serde::de::DeserializeOwned>(resp: &ApiResponse) -> Result<Envelop
     Ok(envelope)
 }
 
+/// Whether the record name Cloudflare shows is `fqdn`.
+fn same_name(shown: &str, fqdn: &str) -> bool {
+    shown
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(fqdn.trim_end_matches('.'))
+}
+
 impl Cloudflare {
     async fn send(
         &self,
@@ -300,6 +310,31 @@ impl Cloudflare {
         })
     }
 
+    /// Deletes the record `id`; one already gone counts as deleted.
+    async fn delete_record(&self, zone: &str, id: &str) -> Result<(), DnsError> {
+        let path = format!(
+            "/zones/{}/dns_records/{}",
+            encode_component(zone),
+            encode_component(id)
+        );
+        let resp = self.send(Method::DELETE, &path, None).await?;
+        if resp.is_success() {
+            let _: Envelope<serde_json::Value> = success(&resp)?;
+        } else if resp.status != 404 {
+            return Err(failure(&resp));
+        }
+        Ok(())
+    }
+
+    /// `fqdn` is not inside the configured zone.
+    fn outside_zone(&self, fqdn: &str) -> DnsError {
+        tracing::debug!(fqdn, zone = ?self.zone_id, "cloudflare: name outside the configured zone");
+        DnsError::ZoneNotFound {
+            provider: PROVIDER,
+            name: fqdn.to_owned(),
+        }
+    }
+
     /// The ids of the TXT records at `fqdn` whose content is `value`.
     async fn find(&self, zone: &str, fqdn: &str, value: &str) -> Result<Vec<String>, DnsError> {
         let mut ids = Vec::new();
@@ -321,7 +356,7 @@ impl Cloudflare {
                     .into_iter()
                     .filter(|r| {
                         r.kind == "TXT"
-                            && r.name.trim_end_matches('.').eq_ignore_ascii_case(fqdn)
+                            && same_name(&r.name, fqdn)
                             && unquote_txt(&r.content) == value
                     })
                     .map(|r| r.id),
@@ -352,12 +387,25 @@ impl DnsProvider for Cloudflare {
         let resp = self.send(Method::POST, &path, Some(body)).await?;
         if resp.is_success() {
             let created: Envelope<Record> = success(&resp)?;
+            if !same_name(&created.result.name, fqdn) {
+                // Only with a configured zone id: `fqdn` is outside that
+                // zone and Cloudflare took it as relative to the zone
+                // (`<fqdn>.<zone>`). That record is of no use: remove it.
+                self.delete_record(&zone, &created.result.id).await?;
+                return Err(self.outside_zone(fqdn));
+            }
             tracing::debug!(fqdn, record = %created.result.id, "cloudflare: TXT record created");
             return Ok(());
         }
         let duplicate = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
             .is_ok_and(|e| e.errors.iter().any(|e| e.code == IDENTICAL_RECORD));
         if resp.status == 400 && duplicate {
+            // With a configured zone, the identical record may be one at
+            // `<fqdn>.<zone>` (left by an earlier call whose clean-up
+            // failed): it counts only if it is at `fqdn` itself.
+            if self.zone_id.is_some() && self.find(&zone, fqdn, value).await?.is_empty() {
+                return Err(self.outside_zone(fqdn));
+            }
             tracing::debug!(fqdn, "cloudflare: TXT record already there");
             return Ok(());
         }
@@ -367,17 +415,7 @@ impl DnsProvider for Cloudflare {
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
         let zone = self.zone_id(fqdn).await?;
         for id in self.find(&zone, fqdn, value).await? {
-            let path = format!(
-                "/zones/{}/dns_records/{}",
-                encode_component(&zone),
-                encode_component(&id)
-            );
-            let resp = self.send(Method::DELETE, &path, None).await?;
-            if resp.is_success() {
-                let _: Envelope<serde_json::Value> = success(&resp)?;
-            } else if resp.status != 404 {
-                return Err(failure(&resp));
-            }
+            self.delete_record(&zone, &id).await?;
         }
         Ok(())
     }
@@ -542,13 +580,22 @@ mod tests {
                 if !(content.len() >= 2 && content.starts_with('"') && content.ends_with('"')) {
                     return Err(format!("unquoted TXT content {content}"));
                 }
-                if !st.zones.iter().any(|z| z.0 == *zone) {
+                let Some(zone_name) = st.zones.iter().find(|z| z.0 == *zone).map(|z| z.1.clone())
+                else {
                     return Ok(cf_error(
                         400,
                         7003,
                         "Could not route to /zones, perhaps your object identifier is invalid?",
                     ));
-                }
+                };
+                // Cloudflare takes a name that does not end in the zone's
+                // name as relative to the zone.
+                let name = if name == zone_name || name.ends_with(&format!(".{zone_name}")) {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{zone_name}")
+                };
+                let name = name.as_str();
                 if st
                     .records
                     .iter()
@@ -687,6 +734,40 @@ mod tests {
                 .all(|s| s.path() != format!("{BASE}/zones"))
         );
         assert!(cf.values(fqdn).is_empty());
+        cf.assert_no_violations();
+    }
+
+    /// A configured zone id and a name outside that zone: the record
+    /// Cloudflare made at `<name>.<zone>` is removed, and the name's zone
+    /// is not found; a later identical create is not taken for success.
+    #[tokio::test]
+    async fn a_name_outside_the_configured_zone_is_zone_not_found() {
+        let cf = CloudflareStandIn::start(&[("z1", "example.com")]).await;
+        let provider = cf.builder(TOKEN).zone_id("z1").build().unwrap();
+        let fqdn = "_acme-challenge.other.org";
+        for _ in 0..2 {
+            let err = provider.create_txt_record(fqdn, V1).await.unwrap_err();
+            assert!(
+                matches!(&err, DnsError::ZoneNotFound { name, .. } if name == fqdn),
+                "{err:?}"
+            );
+            assert!(cf.state.lock().unwrap().records.is_empty());
+        }
+        // A record left at `<name>.<zone>` (a failed clean-up) does not
+        // make the duplicate answer a success.
+        cf.seed(
+            "z1",
+            "_acme-challenge.other.org.example.com",
+            &quote_txt(V1),
+        );
+        let err = provider.create_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err:?}");
+        provider.delete_txt_record(fqdn, V1).await.unwrap();
+        // Inside the zone, all is as before.
+        let inside = "_acme-challenge.www.example.com";
+        provider.create_txt_record(inside, V1).await.unwrap();
+        provider.create_txt_record(inside, V1).await.unwrap();
+        assert_eq!(cf.values(inside), [V1]);
         cf.assert_no_violations();
     }
 
