@@ -577,6 +577,20 @@ impl Route53 {
         })
     }
 
+    /// `error`, after forgetting the zone found for `fqdn` when the error
+    /// says that zone is gone (`NoSuchHostedZone`), so the next call looks
+    /// it up again.
+    fn forget_zone_on(&self, fqdn: &str, error: DnsError) -> DnsError {
+        if matches!(error, DnsError::ZoneNotFound { .. }) {
+            self.inner
+                .zones
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(fqdn);
+        }
+        error
+    }
+
     /// The TXT record set at `fqdn`, if there is one.
     async fn read_set(&self, zone: &str, fqdn: &str) -> Result<Option<RecordSet>, DnsError> {
         let name = format!("{fqdn}.");
@@ -727,8 +741,11 @@ impl DnsProvider for Route53 {
     async fn create_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
         let fqdn = normalize(fqdn);
         let zone = self.zone_for(&fqdn).await?;
-        let _guard = self.inner.locks.lock(&fqdn).await;
-        let current = self.read_set(&zone, &fqdn).await?;
+        let guard = self.inner.locks.lock(&fqdn).await;
+        let current = self
+            .read_set(&zone, &fqdn)
+            .await
+            .map_err(|e| self.forget_zone_on(&fqdn, e))?;
         let mut set = current.unwrap_or(RecordSet {
             ttl: self.inner.ttl,
             values: Vec::new(),
@@ -739,9 +756,14 @@ impl DnsProvider for Route53 {
         set.values.push(quote_txt(value));
         let id = match self.change(&zone, "UPSERT", &fqdn, &set).await {
             Ok(id) => id,
-            Err(ChangeError::Conflict(e) | ChangeError::Failed(e)) => return Err(e),
+            Err(ChangeError::Conflict(e) | ChangeError::Failed(e)) => {
+                return Err(self.forget_zone_on(&fqdn, e));
+            }
         };
         tracing::debug!(fqdn, zone, change = %id, "Route 53 TXT value added");
+        // The set is written: other calls for this name need not wait for
+        // its propagation.
+        drop(guard);
         self.wait_in_sync(&fqdn, &id).await;
         Ok(())
     }
@@ -752,7 +774,11 @@ impl DnsProvider for Route53 {
         let _guard = self.inner.locks.lock(&fqdn).await;
         let mut last_conflict = None;
         for _ in 0..CHANGE_ATTEMPTS {
-            let Some(current) = self.read_set(&zone, &fqdn).await? else {
+            let Some(current) = self
+                .read_set(&zone, &fqdn)
+                .await
+                .map_err(|e| self.forget_zone_on(&fqdn, e))?
+            else {
                 return Ok(());
             };
             if !current.values.iter().any(|v| unquote_txt(v) == value) {
@@ -781,7 +807,7 @@ impl DnsProvider for Route53 {
                 }
                 // The set changed between our read and our write: read again.
                 Err(ChangeError::Conflict(e)) => last_conflict = Some(e),
-                Err(ChangeError::Failed(e)) => return Err(e),
+                Err(ChangeError::Failed(e)) => return Err(self.forget_zone_on(&fqdn, e)),
             }
         }
         Err(last_conflict
