@@ -45,7 +45,8 @@ const IDENTICAL_RECORD: i64 = 81058;
 ///   record already exists" (code 81058) counts as success;
 /// - a value is removed by listing the TXT records at the name
 ///   (`GET /zones/{zone_id}/dns_records?type=TXT&name=<fqdn>`, at most
-///   20 pages of 100) and deleting the ones whose content is that
+///   20 pages of 100; a longer listing is refused with [`DnsError::Rejected`])
+///   and deleting the ones whose content is that
 ///   value (`DELETE /zones/{zone_id}/dns_records/{id}`); a record already
 ///   gone (404) counts as success.
 ///
@@ -338,6 +339,7 @@ impl Cloudflare {
     /// The ids of the TXT records at `fqdn` whose content is `value`.
     async fn find(&self, zone: &str, fqdn: &str, value: &str) -> Result<Vec<String>, DnsError> {
         let mut ids = Vec::new();
+        let mut complete = false;
         for page in 1..=MAX_PAGES {
             let path = format!(
                 "/zones/{}/dns_records?type=TXT&name={}&per_page=100&page={page}",
@@ -366,11 +368,29 @@ impl Cloudflare {
                 .and_then(|i| i.total_pages)
                 .is_none_or(|total| page >= total);
             if last || count == 0 {
+                complete = true;
                 break;
             }
         }
+        if !complete {
+            return Err(cut_listing(fqdn));
+        }
         Ok(ids)
     }
+}
+
+/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
+/// pages: the value may be on a page not read, so nothing is concluded.
+fn cut_listing(fqdn: &str) -> DnsError {
+    DnsError::rejected(
+        PROVIDER,
+        None,
+        format!(
+            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
+             the listing was not read to its end",
+            per = 100
+        ),
+    )
 }
 
 #[async_trait]
@@ -768,6 +788,22 @@ mod tests {
         provider.create_txt_record(inside, V1).await.unwrap();
         provider.create_txt_record(inside, V1).await.unwrap();
         assert_eq!(cf.values(inside), [V1]);
+        cf.assert_no_violations();
+    }
+
+    /// More TXT records at the name than MAX_PAGES pages hold (the
+    /// stand-in pages by 2): the delete fails instead of reporting a
+    /// success it cannot know.
+    #[tokio::test]
+    async fn a_listing_longer_than_the_page_bound_is_refused() {
+        let cf = CloudflareStandIn::start(&[("z1", "example.com")]).await;
+        let fqdn = "_acme-challenge.example.com";
+        for i in 0..=(2 * MAX_PAGES) {
+            cf.seed("z1", fqdn, &format!("other-{i}"));
+        }
+        let err = cf.provider().delete_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(err.to_string().contains("not read to its end"), "{err}");
         cf.assert_no_violations();
     }
 

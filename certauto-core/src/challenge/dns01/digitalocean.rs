@@ -42,7 +42,8 @@ pub(crate) const MAX_PAGES: u32 = 10;
 ///   value, so other values at the name are untouched;
 /// - a value is removed by listing the TXT records at the name
 ///   (`GET /v2/domains/{domain}/records?type=TXT&name=<fqdn>`, at most
-///   10 pages of 200) and deleting those holding the value
+///   10 pages of 200; a longer listing is refused with [`DnsError::Rejected`])
+///   and deleting those holding the value
 ///   (`DELETE /v2/domains/{domain}/records/{id}`); a record already gone
 ///   (404) counts as success.
 ///
@@ -269,6 +270,7 @@ impl DigitalOcean {
     /// The ids of the TXT records at `fqdn` holding `value`.
     async fn find(&self, domain: &str, fqdn: &str, value: &str) -> Result<Vec<u64>, DnsError> {
         let mut ids = Vec::new();
+        let mut complete = false;
         for page in 1..=MAX_PAGES {
             let path = format!(
                 "/domains/{}/records?type=TXT&name={}&per_page=200&page={page}",
@@ -297,11 +299,29 @@ impl DigitalOcean {
                 .unwrap_or_default()
                 .next;
             if next.is_none() || answer.domain_records.is_empty() {
+                complete = true;
                 break;
             }
         }
+        if !complete {
+            return Err(cut_listing(fqdn));
+        }
         Ok(ids)
     }
+}
+
+/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
+/// pages: the value may be on a page not read, so nothing is concluded.
+fn cut_listing(fqdn: &str) -> DnsError {
+    DnsError::rejected(
+        PROVIDER,
+        None,
+        format!(
+            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
+             the listing was not read to its end",
+            per = 200
+        ),
+    )
 }
 
 #[async_trait]
@@ -603,6 +623,28 @@ mod tests {
         provider_checks::exact_values(&provider, fqdn, || api.values(fqdn)).await;
         api.assert_no_violations();
         assert_eq!(provider.locks.live(), 0);
+    }
+
+    /// More TXT records at the name than MAX_PAGES pages hold (the
+    /// stand-in pages by 2): the value might be on a page not read, so the
+    /// call fails instead of reporting a success it cannot know.
+    #[tokio::test]
+    async fn a_listing_longer_than_the_page_bound_is_refused() {
+        let api = DigitalOceanStandIn::start(&["example.com"]).await;
+        let fqdn = "_acme-challenge.example.com";
+        for i in 0..=(2 * MAX_PAGES) {
+            api.seed("example.com", "_acme-challenge", &format!("other-{i}"));
+        }
+        let provider = api.provider();
+        for result in [
+            provider.delete_txt_record(fqdn, V1).await,
+            provider.create_txt_record(fqdn, V1).await,
+        ] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains("not read to its end"), "{err}");
+        }
+        api.assert_no_violations();
     }
 
     #[tokio::test]
