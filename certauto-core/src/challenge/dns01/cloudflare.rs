@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, path_id, quote_txt,
+    unquote_txt, zone_candidates,
 };
 use super::provider::{DnsError, DnsProvider};
 
@@ -174,6 +175,12 @@ impl CloudflareBuilder {
         if self.zone_id.as_deref().is_some_and(str::is_empty) {
             return Err(DnsError::config(PROVIDER, "the zone id is empty"));
         }
+        if let Some(id) = self.zone_id.as_deref().filter(|id| !is_path_segment(id)) {
+            return Err(DnsError::config(
+                PROVIDER,
+                format!("the zone id {id:?} is not an identifier"),
+            ));
+        }
         let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
         Ok(Cloudflare {
             api,
@@ -302,7 +309,7 @@ impl Cloudflare {
                 .into_iter()
                 .find(|z| z.name.trim_end_matches('.').eq_ignore_ascii_case(candidate))
             {
-                return Ok(zone.id);
+                return path_id(PROVIDER, "zone", zone.id);
             }
         }
         Err(DnsError::ZoneNotFound {
@@ -361,7 +368,8 @@ impl Cloudflare {
                             && same_name(&r.name, fqdn)
                             && unquote_txt(&r.content) == value
                     })
-                    .map(|r| r.id),
+                    .map(|r| path_id(PROVIDER, "record", r.id))
+                    .collect::<Result<Vec<_>, _>>()?,
             );
             let last = records
                 .result_info
@@ -407,14 +415,15 @@ impl DnsProvider for Cloudflare {
         let resp = self.send(Method::POST, &path, Some(body)).await?;
         if resp.is_success() {
             let created: Envelope<Record> = success(&resp)?;
+            let created_id = path_id(PROVIDER, "record", created.result.id)?;
             if !same_name(&created.result.name, fqdn) {
                 // Only with a configured zone id: `fqdn` is outside that
                 // zone and Cloudflare took it as relative to the zone
                 // (`<fqdn>.<zone>`). That record is of no use: remove it.
-                self.delete_record(&zone, &created.result.id).await?;
+                self.delete_record(&zone, &created_id).await?;
                 return Err(self.outside_zone(fqdn));
             }
-            tracing::debug!(fqdn, record = %created.result.id, "cloudflare: TXT record created");
+            tracing::debug!(fqdn, record = %created_id, "cloudflare: TXT record created");
             return Ok(());
         }
         let duplicate = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
@@ -807,6 +816,30 @@ mod tests {
         cf.assert_no_violations();
     }
 
+    /// Zone and record ids that would move the request path (`..`, `a/b`)
+    /// are refused; no request goes to such a path.
+    #[tokio::test]
+    async fn ids_that_would_move_the_path_are_refused() {
+        let cf = CloudflareStandIn::start(&[("..", "example.com"), ("z2", "example.org")]).await;
+        let err = cf
+            .provider()
+            .create_txt_record("_acme-challenge.example.com", V1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        let fqdn = "_acme-challenge.example.org";
+        cf.seed("z2", fqdn, V1);
+        cf.state.lock().unwrap().records[0].0 = "../../zones".into();
+        let err = cf.provider().delete_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(
+            cf.server.seen().iter().all(|s| s.method == "GET"),
+            "{:?}",
+            cf.server.seen()
+        );
+        cf.assert_no_violations();
+    }
+
     #[tokio::test]
     async fn unknown_zone_is_zone_not_found() {
         let cf = CloudflareStandIn::start(&[("z2", "other.org")]).await;
@@ -901,6 +934,8 @@ mod tests {
             Cloudflare::builder(""),
             Cloudflare::builder(TOKEN).ttl(30),
             Cloudflare::builder(TOKEN).zone_id(""),
+            Cloudflare::builder(TOKEN).zone_id(".."),
+            Cloudflare::builder(TOKEN).zone_id("z1/dns_records"),
             Cloudflare::builder(TOKEN).api_url("http://api.example.com"),
         ] {
             assert!(matches!(builder.build(), Err(DnsError::Config { .. })));

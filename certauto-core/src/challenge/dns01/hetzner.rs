@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, relative_name, unquote_txt,
-    zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, quote_txt, relative_name,
+    unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -279,7 +279,7 @@ impl Hetzner {
             let answer: ZoneAnswer = resp.json(PROVIDER)?;
             let id = match answer.zone.id {
                 serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::String(s) if !s.is_empty() => s,
+                serde_json::Value::String(s) if is_path_segment(&s) => s,
                 other => {
                     return Err(DnsError::rejected(
                         PROVIDER,
@@ -823,6 +823,32 @@ mod tests {
         )
         .await;
         api.assert_no_violations();
+    }
+
+    /// A stand-in whose zone answer carries an id that would move the
+    /// request path (`..`): refused, and no request goes to that path.
+    #[tokio::test]
+    async fn a_zone_id_that_would_move_the_path_is_refused() {
+        let api = StandIn::start(|req| {
+            if req.header("authorization") != format!("Bearer {TOKEN}") {
+                return Reply::json(401, json!({"error": {"code": "unauthorized", "message": "x"}}));
+            }
+            Reply::json(
+                200,
+                json!({"zone": {"id": "..", "name": "example.com", "mode": "primary", "ttl": 3600, "status": "ok"}}),
+            )
+        })
+        .await;
+        let provider = Hetzner::builder(TOKEN)
+            .api_url(format!("{}/v1", api.url()))
+            .build()
+            .unwrap();
+        let err = provider
+            .create_txt_record("_acme-challenge.example.com", V1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert_eq!(api.seen().len(), 1, "{:?}", api.seen());
     }
 
     #[test]

@@ -258,6 +258,55 @@ pub(crate) fn relative_name<'a>(fqdn: &'a str, zone: &str) -> Option<&'a str> {
     .then_some(head)
 }
 
+/// Whether `id` (from an API answer, or configured) may become one URL
+/// path segment: not empty, `.` or `..`, and no `/` or `\`, once
+/// percent-decoded too (`%2e%2e` is `..` to a URL parser or a server).
+pub(crate) fn is_path_segment(id: &str) -> bool {
+    let decoded = percent_decode(id);
+    [id.as_bytes(), &decoded].iter().all(|form| {
+        !matches!(*form, b"" | b"." | b"..") && !form.iter().any(|b| matches!(b, b'/' | b'\\'))
+    })
+}
+
+/// `id`, a zone or record id from an API answer, if it is usable as a URL
+/// path segment (see [`is_path_segment`]); else [`DnsError::Rejected`].
+pub(crate) fn path_id(provider: &'static str, what: &str, id: String) -> Result<String, DnsError> {
+    if is_path_segment(&id) {
+        Ok(id)
+    } else {
+        Err(DnsError::rejected(
+            provider,
+            None,
+            format!("the API gave an unusable {what} id {id:?}"),
+        ))
+    }
+}
+
+/// `%XX` sequences decoded; anything else (invalid sequences included)
+/// kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// `value` percent-encoded for a URL path segment or query component:
 /// everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
 pub(crate) fn encode_component(value: &str) -> String {
@@ -352,6 +401,29 @@ mod tests {
             "_acme-challenge.a.b"
         );
         assert_eq!(encode_component("a b/*?&="), "a%20b%2F%2A%3F%26%3D");
+    }
+
+    #[test]
+    fn ids_that_would_move_the_path_are_refused() {
+        for good in [
+            "023e105f4ecef8ad9ca31a8372d0c353",
+            "example.com.",
+            "a=2Fb",
+            "1234",
+            "%41",
+        ] {
+            assert!(is_path_segment(good), "{good}");
+            assert_eq!(path_id("p", "zone", good.into()).unwrap(), good);
+        }
+        for bad in [
+            "", ".", "..", "%2e%2E", "%2E", "a/b", "a\\b", "a%2Fb", "a%5cb", "../x",
+        ] {
+            assert!(!is_path_segment(bad), "{bad}");
+            assert!(matches!(
+                path_id("p", "zone", bad.into()),
+                Err(DnsError::Rejected { .. })
+            ));
+        }
     }
 
     #[test]

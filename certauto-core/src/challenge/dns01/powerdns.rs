@@ -12,7 +12,7 @@ use reqwest::header::HeaderValue;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ApiClient, ApiResponse, Secret, zone_candidates};
+use super::http::{ApiClient, ApiResponse, Secret, path_id, zone_candidates};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -318,7 +318,7 @@ impl PowerDns {
                 .find(|z| z.name.eq_ignore_ascii_case(&name))
             {
                 return Ok(Zone {
-                    id: zone.id,
+                    id: path_id(PROVIDER, "zone", zone.id)?,
                     name: zone.name,
                 });
             }
@@ -940,6 +940,29 @@ mod tests {
             "{err}"
         );
         assert!(thief.seen().is_empty(), "the key followed the redirect");
+    }
+
+    /// A stand-in whose zone list gives an id that would move the request
+    /// path (`..`): refused, and no request goes to that path.
+    #[tokio::test]
+    async fn a_zone_id_that_would_move_the_path_is_refused() {
+        let api = StandIn::start(|req| {
+            if req.header("x-api-key") != KEY {
+                return Reply::text(401, "text/plain; charset=utf-8", "Unauthorized");
+            }
+            Reply::json(200, json!([{"id": "%2E%2E", "name": "example.test."}]))
+        })
+        .await;
+        let err = provider(&api.url())
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(
+            api.seen().iter().all(|s| s.path() == ZONES),
+            "{:?}",
+            api.seen()
+        );
     }
 
     #[tokio::test]
