@@ -123,8 +123,19 @@ impl ApiClient {
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, DnsError> {
         let base = base.trim_end_matches('/').to_owned();
+        // Errors show the URL without any `user:password@`.
+        let shown = without_userinfo(&base);
         let url = reqwest::Url::parse(&base)
-            .map_err(|e| DnsError::config(provider, format!("API URL {base:?}: {e}")))?;
+            .map_err(|e| DnsError::config(provider, format!("API URL {shown:?}: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(DnsError::config(
+                provider,
+                format!(
+                    "API URL {shown:?}: credentials in the URL (user:password@) are not \
+                     accepted; give them to the provider's builder"
+                ),
+            ));
+        }
         let loopback = url.host_str().is_some_and(|host| {
             host.eq_ignore_ascii_case("localhost")
                 || host
@@ -140,7 +151,7 @@ impl ApiClient {
                 return Err(DnsError::config(
                     provider,
                     format!(
-                        "API URL {base:?}: scheme {other:?} (https required except on loopback)"
+                        "API URL {shown:?}: scheme {other:?} (https required except on loopback)"
                     ),
                 ));
             }
@@ -225,6 +236,20 @@ impl ApiClient {
             retry_after,
             body,
         })
+    }
+}
+
+/// `url` with what may be `user:password@` after the scheme cut out, for
+/// error messages (the URL may not even parse).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{}{path}", authority.get(at + 1..).unwrap_or("")),
+        None => url.to_owned(),
     }
 }
 
@@ -435,6 +460,29 @@ mod tests {
             ApiClient::new("test", "http://api.example.com", &[]),
             Err(DnsError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        for url in [
+            "https://admin:hunter2@api.example.com/v1",
+            "https://hunter2@api.example.com",
+            "http://admin:hunter2@127.0.0.1:8081",
+            "https://admin:hun ter2@api.example.com/v1",
+        ] {
+            let err = ApiClient::new("test", url, &[]).unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hun ter2"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            without_userinfo("https://u:p@h/a@b?c@d"),
+            "https://h/a@b?c@d"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
     }
 
     /// A stand-in answering 307 towards a second stand-in that records
