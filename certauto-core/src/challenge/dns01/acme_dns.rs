@@ -12,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
-use super::http::{ApiClient, ApiResponse, Secret};
+use reqwest::header::HeaderValue;
+
+use super::http::{ApiClient, ApiResponse, sensitive_header};
 use super::provider::{DnsError, DnsProvider};
 
 const PROVIDER: &str = "acme-dns";
@@ -109,8 +111,9 @@ struct Account {
     /// Its `fulldomain` (lower case, no trailing dot).
     fulldomain: String,
     subdomain: String,
-    username: String,
-    password: Secret,
+    /// `X-Api-User` and `X-Api-Key`, checked and marked sensitive.
+    username: HeaderValue,
+    password: HeaderValue,
     api: ApiClient,
 }
 
@@ -235,13 +238,23 @@ impl AcmeDnsBuilder {
                 },
                 _ => default_api.clone(),
             };
+            let username = sensitive_header(
+                PROVIDER,
+                &format!("the user name of the account for {domain:?}"),
+                account.username.trim(),
+            )?;
+            let password = sensitive_header(
+                PROVIDER,
+                &format!("the password of the account for {domain:?}"),
+                &account.password,
+            )?;
             by_domain.retain(|a| a.domain != domain);
             by_domain.push(Account {
                 domain,
                 fulldomain: normalize(&account.fulldomain),
                 subdomain: account.subdomain.trim().to_owned(),
-                username: account.username.trim().to_owned(),
-                password: Secret::new(account.password),
+                username,
+                password,
                 api,
             });
         }
@@ -342,8 +355,8 @@ impl DnsProvider for AcmeDns {
         let request = account
             .api
             .request(reqwest::Method::POST, "/update")
-            .header("X-Api-User", &account.username)
-            .header("X-Api-Key", account.password.expose())
+            .header("X-Api-User", account.username.clone())
+            .header("X-Api-Key", account.password.clone())
             .header("content-type", "application/json")
             .body(
                 serde_json::to_vec(&UpdateRequest {
@@ -592,6 +605,22 @@ mod tests {
             assert!(!shown.contains("s3cret"), "{shown}");
             assert!(!shown.contains("987654321"), "{shown}");
             assert!(shown.contains("line "), "{shown}");
+        }
+        // Credentials a header cannot carry are refused at build, unshown.
+        for (user, password) in [("u\nx", "s3cret-pass"), ("u", "s3cret-pass\r\n")] {
+            let err = AcmeDns::builder("https://auth.example.org")
+                .account(
+                    "example.com",
+                    AcmeDnsAccount {
+                        username: user.into(),
+                        password: password.into(),
+                        ..account()
+                    },
+                )
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            assert!(!format!("{err} {err:?}").contains("s3cret"), "{err}");
         }
         let err = AcmeDns::builder("https://auth.example.org")
             .accounts_file(dir.path().join("missing.json"))

@@ -40,6 +40,25 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// `value`, a credential, as a header value marked sensitive (kept out of
+/// reqwest's and hyper's `Debug` output and HTTP/2 header compression);
+/// [`DnsError::Config`] naming `what` (never the value) when a header
+/// cannot carry it.
+pub(crate) fn sensitive_header(
+    provider: &'static str,
+    what: &str,
+    value: &str,
+) -> Result<reqwest::header::HeaderValue, DnsError> {
+    let mut header = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+        DnsError::config(
+            provider,
+            format!("{what} holds characters an HTTP header cannot carry"),
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
 /// An API's base URL and the client that talks to it.
 #[derive(Clone)]
 pub(crate) struct ApiClient {
@@ -517,6 +536,16 @@ mod tests {
         ));
         assert_eq!(api.seen().len(), 1);
         assert!(elsewhere.seen().is_empty(), "the redirect was followed");
+    }
+
+    #[test]
+    fn sensitive_headers() {
+        let header = sensitive_header("p", "the key", "k3y").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header, "k3y");
+        let err = sensitive_header("p", "the key", "bad\nk3y").unwrap_err();
+        assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("k3y"));
     }
 
     #[test]

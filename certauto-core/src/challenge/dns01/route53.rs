@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
 use self::xml::Element;
-use super::http::{ApiClient, ApiResponse, Secret, zone_candidates};
+use super::http::{ApiClient, ApiResponse, Secret, sensitive_header, zone_candidates};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 use crate::clock::{Clock, SystemClock};
@@ -116,6 +116,8 @@ struct Inner {
     access_key_id: String,
     secret_access_key: Secret,
     session_token: Option<Secret>,
+    /// `session_token` as the `x-amz-security-token` header, marked sensitive.
+    session_header: Option<reqwest::header::HeaderValue>,
     hosted_zone_id: Option<String>,
     ttl: u32,
     clock: Arc<dyn Clock>,
@@ -253,6 +255,11 @@ impl Route53Builder {
         if self.session_token.as_ref().is_some_and(Secret::is_empty) {
             return Err(DnsError::config(PROVIDER, "the session token is empty"));
         }
+        let session_header = self
+            .session_token
+            .as_ref()
+            .map(|token| sensitive_header(PROVIDER, "the session token", token.expose()))
+            .transpose()?;
         let hosted_zone_id = match self.hosted_zone_id {
             None => None,
             Some(id) => Some(zone_id(&id).ok_or_else(|| {
@@ -278,6 +285,7 @@ impl Route53Builder {
                 access_key_id,
                 secret_access_key: self.secret_access_key,
                 session_token: self.session_token,
+                session_header,
                 hosted_zone_id,
                 ttl: self.ttl,
                 clock: self.clock,
@@ -514,8 +522,8 @@ impl Route53 {
             .request(method, &target)
             .header("x-amz-date", signed.amz_date)
             .header("authorization", signed.authorization);
-        if let Some(token) = &inner.session_token {
-            request = request.header("x-amz-security-token", token.expose());
+        if let Some(token) = &inner.session_header {
+            request = request.header("x-amz-security-token", token.clone());
         }
         if let Some(body) = body {
             request = request.header("content-type", "application/xml").body(body);

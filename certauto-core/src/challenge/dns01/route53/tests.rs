@@ -772,6 +772,9 @@ async fn wrong_credentials_are_refused_and_secrets_stay_hidden() {
         Route53::builder(AKID, SECRET)
             .api_url("http://route53.example.com")
             .build(),
+        Route53::builder(AKID, SECRET)
+            .session_token("tok\r\nen")
+            .build(),
     ] {
         assert!(matches!(bad, Err(DnsError::Config { .. })), "{bad:?}");
     }
