@@ -327,10 +327,7 @@ struct ErrorAnswer {
 }
 
 fn api_error(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorAnswer>(&resp.body)
-        .ok()
-        .map(|e| e.error);
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorAnswer| Some(e.error))
 }
 
 #[async_trait]

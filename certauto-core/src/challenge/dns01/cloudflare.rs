@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::http::{
     ApiClient, ApiResponse, Secret, encode_component, is_path_segment, path_id, quote_txt,
-    unquote_txt, zone_candidates,
+    sensitive_header, unquote_txt, zone_candidates,
 };
 use super::provider::{DnsError, DnsProvider};
 
@@ -166,6 +166,11 @@ impl CloudflareBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the API token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(self.ttl == 1 || (60..=86_400).contains(&self.ttl)) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -248,10 +253,7 @@ fn error_detail(errors: &[ApiError]) -> Option<String> {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
-        .ok()
-        .and_then(|e| error_detail(&e.errors));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorEnvelope| error_detail(&e.errors))
 }
 
 /// The envelope of a success answer; `success: false` is refused.
@@ -278,17 +280,10 @@ impl Cloudflare {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The zone holding `fqdn`: the configured one, or the longest candidate

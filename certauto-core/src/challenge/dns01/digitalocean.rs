@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, relative_name, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, relative_name, sensitive_header, unquote_txt,
+    zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -145,6 +146,11 @@ impl DigitalOceanBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the access token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the access token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(30..=86_400).contains(&self.ttl) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -213,11 +219,9 @@ struct ApiError {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ApiError>(&resp.body)
-        .ok()
-        .filter(|e| !e.id.is_empty() || !e.message.is_empty())
-        .map(|e| format!("{}: {}", e.id, e.message));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ApiError| {
+        (!e.id.is_empty() || !e.message.is_empty()).then(|| format!("{}: {}", e.id, e.message))
+    })
 }
 
 impl DigitalOcean {
@@ -227,17 +231,10 @@ impl DigitalOcean {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The domain holding `fqdn`: the longest candidate the account has.

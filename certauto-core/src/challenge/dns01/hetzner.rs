@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::http::{
     ApiClient, ApiResponse, Secret, encode_component, is_path_segment, quote_txt, relative_name,
-    unquote_txt, zone_candidates,
+    sensitive_header, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -169,6 +169,11 @@ impl HetznerBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the API token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(60..=86_400).contains(&self.ttl) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -239,10 +244,9 @@ struct ApiError {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorAnswer>(&resp.body)
-        .ok()
-        .map(|e| format!("{}: {}", e.error.code, e.error.message));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorAnswer| {
+        Some(format!("{}: {}", e.error.code, e.error.message))
+    })
 }
 
 impl Hetzner {
@@ -252,17 +256,10 @@ impl Hetzner {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The zone holding `fqdn`: its id (as the API shows it) and name.

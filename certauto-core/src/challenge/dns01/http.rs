@@ -113,6 +113,27 @@ impl ApiResponse {
         })
     }
 
+    /// [`error`](Self::error) with the detail `extract` finds in the body
+    /// read as a `T` (the provider's JSON error shape); the body's start
+    /// when it is not one.
+    pub(crate) fn error_from_body<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &'static str,
+        extract: impl FnOnce(T) -> Option<String>,
+    ) -> DnsError {
+        self.error(provider, self.detail(extract))
+    }
+
+    /// What `extract` finds in the body read as a `T`, if it is one.
+    pub(crate) fn detail<T: serde::de::DeserializeOwned>(
+        &self,
+        extract: impl FnOnce(T) -> Option<String>,
+    ) -> Option<String> {
+        serde_json::from_slice::<T>(&self.body)
+            .ok()
+            .and_then(extract)
+    }
+
     /// The error for a non-success answer: 401/403 refuse the credentials,
     /// 429 rate-limits, 5xx (and 408) may pass, other codes (redirects
     /// included: they are not followed) refuse the request.
@@ -206,6 +227,30 @@ impl ApiClient {
     /// A request to `base` + `path`.
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client.request(method, self.url(path))
+    }
+
+    /// Sends a JSON API request: `Authorization: <authorization>` (marked
+    /// sensitive; [`DnsError::Config`] when a header cannot carry it),
+    /// `Accept: application/json`, and `body` as JSON when given. The
+    /// answer as [`send`](Self::send) reads it.
+    pub(crate) async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<ApiResponse, DnsError> {
+        let auth = sensitive_header(self.provider, "the API token", authorization)?;
+        let mut request = self
+            .request(method, path)
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        self.send(request).await
     }
 
     /// Sends `request` and reads its answer; network errors and timeouts are

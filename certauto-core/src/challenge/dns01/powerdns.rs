@@ -12,7 +12,7 @@ use reqwest::header::HeaderValue;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ApiClient, ApiResponse, Secret, path_id, zone_candidates};
+use super::http::{ApiClient, ApiResponse, Secret, path_id, sensitive_header, zone_candidates};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -161,12 +161,7 @@ impl PowerDnsBuilder {
         if self.key.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API key is empty"));
         }
-        if HeaderValue::from_str(self.key.expose()).is_err() {
-            return Err(DnsError::config(
-                PROVIDER,
-                "the API key holds characters an HTTP header cannot carry",
-            ));
-        }
+        sensitive_header(PROVIDER, "the API key", self.key.expose())?;
         if self.server_id.is_empty() {
             return Err(DnsError::config(PROVIDER, "the server id is empty"));
         }
@@ -246,9 +241,7 @@ struct ErrorBody {
 /// What went wrong is worded by the API as `{"error": "..."}`; some answers
 /// (401, 404, 400) are plain text.
 fn error_detail(resp: &ApiResponse) -> Option<String> {
-    serde_json::from_slice::<ErrorBody>(&resp.body)
-        .ok()
-        .map(|b| b.error)
+    resp.detail(|b: ErrorBody| Some(b.error))
 }
 
 /// The zone at hand for a record: its API id and name (with trailing dot).
@@ -264,9 +257,9 @@ impl PowerDns {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut key = HeaderValue::from_str(self.key.expose())
+        // Checked by `build`: an empty value cannot happen.
+        let key = sensitive_header(PROVIDER, "the API key", self.key.expose())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
-        key.set_sensitive(true);
         self.api.request(method, path).header("X-API-Key", key)
     }
 
