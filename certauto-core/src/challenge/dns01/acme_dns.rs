@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 
 use reqwest::header::HeaderValue;
 
-use super::http::{ApiClient, ApiResponse, sensitive_header};
+use super::http::{ApiClient, ApiResponse, normalize_name, sensitive_header};
 use super::provider::{DnsError, DnsProvider};
 
 const PROVIDER: &str = "acme-dns";
@@ -158,7 +158,7 @@ impl AcmeDns {
     /// The account for `fqdn`: the one whose `fulldomain` it is, else the
     /// one whose domain it is the `_acme-challenge` name of.
     fn account_for(&self, fqdn: &str) -> Option<&Account> {
-        let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
+        let fqdn = normalize_name(fqdn);
         self.accounts
             .iter()
             .find(|a| a.fulldomain == fqdn)
@@ -209,7 +209,7 @@ impl AcmeDnsBuilder {
         // Later accounts for a domain replace earlier ones.
         let mut by_domain: Vec<Account> = Vec::new();
         for (domain, account) in all {
-            let domain = normalize(domain.trim_start_matches("*."));
+            let domain = normalize_name(domain.trim_start_matches("*."));
             let field_missing = [
                 ("username", &account.username),
                 ("password", &account.password),
@@ -251,7 +251,7 @@ impl AcmeDnsBuilder {
             by_domain.retain(|a| a.domain != domain);
             by_domain.push(Account {
                 domain,
-                fulldomain: normalize(&account.fulldomain),
+                fulldomain: normalize_name(&account.fulldomain),
                 subdomain: account.subdomain.trim().to_owned(),
                 username,
                 password,
@@ -262,11 +262,6 @@ impl AcmeDnsBuilder {
             accounts: by_domain.into(),
         })
     }
-}
-
-/// Lower case, no trailing dot, no surrounding space.
-fn normalize(name: &str) -> String {
-    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn read_accounts_file(path: &std::path::Path) -> Result<Vec<(String, AcmeDnsAccount)>, DnsError> {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
-use super::http::ApiClient;
+use super::http::{ApiClient, normalize_name};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -131,7 +131,7 @@ impl ChallTestSrvBuilder {
 
 /// challtestsrv's host form: fully qualified, with the trailing dot.
 fn host_of(fqdn: &str) -> String {
-    format!("{}.", fqdn.trim_end_matches('.').to_ascii_lowercase())
+    format!("{}.", normalize_name(fqdn))
 }
 
 #[async_trait]

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, relative_name, sensitive_header,
-    unquote_txt,
+    ApiClient, ApiResponse, Secret, encode_component, normalize_name, quote_txt, relative_name,
+    sensitive_header, unquote_txt,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -264,7 +264,7 @@ impl Desec {
                 });
             }
         };
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         let current = self.read(&domain.name, &subname).await?;
         let present = current
             .as_ref()

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, relative_name, sensitive_header, unquote_txt,
-    zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, normalize_name, relative_name,
+    sensitive_header, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -329,7 +329,7 @@ impl DnsProvider for DigitalOcean {
             provider: PROVIDER,
             name: fqdn.to_owned(),
         })?;
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         if !self.find(&domain, fqdn, value).await?.is_empty() {
             tracing::debug!(fqdn, "digitalocean: TXT record already there");
             return Ok(());
@@ -351,7 +351,7 @@ impl DnsProvider for DigitalOcean {
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
         let domain = self.domain(fqdn).await?;
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         for id in self.find(&domain, fqdn, value).await? {
             let path = format!("/domains/{}/records/{id}", encode_component(&domain));
             let resp = self.send(Method::DELETE, &path, None).await?;

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, quote_txt, relative_name,
-    sensitive_header, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, normalize_name, quote_txt,
+    relative_name, sensitive_header, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -350,7 +350,7 @@ impl Hetzner {
                 encode_component(&name)
             }
         );
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
 
         let resp = self.send(Method::GET, &rrset, None).await?;
         let current = match resp.status {

@@ -399,15 +399,32 @@ fn percent_decode(s: &str) -> Vec<u8> {
 /// `value` percent-encoded for a URL path segment or query component:
 /// everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
 pub(crate) fn encode_component(value: &str) -> String {
+    encode_except(value, b"")
+}
+
+/// [`encode_component`] that also keeps the bytes in `keep` as they are
+/// (PowerDNS's `=` escapes in zone ids, SigV4's `/` in paths). Upper-case
+/// hex digits, as RFC 3986 recommends and SigV4 requires.
+pub(crate) fn encode_except(value: &str, keep: &[u8]) -> String {
+    use std::fmt::Write as _;
     let mut out = String::with_capacity(value.len());
     for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+        if byte.is_ascii_alphanumeric()
+            || matches!(byte, b'-' | b'.' | b'_' | b'~')
+            || keep.contains(&byte)
+        {
             out.push(char::from(byte));
         } else {
-            out.push_str(&format!("%{byte:02X}"));
+            let _ = write!(out, "%{byte:02X}");
         }
     }
     out
+}
+
+/// A DNS name in the form providers compare and lock names in: no
+/// surrounding space, no trailing dot, ASCII lower case.
+pub(crate) fn normalize_name(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// A TXT value in zone-file presentation form: one quoted character string,
@@ -490,6 +507,12 @@ mod tests {
             "_acme-challenge.a.b"
         );
         assert_eq!(encode_component("a b/*?&="), "a%20b%2F%2A%3F%26%3D");
+        assert_eq!(encode_except("a=2Fb/c", b"="), "a=2Fb%2Fc");
+        assert_eq!(encode_except("/a b/", b"/"), "/a%20b/");
+        assert_eq!(
+            normalize_name(" _ACME-Challenge.Example.COM. "),
+            "_acme-challenge.example.com"
+        );
     }
 
     #[test]

@@ -12,7 +12,10 @@ use reqwest::header::HeaderValue;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ApiClient, ApiResponse, Secret, path_id, sensitive_header, zone_candidates};
+use super::http::{
+    ApiClient, ApiResponse, Secret, encode_except, normalize_name, path_id, sensitive_header,
+    zone_candidates,
+};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -373,7 +376,7 @@ impl PowerDns {
 #[async_trait]
 impl DnsProvider for PowerDns {
     async fn create_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let _lock = self.locks.lock(&fqdn).await;
         let zone = self.find_zone(&fqdn).await?;
         let name = format!("{fqdn}.");
@@ -409,7 +412,7 @@ impl DnsProvider for PowerDns {
     }
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let _lock = self.locks.lock(&fqdn).await;
         let zone = self.find_zone(&fqdn).await?;
         let name = format!("{fqdn}.");
@@ -448,23 +451,10 @@ impl DnsProvider for PowerDns {
     }
 }
 
-/// Lower case, no trailing dot: the form names are locked and compared in.
-fn normalize(fqdn: &str) -> String {
-    fqdn.trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// Percent-encodes everything but unreserved characters and `=` (which
 /// PowerDNS uses to escape zone ids), for a path segment or query value.
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'=') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    encode_except(s, b"=")
 }
 
 /// TXT content in the zone-file form PowerDNS requires: quoted, `"` and `\`

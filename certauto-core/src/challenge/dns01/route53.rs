@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
 use self::xml::Element;
-use super::http::{ApiClient, ApiResponse, Secret, sensitive_header, zone_candidates};
+use super::http::{
+    ApiClient, ApiResponse, Secret, normalize_name, sensitive_header, zone_candidates,
+};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 use crate::clock::{Clock, SystemClock};
@@ -393,9 +395,7 @@ pub(crate) fn unquote_txt(data: &str) -> String {
 /// A name as Route 53 writes it (`\ooo` escapes, trailing dot) made
 /// comparable: decoded, lower case, no trailing dot.
 fn plain_name(name: &str) -> String {
-    unquote_txt(name.trim())
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+    normalize_name(&unquote_txt(name.trim()))
 }
 
 /// The code, message and error for an answer that is not a success.
@@ -739,15 +739,10 @@ impl Route53 {
     }
 }
 
-/// Lower case, no trailing dot.
-fn normalize(fqdn: &str) -> String {
-    fqdn.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[async_trait]
 impl DnsProvider for Route53 {
     async fn create_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let zone = self.zone_for(&fqdn).await?;
         let guard = self.inner.locks.lock(&fqdn).await;
         let current = self
@@ -777,7 +772,7 @@ impl DnsProvider for Route53 {
     }
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let zone = self.zone_for(&fqdn).await?;
         let _guard = self.inner.locks.lock(&fqdn).await;
         let mut last_conflict = None;
