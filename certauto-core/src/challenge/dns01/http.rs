@@ -430,6 +430,13 @@ pub(crate) fn normalize_name(name: &str) -> String {
 /// A TXT value in zone-file presentation form: one quoted character string,
 /// `"` and `\` escaped (`abc` gives `"abc"`). ACME values are base64url and
 /// need no escaping; other values are quoted all the same.
+///
+/// This pair serves the APIs that take one quoted string (Cloudflare,
+/// deSEC, Hetzner) or show values quoted or bare (DigitalOcean). PowerDNS
+/// and Route 53 keep their own on purpose: both require values longer than
+/// 255 bytes split into several strings, PowerDNS answers with `\DDD`
+/// decimal escapes (decoded to bytes), and Route 53 requires bytes outside
+/// printable ASCII as `\ooo` octal escapes.
 pub(crate) fn quote_txt(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
