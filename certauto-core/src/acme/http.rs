@@ -13,12 +13,33 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Builds the reqwest client that talks to the CA: Mozilla's roots (unless
-/// disabled) plus `extra_roots`, ALPN `http/1.1`, bounded timeouts.
+/// disabled) plus `extra_roots`, ALPN `http/1.1`, bounded timeouts, at most
+/// three redirects.
 pub(crate) fn build_http_client(
     extra_roots: &[CertificateDer<'static>],
     mozilla_roots: bool,
     timeout: Duration,
     user_agent: &str,
+) -> Result<reqwest::Client, ConfigError> {
+    build_http_client_with_redirects(
+        extra_roots,
+        mozilla_roots,
+        timeout,
+        user_agent,
+        reqwest::redirect::Policy::limited(3),
+    )
+}
+
+/// [`build_http_client`] with the given redirect policy. Clients that send
+/// credentials in headers reqwest does not strip on a cross-host redirect
+/// (anything but `Authorization`, `Cookie`, `Proxy-Authorization`) use
+/// [`reqwest::redirect::Policy::none`].
+pub(crate) fn build_http_client_with_redirects(
+    extra_roots: &[CertificateDer<'static>],
+    mozilla_roots: bool,
+    timeout: Duration,
+    user_agent: &str,
+    redirects: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, ConfigError> {
     let mut roots = rustls::RootCertStore::empty();
     if mozilla_roots {
@@ -40,7 +61,7 @@ pub(crate) fn build_http_client(
         .user_agent(user_agent)
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::limited(3))
+        .redirect(redirects)
         .build()
         .map_err(|e| ConfigError::InvalidRoots(format!("HTTP client: {e}")))
 }

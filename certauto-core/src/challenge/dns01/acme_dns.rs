@@ -12,7 +12,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
-use super::http::{ApiClient, ApiResponse, Secret};
+use reqwest::header::HeaderValue;
+
+use super::http::{ApiClient, ApiResponse, normalize_name, sensitive_header};
 use super::provider::{DnsError, DnsProvider};
 
 const PROVIDER: &str = "acme-dns";
@@ -109,8 +111,9 @@ struct Account {
     /// Its `fulldomain` (lower case, no trailing dot).
     fulldomain: String,
     subdomain: String,
-    username: String,
-    password: Secret,
+    /// `X-Api-User` and `X-Api-Key`, checked and marked sensitive.
+    username: HeaderValue,
+    password: HeaderValue,
     api: ApiClient,
 }
 
@@ -155,7 +158,7 @@ impl AcmeDns {
     /// The account for `fqdn`: the one whose `fulldomain` it is, else the
     /// one whose domain it is the `_acme-challenge` name of.
     fn account_for(&self, fqdn: &str) -> Option<&Account> {
-        let fqdn = fqdn.trim_end_matches('.').to_ascii_lowercase();
+        let fqdn = normalize_name(fqdn);
         self.accounts
             .iter()
             .find(|a| a.fulldomain == fqdn)
@@ -206,7 +209,7 @@ impl AcmeDnsBuilder {
         // Later accounts for a domain replace earlier ones.
         let mut by_domain: Vec<Account> = Vec::new();
         for (domain, account) in all {
-            let domain = normalize(domain.trim_start_matches("*."));
+            let domain = normalize_name(domain.trim_start_matches("*."));
             let field_missing = [
                 ("username", &account.username),
                 ("password", &account.password),
@@ -235,13 +238,23 @@ impl AcmeDnsBuilder {
                 },
                 _ => default_api.clone(),
             };
+            let username = sensitive_header(
+                PROVIDER,
+                &format!("the user name of the account for {domain:?}"),
+                account.username.trim(),
+            )?;
+            let password = sensitive_header(
+                PROVIDER,
+                &format!("the password of the account for {domain:?}"),
+                &account.password,
+            )?;
             by_domain.retain(|a| a.domain != domain);
             by_domain.push(Account {
                 domain,
-                fulldomain: normalize(&account.fulldomain),
+                fulldomain: normalize_name(&account.fulldomain),
                 subdomain: account.subdomain.trim().to_owned(),
-                username: account.username.trim().to_owned(),
-                password: Secret::new(account.password),
+                username,
+                password,
                 api,
             });
         }
@@ -249,11 +262,6 @@ impl AcmeDnsBuilder {
             accounts: by_domain.into(),
         })
     }
-}
-
-/// Lower case, no trailing dot, no surrounding space.
-fn normalize(name: &str) -> String {
-    name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn read_accounts_file(path: &std::path::Path) -> Result<Vec<(String, AcmeDnsAccount)>, DnsError> {
@@ -273,10 +281,23 @@ fn read_accounts_file(path: &std::path::Path) -> Result<Vec<(String, AcmeDnsAcco
         ));
     }
     let map: HashMap<String, AcmeDnsAccount> = serde_json::from_slice(&text).map_err(|e| {
-        // serde_json's message names the position, never the content.
+        // Only the kind and position of the fault: serde_json's message
+        // quotes the value of a wrong type (`invalid type: string "..."`),
+        // which may be a password.
+        let fault = match e.classify() {
+            serde_json::error::Category::Io => "unreadable",
+            serde_json::error::Category::Syntax => "not JSON",
+            serde_json::error::Category::Eof => "cut short",
+            serde_json::error::Category::Data => "a field is missing or of the wrong type",
+        };
         DnsError::config(
             PROVIDER,
-            format!("accounts file {shown}: not a map of domains to acme-dns accounts: {e}"),
+            format!(
+                "accounts file {shown}: not a map of domains to acme-dns accounts \
+                 ({fault} at line {}, column {})",
+                e.line(),
+                e.column()
+            ),
         )
     })?;
     let mut accounts: Vec<_> = map.into_iter().collect();
@@ -301,10 +322,7 @@ struct ErrorAnswer {
 }
 
 fn api_error(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorAnswer>(&resp.body)
-        .ok()
-        .map(|e| e.error);
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorAnswer| Some(e.error))
 }
 
 #[async_trait]
@@ -329,8 +347,8 @@ impl DnsProvider for AcmeDns {
         let request = account
             .api
             .request(reqwest::Method::POST, "/update")
-            .header("X-Api-User", &account.username)
-            .header("X-Api-Key", account.password.expose())
+            .header("X-Api-User", account.username.clone())
+            .header("X-Api-Key", account.password.clone())
             .header("content-type", "application/json")
             .body(
                 serde_json::to_vec(&UpdateRequest {
@@ -562,6 +580,40 @@ mod tests {
             .build()
             .unwrap_err();
         assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+        // A value of the wrong type: serde_json would quote it.
+        for text in [
+            r#"{"example.com": "s3cret-pass"}"#,
+            r#"{"example.com": {"username": "u", "password": 987654321,
+                "fulldomain": "x.auth.example.org", "subdomain": "x"}}"#,
+            r#"{"example.com": {"username": "u", "password": "s3cret-pass""#,
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = AcmeDns::builder("https://auth.example.org")
+                .accounts_file(&path)
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            let shown = format!("{err} {err:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(!shown.contains("987654321"), "{shown}");
+            assert!(shown.contains("line "), "{shown}");
+        }
+        // Credentials a header cannot carry are refused at build, unshown.
+        for (user, password) in [("u\nx", "s3cret-pass"), ("u", "s3cret-pass\r\n")] {
+            let err = AcmeDns::builder("https://auth.example.org")
+                .account(
+                    "example.com",
+                    AcmeDnsAccount {
+                        username: user.into(),
+                        password: password.into(),
+                        ..account()
+                    },
+                )
+                .build()
+                .unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            assert!(!format!("{err} {err:?}").contains("s3cret"), "{err}");
+        }
         let err = AcmeDns::builder("https://auth.example.org")
             .accounts_file(dir.path().join("missing.json"))
             .build()

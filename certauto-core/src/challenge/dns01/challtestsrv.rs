@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
-use super::http::ApiClient;
+use super::http::{ApiClient, normalize_name};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -131,7 +131,7 @@ impl ChallTestSrvBuilder {
 
 /// challtestsrv's host form: fully qualified, with the trailing dot.
 fn host_of(fqdn: &str) -> String {
-    format!("{}.", fqdn.trim_end_matches('.').to_ascii_lowercase())
+    format!("{}.", normalize_name(fqdn))
 }
 
 #[async_trait]
@@ -162,23 +162,21 @@ impl DnsProvider for ChallTestSrv {
         }
         self.post("/clear-txt", serde_json::json!({"host": host}))
             .await?;
-        // The host is empty now: put the other values back, remembering
-        // only those that are back if one fails.
+        // The host is empty now, and so is its record here: if this call
+        // fails or is dropped from here on, a later create must not take
+        // a value that is gone for one still there. Each value put back is
+        // recorded as soon as it is back.
+        self.set_values_at(&host, Vec::new());
         let mut back = Vec::new();
         for other in before.iter().filter(|v| *v != value) {
-            if let Err(e) = self
-                .post(
-                    "/set-txt",
-                    serde_json::json!({"host": host, "value": other}),
-                )
-                .await
-            {
-                self.set_values_at(&host, back);
-                return Err(e);
-            }
+            self.post(
+                "/set-txt",
+                serde_json::json!({"host": host, "value": other}),
+            )
+            .await?;
             back.push(other.clone());
+            self.set_values_at(&host, back.clone());
         }
-        self.set_values_at(&host, back);
         Ok(())
     }
 }
@@ -325,6 +323,78 @@ mod tests {
         dns.delete_txt_record(name, "fourth").await.unwrap();
         assert!(server.txt(name).await.is_empty());
         assert_eq!(dns.inner.locks.live(), 0);
+    }
+
+    /// A stand-in for challtestsrv's management API (`POST /set-txt` and
+    /// `POST /clear-txt` with JSON bodies, answered by an empty 200, as
+    /// its README documents) whose `/set-txt` can be held until released,
+    /// so that a delete is dropped between its clear and its re-adds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+    async fn a_delete_dropped_after_its_clear_forgets_the_cleared_values() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        use crate::challenge::dns01::standin::{Reply, StandIn};
+
+        let hold = Arc::new(AtomicBool::new(false));
+        // Values set, counted as they arrive (a held request is recorded
+        // by the stand-in only once it is answered).
+        let sets = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (reached_tx, mut reached) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let api = StandIn::start({
+            let hold = hold.clone();
+            let sets = sets.clone();
+            move |req| {
+                let body = req.json();
+                let host_ok = body["host"] == "_acme-challenge.example.com.";
+                let documented = req.method == "POST"
+                    && req.header("content-type") == "application/json"
+                    && host_ok;
+                match req.path() {
+                    "/set-txt" if documented && body["value"].is_string() => {
+                        sets.lock()
+                            .unwrap()
+                            .push(body["value"].as_str().unwrap_or("").to_owned());
+                        if hold.load(Ordering::SeqCst) {
+                            let _ = reached_tx.send(());
+                            // Held (on this stand-in's thread) until the
+                            // test releases it; bounded by the test.
+                            let _ = released
+                                .lock()
+                                .unwrap()
+                                .recv_timeout(Duration::from_secs(30));
+                        }
+                        Reply::text(200, "text/plain", "")
+                    }
+                    "/clear-txt" if documented => Reply::text(200, "text/plain", ""),
+                    _ => Reply::text(400, "text/plain", "bad request"),
+                }
+            }
+        })
+        .await;
+        let dns = ChallTestSrv::builder(api.url()).build().unwrap();
+        let name = "_acme-challenge.example.com";
+        dns.create_txt_record(name, "a").await.unwrap();
+        dns.create_txt_record(name, "b").await.unwrap();
+
+        hold.store(true, Ordering::SeqCst);
+        let delete = tokio::spawn({
+            let dns = dns.clone();
+            async move { dns.delete_txt_record(name, "a").await }
+        });
+        // The clear went through and "b" is being put back: drop the delete.
+        reached.recv().await.unwrap();
+        delete.abort();
+        assert!(delete.await.unwrap_err().is_cancelled());
+        hold.store(false, Ordering::SeqCst);
+        release.send(()).unwrap();
+
+        // "b" is gone from the server: creating it again must set it.
+        assert_eq!(*sets.lock().unwrap(), ["a", "b", "b"]);
+        dns.create_txt_record(name, "b").await.unwrap();
+        assert_eq!(*sets.lock().unwrap(), ["a", "b", "b", "b"]);
+        assert_eq!(dns.values_at("_acme-challenge.example.com."), ["b"]);
     }
 
     #[tokio::test]

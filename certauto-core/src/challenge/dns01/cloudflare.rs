@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, path_id, quote_txt,
+    sensitive_header, unquote_txt, zone_candidates,
 };
 use super::provider::{DnsError, DnsProvider};
 
@@ -45,7 +46,8 @@ const IDENTICAL_RECORD: i64 = 81058;
 ///   record already exists" (code 81058) counts as success;
 /// - a value is removed by listing the TXT records at the name
 ///   (`GET /zones/{zone_id}/dns_records?type=TXT&name=<fqdn>`, at most
-///   20 pages of 100) and deleting the ones whose content is that
+///   20 pages of 100; a longer listing is refused with [`DnsError::Rejected`])
+///   and deleting the ones whose content is that
 ///   value (`DELETE /zones/{zone_id}/dns_records/{id}`); a record already
 ///   gone (404) counts as success.
 ///
@@ -143,7 +145,10 @@ impl CloudflareBuilder {
 
     /// The zone's identifier (32 hex digits in the dashboard), so no zone
     /// lookup is made and the token needs no *Zone Read* permission. Every
-    /// record name must then be inside that zone.
+    /// record name must then be inside that zone: for a name outside it
+    /// (which Cloudflare would take as relative to the zone, writing
+    /// `<name>.<zone>`), the record made is removed again and the call
+    /// fails with [`DnsError::ZoneNotFound`].
     pub fn zone_id(mut self, zone_id: impl Into<String>) -> Self {
         self.zone_id = Some(zone_id.into());
         self
@@ -161,6 +166,11 @@ impl CloudflareBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the API token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(self.ttl == 1 || (60..=86_400).contains(&self.ttl)) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -169,6 +179,12 @@ impl CloudflareBuilder {
         }
         if self.zone_id.as_deref().is_some_and(str::is_empty) {
             return Err(DnsError::config(PROVIDER, "the zone id is empty"));
+        }
+        if let Some(id) = self.zone_id.as_deref().filter(|id| !is_path_segment(id)) {
+            return Err(DnsError::config(
+                PROVIDER,
+                format!("the zone id {id:?} is not an identifier"),
+            ));
         }
         let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
         Ok(Cloudflare {
@@ -237,10 +253,7 @@ fn error_detail(errors: &[ApiError]) -> Option<String> {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
-        .ok()
-        .and_then(|e| error_detail(&e.errors));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorEnvelope| error_detail(&e.errors))
 }
 
 /// The envelope of a success answer; `success: false` is refused.
@@ -253,6 +266,13 @@ fn success<T: serde::de::DeserializeOwned>(resp: &ApiResponse) -> Result<Envelop
     Ok(envelope)
 }
 
+/// Whether the record name Cloudflare shows is `fqdn`.
+fn same_name(shown: &str, fqdn: &str) -> bool {
+    shown
+        .trim_end_matches('.')
+        .eq_ignore_ascii_case(fqdn.trim_end_matches('.'))
+}
+
 impl Cloudflare {
     async fn send(
         &self,
@@ -260,17 +280,10 @@ impl Cloudflare {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The zone holding `fqdn`: the configured one, or the longest candidate
@@ -291,7 +304,7 @@ impl Cloudflare {
                 .into_iter()
                 .find(|z| z.name.trim_end_matches('.').eq_ignore_ascii_case(candidate))
             {
-                return Ok(zone.id);
+                return path_id(PROVIDER, "zone", zone.id);
             }
         }
         Err(DnsError::ZoneNotFound {
@@ -300,9 +313,35 @@ impl Cloudflare {
         })
     }
 
+    /// Deletes the record `id`; one already gone counts as deleted.
+    async fn delete_record(&self, zone: &str, id: &str) -> Result<(), DnsError> {
+        let path = format!(
+            "/zones/{}/dns_records/{}",
+            encode_component(zone),
+            encode_component(id)
+        );
+        let resp = self.send(Method::DELETE, &path, None).await?;
+        if resp.is_success() {
+            let _: Envelope<serde_json::Value> = success(&resp)?;
+        } else if resp.status != 404 {
+            return Err(failure(&resp));
+        }
+        Ok(())
+    }
+
+    /// `fqdn` is not inside the configured zone.
+    fn outside_zone(&self, fqdn: &str) -> DnsError {
+        tracing::debug!(fqdn, zone = ?self.zone_id, "cloudflare: name outside the configured zone");
+        DnsError::ZoneNotFound {
+            provider: PROVIDER,
+            name: fqdn.to_owned(),
+        }
+    }
+
     /// The ids of the TXT records at `fqdn` whose content is `value`.
     async fn find(&self, zone: &str, fqdn: &str, value: &str) -> Result<Vec<String>, DnsError> {
         let mut ids = Vec::new();
+        let mut complete = false;
         for page in 1..=MAX_PAGES {
             let path = format!(
                 "/zones/{}/dns_records?type=TXT&name={}&per_page=100&page={page}",
@@ -321,21 +360,40 @@ impl Cloudflare {
                     .into_iter()
                     .filter(|r| {
                         r.kind == "TXT"
-                            && r.name.trim_end_matches('.').eq_ignore_ascii_case(fqdn)
+                            && same_name(&r.name, fqdn)
                             && unquote_txt(&r.content) == value
                     })
-                    .map(|r| r.id),
+                    .map(|r| path_id(PROVIDER, "record", r.id))
+                    .collect::<Result<Vec<_>, _>>()?,
             );
             let last = records
                 .result_info
                 .and_then(|i| i.total_pages)
                 .is_none_or(|total| page >= total);
             if last || count == 0 {
+                complete = true;
                 break;
             }
         }
+        if !complete {
+            return Err(cut_listing(fqdn));
+        }
         Ok(ids)
     }
+}
+
+/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
+/// pages: the value may be on a page not read, so nothing is concluded.
+fn cut_listing(fqdn: &str) -> DnsError {
+    DnsError::rejected(
+        PROVIDER,
+        None,
+        format!(
+            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
+             the listing was not read to its end",
+            per = 100
+        ),
+    )
 }
 
 #[async_trait]
@@ -352,12 +410,26 @@ impl DnsProvider for Cloudflare {
         let resp = self.send(Method::POST, &path, Some(body)).await?;
         if resp.is_success() {
             let created: Envelope<Record> = success(&resp)?;
-            tracing::debug!(fqdn, record = %created.result.id, "cloudflare: TXT record created");
+            let created_id = path_id(PROVIDER, "record", created.result.id)?;
+            if !same_name(&created.result.name, fqdn) {
+                // Only with a configured zone id: `fqdn` is outside that
+                // zone and Cloudflare took it as relative to the zone
+                // (`<fqdn>.<zone>`). That record is of no use: remove it.
+                self.delete_record(&zone, &created_id).await?;
+                return Err(self.outside_zone(fqdn));
+            }
+            tracing::debug!(fqdn, record = %created_id, "cloudflare: TXT record created");
             return Ok(());
         }
         let duplicate = serde_json::from_slice::<ErrorEnvelope>(&resp.body)
             .is_ok_and(|e| e.errors.iter().any(|e| e.code == IDENTICAL_RECORD));
         if resp.status == 400 && duplicate {
+            // With a configured zone, the identical record may be one at
+            // `<fqdn>.<zone>` (left by an earlier call whose clean-up
+            // failed): it counts only if it is at `fqdn` itself.
+            if self.zone_id.is_some() && self.find(&zone, fqdn, value).await?.is_empty() {
+                return Err(self.outside_zone(fqdn));
+            }
             tracing::debug!(fqdn, "cloudflare: TXT record already there");
             return Ok(());
         }
@@ -367,17 +439,7 @@ impl DnsProvider for Cloudflare {
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
         let zone = self.zone_id(fqdn).await?;
         for id in self.find(&zone, fqdn, value).await? {
-            let path = format!(
-                "/zones/{}/dns_records/{}",
-                encode_component(&zone),
-                encode_component(&id)
-            );
-            let resp = self.send(Method::DELETE, &path, None).await?;
-            if resp.is_success() {
-                let _: Envelope<serde_json::Value> = success(&resp)?;
-            } else if resp.status != 404 {
-                return Err(failure(&resp));
-            }
+            self.delete_record(&zone, &id).await?;
         }
         Ok(())
     }
@@ -542,13 +604,22 @@ mod tests {
                 if !(content.len() >= 2 && content.starts_with('"') && content.ends_with('"')) {
                     return Err(format!("unquoted TXT content {content}"));
                 }
-                if !st.zones.iter().any(|z| z.0 == *zone) {
+                let Some(zone_name) = st.zones.iter().find(|z| z.0 == *zone).map(|z| z.1.clone())
+                else {
                     return Ok(cf_error(
                         400,
                         7003,
                         "Could not route to /zones, perhaps your object identifier is invalid?",
                     ));
-                }
+                };
+                // Cloudflare takes a name that does not end in the zone's
+                // name as relative to the zone.
+                let name = if name == zone_name || name.ends_with(&format!(".{zone_name}")) {
+                    name.to_owned()
+                } else {
+                    format!("{name}.{zone_name}")
+                };
+                let name = name.as_str();
                 if st
                     .records
                     .iter()
@@ -690,6 +761,80 @@ mod tests {
         cf.assert_no_violations();
     }
 
+    /// A configured zone id and a name outside that zone: the record
+    /// Cloudflare made at `<name>.<zone>` is removed, and the name's zone
+    /// is not found; a later identical create is not taken for success.
+    #[tokio::test]
+    async fn a_name_outside_the_configured_zone_is_zone_not_found() {
+        let cf = CloudflareStandIn::start(&[("z1", "example.com")]).await;
+        let provider = cf.builder(TOKEN).zone_id("z1").build().unwrap();
+        let fqdn = "_acme-challenge.other.org";
+        for _ in 0..2 {
+            let err = provider.create_txt_record(fqdn, V1).await.unwrap_err();
+            assert!(
+                matches!(&err, DnsError::ZoneNotFound { name, .. } if name == fqdn),
+                "{err:?}"
+            );
+            assert!(cf.state.lock().unwrap().records.is_empty());
+        }
+        // A record left at `<name>.<zone>` (a failed clean-up) does not
+        // make the duplicate answer a success.
+        cf.seed(
+            "z1",
+            "_acme-challenge.other.org.example.com",
+            &quote_txt(V1),
+        );
+        let err = provider.create_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err:?}");
+        provider.delete_txt_record(fqdn, V1).await.unwrap();
+        // Inside the zone, all is as before.
+        let inside = "_acme-challenge.www.example.com";
+        provider.create_txt_record(inside, V1).await.unwrap();
+        provider.create_txt_record(inside, V1).await.unwrap();
+        assert_eq!(cf.values(inside), [V1]);
+        cf.assert_no_violations();
+    }
+
+    /// More TXT records at the name than MAX_PAGES pages hold (the
+    /// stand-in pages by 2): the delete fails instead of reporting a
+    /// success it cannot know.
+    #[tokio::test]
+    async fn a_listing_longer_than_the_page_bound_is_refused() {
+        let cf = CloudflareStandIn::start(&[("z1", "example.com")]).await;
+        let fqdn = "_acme-challenge.example.com";
+        for i in 0..=(2 * MAX_PAGES) {
+            cf.seed("z1", fqdn, &format!("other-{i}"));
+        }
+        let err = cf.provider().delete_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(err.to_string().contains("not read to its end"), "{err}");
+        cf.assert_no_violations();
+    }
+
+    /// Zone and record ids that would move the request path (`..`, `a/b`)
+    /// are refused; no request goes to such a path.
+    #[tokio::test]
+    async fn ids_that_would_move_the_path_are_refused() {
+        let cf = CloudflareStandIn::start(&[("..", "example.com"), ("z2", "example.org")]).await;
+        let err = cf
+            .provider()
+            .create_txt_record("_acme-challenge.example.com", V1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        let fqdn = "_acme-challenge.example.org";
+        cf.seed("z2", fqdn, V1);
+        cf.state.lock().unwrap().records[0].0 = "../../zones".into();
+        let err = cf.provider().delete_txt_record(fqdn, V1).await.unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(
+            cf.server.seen().iter().all(|s| s.method == "GET"),
+            "{:?}",
+            cf.server.seen()
+        );
+        cf.assert_no_violations();
+    }
+
     #[tokio::test]
     async fn unknown_zone_is_zone_not_found() {
         let cf = CloudflareStandIn::start(&[("z2", "other.org")]).await;
@@ -784,6 +929,8 @@ mod tests {
             Cloudflare::builder(""),
             Cloudflare::builder(TOKEN).ttl(30),
             Cloudflare::builder(TOKEN).zone_id(""),
+            Cloudflare::builder(TOKEN).zone_id(".."),
+            Cloudflare::builder(TOKEN).zone_id("z1/dns_records"),
             Cloudflare::builder(TOKEN).api_url("http://api.example.com"),
         ] {
             assert!(matches!(builder.build(), Err(DnsError::Config { .. })));

@@ -8,13 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::Method;
-use reqwest::header::HeaderValue;
 use rustls_pki_types::CertificateDer;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, relative_name, unquote_txt,
+    ApiClient, ApiResponse, Secret, encode_component, normalize_name, quote_txt, relative_name,
+    sensitive_header, unquote_txt,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -152,12 +152,11 @@ impl DesecBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API token is empty"));
         }
-        if HeaderValue::from_str(&format!("Token {}", self.token.expose())).is_err() {
-            return Err(DnsError::config(
-                PROVIDER,
-                "the API token has characters a header cannot carry",
-            ));
-        }
+        sensitive_header(
+            PROVIDER,
+            "the API token",
+            &format!("Token {}", self.token.expose()),
+        )?;
         if !(1..=86_400).contains(&self.ttl) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -188,10 +187,9 @@ struct Rrset {
 
 /// deSEC's error body: `{"detail": ...}`, or field errors.
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<serde_json::Value>(&resp.body)
-        .ok()
-        .and_then(|v| v.get("detail").and_then(|d| d.as_str()).map(str::to_owned));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |v: serde_json::Value| {
+        v.get("detail").and_then(|d| d.as_str()).map(str::to_owned)
+    })
 }
 
 impl Desec {
@@ -201,20 +199,10 @@ impl Desec {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut auth = HeaderValue::from_str(&format!("Token {}", self.token.expose()))
-            .map_err(|_| DnsError::config(PROVIDER, "the API token cannot be sent"))?;
-        auth.set_sensitive(true);
-        let mut request = self
-            .api
-            .request(method, path)
-            .header(reqwest::header::AUTHORIZATION, auth)
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Token {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The domain responsible for `fqdn`.
@@ -276,7 +264,7 @@ impl Desec {
                 });
             }
         };
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         let current = self.read(&domain.name, &subname).await?;
         let present = current
             .as_ref()

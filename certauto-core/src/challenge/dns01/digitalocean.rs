@@ -13,7 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, relative_name, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, normalize_name, relative_name,
+    sensitive_header, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -42,7 +43,8 @@ pub(crate) const MAX_PAGES: u32 = 10;
 ///   value, so other values at the name are untouched;
 /// - a value is removed by listing the TXT records at the name
 ///   (`GET /v2/domains/{domain}/records?type=TXT&name=<fqdn>`, at most
-///   10 pages of 200) and deleting those holding the value
+///   10 pages of 200; a longer listing is refused with [`DnsError::Rejected`])
+///   and deleting those holding the value
 ///   (`DELETE /v2/domains/{domain}/records/{id}`); a record already gone
 ///   (404) counts as success.
 ///
@@ -144,6 +146,11 @@ impl DigitalOceanBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the access token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the access token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(30..=86_400).contains(&self.ttl) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -212,11 +219,9 @@ struct ApiError {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ApiError>(&resp.body)
-        .ok()
-        .filter(|e| !e.id.is_empty() || !e.message.is_empty())
-        .map(|e| format!("{}: {}", e.id, e.message));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ApiError| {
+        (!e.id.is_empty() || !e.message.is_empty()).then(|| format!("{}: {}", e.id, e.message))
+    })
 }
 
 impl DigitalOcean {
@@ -226,17 +231,10 @@ impl DigitalOcean {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The domain holding `fqdn`: the longest candidate the account has.
@@ -269,6 +267,7 @@ impl DigitalOcean {
     /// The ids of the TXT records at `fqdn` holding `value`.
     async fn find(&self, domain: &str, fqdn: &str, value: &str) -> Result<Vec<u64>, DnsError> {
         let mut ids = Vec::new();
+        let mut complete = false;
         for page in 1..=MAX_PAGES {
             let path = format!(
                 "/domains/{}/records?type=TXT&name={}&per_page=200&page={page}",
@@ -297,11 +296,29 @@ impl DigitalOcean {
                 .unwrap_or_default()
                 .next;
             if next.is_none() || answer.domain_records.is_empty() {
+                complete = true;
                 break;
             }
         }
+        if !complete {
+            return Err(cut_listing(fqdn));
+        }
         Ok(ids)
     }
+}
+
+/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
+/// pages: the value may be on a page not read, so nothing is concluded.
+fn cut_listing(fqdn: &str) -> DnsError {
+    DnsError::rejected(
+        PROVIDER,
+        None,
+        format!(
+            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
+             the listing was not read to its end",
+            per = 200
+        ),
+    )
 }
 
 #[async_trait]
@@ -312,7 +329,7 @@ impl DnsProvider for DigitalOcean {
             provider: PROVIDER,
             name: fqdn.to_owned(),
         })?;
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         if !self.find(&domain, fqdn, value).await?.is_empty() {
             tracing::debug!(fqdn, "digitalocean: TXT record already there");
             return Ok(());
@@ -334,7 +351,7 @@ impl DnsProvider for DigitalOcean {
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
         let domain = self.domain(fqdn).await?;
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
         for id in self.find(&domain, fqdn, value).await? {
             let path = format!("/domains/{}/records/{id}", encode_component(&domain));
             let resp = self.send(Method::DELETE, &path, None).await?;
@@ -603,6 +620,28 @@ mod tests {
         provider_checks::exact_values(&provider, fqdn, || api.values(fqdn)).await;
         api.assert_no_violations();
         assert_eq!(provider.locks.live(), 0);
+    }
+
+    /// More TXT records at the name than MAX_PAGES pages hold (the
+    /// stand-in pages by 2): the value might be on a page not read, so the
+    /// call fails instead of reporting a success it cannot know.
+    #[tokio::test]
+    async fn a_listing_longer_than_the_page_bound_is_refused() {
+        let api = DigitalOceanStandIn::start(&["example.com"]).await;
+        let fqdn = "_acme-challenge.example.com";
+        for i in 0..=(2 * MAX_PAGES) {
+            api.seed("example.com", "_acme-challenge", &format!("other-{i}"));
+        }
+        let provider = api.provider();
+        for result in [
+            provider.delete_txt_record(fqdn, V1).await,
+            provider.create_txt_record(fqdn, V1).await,
+        ] {
+            let err = result.unwrap_err();
+            assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+            assert!(err.to_string().contains("not read to its end"), "{err}");
+        }
+        api.assert_no_violations();
     }
 
     #[tokio::test]

@@ -8,6 +8,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -24,6 +25,9 @@ const MAX_OUTPUT: usize = 4096;
 const EX_TEMPFAIL: i32 = 75;
 /// The smallest timeout accepted.
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// How long stdout and stderr are still read once the program has exited
+/// (a process it left in the background may keep them open).
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs a program to add and remove TXT records, as lego's `exec` provider
 /// does.
@@ -49,7 +53,10 @@ const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 /// - It must finish within the [timeout](Exec::timeout) (2 minutes by
 ///   default); otherwise it is killed (the program itself: processes it
 ///   started in the background are not) and the call fails with
-///   [`DnsError::Transient`]. A call that is dropped kills it too.
+///   [`DnsError::Transient`]. A call that is dropped kills it too. The
+///   timeout bounds the program, not its background processes: once it has
+///   exited, its output is read for one second more and its exit status
+///   counts, even if a background process still holds stdout or stderr.
 /// - Exit code 0 is success. Exit code 75 (`EX_TEMPFAIL` from
 ///   `sysexits.h`) means "try again later": [`DnsError::Transient`], which
 ///   the solver retries. Any other exit code, or death by a signal, is
@@ -141,17 +148,15 @@ impl Exec {
             }
             _ => DnsError::transient(PROVIDER, format!("cannot run {program}: {e}")),
         })?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let finished = tokio::time::timeout(self.timeout, async {
-            let (status, out, err) =
-                tokio::join!(child.wait(), read_tail(stdout), read_tail(stderr));
-            (status, out, err)
-        })
-        .await;
-        let Ok((status, out, err)) = finished else {
-            // The pipes may still be open (a background process holds
-            // them); the program itself is killed and reaped.
+        // The readers run on their own, so that the timeout bounds the
+        // program only: a background process it started may hold the pipes
+        // open long after it exited. Dropping the set stops them.
+        let out = Arc::new(Mutex::new(Tail::default()));
+        let err = Arc::new(Mutex::new(Tail::default()));
+        let mut readers = tokio::task::JoinSet::new();
+        readers.spawn(read_tail(child.stdout.take(), out.clone()));
+        readers.spawn(read_tail(child.stderr.take(), err.clone()));
+        let Ok(status) = tokio::time::timeout(self.timeout, child.wait()).await else {
             let _ = child.kill().await;
             tracing::debug!(%program, action, fqdn = %name, "DNS hook timed out and was killed");
             return Err(DnsError::transient(
@@ -162,6 +167,19 @@ impl Exec {
                 ),
             ));
         };
+        // The program has exited: its output is read for a short while
+        // more, then whatever was read is kept (two readers, so two rounds).
+        let _ = tokio::time::timeout(OUTPUT_GRACE, async {
+            for _ in 0..2 {
+                if readers.join_next().await.is_none() {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(readers);
+        let out = Tail::text_of(&out);
+        let err = Tail::text_of(&err);
         let status =
             status.map_err(|e| DnsError::transient(PROVIDER, format!("{program}: {e}")))?;
         tracing::debug!(
@@ -208,34 +226,54 @@ fn outcome(
     }
 }
 
-/// Reads `stream` to its end, keeping the last [`MAX_OUTPUT`] bytes as text
-/// (with `…` in front when some were dropped).
-async fn read_tail(stream: Option<impl AsyncRead + Unpin>) -> String {
+/// The last [`MAX_OUTPUT`] bytes of a stream read so far.
+#[derive(Debug, Default)]
+struct Tail {
+    kept: Vec<u8>,
+    dropped: bool,
+}
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.kept.extend_from_slice(bytes);
+        if self.kept.len() > MAX_OUTPUT {
+            let cut = self.kept.len() - MAX_OUTPUT;
+            self.kept.drain(..cut);
+            self.dropped = true;
+        }
+    }
+
+    /// What was kept, as text (with `…` in front when some was dropped).
+    fn text_of(tail: &Mutex<Self>) -> String {
+        let Ok(tail) = tail.lock() else {
+            return String::new();
+        };
+        let text = String::from_utf8_lossy(&tail.kept);
+        if tail.dropped {
+            format!("…{text}")
+        } else {
+            text.into_owned()
+        }
+    }
+}
+
+/// Reads `stream` to its end into `tail`.
+async fn read_tail(stream: Option<impl AsyncRead + Unpin>, tail: Arc<Mutex<Tail>>) {
     let Some(mut stream) = stream else {
-        return String::new();
+        return;
     };
-    let mut kept: Vec<u8> = Vec::new();
-    let mut dropped = false;
     let mut buf = [0u8; 2048];
-    // Bounded by the run's timeout; each round reads at least one byte.
+    // Bounded by the caller, which stops waiting for it (the run's timeout,
+    // then OUTPUT_GRACE); each round reads at least one byte.
     loop {
         match stream.read(&mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                kept.extend_from_slice(buf.get(..n).unwrap_or_default());
-                if kept.len() > MAX_OUTPUT {
-                    let cut = kept.len() - MAX_OUTPUT;
-                    kept.drain(..cut);
-                    dropped = true;
+                if let Ok(mut tail) = tail.lock() {
+                    tail.push(buf.get(..n).unwrap_or_default());
                 }
             }
         }
-    }
-    let text = String::from_utf8_lossy(&kept);
-    if dropped {
-        format!("…{text}")
-    } else {
-        text.into_owned()
     }
 }
 
@@ -360,6 +398,39 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, DnsError::Transient { .. }), "{err:?}");
         assert!(err.to_string().contains("killed"), "{err}");
+    }
+
+    /// A hook that leaves a process in the background holding its stdout
+    /// and stderr: its exit status counts (and what it wrote is kept), it
+    /// is not taken for a timeout.
+    #[tokio::test]
+    async fn a_background_process_holding_the_pipes_does_not_hide_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pids = dir.path().join("pids");
+        let hook = script(
+            dir.path(),
+            "bg.sh",
+            &format!(
+                "sleep 30 & echo $! >> {pids}; echo \"said $1\" >&2; [ \"$1\" = present ]",
+                pids = pids.display()
+            ),
+        );
+        let exec = Exec::new("/bin/sh")
+            .args([&hook])
+            .timeout(Duration::from_secs(20));
+        let created = exec
+            .create_txt_record("_acme-challenge.example.com", "v")
+            .await;
+        let deleted = exec
+            .delete_txt_record("_acme-challenge.example.com", "v")
+            .await;
+        for pid in std::fs::read_to_string(&pids).unwrap().lines() {
+            let _ = std::process::Command::new("kill").arg(pid).status();
+        }
+        created.unwrap();
+        let err = deleted.unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(err.to_string().contains("said cleanup"), "{err}");
     }
 
     #[tokio::test]

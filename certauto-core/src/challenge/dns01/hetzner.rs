@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, quote_txt, relative_name, unquote_txt,
-    zone_candidates,
+    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, normalize_name, quote_txt,
+    relative_name, sensitive_header, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -169,6 +169,11 @@ impl HetznerBuilder {
         if self.token.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API token is empty"));
         }
+        sensitive_header(
+            PROVIDER,
+            "the API token",
+            &format!("Bearer {}", self.token.expose()),
+        )?;
         if !(60..=86_400).contains(&self.ttl) {
             return Err(DnsError::config(
                 PROVIDER,
@@ -239,10 +244,9 @@ struct ApiError {
 }
 
 fn failure(resp: &ApiResponse) -> DnsError {
-    let detail = serde_json::from_slice::<ErrorAnswer>(&resp.body)
-        .ok()
-        .map(|e| format!("{}: {}", e.error.code, e.error.message));
-    resp.error(PROVIDER, detail)
+    resp.error_from_body(PROVIDER, |e: ErrorAnswer| {
+        Some(format!("{}: {}", e.error.code, e.error.message))
+    })
 }
 
 impl Hetzner {
@@ -252,17 +256,10 @@ impl Hetzner {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<ApiResponse, DnsError> {
-        let mut request = self
-            .api
-            .request(method, path)
-            .bearer_auth(self.token.expose())
-            .header(reqwest::header::ACCEPT, "application/json");
-        if let Some(body) = body {
-            request = request
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body.to_string());
-        }
-        self.api.send(request).await
+        let authorization = format!("Bearer {}", self.token.expose());
+        self.api
+            .send_json(method, path, &authorization, body.as_ref())
+            .await
     }
 
     /// The zone holding `fqdn`: its id (as the API shows it) and name.
@@ -279,7 +276,7 @@ impl Hetzner {
             let answer: ZoneAnswer = resp.json(PROVIDER)?;
             let id = match answer.zone.id {
                 serde_json::Value::Number(n) => n.to_string(),
-                serde_json::Value::String(s) if !s.is_empty() => s,
+                serde_json::Value::String(s) if is_path_segment(&s) => s,
                 other => {
                     return Err(DnsError::rejected(
                         PROVIDER,
@@ -353,7 +350,7 @@ impl Hetzner {
                 encode_component(&name)
             }
         );
-        let _guard = self.locks.lock(&fqdn.to_ascii_lowercase()).await;
+        let _guard = self.locks.lock(&normalize_name(fqdn)).await;
 
         let resp = self.send(Method::GET, &rrset, None).await?;
         let current = match resp.status {
@@ -823,6 +820,32 @@ mod tests {
         )
         .await;
         api.assert_no_violations();
+    }
+
+    /// A stand-in whose zone answer carries an id that would move the
+    /// request path (`..`): refused, and no request goes to that path.
+    #[tokio::test]
+    async fn a_zone_id_that_would_move_the_path_is_refused() {
+        let api = StandIn::start(|req| {
+            if req.header("authorization") != format!("Bearer {TOKEN}") {
+                return Reply::json(401, json!({"error": {"code": "unauthorized", "message": "x"}}));
+            }
+            Reply::json(
+                200,
+                json!({"zone": {"id": "..", "name": "example.com", "mode": "primary", "ttl": 3600, "status": "ok"}}),
+            )
+        })
+        .await;
+        let provider = Hetzner::builder(TOKEN)
+            .api_url(format!("{}/v1", api.url()))
+            .build()
+            .unwrap();
+        let err = provider
+            .create_txt_record("_acme-challenge.example.com", V1)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert_eq!(api.seen().len(), 1, "{:?}", api.seen());
     }
 
     #[test]

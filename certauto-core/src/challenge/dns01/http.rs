@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::CertificateDer;
 
 use super::provider::DnsError;
-use crate::acme::http::{build_http_client, parse_retry_after};
+use crate::acme::http::{build_http_client_with_redirects, parse_retry_after};
 
 /// The time one API request may take, connection included.
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -38,6 +38,25 @@ impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("<redacted>")
     }
+}
+
+/// `value`, a credential, as a header value marked sensitive (kept out of
+/// reqwest's and hyper's `Debug` output and HTTP/2 header compression);
+/// [`DnsError::Config`] naming `what` (never the value) when a header
+/// cannot carry it.
+pub(crate) fn sensitive_header(
+    provider: &'static str,
+    what: &str,
+    value: &str,
+) -> Result<reqwest::header::HeaderValue, DnsError> {
+    let mut header = reqwest::header::HeaderValue::from_str(value).map_err(|_| {
+        DnsError::config(
+            provider,
+            format!("{what} holds characters an HTTP header cannot carry"),
+        )
+    })?;
+    header.set_sensitive(true);
+    Ok(header)
 }
 
 /// An API's base URL and the client that talks to it.
@@ -94,8 +113,30 @@ impl ApiResponse {
         })
     }
 
+    /// [`error`](Self::error) with the detail `extract` finds in the body
+    /// read as a `T` (the provider's JSON error shape); the body's start
+    /// when it is not one.
+    pub(crate) fn error_from_body<T: serde::de::DeserializeOwned>(
+        &self,
+        provider: &'static str,
+        extract: impl FnOnce(T) -> Option<String>,
+    ) -> DnsError {
+        self.error(provider, self.detail(extract))
+    }
+
+    /// What `extract` finds in the body read as a `T`, if it is one.
+    pub(crate) fn detail<T: serde::de::DeserializeOwned>(
+        &self,
+        extract: impl FnOnce(T) -> Option<String>,
+    ) -> Option<String> {
+        serde_json::from_slice::<T>(&self.body)
+            .ok()
+            .and_then(extract)
+    }
+
     /// The error for a non-success answer: 401/403 refuse the credentials,
-    /// 429 rate-limits, 5xx (and 408) may pass, other codes refuse the request.
+    /// 429 rate-limits, 5xx (and 408) may pass, other codes (redirects
+    /// included: they are not followed) refuse the request.
     /// `detail` is what the provider's error body says, if it was parsed.
     pub(crate) fn error(&self, provider: &'static str, detail: Option<String>) -> DnsError {
         let detail = detail.unwrap_or_else(|| self.snippet());
@@ -122,8 +163,19 @@ impl ApiClient {
         extra_roots: &[CertificateDer<'static>],
     ) -> Result<Self, DnsError> {
         let base = base.trim_end_matches('/').to_owned();
+        // Errors show the URL without any `user:password@`.
+        let shown = without_userinfo(&base);
         let url = reqwest::Url::parse(&base)
-            .map_err(|e| DnsError::config(provider, format!("API URL {base:?}: {e}")))?;
+            .map_err(|e| DnsError::config(provider, format!("API URL {shown:?}: {e}")))?;
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(DnsError::config(
+                provider,
+                format!(
+                    "API URL {shown:?}: credentials in the URL (user:password@) are not \
+                     accepted; give them to the provider's builder"
+                ),
+            ));
+        }
         let loopback = url.host_str().is_some_and(|host| {
             host.eq_ignore_ascii_case("localhost")
                 || host
@@ -139,16 +191,20 @@ impl ApiClient {
                 return Err(DnsError::config(
                     provider,
                     format!(
-                        "API URL {base:?}: scheme {other:?} (https required except on loopback)"
+                        "API URL {shown:?}: scheme {other:?} (https required except on loopback)"
                     ),
                 ));
             }
         }
-        let client = build_http_client(
+        // No redirects: the credentials travel in headers (`X-API-Key`,
+        // `X-Api-User`, `x-amz-security-token`, ...) that reqwest would send
+        // on to any target, plain http included. A 3xx is refused instead.
+        let client = build_http_client_with_redirects(
             extra_roots,
             true,
             API_TIMEOUT,
             concat!("certauto/", env!("CARGO_PKG_VERSION")),
+            reqwest::redirect::Policy::none(),
         )
         .map_err(|e| DnsError::config(provider, e.to_string()))?;
         Ok(Self {
@@ -171,6 +227,30 @@ impl ApiClient {
     /// A request to `base` + `path`.
     pub(crate) fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         self.client.request(method, self.url(path))
+    }
+
+    /// Sends a JSON API request: `Authorization: <authorization>` (marked
+    /// sensitive; [`DnsError::Config`] when a header cannot carry it),
+    /// `Accept: application/json`, and `body` as JSON when given. The
+    /// answer as [`send`](Self::send) reads it.
+    pub(crate) async fn send_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        authorization: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<ApiResponse, DnsError> {
+        let auth = sensitive_header(self.provider, "the API token", authorization)?;
+        let mut request = self
+            .request(method, path)
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.to_string());
+        }
+        self.send(request).await
     }
 
     /// Sends `request` and reads its answer; network errors and timeouts are
@@ -223,6 +303,20 @@ impl ApiClient {
     }
 }
 
+/// `url` with what may be `user:password@` after the scheme cut out, for
+/// error messages (the URL may not even parse).
+fn without_userinfo(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rfind('@') {
+        Some(at) => format!("{scheme}://{}{path}", authority.get(at + 1..).unwrap_or("")),
+        None => url.to_owned(),
+    }
+}
+
 /// The names that may be the zone of `fqdn`, longest first, down to the
 /// last two labels (`a.b.example.com` gives `a.b.example.com`,
 /// `b.example.com`, `example.com`).
@@ -253,23 +347,96 @@ pub(crate) fn relative_name<'a>(fqdn: &'a str, zone: &str) -> Option<&'a str> {
     tail.eq_ignore_ascii_case(zone).then_some(head)
 }
 
-/// `value` percent-encoded for a URL path segment or query component:
-/// everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
-pub(crate) fn encode_component(value: &str) -> String {
-    let mut out = String::with_capacity(value.len());
-    for byte in value.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
+/// Whether `id` (from an API answer, or configured) may become one URL
+/// path segment: not empty, `.` or `..`, and no `/` or `\`, once
+/// percent-decoded too (`%2e%2e` is `..` to a URL parser or a server).
+pub(crate) fn is_path_segment(id: &str) -> bool {
+    let decoded = percent_decode(id);
+    [id.as_bytes(), &decoded].iter().all(|form| {
+        !matches!(*form, b"" | b"." | b"..") && !form.iter().any(|b| matches!(b, b'/' | b'\\'))
+    })
+}
+
+/// `id`, a zone or record id from an API answer, if it is usable as a URL
+/// path segment (see [`is_path_segment`]); else [`DnsError::Rejected`].
+pub(crate) fn path_id(provider: &'static str, what: &str, id: String) -> Result<String, DnsError> {
+    if is_path_segment(&id) {
+        Ok(id)
+    } else {
+        Err(DnsError::rejected(
+            provider,
+            None,
+            format!("the API gave an unusable {what} id {id:?}"),
+        ))
+    }
+}
+
+/// `%XX` sequences decoded; anything else (invalid sequences included)
+/// kept as it is.
+fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                out.push(decoded);
+                i += 3;
+            }
+            _ => {
+                out.push(b);
+                i += 1;
+            }
         }
     }
     out
 }
 
+/// `value` percent-encoded for a URL path segment or query component:
+/// everything but the unreserved characters of RFC 3986 (`A-Z a-z 0-9 - . _ ~`).
+pub(crate) fn encode_component(value: &str) -> String {
+    encode_except(value, b"")
+}
+
+/// [`encode_component`] that also keeps the bytes in `keep` as they are
+/// (PowerDNS's `=` escapes in zone ids, SigV4's `/` in paths). Upper-case
+/// hex digits, as RFC 3986 recommends and SigV4 requires.
+pub(crate) fn encode_except(value: &str, keep: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(value.len());
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric()
+            || matches!(byte, b'-' | b'.' | b'_' | b'~')
+            || keep.contains(&byte)
+        {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
+/// A DNS name in the form providers compare and lock names in: no
+/// surrounding space, no trailing dot, ASCII lower case.
+pub(crate) fn normalize_name(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// A TXT value in zone-file presentation form: one quoted character string,
 /// `"` and `\` escaped (`abc` gives `"abc"`). ACME values are base64url and
 /// need no escaping; other values are quoted all the same.
+///
+/// This pair serves the APIs that take one quoted string (Cloudflare,
+/// deSEC, Hetzner) or show values quoted or bare (DigitalOcean). PowerDNS
+/// and Route 53 keep their own on purpose: both require values longer than
+/// 255 bytes split into several strings, PowerDNS answers with `\DDD`
+/// decimal escapes (decoded to bytes), and Route 53 requires bytes outside
+/// printable ASCII as `\ooo` octal escapes.
 pub(crate) fn quote_txt(value: &str) -> String {
     let mut out = String::with_capacity(value.len() + 2);
     out.push('"');
@@ -353,6 +520,35 @@ mod tests {
             "_acme-challenge.a.b"
         );
         assert_eq!(encode_component("a b/*?&="), "a%20b%2F%2A%3F%26%3D");
+        assert_eq!(encode_except("a=2Fb/c", b"="), "a=2Fb%2Fc");
+        assert_eq!(encode_except("/a b/", b"/"), "/a%20b/");
+        assert_eq!(
+            normalize_name(" _ACME-Challenge.Example.COM. "),
+            "_acme-challenge.example.com"
+        );
+    }
+
+    #[test]
+    fn ids_that_would_move_the_path_are_refused() {
+        for good in [
+            "023e105f4ecef8ad9ca31a8372d0c353",
+            "example.com.",
+            "a=2Fb",
+            "1234",
+            "%41",
+        ] {
+            assert!(is_path_segment(good), "{good}");
+            assert_eq!(path_id("p", "zone", good.into()).unwrap(), good);
+        }
+        for bad in [
+            "", ".", "..", "%2e%2E", "%2E", "a/b", "a\\b", "a%2Fb", "a%5cb", "../x",
+        ] {
+            assert!(!is_path_segment(bad), "{bad}");
+            assert!(matches!(
+                path_id("p", "zone", bad.into()),
+                Err(DnsError::Rejected { .. })
+            ));
+        }
     }
 
     #[test]
@@ -364,6 +560,73 @@ mod tests {
             ApiClient::new("test", "http://api.example.com", &[]),
             Err(DnsError::Config { .. })
         ));
+    }
+
+    #[test]
+    fn urls_with_credentials_are_refused_without_showing_them() {
+        for url in [
+            "https://admin:hunter2@api.example.com/v1",
+            "https://hunter2@api.example.com",
+            "http://admin:hunter2@127.0.0.1:8081",
+            "https://admin:hun ter2@api.example.com/v1",
+        ] {
+            let err = ApiClient::new("test", url, &[]).unwrap_err();
+            assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+            let shown = format!("{err} {err:?}");
+            assert!(
+                !shown.contains("hunter2") && !shown.contains("hun ter2"),
+                "{shown}"
+            );
+        }
+        assert_eq!(
+            without_userinfo("https://u:p@h/a@b?c@d"),
+            "https://h/a@b?c@d"
+        );
+        assert_eq!(without_userinfo("not a url"), "not a url");
+    }
+
+    /// A stand-in answering 307 towards a second stand-in that records
+    /// whether the API key reached it: the redirect is not followed and is
+    /// refused (`Rejected`).
+    #[tokio::test]
+    async fn redirects_are_not_followed_so_keys_stay_home() {
+        use crate::challenge::dns01::standin::{Reply, StandIn};
+        let elsewhere = StandIn::start(|_| Reply::json(200, serde_json::json!({}))).await;
+        let target = format!("{}/stolen", elsewhere.url());
+        let api = StandIn::start(move |_| {
+            Reply::text(307, "text/plain", "moved").header("location", &target)
+        })
+        .await;
+        let client = ApiClient::new("test", &api.url(), &[]).unwrap();
+        let resp = client
+            .send(
+                client
+                    .request(reqwest::Method::GET, "/zones")
+                    .header("x-api-key", "hunter2"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 307);
+        assert!(!resp.is_success());
+        assert!(matches!(
+            resp.error("test", None),
+            DnsError::Rejected {
+                status: Some(307),
+                ..
+            }
+        ));
+        assert_eq!(api.seen().len(), 1);
+        assert!(elsewhere.seen().is_empty(), "the redirect was followed");
+    }
+
+    #[test]
+    fn sensitive_headers() {
+        let header = sensitive_header("p", "the key", "k3y").unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header, "k3y");
+        let err = sensitive_header("p", "the key", "bad\nk3y").unwrap_err();
+        assert!(matches!(err, DnsError::Config { .. }), "{err:?}");
+        assert!(!format!("{err} {err:?}").contains("k3y"));
     }
 
     #[test]

@@ -12,7 +12,10 @@ use reqwest::header::HeaderValue;
 use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use super::http::{ApiClient, ApiResponse, Secret, zone_candidates};
+use super::http::{
+    ApiClient, ApiResponse, Secret, encode_except, normalize_name, path_id, sensitive_header,
+    zone_candidates,
+};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 
@@ -161,12 +164,7 @@ impl PowerDnsBuilder {
         if self.key.is_empty() {
             return Err(DnsError::config(PROVIDER, "the API key is empty"));
         }
-        if HeaderValue::from_str(self.key.expose()).is_err() {
-            return Err(DnsError::config(
-                PROVIDER,
-                "the API key holds characters an HTTP header cannot carry",
-            ));
-        }
+        sensitive_header(PROVIDER, "the API key", self.key.expose())?;
         if self.server_id.is_empty() {
             return Err(DnsError::config(PROVIDER, "the server id is empty"));
         }
@@ -246,9 +244,7 @@ struct ErrorBody {
 /// What went wrong is worded by the API as `{"error": "..."}`; some answers
 /// (401, 404, 400) are plain text.
 fn error_detail(resp: &ApiResponse) -> Option<String> {
-    serde_json::from_slice::<ErrorBody>(&resp.body)
-        .ok()
-        .map(|b| b.error)
+    resp.detail(|b: ErrorBody| Some(b.error))
 }
 
 /// The zone at hand for a record: its API id and name (with trailing dot).
@@ -264,9 +260,9 @@ impl PowerDns {
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
-        let mut key = HeaderValue::from_str(self.key.expose())
+        // Checked by `build`: an empty value cannot happen.
+        let key = sensitive_header(PROVIDER, "the API key", self.key.expose())
             .unwrap_or_else(|_| HeaderValue::from_static(""));
-        key.set_sensitive(true);
         self.api.request(method, path).header("X-API-Key", key)
     }
 
@@ -318,7 +314,7 @@ impl PowerDns {
                 .find(|z| z.name.eq_ignore_ascii_case(&name))
             {
                 return Ok(Zone {
-                    id: zone.id,
+                    id: path_id(PROVIDER, "zone", zone.id)?,
                     name: zone.name,
                 });
             }
@@ -380,7 +376,7 @@ impl PowerDns {
 #[async_trait]
 impl DnsProvider for PowerDns {
     async fn create_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let _lock = self.locks.lock(&fqdn).await;
         let zone = self.find_zone(&fqdn).await?;
         let name = format!("{fqdn}.");
@@ -416,7 +412,7 @@ impl DnsProvider for PowerDns {
     }
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let _lock = self.locks.lock(&fqdn).await;
         let zone = self.find_zone(&fqdn).await?;
         let name = format!("{fqdn}.");
@@ -455,23 +451,10 @@ impl DnsProvider for PowerDns {
     }
 }
 
-/// Lower case, no trailing dot: the form names are locked and compared in.
-fn normalize(fqdn: &str) -> String {
-    fqdn.trim_end_matches('.').to_ascii_lowercase()
-}
-
 /// Percent-encodes everything but unreserved characters and `=` (which
 /// PowerDNS uses to escape zone ids), for a path segment or query value.
 fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'=') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    encode_except(s, b"=")
 }
 
 /// TXT content in the zone-file form PowerDNS requires: quoted, `"` and `\`
@@ -913,6 +896,56 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, DnsError::Config { .. }), "{err}");
+    }
+
+    /// A stand-in answering every request with a 307 towards a second
+    /// stand-in: `X-API-Key` must not reach it (reqwest would carry it on),
+    /// and the 3xx is refused.
+    #[tokio::test]
+    async fn redirects_do_not_carry_the_api_key_away() {
+        let thief = StandIn::start(|_| Reply::json(200, json!([]))).await;
+        let target = format!("{}{ZONES}", thief.url());
+        let api =
+            StandIn::start(move |_| Reply::text(307, "text/plain", "").header("location", &target))
+                .await;
+        let err = provider(&api.url())
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DnsError::Rejected {
+                    status: Some(307),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(thief.seen().is_empty(), "the key followed the redirect");
+    }
+
+    /// A stand-in whose zone list gives an id that would move the request
+    /// path (`..`): refused, and no request goes to that path.
+    #[tokio::test]
+    async fn a_zone_id_that_would_move_the_path_is_refused() {
+        let api = StandIn::start(|req| {
+            if req.header("x-api-key") != KEY {
+                return Reply::text(401, "text/plain; charset=utf-8", "Unauthorized");
+            }
+            Reply::json(200, json!([{"id": "%2E%2E", "name": "example.test."}]))
+        })
+        .await;
+        let err = provider(&api.url())
+            .create_txt_record("_acme-challenge.example.test", "v")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, DnsError::Rejected { .. }), "{err:?}");
+        assert!(
+            api.seen().iter().all(|s| s.path() == ZONES),
+            "{:?}",
+            api.seen()
+        );
     }
 
     #[tokio::test]

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use rustls_pki_types::CertificateDer;
 
 use self::xml::Element;
-use super::http::{ApiClient, ApiResponse, Secret, zone_candidates};
+use super::http::{
+    ApiClient, ApiResponse, Secret, normalize_name, sensitive_header, zone_candidates,
+};
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
 use crate::clock::{Clock, SystemClock};
@@ -116,6 +118,8 @@ struct Inner {
     access_key_id: String,
     secret_access_key: Secret,
     session_token: Option<Secret>,
+    /// `session_token` as the `x-amz-security-token` header, marked sensitive.
+    session_header: Option<reqwest::header::HeaderValue>,
     hosted_zone_id: Option<String>,
     ttl: u32,
     clock: Arc<dyn Clock>,
@@ -253,6 +257,11 @@ impl Route53Builder {
         if self.session_token.as_ref().is_some_and(Secret::is_empty) {
             return Err(DnsError::config(PROVIDER, "the session token is empty"));
         }
+        let session_header = self
+            .session_token
+            .as_ref()
+            .map(|token| sensitive_header(PROVIDER, "the session token", token.expose()))
+            .transpose()?;
         let hosted_zone_id = match self.hosted_zone_id {
             None => None,
             Some(id) => Some(zone_id(&id).ok_or_else(|| {
@@ -278,6 +287,7 @@ impl Route53Builder {
                 access_key_id,
                 secret_access_key: self.secret_access_key,
                 session_token: self.session_token,
+                session_header,
                 hosted_zone_id,
                 ttl: self.ttl,
                 clock: self.clock,
@@ -385,9 +395,7 @@ pub(crate) fn unquote_txt(data: &str) -> String {
 /// A name as Route 53 writes it (`\ooo` escapes, trailing dot) made
 /// comparable: decoded, lower case, no trailing dot.
 fn plain_name(name: &str) -> String {
-    unquote_txt(name.trim())
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+    normalize_name(&unquote_txt(name.trim()))
 }
 
 /// The code, message and error for an answer that is not a success.
@@ -514,8 +522,8 @@ impl Route53 {
             .request(method, &target)
             .header("x-amz-date", signed.amz_date)
             .header("authorization", signed.authorization);
-        if let Some(token) = &inner.session_token {
-            request = request.header("x-amz-security-token", token.expose());
+        if let Some(token) = &inner.session_header {
+            request = request.header("x-amz-security-token", token.clone());
         }
         if let Some(body) = body {
             request = request.header("content-type", "application/xml").body(body);
@@ -575,6 +583,20 @@ impl Route53 {
             provider: PROVIDER,
             name: fqdn.to_owned(),
         })
+    }
+
+    /// `error`, after forgetting the zone found for `fqdn` when the error
+    /// says that zone is gone (`NoSuchHostedZone`), so the next call looks
+    /// it up again.
+    fn forget_zone_on(&self, fqdn: &str, error: DnsError) -> DnsError {
+        if matches!(error, DnsError::ZoneNotFound { .. }) {
+            self.inner
+                .zones
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(fqdn);
+        }
+        error
     }
 
     /// The TXT record set at `fqdn`, if there is one.
@@ -717,18 +739,16 @@ impl Route53 {
     }
 }
 
-/// Lower case, no trailing dot.
-fn normalize(fqdn: &str) -> String {
-    fqdn.trim().trim_end_matches('.').to_ascii_lowercase()
-}
-
 #[async_trait]
 impl DnsProvider for Route53 {
     async fn create_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let zone = self.zone_for(&fqdn).await?;
-        let _guard = self.inner.locks.lock(&fqdn).await;
-        let current = self.read_set(&zone, &fqdn).await?;
+        let guard = self.inner.locks.lock(&fqdn).await;
+        let current = self
+            .read_set(&zone, &fqdn)
+            .await
+            .map_err(|e| self.forget_zone_on(&fqdn, e))?;
         let mut set = current.unwrap_or(RecordSet {
             ttl: self.inner.ttl,
             values: Vec::new(),
@@ -739,20 +759,29 @@ impl DnsProvider for Route53 {
         set.values.push(quote_txt(value));
         let id = match self.change(&zone, "UPSERT", &fqdn, &set).await {
             Ok(id) => id,
-            Err(ChangeError::Conflict(e) | ChangeError::Failed(e)) => return Err(e),
+            Err(ChangeError::Conflict(e) | ChangeError::Failed(e)) => {
+                return Err(self.forget_zone_on(&fqdn, e));
+            }
         };
         tracing::debug!(fqdn, zone, change = %id, "Route 53 TXT value added");
+        // The set is written: other calls for this name need not wait for
+        // its propagation.
+        drop(guard);
         self.wait_in_sync(&fqdn, &id).await;
         Ok(())
     }
 
     async fn delete_txt_record(&self, fqdn: &str, value: &str) -> Result<(), DnsError> {
-        let fqdn = normalize(fqdn);
+        let fqdn = normalize_name(fqdn);
         let zone = self.zone_for(&fqdn).await?;
         let _guard = self.inner.locks.lock(&fqdn).await;
         let mut last_conflict = None;
         for _ in 0..CHANGE_ATTEMPTS {
-            let Some(current) = self.read_set(&zone, &fqdn).await? else {
+            let Some(current) = self
+                .read_set(&zone, &fqdn)
+                .await
+                .map_err(|e| self.forget_zone_on(&fqdn, e))?
+            else {
                 return Ok(());
             };
             if !current.values.iter().any(|v| unquote_txt(v) == value) {
@@ -781,7 +810,7 @@ impl DnsProvider for Route53 {
                 }
                 // The set changed between our read and our write: read again.
                 Err(ChangeError::Conflict(e)) => last_conflict = Some(e),
-                Err(ChangeError::Failed(e)) => return Err(e),
+                Err(ChangeError::Failed(e)) => return Err(self.forget_zone_on(&fqdn, e)),
             }
         }
         Err(last_conflict

@@ -64,18 +64,8 @@ pub(crate) fn amz_date(at: SystemTime) -> String {
 /// (`A-Za-z0-9-_.~`) kept, every other byte as `%XX` (upper case), `/`
 /// kept only when `keep_slash`.
 pub(crate) fn uri_encode(input: &str, keep_slash: bool) -> String {
-    let mut out = String::with_capacity(input.len());
-    for b in input.bytes() {
-        if b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'_' | b'.' | b'~')
-            || (keep_slash && b == b'/')
-        {
-            out.push(char::from(b));
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    out
+    // The shared encoder follows the same rules.
+    crate::challenge::dns01::http::encode_except(input, if keep_slash { b"/" } else { b"" })
 }
 
 /// The canonical query string: each name and value encoded, pairs sorted.

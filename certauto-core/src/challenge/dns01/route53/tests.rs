@@ -75,6 +75,10 @@ struct State {
     token: Option<&'static str>,
     /// Another tool changes the set just before our next DELETE arrives.
     conflict_once: bool,
+    /// Changes are INSYNC at the first `GetChange` (else at the second).
+    insync_at_once: bool,
+    /// Told of each `GetChange` answered.
+    polled: Arc<tokio::sync::Notify>,
 }
 
 fn error_xml(code: &str, message: &str) -> String {
@@ -356,7 +360,12 @@ fn answer(state: &mut State, seen: &Seen) -> Reply {
         ("GET", ["2013-04-01", "change", id]) => {
             let polls = state.polls.entry(id.to_string()).or_default();
             *polls += 1;
-            let status = if *polls >= 2 { "INSYNC" } else { "PENDING" };
+            let status = if *polls >= 2 || state.insync_at_once {
+                "INSYNC"
+            } else {
+                "PENDING"
+            };
+            state.polled.notify_one();
             xml_reply(format!(
                 "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<GetChangeResponse xmlns=\"{XMLNS}\">\
                  <ChangeInfo><Id>/change/{id}</Id><Status>{status}</Status>\
@@ -562,6 +571,64 @@ async fn a_set_changed_by_someone_else_is_read_again_before_deleting() {
     fx.assert_no_problems();
 }
 
+/// A change waiting for INSYNC (polled once, PENDING, then a long pause)
+/// does not hold the name: another value at the name is written meanwhile.
+#[tokio::test]
+async fn waiting_for_insync_does_not_hold_the_name() {
+    let fx = Fixture::start().await;
+    let dns = fx
+        .builder()
+        .sync_polling(Duration::from_secs(3600), 3)
+        .build()
+        .unwrap();
+    let name = "_acme-challenge.example.com";
+    let polled = fx.state.lock().unwrap().polled.clone();
+    let first = tokio::spawn({
+        let dns = dns.clone();
+        async move { dns.create_txt_record(name, "first").await }
+    });
+    polled.notified().await;
+    fx.state.lock().unwrap().insync_at_once = true;
+    // Bounded: without the fix this waits for the first call's hour.
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        dns.create_txt_record(name, "second"),
+    )
+    .await
+    .expect("the name was held while waiting for INSYNC")
+    .unwrap();
+    assert_eq!(fx.values("Z1EXAMPLECOM", name), ["first", "second"]);
+    first.abort();
+    fx.assert_no_problems();
+}
+
+/// A zone that is gone (`NoSuchHostedZone`) is looked up again next time.
+#[tokio::test]
+async fn a_vanished_zone_is_forgotten() {
+    let fx = Fixture::start().await;
+    let dns = fx.provider();
+    let name = "_acme-challenge.example.com";
+    let lookups = || {
+        fx.server
+            .seen()
+            .iter()
+            .filter(|s| s.path() == "/2013-04-01/hostedzonesbyname")
+            .count()
+    };
+    dns.create_txt_record(name, "one").await.unwrap();
+    assert_eq!(lookups(), 2);
+    dns.create_txt_record(name, "two").await.unwrap();
+    assert_eq!(lookups(), 2, "remembered");
+    fx.fail(Some(failure(404, "NoSuchHostedZone")));
+    let err = dns.delete_txt_record(name, "one").await.unwrap_err();
+    assert!(matches!(err, DnsError::ZoneNotFound { .. }), "{err:?}");
+    fx.fail(None);
+    dns.delete_txt_record(name, "one").await.unwrap();
+    assert_eq!(lookups(), 4, "looked up again");
+    assert_eq!(fx.values("Z1EXAMPLECOM", name), ["two"]);
+    fx.assert_no_problems();
+}
+
 #[tokio::test]
 async fn unknown_zones_and_missing_configured_zones() {
     let fx = Fixture::start().await;
@@ -704,6 +771,9 @@ async fn wrong_credentials_are_refused_and_secrets_stay_hidden() {
             .build(),
         Route53::builder(AKID, SECRET)
             .api_url("http://route53.example.com")
+            .build(),
+        Route53::builder(AKID, SECRET)
+            .session_token("tok\r\nen")
             .build(),
     ] {
         assert!(matches!(bad, Err(DnsError::Config { .. })), "{bad:?}");
