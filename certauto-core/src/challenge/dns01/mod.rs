@@ -73,6 +73,13 @@ const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// 3. removes exactly its own value afterwards, so the apex and wildcard
 ///    values of one order, and other tools' values, survive.
 ///
+/// **A wildcard and its apex** are validated at the same record name. Ask
+/// for both in one certificate (`obtain(["example.com", "*.example.com"])`):
+/// both values are written before the CA is told. As two certificates
+/// obtained at the same time, a CA whose resolver caches the TXT set may
+/// validate the second order against the set it saw before that order's
+/// value was written; the order then fails and is retried at its retry time.
+///
 /// ```no_run
 /// # extern crate certauto_core as certauto;
 /// use std::time::Duration;
