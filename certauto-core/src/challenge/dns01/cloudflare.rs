@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, path_id, quote_txt,
-    sensitive_header, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, TokenApi, TokenApiParts, collect_pages, encode_component,
+    is_path_segment, path_id, quote_txt, unquote_txt, zone_candidates,
 };
 use super::provider::{DnsError, DnsProvider};
 
@@ -22,6 +22,8 @@ const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
 const DEFAULT_TTL: u32 = 120;
 /// The most pages of 100 records read when looking for a value.
 pub(crate) const MAX_PAGES: u32 = 20;
+/// Records asked for per page.
+const PER_PAGE: u32 = 100;
 /// Cloudflare's code for "An identical record already exists."
 const IDENTICAL_RECORD: i64 = 81058;
 
@@ -97,21 +99,15 @@ impl fmt::Debug for Cloudflare {
 
 /// Settings of a [`Cloudflare`] provider; from [`Cloudflare::builder`].
 pub struct CloudflareBuilder {
-    token: Secret,
-    api_url: String,
-    ttl: u32,
+    api: TokenApi,
     zone_id: Option<String>,
-    extra_roots: Vec<CertificateDer<'static>>,
 }
 
 impl fmt::Debug for CloudflareBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CloudflareBuilder")
-            .field("token", &self.token)
-            .field("api_url", &self.api_url)
-            .field("ttl", &self.ttl)
+            .field("api", &self.api)
             .field("zone_id", &self.zone_id)
-            .field("extra_roots", &self.extra_roots.len())
             .finish()
     }
 }
@@ -120,11 +116,8 @@ impl Cloudflare {
     /// Settings for a provider using the API token `token`.
     pub fn builder(token: impl Into<String>) -> CloudflareBuilder {
         CloudflareBuilder {
-            token: Secret::new(token),
-            api_url: DEFAULT_API_URL.to_owned(),
-            ttl: DEFAULT_TTL,
+            api: TokenApi::new(token, DEFAULT_API_URL, DEFAULT_TTL),
             zone_id: None,
-            extra_roots: Vec::new(),
         }
     }
 }
@@ -132,14 +125,14 @@ impl Cloudflare {
 impl CloudflareBuilder {
     /// The API's base URL (default `https://api.cloudflare.com/client/v4`).
     pub fn api_url(mut self, url: impl Into<String>) -> Self {
-        self.api_url = url.into();
+        self.api.api_url = url.into();
         self
     }
 
     /// The TTL of new records in seconds: 1 (Cloudflare's "automatic") or
     /// 60 to 86400 (default 120).
     pub fn ttl(mut self, ttl: u32) -> Self {
-        self.ttl = ttl;
+        self.api.ttl = ttl;
         self
     }
 
@@ -156,27 +149,13 @@ impl CloudflareBuilder {
 
     /// More root certificates to trust for the API (a proxy's CA).
     pub fn extra_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
-        self.extra_roots = roots;
+        self.api.extra_roots = roots;
         self
     }
 
     /// The provider; [`DnsError::Config`] for an empty token or zone id, a
     /// TTL out of range, or an unusable URL.
     pub fn build(self) -> Result<Cloudflare, DnsError> {
-        if self.token.is_empty() {
-            return Err(DnsError::config(PROVIDER, "the API token is empty"));
-        }
-        sensitive_header(
-            PROVIDER,
-            "the API token",
-            &format!("Bearer {}", self.token.expose()),
-        )?;
-        if !(self.ttl == 1 || (60..=86_400).contains(&self.ttl)) {
-            return Err(DnsError::config(
-                PROVIDER,
-                format!("TTL {} (1, or 60 to 86400)", self.ttl),
-            ));
-        }
         if self.zone_id.as_deref().is_some_and(str::is_empty) {
             return Err(DnsError::config(PROVIDER, "the zone id is empty"));
         }
@@ -186,11 +165,17 @@ impl CloudflareBuilder {
                 format!("the zone id {id:?} is not an identifier"),
             ));
         }
-        let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
+        let TokenApiParts { api, token, ttl } = self.api.check(
+            PROVIDER,
+            "the API token",
+            "Bearer",
+            |ttl| ttl == 1 || (60..=86_400).contains(&ttl),
+            "1, or 60 to 86400",
+        )?;
         Ok(Cloudflare {
             api,
-            token: self.token,
-            ttl: self.ttl,
+            token,
+            ttl,
             zone_id: self.zone_id,
         })
     }
@@ -340,11 +325,9 @@ impl Cloudflare {
 
     /// The ids of the TXT records at `fqdn` whose content is `value`.
     async fn find(&self, zone: &str, fqdn: &str, value: &str) -> Result<Vec<String>, DnsError> {
-        let mut ids = Vec::new();
-        let mut complete = false;
-        for page in 1..=MAX_PAGES {
+        collect_pages(PROVIDER, fqdn, MAX_PAGES, PER_PAGE, |page| async move {
             let path = format!(
-                "/zones/{}/dns_records?type=TXT&name={}&per_page=100&page={page}",
+                "/zones/{}/dns_records?type=TXT&name={}&per_page={PER_PAGE}&page={page}",
                 encode_component(zone),
                 encode_component(fqdn),
             );
@@ -353,47 +336,23 @@ impl Cloudflare {
                 return Err(failure(&resp));
             }
             let records: Envelope<Vec<Record>> = success(&resp)?;
-            let count = records.result.len();
-            ids.extend(
-                records
-                    .result
-                    .into_iter()
-                    .filter(|r| {
-                        r.kind == "TXT"
-                            && same_name(&r.name, fqdn)
-                            && unquote_txt(&r.content) == value
-                    })
-                    .map(|r| path_id(PROVIDER, "record", r.id))
-                    .collect::<Result<Vec<_>, _>>()?,
-            );
-            let last = records
-                .result_info
-                .and_then(|i| i.total_pages)
-                .is_none_or(|total| page >= total);
-            if last || count == 0 {
-                complete = true;
-                break;
-            }
-        }
-        if !complete {
-            return Err(cut_listing(fqdn));
-        }
-        Ok(ids)
+            let last = records.result.is_empty()
+                || records
+                    .result_info
+                    .and_then(|i| i.total_pages)
+                    .is_none_or(|total| page >= total);
+            let ids = records
+                .result
+                .into_iter()
+                .filter(|r| {
+                    r.kind == "TXT" && same_name(&r.name, fqdn) && unquote_txt(&r.content) == value
+                })
+                .map(|r| path_id(PROVIDER, "record", r.id))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((ids, last))
+        })
+        .await
     }
-}
-
-/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
-/// pages: the value may be on a page not read, so nothing is concluded.
-fn cut_listing(fqdn: &str) -> DnsError {
-    DnsError::rejected(
-        PROVIDER,
-        None,
-        format!(
-            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
-             the listing was not read to its end",
-            per = 100
-        ),
-    )
 }
 
 #[async_trait]

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, normalize_name, quote_txt, relative_name,
-    sensitive_header, unquote_txt,
+    ApiClient, ApiResponse, Secret, TokenApi, TokenApiParts, encode_component, normalize_name,
+    quote_txt, relative_name, unquote_txt,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -97,19 +97,13 @@ impl fmt::Debug for Desec {
 
 /// Settings of a [`Desec`] provider; from [`Desec::builder`].
 pub struct DesecBuilder {
-    token: Secret,
-    api_url: String,
-    ttl: u32,
-    extra_roots: Vec<CertificateDer<'static>>,
+    api: TokenApi,
 }
 
 impl fmt::Debug for DesecBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DesecBuilder")
-            .field("token", &self.token)
-            .field("api_url", &self.api_url)
-            .field("ttl", &self.ttl)
-            .field("extra_roots", &self.extra_roots.len())
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -118,10 +112,7 @@ impl Desec {
     /// Settings for a provider using the API token `token`.
     pub fn builder(token: impl Into<String>) -> DesecBuilder {
         DesecBuilder {
-            token: Secret::new(token),
-            api_url: DEFAULT_API_URL.to_owned(),
-            ttl: DEFAULT_TTL,
-            extra_roots: Vec::new(),
+            api: TokenApi::new(token, DEFAULT_API_URL, DEFAULT_TTL),
         }
     }
 }
@@ -129,45 +120,37 @@ impl Desec {
 impl DesecBuilder {
     /// The API's base URL (default `https://desec.io/api/v1`).
     pub fn api_url(mut self, url: impl Into<String>) -> Self {
-        self.api_url = url.into();
+        self.api.api_url = url.into();
         self
     }
 
     /// The TTL of new RRsets in seconds, at most 86400 (default 3600); raised
     /// to the domain's minimum TTL when lower.
     pub fn ttl(mut self, ttl: u32) -> Self {
-        self.ttl = ttl;
+        self.api.ttl = ttl;
         self
     }
 
     /// More root certificates to trust for the API (a proxy's CA).
     pub fn extra_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
-        self.extra_roots = roots;
+        self.api.extra_roots = roots;
         self
     }
 
     /// The provider; [`DnsError::Config`] for an empty or unprintable token,
     /// a TTL out of range or an unusable URL.
     pub fn build(self) -> Result<Desec, DnsError> {
-        if self.token.is_empty() {
-            return Err(DnsError::config(PROVIDER, "the API token is empty"));
-        }
-        sensitive_header(
+        let TokenApiParts { api, token, ttl } = self.api.check(
             PROVIDER,
             "the API token",
-            &format!("Token {}", self.token.expose()),
+            "Token",
+            |ttl| (1..=86_400).contains(&ttl),
+            "1 to 86400",
         )?;
-        if !(1..=86_400).contains(&self.ttl) {
-            return Err(DnsError::config(
-                PROVIDER,
-                format!("TTL {} (1 to 86400)", self.ttl),
-            ));
-        }
-        let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
         Ok(Desec {
             api,
-            token: self.token,
-            ttl: self.ttl,
+            token,
+            ttl,
             locks: Arc::new(NameLocks::default()),
         })
     }

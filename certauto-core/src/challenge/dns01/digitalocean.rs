@@ -13,8 +13,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, normalize_name, relative_name,
-    sensitive_header, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, TokenApi, TokenApiParts, collect_pages, encode_component,
+    normalize_name, relative_name, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -25,6 +25,8 @@ const DEFAULT_API_URL: &str = "https://api.digitalocean.com/v2";
 const DEFAULT_TTL: u32 = 30;
 /// The most pages of 200 records read when looking for a value.
 pub(crate) const MAX_PAGES: u32 = 10;
+/// Records asked for per page.
+const PER_PAGE: u32 = 200;
 
 /// Writes DNS-01 TXT records through the DigitalOcean API v2
 /// (`https://api.digitalocean.com/v2`, Domains and Domain Records), one
@@ -92,19 +94,13 @@ impl fmt::Debug for DigitalOcean {
 
 /// Settings of a [`DigitalOcean`] provider; from [`DigitalOcean::builder`].
 pub struct DigitalOceanBuilder {
-    token: Secret,
-    api_url: String,
-    ttl: u32,
-    extra_roots: Vec<CertificateDer<'static>>,
+    api: TokenApi,
 }
 
 impl fmt::Debug for DigitalOceanBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DigitalOceanBuilder")
-            .field("token", &self.token)
-            .field("api_url", &self.api_url)
-            .field("ttl", &self.ttl)
-            .field("extra_roots", &self.extra_roots.len())
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -113,10 +109,7 @@ impl DigitalOcean {
     /// Settings for a provider using the access token `token`.
     pub fn builder(token: impl Into<String>) -> DigitalOceanBuilder {
         DigitalOceanBuilder {
-            token: Secret::new(token),
-            api_url: DEFAULT_API_URL.to_owned(),
-            ttl: DEFAULT_TTL,
-            extra_roots: Vec::new(),
+            api: TokenApi::new(token, DEFAULT_API_URL, DEFAULT_TTL),
         }
     }
 }
@@ -124,44 +117,36 @@ impl DigitalOcean {
 impl DigitalOceanBuilder {
     /// The API's base URL (default `https://api.digitalocean.com/v2`).
     pub fn api_url(mut self, url: impl Into<String>) -> Self {
-        self.api_url = url.into();
+        self.api.api_url = url.into();
         self
     }
 
     /// The TTL of new records in seconds, 30 to 86400 (default 30).
     pub fn ttl(mut self, ttl: u32) -> Self {
-        self.ttl = ttl;
+        self.api.ttl = ttl;
         self
     }
 
     /// More root certificates to trust for the API (a proxy's CA).
     pub fn extra_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
-        self.extra_roots = roots;
+        self.api.extra_roots = roots;
         self
     }
 
     /// The provider; [`DnsError::Config`] for an empty token, a TTL out of
     /// range or an unusable URL.
     pub fn build(self) -> Result<DigitalOcean, DnsError> {
-        if self.token.is_empty() {
-            return Err(DnsError::config(PROVIDER, "the access token is empty"));
-        }
-        sensitive_header(
+        let TokenApiParts { api, token, ttl } = self.api.check(
             PROVIDER,
             "the access token",
-            &format!("Bearer {}", self.token.expose()),
+            "Bearer",
+            |ttl| (30..=86_400).contains(&ttl),
+            "30 to 86400",
         )?;
-        if !(30..=86_400).contains(&self.ttl) {
-            return Err(DnsError::config(
-                PROVIDER,
-                format!("TTL {} (30 to 86400)", self.ttl),
-            ));
-        }
-        let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
         Ok(DigitalOcean {
             api,
-            token: self.token,
-            ttl: self.ttl,
+            token,
+            ttl,
             locks: Arc::new(NameLocks::default()),
         })
     }
@@ -266,11 +251,9 @@ impl DigitalOcean {
 
     /// The ids of the TXT records at `fqdn` holding `value`.
     async fn find(&self, domain: &str, fqdn: &str, value: &str) -> Result<Vec<u64>, DnsError> {
-        let mut ids = Vec::new();
-        let mut complete = false;
-        for page in 1..=MAX_PAGES {
+        collect_pages(PROVIDER, fqdn, MAX_PAGES, PER_PAGE, |page| async move {
             let path = format!(
-                "/domains/{}/records?type=TXT&name={}&per_page=200&page={page}",
+                "/domains/{}/records?type=TXT&name={}&per_page={PER_PAGE}&page={page}",
                 encode_component(domain),
                 encode_component(fqdn),
             );
@@ -279,46 +262,26 @@ impl DigitalOcean {
                 return Err(failure(&resp));
             }
             let answer: RecordsAnswer = resp.json(PROVIDER)?;
-            ids.extend(
-                answer
-                    .domain_records
-                    .iter()
-                    .filter(|r| {
-                        r.kind == "TXT"
-                            && r.data.as_deref().map(unquote_txt).as_deref() == Some(value)
-                    })
-                    .map(|r| r.id),
-            );
-            let next = answer
-                .links
-                .unwrap_or_default()
-                .pages
-                .unwrap_or_default()
-                .next;
-            if next.is_none() || answer.domain_records.is_empty() {
-                complete = true;
-                break;
-            }
-        }
-        if !complete {
-            return Err(cut_listing(fqdn));
-        }
-        Ok(ids)
+            let last = answer.domain_records.is_empty()
+                || answer
+                    .links
+                    .unwrap_or_default()
+                    .pages
+                    .unwrap_or_default()
+                    .next
+                    .is_none();
+            let ids = answer
+                .domain_records
+                .iter()
+                .filter(|r| {
+                    r.kind == "TXT" && r.data.as_deref().map(unquote_txt).as_deref() == Some(value)
+                })
+                .map(|r| r.id)
+                .collect();
+            Ok((ids, last))
+        })
+        .await
     }
-}
-
-/// The error when the TXT records at `fqdn` fill more than [`MAX_PAGES`]
-/// pages: the value may be on a page not read, so nothing is concluded.
-fn cut_listing(fqdn: &str) -> DnsError {
-    DnsError::rejected(
-        PROVIDER,
-        None,
-        format!(
-            "more than {MAX_PAGES} pages of {per} TXT records at {fqdn}: \
-             the listing was not read to its end",
-            per = 200
-        ),
-    )
 }
 
 #[async_trait]

@@ -14,8 +14,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::http::{
-    ApiClient, ApiResponse, Secret, encode_component, is_path_segment, normalize_name, quote_txt,
-    relative_name, sensitive_header, unquote_txt, zone_candidates,
+    ApiClient, ApiResponse, Secret, TokenApi, TokenApiParts, encode_component, is_path_segment,
+    normalize_name, quote_txt, relative_name, unquote_txt, zone_candidates,
 };
 use super::name_lock::NameLocks;
 use super::provider::{DnsError, DnsProvider};
@@ -114,19 +114,13 @@ impl fmt::Debug for Hetzner {
 
 /// Settings of a [`Hetzner`] provider; from [`Hetzner::builder`].
 pub struct HetznerBuilder {
-    token: Secret,
-    api_url: String,
-    ttl: u32,
-    extra_roots: Vec<CertificateDer<'static>>,
+    api: TokenApi,
 }
 
 impl fmt::Debug for HetznerBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HetznerBuilder")
-            .field("token", &self.token)
-            .field("api_url", &self.api_url)
-            .field("ttl", &self.ttl)
-            .field("extra_roots", &self.extra_roots.len())
+            .field("api", &self.api)
             .finish()
     }
 }
@@ -135,10 +129,7 @@ impl Hetzner {
     /// Settings for a provider using the Cloud API token `token`.
     pub fn builder(token: impl Into<String>) -> HetznerBuilder {
         HetznerBuilder {
-            token: Secret::new(token),
-            api_url: DEFAULT_API_URL.to_owned(),
-            ttl: DEFAULT_TTL,
-            extra_roots: Vec::new(),
+            api: TokenApi::new(token, DEFAULT_API_URL, DEFAULT_TTL),
         }
     }
 }
@@ -146,45 +137,37 @@ impl Hetzner {
 impl HetznerBuilder {
     /// The API's base URL (default `https://api.hetzner.cloud/v1`).
     pub fn api_url(mut self, url: impl Into<String>) -> Self {
-        self.api_url = url.into();
+        self.api.api_url = url.into();
         self
     }
 
     /// The TTL of new RRsets in seconds, 60 to 86400 (default 60). An
     /// existing RRset keeps its TTL.
     pub fn ttl(mut self, ttl: u32) -> Self {
-        self.ttl = ttl;
+        self.api.ttl = ttl;
         self
     }
 
     /// More root certificates to trust for the API (a proxy's CA).
     pub fn extra_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
-        self.extra_roots = roots;
+        self.api.extra_roots = roots;
         self
     }
 
     /// The provider; [`DnsError::Config`] for an empty token, a TTL out of
     /// range or an unusable URL.
     pub fn build(self) -> Result<Hetzner, DnsError> {
-        if self.token.is_empty() {
-            return Err(DnsError::config(PROVIDER, "the API token is empty"));
-        }
-        sensitive_header(
+        let TokenApiParts { api, token, ttl } = self.api.check(
             PROVIDER,
             "the API token",
-            &format!("Bearer {}", self.token.expose()),
+            "Bearer",
+            |ttl| (60..=86_400).contains(&ttl),
+            "60 to 86400",
         )?;
-        if !(60..=86_400).contains(&self.ttl) {
-            return Err(DnsError::config(
-                PROVIDER,
-                format!("TTL {} (60 to 86400)", self.ttl),
-            ));
-        }
-        let api = ApiClient::new(PROVIDER, &self.api_url, &self.extra_roots)?;
         Ok(Hetzner {
             api,
-            token: self.token,
-            ttl: self.ttl,
+            token,
+            ttl,
             locks: Arc::new(NameLocks::default()),
             poll_interval: ACTION_POLL_INTERVAL,
         })

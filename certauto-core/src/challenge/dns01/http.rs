@@ -317,6 +317,110 @@ fn without_userinfo(url: &str) -> String {
     }
 }
 
+/// What the builders of the token-authenticated HTTP providers (Cloudflare,
+/// DigitalOcean, Hetzner, deSEC) hold, and the checks they share.
+#[derive(Clone)]
+pub(crate) struct TokenApi {
+    pub(crate) token: Secret,
+    pub(crate) api_url: String,
+    pub(crate) ttl: u32,
+    pub(crate) extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl fmt::Debug for TokenApi {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenApi")
+            .field("token", &self.token)
+            .field("api_url", &self.api_url)
+            .field("ttl", &self.ttl)
+            .field("extra_roots", &self.extra_roots.len())
+            .finish()
+    }
+}
+
+/// A checked [`TokenApi`]: the client, the token, the TTL.
+pub(crate) struct TokenApiParts {
+    pub(crate) api: ApiClient,
+    pub(crate) token: Secret,
+    pub(crate) ttl: u32,
+}
+
+impl TokenApi {
+    /// The token, the provider's default API URL and TTL.
+    pub(crate) fn new(token: impl Into<String>, api_url: &str, ttl: u32) -> Self {
+        Self {
+            token: Secret::new(token),
+            api_url: api_url.to_owned(),
+            ttl,
+            extra_roots: Vec::new(),
+        }
+    }
+
+    /// Checks the settings and builds the client: the token (`what` names it
+    /// in errors) must be non-empty and fit a header as `"<scheme> <token>"`,
+    /// the TTL must pass `ttl_ok` (`ttl_rule` says which are), the URL must
+    /// be usable. Each failure is [`DnsError::Config`].
+    pub(crate) fn check(
+        self,
+        provider: &'static str,
+        what: &str,
+        scheme: &str,
+        ttl_ok: fn(u32) -> bool,
+        ttl_rule: &str,
+    ) -> Result<TokenApiParts, DnsError> {
+        if self.token.is_empty() {
+            return Err(DnsError::config(provider, format!("{what} is empty")));
+        }
+        sensitive_header(provider, what, &format!("{scheme} {}", self.token.expose()))?;
+        if !ttl_ok(self.ttl) {
+            return Err(DnsError::config(
+                provider,
+                format!("TTL {} ({ttl_rule})", self.ttl),
+            ));
+        }
+        let api = ApiClient::new(provider, &self.api_url, &self.extra_roots)?;
+        Ok(TokenApiParts {
+            api,
+            token: self.token,
+            ttl: self.ttl,
+        })
+    }
+}
+
+/// A paged listing of the TXT records at `fqdn`, read to its end: `page(n)`
+/// fetches page `n` (from 1) and returns the records it matched and whether
+/// it was the last page. A listing longer than `max_pages` pages of
+/// `per_page` is [`DnsError::Rejected`]: a value may be on a page not read,
+/// so nothing is concluded from the pages that were.
+pub(crate) async fn collect_pages<T, F, Fut>(
+    provider: &'static str,
+    fqdn: &str,
+    max_pages: u32,
+    per_page: u32,
+    mut page: F,
+) -> Result<Vec<T>, DnsError>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, bool), DnsError>>,
+{
+    let mut found = Vec::new();
+    for n in 1..=max_pages {
+        let (matched, last) = page(n).await?;
+        found.extend(matched);
+        if last {
+            return Ok(found);
+        }
+    }
+    Err(DnsError::rejected(
+        provider,
+        None,
+        format!(
+            "more than {max_pages} pages of {per_page} TXT records at {fqdn}: \
+             the listing was not read to its end"
+        ),
+    ))
+}
+
 /// The names that may be the zone of `fqdn`, longest first, down to the
 /// last two labels (`a.b.example.com` gives `a.b.example.com`,
 /// `b.example.com`, `example.com`).
