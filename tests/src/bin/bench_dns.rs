@@ -74,28 +74,7 @@ const EMAIL: &str = "bench@certauto.test";
 const ZONE: &str = "example.test";
 
 fn main() -> ExitCode {
-    certauto_tests::init_stderr_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-dns: FAILED: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(async { tokio::time::timeout(RUN_DEADLINE, run()).await }) {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("bench-dns: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!("bench-dns: FAILED: the whole run exceeded {RUN_DEADLINE:?}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_async("bench-dns", RUN_DEADLINE, run())
 }
 
 fn progress(message: &str) {

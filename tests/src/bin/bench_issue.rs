@@ -67,32 +67,7 @@ const EMAIL: &str = "bench@certauto.test";
 /// Name suffix of every certificate (Pebble's mock DNS answers 127.0.0.1 for all names).
 const DOMAIN: &str = "bench.certauto.test";
 fn main() -> ExitCode {
-    certauto_tests::init_stderr_logging();
-
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bench-issue: FAILED: cannot start the tokio runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let outcome = runtime.block_on(async { tokio::time::timeout(RUN_DEADLINE, run()).await });
-    match outcome {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            eprintln!("bench-issue: FAILED: {e}");
-            ExitCode::FAILURE
-        }
-        Err(_) => {
-            eprintln!(
-                "bench-issue: FAILED: the whole run exceeded its deadline of {RUN_DEADLINE:?}"
-            );
-            ExitCode::FAILURE
-        }
-    }
+    common::run_async("bench-issue", RUN_DEADLINE, run())
 }
 
 async fn run() -> BenchResult<()> {

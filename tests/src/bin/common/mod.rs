@@ -20,6 +20,38 @@ use tokio::task::JoinSet;
 /// A benchmark step's result; the error says what failed, for the report.
 pub(crate) type BenchResult<T> = Result<T, String>;
 
+/// The `main` of an async benchmark: stderr logging, a multi-threaded
+/// runtime, `run` bounded by `deadline`; a failure or the deadline is said
+/// on stderr as `<name>: FAILED: ...` and the exit code fails.
+pub(crate) fn run_async<F>(name: &str, deadline: Duration, run: F) -> std::process::ExitCode
+where
+    F: Future<Output = BenchResult<()>>,
+{
+    use std::process::ExitCode;
+    certauto_tests::init_stderr_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: FAILED: cannot start the tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(async { tokio::time::timeout(deadline, run).await }) {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            eprintln!("{name}: FAILED: {e}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{name}: FAILED: the whole run exceeded its deadline of {deadline:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `fut`, or an error naming `what` after `limit`.
 pub(crate) async fn with_timeout<T>(
     limit: Duration,
