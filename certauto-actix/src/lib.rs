@@ -106,7 +106,7 @@ use actix_web::http::KeepAlive;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, HttpServer, Route, web};
-use certauto_core::{ChallengeTokens, Config};
+use certauto_core::{AcmeAcceptor, ChallengeTokens, Config};
 use certauto_core::{HTTP01_CONTENT_TYPE, Http01Answer};
 
 pub use certauto_core::ServerLimits;
@@ -133,7 +133,7 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    serve_with(listener, Arc::new(config.server_config()), factory)
+    AcmeServer::new(listener, AcmeAcceptor::for_config(config), factory)
 }
 
 /// Like [`serve`] with a rustls config of your own, which should resolve
@@ -156,7 +156,7 @@ where
     S::Service: 'static,
     B: MessageBody + 'static,
 {
-    AcmeServer::new(listener, tls, factory)
+    AcmeServer::new(listener, AcmeAcceptor::builder(tls), factory)
 }
 
 /// `bind_acme`, `listen_acme` and `bind_http` for actix-web's `HttpServer`,

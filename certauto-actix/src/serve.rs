@@ -22,7 +22,7 @@ use actix_service::{IntoServiceFactory, ServiceFactoryExt as _, fn_service, map_
 use actix_web::body::MessageBody;
 use actix_web::dev::{AppConfig, Service, ServiceFactory};
 use actix_web::http::KeepAlive;
-use certauto_core::{AcmeAcceptor, AcmeHandshaker, ServerLimits};
+use certauto_core::{AcmeAcceptorBuilder, AcmeHandshaker, ServerLimits};
 use tokio::net::TcpStream;
 
 /// The most workers actix-server runs.
@@ -63,7 +63,7 @@ pub struct AcmeServer {
     builder: ServerBuilder,
     /// Set once by [`run`](Self::run); read by each worker as it starts.
     started: Arc<OnceLock<Started>>,
-    tls: Arc<rustls::ServerConfig>,
+    acceptor: AcmeAcceptorBuilder,
     limits: ServerLimits,
     local_addr: SocketAddr,
 }
@@ -86,10 +86,10 @@ struct Started {
 }
 
 impl Started {
-    fn new(tls: Arc<rustls::ServerConfig>, limits: ServerLimits) -> Self {
+    fn new(acceptor: AcmeAcceptorBuilder, limits: ServerLimits) -> Self {
         Self {
             limits,
-            handshaker: AcmeAcceptor::builder(tls).limits(&limits).handshaker(),
+            handshaker: acceptor.limits(&limits).handshaker(),
         }
     }
 }
@@ -97,7 +97,7 @@ impl Started {
 impl AcmeServer {
     pub(crate) fn new<F, I, S, B>(
         listener: std::net::TcpListener,
-        tls: Arc<rustls::ServerConfig>,
+        acceptor: AcmeAcceptorBuilder,
         factory: F,
     ) -> io::Result<Self>
     where
@@ -117,14 +117,14 @@ impl AcmeServer {
         let shutdown = builder.graceful_shutdown_signal();
         let worker = {
             let started = started.clone();
-            let tls = tls.clone();
+            let acceptor = acceptor.clone();
             move || {
                 // `run` sets it before any worker starts; the default only
                 // keeps this free of a panic path.
                 let started = started
                     .get()
                     .cloned()
-                    .unwrap_or_else(|| Started::new(tls.clone(), ServerLimits::default()));
+                    .unwrap_or_else(|| Started::new(acceptor.clone(), ServerLimits::default()));
                 connection_service(factory(), started, shutdown.clone(), local_addr)
             }
         };
@@ -132,7 +132,7 @@ impl AcmeServer {
         Ok(Self {
             builder,
             started,
-            tls,
+            acceptor,
             limits: ServerLimits::default(),
             local_addr,
         })
@@ -188,12 +188,12 @@ impl AcmeServer {
         let Self {
             builder,
             started,
-            tls,
+            acceptor,
             limits,
             ..
         } = self;
         // Only `run` sets it, and `run` takes `self`: it is empty here.
-        let _ = started.set(Started::new(tls, limits));
+        let _ = started.set(Started::new(acceptor, limits));
         builder
             .max_concurrent_connections(limits.max_connections_value())
             .run()

@@ -60,7 +60,7 @@ use std::io;
 use std::sync::Arc;
 
 use axum::Router;
-use certauto_core::{ChallengeTokens, Config};
+use certauto_core::{AcmeAcceptor, ChallengeTokens, Config};
 use certauto_tower::{AcmeLayer, HttpsRedirectLayer};
 use tokio::net::TcpListener;
 
@@ -73,7 +73,7 @@ pub use serve::{Serve, ServeFuture, WithGracefulShutdown};
 /// [`Serve::limits`]). Await it, or add `.with_graceful_shutdown(signal)`
 /// first.
 pub fn serve(tcp: TcpListener, router: Router, config: &Config) -> io::Result<Serve> {
-    serve_with(tcp, router, Arc::new(config.server_config()))
+    Serve::tls(tcp, router, AcmeAcceptor::for_config(config))
 }
 
 /// Serves `router` over TLS on `tcp` with a rustls config of your own (which
@@ -85,7 +85,7 @@ pub fn serve_with(
     router: Router,
     tls: Arc<rustls::ServerConfig>,
 ) -> io::Result<Serve> {
-    Serve::tls(tcp, router, tls)
+    Serve::tls(tcp, router, AcmeAcceptor::builder(tls))
 }
 
 /// Serves `router` over plain HTTP/1.1 on `tcp` (the port-80 side), with

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use certauto_core::{AcmeAcceptor, ServerLimits, accept_tcp};
+use certauto_core::{AcmeAcceptor, AcmeAcceptorBuilder, ServerLimits, accept_tcp};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -57,7 +57,7 @@ pub struct Serve {
 enum Source {
     Tls {
         tcp: TcpListener,
-        tls: Arc<rustls::ServerConfig>,
+        acceptor: AcmeAcceptorBuilder,
     },
     Plain(TcpListener),
 }
@@ -66,11 +66,11 @@ impl Serve {
     pub(crate) fn tls(
         tcp: TcpListener,
         router: Router,
-        tls: Arc<rustls::ServerConfig>,
+        acceptor: AcmeAcceptorBuilder,
     ) -> io::Result<Self> {
         let local_addr = tcp.local_addr()?;
         Ok(Self {
-            source: Source::Tls { tcp, tls },
+            source: Source::Tls { tcp, acceptor },
             router,
             limits: ServerLimits::default(),
             local_addr,
@@ -181,9 +181,7 @@ async fn run(serve: Serve, signal: impl Future<Output = ()> + Send) -> io::Resul
         ..
     } = serve;
     let mut incoming = match source {
-        Source::Tls { tcp, tls } => {
-            Accepting::Tls(AcmeAcceptor::builder(tls).limits(&limits).listen(tcp)?)
-        }
+        Source::Tls { tcp, acceptor } => Accepting::Tls(acceptor.limits(&limits).listen(tcp)?),
         Source::Plain(tcp) => Accepting::Plain(tcp),
     };
     let slots = Arc::new(Semaphore::new(limits.max_connections_value()));

@@ -52,10 +52,10 @@ type Accepted = (TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit);
 ///   down and never handed on.
 ///
 /// It is built on [`tokio_rustls::LazyConfigAcceptor`]: the ClientHello is read
-/// first, then the `ServerConfig` for it is chosen (today always the one the
-/// acceptor was built with; this is where a certificate obtained on demand
-/// will be awaited, under the same deadline), and the handshake finishes with
-/// `into_stream(config)`.
+/// first, then the `ServerConfig` for it is chosen (built with
+/// [`for_config`](Self::for_config), after awaiting what the ClientHello
+/// needs from the [`Config`](crate::Config), under the same deadline), and
+/// the handshake finishes with `into_stream(config)`.
 ///
 /// ```no_run
 /// # async fn demo(config: certauto_core::Config) -> std::io::Result<()> {
@@ -81,7 +81,7 @@ pub struct AcmeAcceptor {
 }
 
 /// Builds an [`AcmeAcceptor`].
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct AcmeAcceptorBuilder {
     configs: ConfigSource,
     handshake_timeout: Duration,
@@ -144,21 +144,63 @@ impl AcmeHandshaker {
     }
 }
 
+/// What the acceptor knows of a handshake when it chooses its config: the
+/// ClientHello's SNI and ALPN protocols, and the client's address. Owned, so
+/// choosing may await (a certificate obtained on demand, a challenge
+/// certificate loaded from shared storage) under the handshake deadline.
+#[derive(Debug, Clone)]
+pub(crate) struct Hello {
+    /// The SNI, as rustls validated it (a DNS name, lower case not assured).
+    pub(crate) server_name: Option<String>,
+    /// The ALPN protocols offered, in the client's order.
+    pub(crate) alpn: Vec<Vec<u8>>,
+    /// The client.
+    pub(crate) peer: SocketAddr,
+}
+
+impl Hello {
+    fn new(hello: &ClientHello<'_>, peer: SocketAddr) -> Self {
+        Self {
+            server_name: hello.server_name().map(str::to_owned),
+            alpn: hello
+                .alpn()
+                .into_iter()
+                .flatten()
+                .map(<[u8]>::to_vec)
+                .collect(),
+            peer,
+        }
+    }
+
+    /// Whether this is a TLS-ALPN-01 validation (ALPN `acme-tls/1`).
+    pub(crate) fn is_tls_alpn_validation(&self) -> bool {
+        self.alpn.iter().any(|p| p == ACME_TLS_ALPN)
+    }
+}
+
 /// Where the `ServerConfig` of a handshake comes from.
-///
-/// The seam for on-demand TLS: a variant that awaits a certificate for the
-/// ClientHello's SNI belongs here, and runs under the handshake deadline.
 #[derive(Debug, Clone)]
 enum ConfigSource {
     /// Every handshake uses this config (its resolver reads the cache).
     Fixed(Arc<ServerConfig>),
+    /// The config of a [`Config`](crate::Config): its server config, chosen
+    /// after whatever the ClientHello needs first (on-demand issuance,
+    /// challenge state kept in shared storage) was awaited.
+    Managed {
+        config: crate::Config,
+        tls: Arc<ServerConfig>,
+    },
 }
 
 impl ConfigSource {
     /// The config to finish the handshake of `hello` with; `None` refuses it.
-    async fn for_hello(&self, _hello: &ClientHello<'_>) -> Option<Arc<ServerConfig>> {
+    async fn for_hello(&self, hello: Hello) -> Option<Arc<ServerConfig>> {
         match self {
-            Self::Fixed(config) => Some(config.clone()),
+            Self::Fixed(tls) => Some(tls.clone()),
+            Self::Managed { config, tls } => {
+                config.prepare_handshake(&hello).await;
+                Some(tls.clone())
+            }
         }
     }
 }
@@ -269,7 +311,7 @@ async fn finish(
     timeout: Duration,
 ) -> Option<TlsStream<TcpStream>> {
     let _ = stream.set_nodelay(true);
-    let mut tls = match tokio::time::timeout(timeout, handshake(stream, configs)).await {
+    let mut tls = match tokio::time::timeout(timeout, handshake(stream, peer, configs)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -289,17 +331,19 @@ async fn finish(
 }
 
 /// Reads the ClientHello, picks its config, and finishes the handshake.
-async fn handshake(stream: TcpStream, configs: &ConfigSource) -> io::Result<TlsStream<TcpStream>> {
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    configs: &ConfigSource,
+) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-    let config = configs
-        .for_hello(&start.client_hello())
-        .await
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "no certificate for this ClientHello",
-            )
-        })?;
+    let hello = Hello::new(&start.client_hello(), peer);
+    let config = configs.for_hello(hello).await.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "no certificate for this ClientHello",
+        )
+    })?;
     start.into_stream(config).await
 }
 
@@ -316,6 +360,23 @@ impl AcmeAcceptor {
     pub fn builder(tls: Arc<ServerConfig>) -> AcmeAcceptorBuilder {
         AcmeAcceptorBuilder {
             configs: ConfigSource::Fixed(tls),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
+        }
+    }
+
+    /// Starts building an acceptor serving the certificates of `config`
+    /// ([`Config::server_config`](crate::Config::server_config)) that, before
+    /// it finishes a handshake, awaits what the ClientHello needs from
+    /// `config`: a certificate obtained on demand, a challenge certificate
+    /// another instance presented into shared storage. What the server
+    /// adapters' `serve(.., &config)` use.
+    pub fn for_config(config: &crate::Config) -> AcmeAcceptorBuilder {
+        AcmeAcceptorBuilder {
+            configs: ConfigSource::Managed {
+                config: config.clone(),
+                tls: Arc::new(config.server_config()),
+            },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,
         }

@@ -18,3 +18,25 @@ pub use acceptor::{
 };
 pub use limits::ServerLimits;
 pub use resolver::{CertResolver, UnknownNameHook};
+
+pub(crate) use acceptor::Hello;
+
+impl crate::Config {
+    /// What a handshake for `hello` needs from this config before its
+    /// `ServerConfig` can answer it, awaited by an acceptor built with
+    /// [`AcmeAcceptor::for_config`], under the handshake deadline.
+    ///
+    /// Today nothing: the cache and the TLS-ALPN-01 challenge set answer
+    /// from memory. This is where a TLS-ALPN-01 challenge certificate
+    /// another instance presented into shared storage is loaded, and where a
+    /// certificate is obtained on demand for an allowed unknown name.
+    pub(crate) async fn prepare_handshake(&self, hello: &Hello) {
+        tracing::trace!(
+            sni = ?hello.server_name,
+            peer = %hello.peer,
+            alpn = hello.alpn.len(),
+            validation = hello.is_tls_alpn_validation(),
+            "ClientHello"
+        );
+    }
+}
