@@ -24,7 +24,8 @@ pub use local::{
     DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, MAX_LOCAL_LEAF_LIFETIME,
     is_internal_name, is_local_name,
 };
-pub(crate) use set::IssuerSet;
+pub use set::IssuerPolicy;
+pub(crate) use set::{IssuerSet, pick_ready};
 
 /// What to issue.
 #[derive(Debug, Clone)]
@@ -36,6 +37,10 @@ pub struct IssueRequest<'a> {
     pub csr_der: &'a [u8],
     /// The ARI CertID of the certificate being replaced (RFC 9773), for renewals.
     pub replaces: Option<&'a str>,
+    /// Which attempt this is for these names: 1 for the first, 2 and more
+    /// for retries after failed attempts (the retry schedule's count). An
+    /// issuer may act on it, as [`AcmeIssuerBuilder::staging_on_retry`] does.
+    pub attempt: u32,
 }
 
 impl<'a> IssueRequest<'a> {
@@ -45,7 +50,14 @@ impl<'a> IssueRequest<'a> {
             names,
             csr_der,
             replaces: None,
+            attempt: 1,
         }
+    }
+
+    /// Sets the attempt number (at least 1).
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
     }
 
     /// Sets the certificate this replaces.

@@ -1,12 +1,49 @@
 //! The issuer set: which issuers a certificate's names go to, in which
 //! order, and when to fail over to the next one.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use super::{Issuer, LOCAL_CA_ISSUER_KEY, LocalCa, is_internal_name, is_local_name};
+use crate::config::backoff::{jittered_backoff, random_fraction, saturating_add};
 use crate::error::{ConfigError, Error};
 use crate::identifier::Identifier;
+use crate::ratelimit::RateLimiter;
 use crate::storage::StorageError;
+
+/// The most (issuer, name) backoff entries kept; expired ones are dropped
+/// first when it is reached, and beyond it new failures are not recorded.
+const MAX_BACKOFF_ENTRIES: usize = 65_536;
+
+/// In which order the configured issuers are tried for each attempt
+/// ([`ConfigBuilder::issuer_policy`](crate::ConfigBuilder::issuer_policy)).
+///
+/// Whatever the policy, an issuer that failed for a name recently is put
+/// behind the others for that name (see
+/// [`ConfigBuilder::issuer_policy`](crate::ConfigBuilder::issuer_policy)),
+/// and an issuer whose rate limiter allows an order now is preferred to one
+/// that would make the order wait.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IssuerPolicy {
+    /// In the configured order: the first issuer is used while it works, the
+    /// next ones are fallbacks (the default).
+    #[default]
+    First,
+    /// In a new random order for every attempt, which spreads certificates
+    /// over the issuers (and their rate limits); the others remain fallbacks.
+    Random,
+}
+
+/// The backoff of one issuer for one name after it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IssuerBackoff {
+    /// Failures in a row.
+    failures: u32,
+    /// Until when the issuer is put behind the others for this name.
+    until: SystemTime,
+}
 
 /// The configured issuers, in order, and the local CA.
 ///
@@ -20,16 +57,29 @@ use crate::storage::StorageError;
 ///
 /// # Failover
 /// An order is tried with each usable issuer in turn (one whose
-/// [`precheck`](Issuer::precheck) accepts the names) until one issues.
+/// [`precheck`](Issuer::precheck) accepts the names) until one issues, in
+/// the order [`order`](Self::order) gives.
 /// Every error from [`Issuer::issue`] moves on to the next issuer, except a
 /// lost storage lock, which ends the attempt (another instance may be
 /// ordering the same name).
+///
+/// # Per-issuer backoff
+/// An issuer that failed for a name is backed off *for that name only*
+/// (a minute, doubling per failure in a row, at most 30 days, with jitter;
+/// kept in memory): while its backoff runs it is skipped for that name
+/// if any other usable issuer is not backing off; when all are, all are
+/// tried, the one whose backoff ends first first. A success clears the
+/// issuer's backoff for the name. Other names and other issuers are not
+/// affected.
 #[derive(Debug)]
 pub(crate) struct IssuerSet {
     issuers: Vec<Arc<dyn Issuer>>,
     configured: bool,
     local_ca: Arc<LocalCa>,
     local_names_use_local_ca: bool,
+    policy: IssuerPolicy,
+    /// By (issuer key, primary name).
+    backoff: Mutex<HashMap<(String, Identifier), IssuerBackoff>>,
 }
 
 impl IssuerSet {
@@ -46,7 +96,15 @@ impl IssuerSet {
             configured,
             local_ca,
             local_names_use_local_ca,
+            policy: IssuerPolicy::First,
+            backoff: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the order policy.
+    pub(crate) fn with_policy(mut self, policy: IssuerPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// The issuers, in order (the local CA not included).
@@ -96,6 +154,63 @@ impl IssuerSet {
         }
     }
 
+    /// The order in which one attempt for the certificate whose primary name
+    /// is `primary` tries `usable` at `now`: the [policy](IssuerPolicy)'s
+    /// order, then the [per-issuer backoff](Self#per-issuer-backoff).
+    pub(crate) fn order(
+        &self,
+        primary: &Identifier,
+        mut usable: Vec<Arc<dyn Issuer>>,
+        now: SystemTime,
+    ) -> Vec<Arc<dyn Issuer>> {
+        if self.policy == IssuerPolicy::Random {
+            shuffle(&mut usable);
+        }
+        let backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        let until = |issuer: &Arc<dyn Issuer>| {
+            backoff
+                .get(&(issuer.issuer_key(), primary.clone()))
+                .map(|b| b.until)
+                .filter(|until| *until > now)
+        };
+        let (healthy, mut backing_off): (Vec<_>, Vec<_>) = usable
+            .into_iter()
+            .map(|issuer| (until(&issuer), issuer))
+            .partition(|(until, _)| until.is_none());
+        if !healthy.is_empty() {
+            return healthy.into_iter().map(|(_, issuer)| issuer).collect();
+        }
+        // A stable sort: equal ends keep the policy's order.
+        backing_off.sort_by_key(|(until, _)| *until);
+        backing_off.into_iter().map(|(_, issuer)| issuer).collect()
+    }
+
+    /// Records that `issuer_key` failed for `primary` at `now`: it backs off
+    /// for that name.
+    pub(crate) fn record_failure(&self, issuer_key: &str, primary: &Identifier, now: SystemTime) {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|e| e.into_inner());
+        if backoff.len() >= MAX_BACKOFF_ENTRIES {
+            backoff.retain(|_, b| b.until > now);
+        }
+        let key = (issuer_key.to_owned(), primary.clone());
+        let failures = match backoff.get(&key) {
+            Some(b) => b.failures.saturating_add(1),
+            None if backoff.len() >= MAX_BACKOFF_ENTRIES => return,
+            None => 1,
+        };
+        let until = saturating_add(now, jittered_backoff(failures));
+        backoff.insert(key, IssuerBackoff { failures, until });
+    }
+
+    /// Records that `issuer_key` issued for `primary`: its backoff for that
+    /// name ends.
+    pub(crate) fn record_success(&self, issuer_key: &str, primary: &Identifier) {
+        self.backoff
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(issuer_key.to_owned(), primary.clone()));
+    }
+
     /// The issuer a stored certificate came from, by issuer key.
     pub(crate) fn by_key(&self, issuer_key: &str) -> Option<Arc<dyn Issuer>> {
         if issuer_key == LOCAL_CA_ISSUER_KEY {
@@ -110,6 +225,30 @@ impl IssuerSet {
     /// Whether, after `error` from one issuer, the next one is tried (see [Failover](Self#failover)).
     pub(crate) fn fails_over(error: &Error) -> bool {
         !matches!(error, Error::Storage(StorageError::LockLost(_)))
+    }
+}
+
+/// Which of `limiters` (in the order to try) to use: `Ok(i)` for the first
+/// that allowed an event now (recorded), `Err(i)` for the one that allows
+/// one soonest when none does now (nothing recorded: wait on it with
+/// [`RateLimiter::acquire`]). `Err(0)` when `limiters` is empty.
+pub(crate) fn pick_ready(limiters: &[Arc<RateLimiter>]) -> Result<usize, usize> {
+    if let Some(i) = limiters.iter().position(|l| l.try_acquire()) {
+        return Ok(i);
+    }
+    Err(limiters
+        .iter()
+        .enumerate()
+        .min_by_key(|(_, l)| l.ready_in())
+        .map_or(0, |(i, _)| i))
+}
+
+/// Shuffles `items` uniformly (Fisher-Yates over ring's system random).
+fn shuffle<T>(items: &mut [T]) {
+    for i in (1..items.len()).rev() {
+        // A fraction in [0, 1) times i + 1 truncates to 0..=i.
+        let j = ((random_fraction() * (i + 1) as f64) as usize).min(i);
+        items.swap(i, j);
     }
 }
 
