@@ -443,3 +443,207 @@ impl Config {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use async_trait::async_trait;
+
+    use crate::acme::types::RevocationReason;
+    use crate::error::AcmeError;
+    use crate::issuer::{IssueRequest, IssuedCertificate, Issuer, LocalCa};
+    use crate::storage::{MemoryStorage, Storage, keys};
+    use crate::{Certificate, Config, Error, ManualClock};
+
+    /// The local CA under another issuer key, counting orders; it refuses
+    /// every order when `refuse` is set.
+    #[derive(Debug)]
+    struct KeyedCa {
+        key: &'static str,
+        ca: LocalCa,
+        refuse: bool,
+        orders: AtomicU32,
+    }
+
+    impl KeyedCa {
+        fn new(key: &'static str, storage: &Arc<MemoryStorage>, lifetime_days: u64) -> Arc<Self> {
+            Arc::new(Self {
+                key,
+                ca: LocalCa::new(storage.clone())
+                    .leaf_lifetime(Duration::from_secs(lifetime_days * 24 * 3600)),
+                refuse: false,
+                orders: AtomicU32::new(0),
+            })
+        }
+
+        fn refusing(key: &'static str, storage: &Arc<MemoryStorage>) -> Arc<Self> {
+            Arc::new(Self {
+                key,
+                ca: LocalCa::new(storage.clone()),
+                refuse: true,
+                orders: AtomicU32::new(0),
+            })
+        }
+
+        fn orders(&self) -> u32 {
+            self.orders.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Issuer for KeyedCa {
+        fn issuer_key(&self) -> String {
+            self.key.to_owned()
+        }
+
+        async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
+            self.orders.fetch_add(1, Ordering::SeqCst);
+            if self.refuse {
+                return Err(AcmeError::InvalidResponse {
+                    url: "fault-injector".into(),
+                    reason: format!("{} refuses", self.key),
+                }
+                .into());
+            }
+            self.ca.issue(request).await
+        }
+
+        async fn revoke(&self, _: &Certificate, _: Option<RevocationReason>) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    fn config(
+        storage: &Arc<MemoryStorage>,
+        clock: &Arc<ManualClock>,
+        issuers: &[&Arc<KeyedCa>],
+    ) -> Config {
+        Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .issuers(
+                issuers
+                    .iter()
+                    .map(|i| (*i).clone() as Arc<dyn Issuer>)
+                    .collect(),
+            )
+            .build()
+    }
+
+    /// caddy #6732: after the issuer set changed, the certificate of the old
+    /// issuer is still found and served without an order, renewed by the new
+    /// issuer when due (stored under its key), and after that the new one wins.
+    #[tokio::test]
+    async fn a_certificate_from_an_issuer_no_longer_configured_serves_and_is_renewed() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let old = KeyedCa::new("old-ca", &storage, 30);
+        let name = "moved.example.com";
+        let first = config(&storage, &clock, &[&old])
+            .obtain([name])
+            .await
+            .unwrap();
+        assert_eq!(first.issuer_key(), "old-ca");
+
+        let new = KeyedCa::new("new-ca", &storage, 30);
+        let changed = config(&storage, &clock, &[&new]);
+        changed.manage([name]).await.unwrap();
+        assert_eq!(new.orders(), 0, "served from storage, not ordered");
+        assert_eq!(
+            changed.cache().get(name).unwrap().serial(),
+            first.serial_hex()
+        );
+        // Not due: renew keeps it.
+        let kept = changed.renew([name]).await.unwrap();
+        assert_eq!(kept.serial_hex(), first.serial_hex());
+        assert_eq!(new.orders(), 0);
+
+        // Due: the new issuer renews it, under its own key.
+        clock.advance(Duration::from_secs(25 * 24 * 3600));
+        let renewed = changed.renew([name]).await.unwrap();
+        assert_eq!(new.orders(), 1);
+        assert_eq!(renewed.issuer_key(), "new-ca");
+        let id = crate::Identifier::parse(name).unwrap();
+        assert!(
+            storage
+                .exists(&keys::cert_record("new-ca", &id))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            changed.cache().get(name).unwrap().serial(),
+            renewed.serial_hex()
+        );
+
+        // A restart loads the new one, though the old record still exists.
+        let restarted = config(&storage, &clock, &[&new]);
+        let loaded = restarted.load([name]).await.unwrap().unwrap();
+        assert_eq!(loaded.serial_hex(), renewed.serial_hex());
+        assert_eq!(new.orders(), 1);
+    }
+
+    /// Among several records of configured issuers, the one valid longest
+    /// is loaded; an old issuer's record does not compete with them.
+    #[tokio::test]
+    async fn the_record_valid_longest_is_loaded() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let short = KeyedCa::new("short-ca", &storage, 10);
+        let long = KeyedCa::new("long-ca", &storage, 60);
+        let longest = KeyedCa::new("gone-ca", &storage, 90);
+        let name = "both.example.com";
+        config(&storage, &clock, &[&longest])
+            .obtain([name])
+            .await
+            .unwrap();
+        // Forced: each would otherwise serve gone-ca's certificate.
+        let from_long = config(&storage, &clock, &[&long])
+            .force_renew([name])
+            .await
+            .unwrap();
+        config(&storage, &clock, &[&short])
+            .force_renew([name])
+            .await
+            .unwrap();
+        assert_eq!(short.orders() + long.orders(), 2);
+        for order in [[&short, &long], [&long, &short]] {
+            let loaded = config(&storage, &clock, &order)
+                .load([name])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.serial_hex(), from_long.serial_hex());
+            assert_eq!(loaded.issuer_key(), "long-ca");
+        }
+    }
+
+    /// A failing first issuer: the second issues; the first backs off for
+    /// that name only (skipped on its renewal), while another name still
+    /// tries it first.
+    #[tokio::test]
+    async fn a_failing_issuer_backs_off_per_name_without_stopping_the_others() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let bad = KeyedCa::refusing("bad-ca", &storage);
+        let good = KeyedCa::new("good-ca", &storage, 30);
+        let config = config(&storage, &clock, &[&bad, &good]);
+        let x = config.obtain(["x.example.com"]).await.unwrap();
+        assert_eq!(x.issuer_key(), "good-ca");
+        assert_eq!((bad.orders(), good.orders()), (1, 1));
+        // Another name tries the first issuer again, then the second.
+        let y = config.obtain(["y.example.com"]).await.unwrap();
+        assert_eq!(y.issuer_key(), "good-ca");
+        assert_eq!((bad.orders(), good.orders()), (2, 2));
+        // While its backoff for x runs, the first is skipped for x.
+        config.force_renew(["x.example.com"]).await.unwrap();
+        assert_eq!((bad.orders(), good.orders()), (2, 3));
+        // After it, the first is tried again.
+        clock.advance(Duration::from_secs(3600));
+        config.force_renew(["x.example.com"]).await.unwrap();
+        assert_eq!((bad.orders(), good.orders()), (3, 4));
+    }
+}

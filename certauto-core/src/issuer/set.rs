@@ -257,6 +257,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::storage::MemoryStorage;
+    use std::time::Duration;
 
     fn ids(names: &[&str]) -> Vec<Identifier> {
         names
@@ -329,6 +330,101 @@ mod tests {
         assert!(set(true, true).by_key(LOCAL_CA_ISSUER_KEY).is_some());
         assert!(set(true, true).by_key("ca").is_some());
         assert!(set(true, true).by_key("other").is_none());
+    }
+
+    fn two(policy: IssuerPolicy) -> IssuerSet {
+        let local = Arc::new(LocalCa::new(Arc::new(MemoryStorage::new())));
+        IssuerSet::new(
+            vec![Arc::new(Named("a")), Arc::new(Named("b"))],
+            true,
+            local,
+            true,
+        )
+        .with_policy(policy)
+    }
+
+    fn order(set: &IssuerSet, name: &str, now: SystemTime) -> Vec<String> {
+        let id = Identifier::parse(name).unwrap();
+        set.order(&id, set.issuers().to_vec(), now)
+            .iter()
+            .map(|i| i.issuer_key())
+            .collect()
+    }
+
+    #[test]
+    fn first_keeps_the_configured_order_and_random_uses_both() {
+        let now = SystemTime::now();
+        let first = two(IssuerPolicy::First);
+        for _ in 0..20 {
+            assert_eq!(order(&first, "x.example", now), ["a", "b"]);
+        }
+        let random = two(IssuerPolicy::Random);
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let o = order(&random, "x.example", now);
+            assert_eq!(o.len(), 2, "each issuer once");
+            firsts.insert(o[0].clone());
+        }
+        assert_eq!(firsts.len(), 2, "both come first sometimes");
+        assert_eq!(IssuerPolicy::default(), IssuerPolicy::First);
+    }
+
+    #[test]
+    fn shuffle_is_a_permutation() {
+        let mut items: Vec<u32> = (0..50).collect();
+        shuffle(&mut items);
+        let mut sorted = items.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..50).collect::<Vec<_>>());
+        shuffle::<u32>(&mut []);
+    }
+
+    /// A failed issuer is skipped for that name while its backoff runs;
+    /// other names keep the order; when all back off, all are tried, the
+    /// soonest first; success clears the backoff.
+    #[test]
+    fn a_failed_issuer_backs_off_for_that_name_only() {
+        use crate::config::MIN_RETRY_BACKOFF;
+        let set = two(IssuerPolicy::First);
+        let now = SystemTime::now();
+        let x = Identifier::parse("x.example").unwrap();
+        set.record_failure("a", &x, now);
+        assert_eq!(order(&set, "x.example", now), ["b"]);
+        assert_eq!(order(&set, "y.example", now), ["a", "b"], "other names");
+        // Both failed: both are tried, the one whose backoff ends first first.
+        let later = now + Duration::from_secs(20);
+        set.record_failure("b", &x, later);
+        assert_eq!(order(&set, "x.example", later), ["a", "b"]);
+        // A second failure in a row doubles a's backoff: b now ends first.
+        set.record_failure("a", &x, later);
+        assert_eq!(order(&set, "x.example", later), ["b", "a"]);
+        // After b's backoff (at most 1.1 minutes), b is healthy again, a not.
+        let after_b = later + MIN_RETRY_BACKOFF.mul_f64(1.11);
+        assert_eq!(order(&set, "x.example", after_b), ["b"]);
+        // After both (at most 2.2 minutes for a's second), both, in order.
+        let after_a = later + MIN_RETRY_BACKOFF.mul_f64(2.21);
+        assert_eq!(order(&set, "x.example", after_a), ["a", "b"]);
+        // A success clears the backoff at once.
+        set.record_failure("a", &x, after_a);
+        assert_eq!(order(&set, "x.example", after_a), ["b"]);
+        set.record_success("a", &x);
+        assert_eq!(order(&set, "x.example", after_a), ["a", "b"]);
+    }
+
+    /// The first limiter that allows now wins; when none does, the one that
+    /// allows soonest is named and nothing is recorded.
+    #[tokio::test(start_paused = true)]
+    async fn pick_ready_prefers_a_limiter_that_allows_now() {
+        let slow = Arc::new(RateLimiter::new(1, Duration::from_secs(100)));
+        let fast = Arc::new(RateLimiter::new(1, Duration::from_secs(10)));
+        assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Ok(0));
+        assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Ok(1));
+        // Both used up: `fast` allows again sooner.
+        assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Err(1));
+        assert_eq!(fast.ready_in(), Duration::from_secs(10), "nothing recorded");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Ok(1));
+        assert_eq!(pick_ready(&[]), Err(0));
     }
 
     #[test]
