@@ -2,7 +2,8 @@
 //!
 //! [`Config`](crate::Config) generates the key and CSR and hands them to an
 //! [`Issuer`] (whose contract is on the trait); with several issuers
-//! configured it tries them in order (failover), and names no public CA can
+//! configured it tries them in order or at random ([`IssuerPolicy`]),
+//! failing over to the next, and names no public CA can
 //! issue go to the [`LocalCa`] (the routing is in `set.rs`). [`AcmeIssuer`]
 //! obtains certificates from any ACME CA.
 
@@ -104,7 +105,9 @@ impl IssuedCertificate {
 ///   and found under it.
 ///
 /// Errors: every error from `issue` makes `Config` try the next configured
-/// issuer (failover); the errors of all are returned together in
+/// issuer (failover) and puts this issuer behind the others for these names
+/// for a while (see [`ConfigBuilder::issuer_policy`](crate::ConfigBuilder::issuer_policy));
+/// the errors of all are returned together in
 /// [`Error::AllIssuersFailed`]. Refusals that
 /// do not depend on the CA (a wildcard without DNS-01, a profile the CA does
 /// not offer) belong in [`precheck`](Self::precheck), so they fail before any
