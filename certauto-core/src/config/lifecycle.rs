@@ -165,7 +165,7 @@ impl Config {
             .collect();
         Ok(listed
             .iter()
-            .filter_map(|key| key.rsplit('/').next())
+            .filter_map(|key| key.trim_end_matches('/').rsplit('/').next())
             .filter(|k| {
                 !k.is_empty() && *k != LOCAL_CA_ISSUER_KEY && !configured.iter().any(|c| c == k)
             })
@@ -584,6 +584,40 @@ mod tests {
         let loaded = restarted.load([name]).await.unwrap().unwrap();
         assert_eq!(loaded.serial_hex(), renewed.serial_hex());
         assert_eq!(new.orders(), 1);
+    }
+
+    /// The same with [`FileStorage`](crate::FileStorage), whose listing is
+    /// of folders.
+    #[tokio::test]
+    async fn an_old_issuers_record_is_found_in_file_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(crate::FileStorage::new(dir.path()));
+        let keyed = |key| {
+            Arc::new(KeyedCa {
+                key,
+                ca: LocalCa::new(storage.clone()),
+                refuse: false,
+                orders: AtomicU32::new(0),
+            }) as Arc<dyn Issuer>
+        };
+        let build = |issuer: Arc<dyn Issuer>| {
+            Config::builder()
+                .storage(storage.clone())
+                .issuers(vec![issuer])
+                .build()
+        };
+        let name = "file.example.com";
+        let old = build(keyed("old-ca")).obtain([name]).await.unwrap();
+        let loaded = build(keyed("new-ca")).load([name]).await.unwrap().unwrap();
+        assert_eq!(loaded.serial_hex(), old.serial_hex());
+        assert_eq!(loaded.issuer_key(), "old-ca");
+        // Nothing stored at all: no certificate, no error.
+        let empty = tempfile::tempdir().unwrap();
+        let none = Config::builder()
+            .storage(Arc::new(crate::FileStorage::new(empty.path())))
+            .issuers(vec![keyed("new-ca")])
+            .build();
+        assert!(none.load([name]).await.unwrap().is_none());
     }
 
     /// Among several records of configured issuers, the one valid longest
