@@ -8,6 +8,7 @@ use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::presets::{CaPreset, IpCertificates, LETS_ENCRYPT_PRODUCTION};
 use super::{IssueRequest, IssuedCertificate, Issuer};
 use crate::acme::chain::{ChainPreference, select_chain};
 use crate::acme::client::{Account, AcmeClient, ClientLimits, NewAccountOptions, Order};
@@ -20,12 +21,8 @@ use crate::certificate::Certificate;
 use crate::challenge::{Challenge, Http01Solver, Solver, TlsAlpn01Solver};
 use crate::error::{AcmeError, ConfigError, Error};
 use crate::identifier::Identifier;
+use crate::ratelimit::RateLimits;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
-
-/// Let's Encrypt's production directory.
-pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Let's Encrypt's staging directory: use it while developing.
-pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// The order in which challenge types are tried when several are configured.
 const CHALLENGE_PREFERENCE: [ChallengeType; 3] = [
@@ -49,9 +46,28 @@ pub struct AcmeIssuerBuilder {
     storage: Option<Arc<dyn Storage>>,
     limits: ClientLimits,
     profile: Option<String>,
+    preset: Option<CaPreset>,
 }
 
 impl AcmeIssuerBuilder {
+    /// A known CA ([`CaPreset`]): its directory, its published rate limits
+    /// (the issuer's [`rate_limits`](Issuer::rate_limits), which
+    /// [`Config`](crate::Config)'s limiter follows) and its staging directory
+    /// ([`AcmeIssuer::staging_directory`]). Orders the CA cannot take fail in
+    /// [`precheck`](Issuer::precheck), before any request: without EAB
+    /// credentials where it requires them
+    /// ([`ConfigError::ExternalAccountRequired`]), or for IP addresses it
+    /// does not certify, or only under a profile not configured
+    /// ([`ConfigError::IpCertificatesNotIssued`]).
+    ///
+    /// A later [`ca`](Self::ca) replaces only the directory URL (a mirror, a
+    /// test server); the preset's rules still apply.
+    pub fn preset(mut self, preset: &CaPreset) -> Self {
+        self.ca = preset.directory.to_owned();
+        self.preset = Some(*preset);
+        self
+    }
+
     /// The CA's directory URL (default: [`LETS_ENCRYPT_PRODUCTION`]).
     pub fn ca(mut self, directory_url: impl Into<String>) -> Self {
         self.ca = directory_url.into();
@@ -200,6 +216,7 @@ impl AcmeIssuerBuilder {
                 storage,
                 limits: self.limits,
                 profile: self.profile,
+                preset: self.preset,
                 client: OnceCell::new(),
                 account: Mutex::new(None),
             }),
@@ -243,6 +260,7 @@ struct Inner {
     storage: Arc<dyn Storage>,
     limits: ClientLimits,
     profile: Option<String>,
+    preset: Option<CaPreset>,
     client: OnceCell<Arc<AcmeClient>>,
     account: Mutex<Option<Account>>,
 }
@@ -332,6 +350,7 @@ impl AcmeIssuer {
             storage: None,
             limits: ClientLimits::default(),
             profile: None,
+            preset: None,
         }
     }
 
@@ -344,6 +363,41 @@ impl AcmeIssuer {
     /// ([`AcmeIssuerBuilder::profile`]).
     pub fn profile(&self) -> Option<&str> {
         self.inner.profile.as_deref()
+    }
+
+    /// The CA preset this issuer was built from ([`AcmeIssuerBuilder::preset`]).
+    pub fn preset(&self) -> Option<&CaPreset> {
+        self.inner.preset.as_ref()
+    }
+
+    /// The staging directory of this issuer's CA, if its preset names one.
+    pub fn staging_directory(&self) -> Option<&str> {
+        self.inner.preset.as_ref().and_then(|p| p.staging_directory)
+    }
+
+    /// The preset's refusals: EAB missing, IP addresses the CA (or the
+    /// configured profile) does not certify.
+    fn check_preset(&self, names: &[Identifier]) -> Result<(), ConfigError> {
+        let Some(preset) = &self.inner.preset else {
+            return Ok(());
+        };
+        if preset.eab_required && self.inner.external_account.is_none() {
+            return Err(ConfigError::ExternalAccountRequired { ca: preset.name });
+        }
+        let Some(ip) = names.iter().find(|n| matches!(n, Identifier::Ip(_))) else {
+            return Ok(());
+        };
+        let needed = match preset.ip_certificates {
+            IpCertificates::Yes => return Ok(()),
+            IpCertificates::WithProfile(p) if self.profile() == Some(p) => return Ok(()),
+            IpCertificates::WithProfile(p) => Some(p),
+            IpCertificates::No => None,
+        };
+        Err(ConfigError::IpCertificatesNotIssued {
+            name: ip.to_string(),
+            ca: preset.name,
+            profile_needed: needed,
+        })
     }
 
     /// Refuses a configured profile the CA's directory does not list.
@@ -698,7 +752,12 @@ impl Issuer for AcmeIssuer {
             }
             .into());
         }
+        self.check_preset(names)?;
         Ok(())
+    }
+
+    fn rate_limits(&self) -> Option<RateLimits> {
+        self.inner.preset.as_ref().and_then(|p| p.rate_limits)
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
