@@ -1,28 +1,4 @@
-//! [`CaPreset`]: what CertAuto knows about the public ACME CAs.
-//!
-//! A preset names a CA's directory (and its staging directory), whether it
-//! requires External Account Binding, whether it issues certificates for IP
-//! addresses (and under which profile), and its published rate limits.
-//! [`AcmeIssuerBuilder::preset`](crate::AcmeIssuerBuilder::preset) applies
-//! one: the directory, the rate limits the issuer's limiter follows, and
-//! refusals before any request (an EAB CA without EAB credentials, an IP
-//! address the CA or profile cannot certify), as typed
-//! [`ConfigError`](crate::ConfigError)s.
-//!
-//! ```no_run
-//! use certauto_core::{AcmeIssuer, CaPreset};
-//!
-//! let issuer = AcmeIssuer::builder()
-//!     .preset(&CaPreset::LETS_ENCRYPT)
-//!     .email("admin@example.com")
-//!     .agreed(true)
-//!     .build();
-//! assert_eq!(issuer.ca(), CaPreset::LETS_ENCRYPT.directory);
-//! ```
-//!
-//! **Buypass** has no preset: Buypass ended its Go SSL ACME service (no new
-//! orders after 15 October 2025, last issuance 31 October 2025; see
-//! <https://www.buypass.com/products/tls-ssl-certificates/go-ssl>).
+//! [`CaPreset`]: what CertAuto knows about the public ACME CAs (documented on the type).
 
 use std::time::Duration;
 
@@ -54,9 +30,31 @@ pub enum IpCertificates {
     WithProfile(&'static str),
 }
 
-/// What CertAuto knows about one public ACME CA (see the [module docs](self)).
+/// [`CaPreset`]: what CertAuto knows about the public ACME CAs.
 ///
-/// Build an issuer from one with [`AcmeIssuerBuilder::preset`](crate::AcmeIssuerBuilder::preset).
+/// A preset names a CA's directory (and its staging directory), whether it
+/// requires External Account Binding, whether it issues certificates for IP
+/// addresses (and under which profile), and its published rate limits.
+/// [`AcmeIssuerBuilder::preset`](crate::AcmeIssuerBuilder::preset) applies
+/// one: the directory, the rate limits the issuer's limiter follows, and
+/// refusals before any request (an EAB CA without EAB credentials, an IP
+/// address the CA or profile cannot certify), as typed
+/// [`ConfigError`](crate::ConfigError)s.
+///
+/// ```no_run
+/// use certauto_core::{AcmeIssuer, CaPreset};
+///
+/// let issuer = AcmeIssuer::builder()
+///     .preset(&CaPreset::LETS_ENCRYPT)
+///     .email("admin@example.com")
+///     .agreed(true)
+///     .build();
+/// assert_eq!(issuer.ca(), CaPreset::LETS_ENCRYPT.directory);
+/// ```
+///
+/// **Buypass** has no preset: Buypass ended its Go SSL ACME service (no new
+/// orders after 15 October 2025, last issuance 31 October 2025; see
+/// <https://www.buypass.com/products/tls-ssl-certificates/go-ssl>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CaPreset {

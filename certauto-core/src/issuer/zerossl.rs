@@ -1,45 +1,5 @@
-//! [`ZeroSslIssuer`]: certificates from ZeroSSL, whose ACME server requires
-//! External Account Binding.
-//!
-//! ZeroSSL hands out EAB credentials through its REST API: with an API key
-//! (`POST https://api.zerossl.com/acme/eab-credentials?access_key=KEY`,
-//! <https://zerossl.com/documentation/acme/generate-eab-credentials/>), or,
-//! without a ZeroSSL account, for an e-mail address
-//! (`POST https://api.zerossl.com/acme/eab-credentials-email` with the form
-//! field `email`; the endpoint acme.sh and Caddy use, not listed in ZeroSSL's
-//! REST docs). Both answer `{"success": true, "eab_kid": "...",
-//! "eab_hmac_key": "..."}`, and failures as `{"success": false, "error":
-//! {"code": N, "type": "...", "info": ...}}`, often with HTTP 200
-//! (<https://zerossl.com/documentation/acme/error-codes/>); `success` may be
-//! `true`, `1` or `"1"`.
-//!
-//! [`ZeroSslIssuerBuilder::build`] fetches the credentials once and keeps
-//! them in storage ([`keys::eab_credentials`], a private file with
-//! [`FileStorage`]), so a restart does not ask again (ZeroSSL's credentials
-//! are reusable; their creation is limited per user and day). It then issues
-//! through an inner [`AcmeIssuer`] with the [`CaPreset::ZEROSSL`] preset.
-//!
-//! The API key is a secret: it never appears in logs, errors or `Debug`
-//! (it travels only in the request's query string, which errors leave out),
-//! and the storage key holds a hash of it, not the key.
-//!
-//! ```no_run
-//! # extern crate certauto_core as certauto;
-//! # async fn demo() -> Result<(), certauto::Error> {
-//! use std::sync::Arc;
-//! use certauto::{Config, FileStorage, ZeroSslIssuer};
-//!
-//! let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
-//! let issuer = ZeroSslIssuer::builder()
-//!     .api_key(std::env::var("ZEROSSL_API_KEY").unwrap_or_default())
-//!     .email("admin@example.com")
-//!     .storage(storage.clone())
-//!     .build()
-//!     .await?;
-//! let config = Config::builder().storage(storage).issuer(issuer).build();
-//! # let _ = config;
-//! # Ok(()) }
-//! ```
+//! [`ZeroSslIssuer`]: certificates from ZeroSSL, EAB credentials fetched from
+//! its API (documented on the type).
 
 use std::sync::Arc;
 
@@ -134,7 +94,7 @@ impl std::fmt::Debug for StoredEab {
     }
 }
 
-/// Builds a [`ZeroSslIssuer`]; see the [module docs](self).
+/// Builds a [`ZeroSslIssuer`] (see there).
 #[derive(Debug)]
 pub struct ZeroSslIssuerBuilder {
     api_key: Option<Secret>,
@@ -406,8 +366,50 @@ fn parse_answer(status: u16, body: &[u8], secret: &str) -> Result<StoredEab, Zer
     })
 }
 
-/// Obtains certificates from ZeroSSL, fetching its EAB credentials first
-/// (see the [module docs](self)). Cheap to clone.
+/// Certificates from ZeroSSL, whose ACME server requires
+/// External Account Binding.
+///
+/// ZeroSSL hands out EAB credentials through its REST API: with an API key
+/// (`POST https://api.zerossl.com/acme/eab-credentials?access_key=KEY`,
+/// <https://zerossl.com/documentation/acme/generate-eab-credentials/>), or,
+/// without a ZeroSSL account, for an e-mail address
+/// (`POST https://api.zerossl.com/acme/eab-credentials-email` with the form
+/// field `email`; the endpoint acme.sh and Caddy use, not listed in ZeroSSL's
+/// REST docs). Both answer `{"success": true, "eab_kid": "...",
+/// "eab_hmac_key": "..."}`, and failures as `{"success": false, "error":
+/// {"code": N, "type": "...", "info": ...}}`, often with HTTP 200
+/// (<https://zerossl.com/documentation/acme/error-codes/>); `success` may be
+/// `true`, `1` or `"1"`.
+///
+/// [`ZeroSslIssuerBuilder::build`] fetches the credentials once and keeps
+/// them in storage ([`keys::eab_credentials`], a private file with
+/// [`FileStorage`]), so a restart does not ask again (ZeroSSL's credentials
+/// are reusable; their creation is limited per user and day). It then issues
+/// through an inner [`AcmeIssuer`] with the [`CaPreset::ZEROSSL`] preset.
+///
+/// The API key is a secret: it never appears in logs, errors or `Debug`
+/// (it travels only in the request's query string, which errors leave out),
+/// and the storage key holds a hash of it, not the key.
+///
+/// ```no_run
+/// # extern crate certauto_core as certauto;
+/// # async fn demo() -> Result<(), certauto::Error> {
+/// use std::sync::Arc;
+/// use certauto::{Config, FileStorage, ZeroSslIssuer};
+///
+/// let storage = Arc::new(FileStorage::new("/var/lib/certauto"));
+/// let issuer = ZeroSslIssuer::builder()
+///     .api_key(std::env::var("ZEROSSL_API_KEY").unwrap_or_default())
+///     .email("admin@example.com")
+///     .storage(storage.clone())
+///     .build()
+///     .await?;
+/// let config = Config::builder().storage(storage).issuer(issuer).build();
+/// # let _ = config;
+/// # Ok(()) }
+/// ```
+///
+/// Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct ZeroSslIssuer {
     acme: AcmeIssuer,
