@@ -189,7 +189,8 @@ async fn obtains_with_credentials_from_the_api_and_keeps_them() {
         .start()
         .await;
     let api = StandIn::start().await;
-    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(certauto::FileStorage::new(dir.path()));
 
     let builder = zerossl_for(&pebble, &api, storage.clone())
         .api_key(API_KEY)
@@ -227,6 +228,17 @@ async fn obtains_with_credentials_from_the_api_and_keeps_them() {
     let stored = storage.list("acme", true).await.unwrap();
     assert!(stored.iter().any(|k| k.contains("/eab/key-")), "{stored:?}");
     assert!(stored.iter().all(|k| !k.contains(API_KEY)), "{stored:?}");
+    // A secret on disk: private to its owner.
+    let eab_file = stored.iter().find(|k| k.contains("/eab/")).unwrap();
+    let mode = {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(dir.path().join(eab_file))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode, 0o600);
 
     // With only an e-mail: the e-mail endpoint, its own credentials, and an
     // account bound with them.
