@@ -208,11 +208,20 @@ impl Certificate {
             .unwrap_or(Duration::ZERO)
     }
 
-    /// Whether less than `ratio` of the lifetime remains at `now`
-    /// (the default renewal window is 1/3).
+    /// Whether the certificate is due for renewal at `now` by the renewal
+    /// ratio: less than [`renewal_ratio_for`]`(lifetime, ratio)` of its
+    /// lifetime remains (the default is 1/3; a short-lived certificate
+    /// renews at half its life). See [`renewal_time`](Self::renewal_time).
     pub fn needs_renewal(&self, now: SystemTime, ratio: f64) -> bool {
-        let remaining = self.not_after.duration_since(now).unwrap_or(Duration::ZERO);
-        remaining.as_secs_f64() < self.lifetime().as_secs_f64() * ratio
+        now >= self.renewal_time(ratio)
+    }
+
+    /// When the certificate is due for renewal by the renewal ratio: when
+    /// less than [`renewal_ratio_for`]`(lifetime, ratio)` of its lifetime
+    /// remains. Maintenance uses the same rule when the CA gives no ARI
+    /// window.
+    pub fn renewal_time(&self, ratio: f64) -> SystemTime {
+        renewal_time(self.not_before, self.not_after, ratio)
     }
 
     /// Whether the certificate has expired at `now`.
@@ -232,6 +241,64 @@ impl Certificate {
             ari_cert_id: self.ari_cert_id(),
         }
     }
+}
+
+/// Certificates living at most this long are short-lived (Let's Encrypt's
+/// `shortlived` profile gives about 6 days): they renew at
+/// [`SHORT_LIVED_RENEWAL_RATIO`] of their life rather than at the configured
+/// ratio, leaving time to retry before they expire.
+pub const SHORT_LIVED_MAX_LIFETIME: Duration = Duration::from_secs(10 * 24 * 3600);
+
+/// The renewal ratio of short-lived certificates: renew when half the
+/// lifetime remains.
+pub const SHORT_LIVED_RENEWAL_RATIO: f64 = 0.5;
+
+/// The renewal ratio for a certificate living `lifetime`, given the
+/// configured `ratio` ([`ConfigBuilder::renewal_window_ratio`](crate::ConfigBuilder::renewal_window_ratio)):
+/// at least [`SHORT_LIVED_RENEWAL_RATIO`] for a lifetime of at most
+/// [`SHORT_LIVED_MAX_LIFETIME`], the configured ratio otherwise.
+///
+/// This is the one place the decision is made: [`Certificate::needs_renewal`],
+/// [`Certificate::renewal_time`] and maintenance's fallback when the CA gives
+/// no ARI window all use it.
+///
+/// ```
+/// use std::time::Duration;
+/// use certauto_core::{DEFAULT_RENEWAL_RATIO, renewal_ratio_for};
+///
+/// let six_days = Duration::from_secs(6 * 24 * 3600);
+/// let ninety_days = Duration::from_secs(90 * 24 * 3600);
+/// assert_eq!(renewal_ratio_for(six_days, DEFAULT_RENEWAL_RATIO), 0.5);
+/// assert_eq!(renewal_ratio_for(ninety_days, DEFAULT_RENEWAL_RATIO), DEFAULT_RENEWAL_RATIO);
+/// ```
+pub fn renewal_ratio_for(lifetime: Duration, ratio: f64) -> f64 {
+    if lifetime <= SHORT_LIVED_MAX_LIFETIME {
+        ratio.max(SHORT_LIVED_RENEWAL_RATIO)
+    } else {
+        ratio
+    }
+}
+
+/// When a certificate valid over `[not_before, not_after]` is due by the
+/// ratio (see [`renewal_ratio_for`]).
+pub(crate) fn renewal_time(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    ratio: f64,
+) -> SystemTime {
+    let lifetime = not_after
+        .duration_since(not_before)
+        .unwrap_or(Duration::ZERO);
+    let ratio = renewal_ratio_for(lifetime, ratio);
+    let ratio = if ratio.is_finite() {
+        ratio.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    // not_before + (1 - ratio) * lifetime.
+    not_before
+        .checked_add(lifetime.mul_f64(1.0 - ratio))
+        .unwrap_or(not_after)
 }
 
 fn unix(t: SystemTime) -> i64 {

@@ -38,6 +38,9 @@ pub enum Error {
     /// OCSP stapling failed.
     #[error(transparent)]
     Ocsp(#[from] OcspError),
+    /// ZeroSSL's EAB credentials could not be obtained.
+    #[error(transparent)]
+    ZeroSsl(#[from] crate::issuer::ZeroSslError),
     /// Every configured issuer failed; the errors are in the order tried.
     #[error("all issuers failed: {}", display_all(.0))]
     AllIssuersFailed(Vec<(String, Error)>),
@@ -416,6 +419,32 @@ pub enum ConfigError {
     /// A PEM bundle of trusted roots could not be parsed.
     #[error("invalid trusted root certificates: {0}")]
     InvalidRoots(String),
+    /// The CA ([`CaPreset`](crate::CaPreset)) requires External Account
+    /// Binding and the issuer has no EAB credentials.
+    #[error(
+        "{ca} requires External Account Binding: give the issuer EAB credentials (external_account)"
+    )]
+    ExternalAccountRequired {
+        /// The CA's name.
+        ca: &'static str,
+    },
+    /// The CA ([`CaPreset`](crate::CaPreset)) does not issue certificates for
+    /// IP addresses, or only under a profile the issuer does not order.
+    #[error("{ca} does not issue a certificate for the IP address {name}{}", profile_hint(.profile_needed))]
+    IpCertificatesNotIssued {
+        /// The IP address.
+        name: String,
+        /// The CA's name.
+        ca: &'static str,
+        /// The profile that would allow it, if one does.
+        profile_needed: Option<&'static str>,
+    },
+}
+
+fn profile_hint(profile: &Option<&'static str>) -> String {
+    profile.map_or_else(String::new, |p| {
+        format!(" without the {p:?} profile (set it with .profile({p:?}))")
+    })
 }
 
 /// OCSP errors: fetching or verifying a response ([`crate::ocsp`]).

@@ -100,7 +100,10 @@ pub use acme::jws::{AccountKey, AccountKeyType, ExternalAccountKey};
 pub use acme::problem::{Problem, ProblemType};
 pub use acme::types::RevocationReason;
 pub use cache::{CachedCert, CertCache, DEFAULT_CACHE_CAPACITY};
-pub use certificate::{Certificate, CertificateMetadata};
+pub use certificate::{
+    Certificate, CertificateMetadata, SHORT_LIVED_MAX_LIFETIME, SHORT_LIVED_RENEWAL_RATIO,
+    renewal_ratio_for,
+};
 pub use challenge::tls_alpn01::ACME_TLS_ALPN;
 pub use challenge::{
     Challenge, ChallengeTokens, DEFAULT_POLLING_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, Dns01Solver,
@@ -128,11 +131,16 @@ pub use issuer::{
     Issuer, IssuerPolicy, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LOCAL_CA_ISSUER_KEY,
     LocalCa, MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
 };
+pub use issuer::{
+    CaPreset, GOOGLE_TRUST_SERVICES_PRODUCTION, GOOGLE_TRUST_SERVICES_STAGING, IpCertificates,
+    ZEROSSL_API_URL, ZEROSSL_DIRECTORY, ZeroSslError, ZeroSslIssuer, ZeroSslIssuerBuilder,
+};
 pub use keys::{CertificateKey, KeyType};
 pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
 pub use ocsp::staple::OcspReport;
 pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
+    RateLimits,
 };
 pub use storage::contract::{KeyInfo, Storage, StorageError};
 pub use storage::file::{FileStorage, FileStorageBuilder};

@@ -717,6 +717,18 @@ async fn a_profile_sets_the_certificate_lifetime_and_an_unknown_one_is_refused_b
         .unwrap();
     assert_eq!(lifetime(&short), Duration::from_secs(SHORT_SECS - 1));
     assert_verifies(&pebble, &short, "short.certauto.example").await;
+    // Short-lived: due at half its life, not with a third left (the default ratio).
+    let ratio = config_with("shortlived").renewal_ratio();
+    assert_eq!(ratio, certauto::DEFAULT_RENEWAL_RATIO);
+    assert_eq!(
+        short.renewal_time(ratio),
+        short.not_before() + lifetime(&short) / 2
+    );
+    assert!(!short.needs_renewal(
+        short.not_before() + lifetime(&short) / 2 - Duration::from_secs(1),
+        ratio
+    ));
+    assert!(short.needs_renewal(short.not_before() + lifetime(&short) / 2, ratio));
 
     // Naming the default profile gets its lifetime (without a name Pebble would pick one
     // of the two at random).
@@ -728,6 +740,13 @@ async fn a_profile_sets_the_certificate_lifetime_and_an_unknown_one_is_refused_b
         lifetime(&long),
         Duration::from_secs(PEBBLE_DEFAULT_VALIDITY_SECS - 1)
     );
+    // A 90-day certificate keeps the configured ratio: due with a third left.
+    let due = long.renewal_time(ratio);
+    let expected = long.not_before() + lifetime(&long).mul_f64(1.0 - ratio);
+    let gap = due
+        .duration_since(expected)
+        .unwrap_or_else(|e| e.duration());
+    assert!(gap < Duration::from_millis(1), "{due:?} vs {expected:?}");
 
     // A profile the directory does not list: a typed error, and neither an account nor an
     // order was asked for.

@@ -327,11 +327,32 @@ impl fmt::Debug for ExternalAccountKey {
 }
 
 impl ExternalAccountKey {
-    /// Creates EAB credentials from the key identifier and the base64url MAC key
-    /// the CA handed out (padding and surrounding whitespace are tolerated).
-    pub fn new(kid: impl Into<String>, hmac_key_b64url: &str) -> Result<Self, KeyError> {
-        let trimmed = hmac_key_b64url.trim().trim_end_matches('=');
-        let hmac_key = B64.decode(trimmed).map_err(|_| KeyError::InvalidEabKey)?;
+    /// Creates EAB credentials from the key identifier and the MAC key the CA
+    /// handed out, in base64url (RFC 4648 §5, what RFC 8555 specifies) or in
+    /// standard base64 (§4, `+` and `/`, which some CA consoles show), with
+    /// or without `=` padding; surrounding whitespace is ignored. A key mixing
+    /// both alphabets, with characters of neither, or empty, is
+    /// [`KeyError::InvalidEabKey`].
+    ///
+    /// ```
+    /// use certauto_core::ExternalAccountKey;
+    ///
+    /// for key in ["-_8", "-_8=", "+/8", "+/8="] {
+    ///     assert!(ExternalAccountKey::new("kid", key).is_ok(), "{key}");
+    /// }
+    /// assert!(ExternalAccountKey::new("kid", "-/8").is_err());
+    /// ```
+    pub fn new(kid: impl Into<String>, hmac_key: &str) -> Result<Self, KeyError> {
+        use base64::engine::general_purpose::STANDARD_NO_PAD;
+        let trimmed = hmac_key.trim().trim_end_matches('=');
+        let url_safe = trimmed.contains(['-', '_']);
+        let standard = trimmed.contains(['+', '/']);
+        let decoded = match (url_safe, standard) {
+            (true, true) => return Err(KeyError::InvalidEabKey),
+            (false, true) => STANDARD_NO_PAD.decode(trimmed),
+            _ => B64.decode(trimmed),
+        };
+        let hmac_key = decoded.map_err(|_| KeyError::InvalidEabKey)?;
         if hmac_key.is_empty() {
             return Err(KeyError::InvalidEabKey);
         }
@@ -545,6 +566,28 @@ mod tests {
         .unwrap();
         assert!(ExternalAccountKey::new("k", "!!").is_err());
         assert!(ExternalAccountKey::new("k", "").is_err());
+    }
+
+    #[test]
+    fn eab_mac_keys_in_every_base64_form_decode_to_the_same_bytes() {
+        // 0xfb 0xff 0xbf 0x01 encodes with both alphabet-specific characters.
+        let bytes = [0xfb_u8, 0xff, 0xbf, 0x01];
+        let forms = [
+            "-_-_AQ",    // base64url, no padding
+            "-_-_AQ==",  // base64url, padded
+            "+/+/AQ",    // standard, no padding
+            "+/+/AQ==",  // standard, padded
+            " -_-_AQ\n", // whitespace around
+        ];
+        for form in forms {
+            let key = ExternalAccountKey::new("k", form).unwrap();
+            assert_eq!(key.hmac_key, bytes, "{form}");
+        }
+        // Garbage is refused: mixed alphabets, foreign characters, only padding,
+        // padding in the middle, an impossible length.
+        for bad in ["-/-_AQ", "+_+/AQ", "ab*d", "====", "ab=cd", "A", " "] {
+            assert!(ExternalAccountKey::new("k", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -12,7 +12,6 @@ use crate::events::{Event, EventHandler};
 use crate::handshake::CertResolver;
 use crate::issuer::{Issuer, IssuerPolicy, LocalCa};
 use crate::keys::KeyType;
-use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
 use crate::storage::{FileStorage, MemoryStorage, Storage};
 
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver};
@@ -46,7 +45,7 @@ pub struct ConfigBuilder {
     local_names_use_local_ca: bool,
     local_ca_lifetime: Option<std::time::Duration>,
     default_name: Option<String>,
-    rate_limit: (u32, Duration),
+    rate_limit: Option<(u32, Duration)>,
     renew_interval: Duration,
     ocsp_interval: Duration,
     manage_concurrency: usize,
@@ -169,10 +168,17 @@ impl ConfigBuilder {
         self
     }
 
-    /// At most `max` issuance requests per `window` to each issuer (default
-    /// 20 per minute), shared by obtains, renewals and on-demand issuance.
+    /// At most `max` issuance requests per `window` on average to each
+    /// issuer, in bursts of up to `max` (a token bucket, see
+    /// [`RateLimiter`](crate::RateLimiter)), shared by obtains, renewals and
+    /// on-demand issuance. Unset (the default), each issuer's limiter follows
+    /// its CA's published limits ([`Issuer::rate_limits`], known from its
+    /// [`CaPreset`](crate::CaPreset)), else
+    /// [`DEFAULT_RATE_LIMIT_EVENTS`](crate::DEFAULT_RATE_LIMIT_EVENTS) per
+    /// [`DEFAULT_RATE_LIMIT_WINDOW`](crate::DEFAULT_RATE_LIMIT_WINDOW)
+    /// (300 per 3 hours).
     pub fn issuance_rate_limit(mut self, max: u32, window: Duration) -> Self {
-        self.rate_limit = (max, window);
+        self.rate_limit = Some((max, window));
         self
     }
 
@@ -317,7 +323,7 @@ impl Config {
             local_names_use_local_ca: true,
             local_ca_lifetime: None,
             default_name: None,
-            rate_limit: (DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW),
+            rate_limit: None,
             renew_interval: DEFAULT_RENEW_INTERVAL,
             ocsp_interval: DEFAULT_OCSP_CHECK_INTERVAL,
             manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,

@@ -77,7 +77,8 @@ struct Inner {
     resolver: Arc<CertResolver>,
     default_name_set: bool,
     managed: StdMutex<Managed>,
-    rate_limit: (u32, Duration),
+    /// The limit set with `issuance_rate_limit`, for every issuer.
+    rate_limit: Option<(u32, Duration)>,
     rate_limiters: StdMutex<HashMap<String, Arc<RateLimiter>>>,
     renew_interval: Duration,
     ocsp_interval: Duration,
@@ -130,7 +131,11 @@ impl Config {
         self.inner.renewal_ratio
     }
 
-    /// The issuance rate limiter of one issuer.
+    /// The issuance rate limiter of one issuer: the limit set with
+    /// [`issuance_rate_limit`](ConfigBuilder::issuance_rate_limit), else the
+    /// issuer's [`rate_limits`](Issuer::rate_limits) (its CA's published
+    /// ones), else the default ([`DEFAULT_RATE_LIMIT_EVENTS`](crate::DEFAULT_RATE_LIMIT_EVENTS)
+    /// per [`DEFAULT_RATE_LIMIT_WINDOW`](crate::DEFAULT_RATE_LIMIT_WINDOW)).
     pub fn rate_limiter(&self, issuer_key: &str) -> Arc<RateLimiter> {
         let mut limiters = self
             .inner
@@ -140,10 +145,18 @@ impl Config {
         limiters
             .entry(issuer_key.to_owned())
             .or_insert_with(|| {
-                Arc::new(RateLimiter::new(
-                    self.inner.rate_limit.0,
-                    self.inner.rate_limit.1,
-                ))
+                let (max, window) = self.inner.rate_limit.unwrap_or_else(|| {
+                    self.issuer_by_key(issuer_key)
+                        .and_then(|i| i.rate_limits())
+                        .map_or(
+                            (
+                                crate::ratelimit::DEFAULT_RATE_LIMIT_EVENTS,
+                                crate::ratelimit::DEFAULT_RATE_LIMIT_WINDOW,
+                            ),
+                            |l| (l.new_orders, l.new_orders_window),
+                        )
+                });
+                Arc::new(RateLimiter::new(max, window))
             })
             .clone()
     }

@@ -12,6 +12,9 @@
 //! | `CERTAUTO_HTTPS_ADDR` | HTTPS listen address | `127.0.0.1:8443` |
 //! | `CERTAUTO_CHALLENGE` | `http-01`, `tls-alpn-01` or `dns-01` | `http-01` |
 //! | `CERTAUTO_RENEW_CHECK` | renewal-check interval, e.g. `2s`, `10m` | `10m` |
+//! | `CERTAUTO_EAB_KID` | External Account Binding key id (with `CERTAUTO_EAB_HMAC`) | unset |
+//! | `CERTAUTO_EAB_HMAC` | EAB MAC key, base64url or base64 (with `CERTAUTO_EAB_KID`) | unset |
+//! | `CERTAUTO_PROFILE` | ACME certificate profile, e.g. `shortlived` | unset (the CA's default) |
 //!
 //! With `CERTAUTO_CHALLENGE=dns-01`, `CERTAUTO_DNS_PROVIDER` names the DNS
 //! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 
+use crate::acme::jws::ExternalAccountKey;
 use crate::acme::types::ChallengeType;
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver, TlsAlpnChallenges};
 use crate::config::Config;
@@ -80,6 +84,10 @@ pub struct EnvSettings {
     pub dns: Option<DnsSettings>,
     /// How often maintenance checks for renewals.
     pub renew_check: Duration,
+    /// EAB credentials for the ACME issuer (`CERTAUTO_EAB_KID` + `CERTAUTO_EAB_HMAC`).
+    pub eab: Option<ExternalAccountKey>,
+    /// The ACME certificate profile to order (`CERTAUTO_PROFILE`).
+    pub profile: Option<String>,
 }
 
 /// What [`EnvSettings::build`] wires together.
@@ -217,6 +225,38 @@ impl EnvSettings {
             })?,
             None => Duration::from_secs(600),
         };
+        let eab = match (var("CERTAUTO_EAB_KID"), var("CERTAUTO_EAB_HMAC")) {
+            (None, None) => None,
+            (Some(kid), Some(hmac)) => Some(ExternalAccountKey::new(kid, &hmac).map_err(|_| {
+                bad(
+                    "CERTAUTO_EAB_HMAC",
+                    "not a base64url or base64 MAC key (as the CA gave it)",
+                )
+            })?),
+            (Some(_), None) => {
+                return Err(bad(
+                    "CERTAUTO_EAB_HMAC",
+                    "unset, but CERTAUTO_EAB_KID is set: give both or neither",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "CERTAUTO_EAB_KID",
+                    "unset, but CERTAUTO_EAB_HMAC is set: give both or neither",
+                ));
+            }
+        };
+        let profile = var("CERTAUTO_PROFILE");
+        if let Some(p) = &profile
+            && !p
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(bad(
+                "CERTAUTO_PROFILE",
+                format!("{p:?}: a profile name such as shortlived"),
+            ));
+        }
         Ok(Self {
             domains,
             directories,
@@ -228,6 +268,8 @@ impl EnvSettings {
             challenge,
             dns,
             renew_check,
+            eab,
+            profile,
         })
     }
 
@@ -250,6 +292,12 @@ impl EnvSettings {
                 .storage(storage.clone());
             if let Some(email) = &self.email {
                 issuer = issuer.email(email);
+            }
+            if let Some(eab) = &self.eab {
+                issuer = issuer.external_account(eab.clone());
+            }
+            if let Some(profile) = &self.profile {
+                issuer = issuer.profile(profile);
             }
             issuer = match (&self.challenge, &self.dns) {
                 (ChallengeType::TlsAlpn01, _) => {
@@ -312,6 +360,7 @@ mod tests {
             ("CERTAUTO_CHALLENGE", "dns-02"),
             ("CERTAUTO_RENEW_CHECK", "soon"),
             ("CERTAUTO_CA_ROOTS", "/nonexistent/roots.pem"),
+            ("CERTAUTO_PROFILE", "short lived"),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert_eq!(err.var, k);
@@ -368,6 +417,41 @@ mod tests {
                 crate::storage::keys::issuer_key_from_url("https://b.example/dir"),
             ]
         );
+    }
+
+    #[test]
+    fn eab_and_profile() {
+        let s = from(&[]).unwrap();
+        assert!(s.eab.is_none() && s.profile.is_none());
+        // Both, the MAC key in base64url or standard base64, padded or not.
+        for hmac in [
+            "-_-_AQ",
+            "+/+/AQ==",
+            "zWNDZM6eQGHWpSRTPal5eIUYFTu7EajVIoguysqZ9wG44nMEtx3MUAsUDkMTQ12W",
+        ] {
+            let s = from(&[
+                ("CERTAUTO_EAB_KID", "kid-1"),
+                ("CERTAUTO_EAB_HMAC", hmac),
+                ("CERTAUTO_PROFILE", "shortlived"),
+                ("CERTAUTO_DIRECTORY", "https://ca.test/dir"),
+            ])
+            .unwrap();
+            assert_eq!(s.eab.as_ref().unwrap().kid(), "kid-1");
+            assert_eq!(s.profile.as_deref(), Some("shortlived"));
+        }
+        // A bad MAC key names its variable and does not show the value.
+        let err = from(&[
+            ("CERTAUTO_EAB_KID", "kid-1"),
+            ("CERTAUTO_EAB_HMAC", "not*base64"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.var, "CERTAUTO_EAB_HMAC");
+        assert!(!err.to_string().contains("not*base64"));
+        // One without the other names the missing one.
+        let err = from(&[("CERTAUTO_EAB_KID", "kid-1")]).unwrap_err();
+        assert_eq!(err.var, "CERTAUTO_EAB_HMAC");
+        let err = from(&[("CERTAUTO_EAB_HMAC", "-_-_AQ")]).unwrap_err();
+        assert_eq!(err.var, "CERTAUTO_EAB_KID");
     }
 
     #[test]

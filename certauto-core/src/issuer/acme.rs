@@ -8,6 +8,7 @@ use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, OnceCell};
 
+use super::presets::{CaPreset, IpCertificates, LETS_ENCRYPT_PRODUCTION};
 use super::{IssueRequest, IssuedCertificate, Issuer};
 use crate::acme::chain::{ChainPreference, select_chain};
 use crate::acme::client::{Account, AcmeClient, ClientLimits, NewAccountOptions, Order};
@@ -20,12 +21,8 @@ use crate::certificate::Certificate;
 use crate::challenge::{Challenge, Http01Solver, Solver, TlsAlpn01Solver};
 use crate::error::{AcmeError, ConfigError, Error};
 use crate::identifier::Identifier;
+use crate::ratelimit::RateLimits;
 use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
-
-/// Let's Encrypt's production directory.
-pub const LETS_ENCRYPT_PRODUCTION: &str = "https://acme-v02.api.letsencrypt.org/directory";
-/// Let's Encrypt's staging directory: use it while developing.
-pub const LETS_ENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// The order in which challenge types are tried when several are configured.
 const CHALLENGE_PREFERENCE: [ChallengeType; 3] = [
@@ -50,9 +47,28 @@ pub struct AcmeIssuerBuilder {
     limits: ClientLimits,
     profile: Option<String>,
     staging: Option<String>,
+    preset: Option<CaPreset>,
 }
 
 impl AcmeIssuerBuilder {
+    /// A known CA ([`CaPreset`]): its directory, its published rate limits
+    /// (the issuer's [`rate_limits`](Issuer::rate_limits), which
+    /// [`Config`](crate::Config)'s limiter follows) and its staging directory
+    /// ([`AcmeIssuer::staging_directory`]). Orders the CA cannot take fail in
+    /// [`precheck`](Issuer::precheck), before any request: without EAB
+    /// credentials where it requires them
+    /// ([`ConfigError::ExternalAccountRequired`]), or for IP addresses it
+    /// does not certify, or only under a profile not configured
+    /// ([`ConfigError::IpCertificatesNotIssued`]).
+    ///
+    /// A later [`ca`](Self::ca) replaces only the directory URL (a mirror, a
+    /// test server); the preset's rules still apply.
+    pub fn preset(mut self, preset: &CaPreset) -> Self {
+        self.ca = preset.directory.to_owned();
+        self.preset = Some(*preset);
+        self
+    }
+
     /// The CA's directory URL (default: [`LETS_ENCRYPT_PRODUCTION`]).
     pub fn ca(mut self, directory_url: impl Into<String>) -> Self {
         self.ca = directory_url.into();
@@ -212,7 +228,7 @@ impl AcmeIssuerBuilder {
             solvers.insert(ChallengeType::Http01, Arc::new(Http01Solver::default()));
         }
         let email = self.email.filter(|e| !e.trim().is_empty());
-        let issuer = |ca: String, external_account, staging| AcmeIssuer {
+        let issuer = |ca: String, external_account, staging, preset| AcmeIssuer {
             inner: Arc::new(Inner {
                 issuer_key: keys::issuer_key_from_url(&ca),
                 ca,
@@ -228,12 +244,14 @@ impl AcmeIssuerBuilder {
                 limits: self.limits.clone(),
                 profile: self.profile.clone(),
                 staging,
+                preset,
                 client: OnceCell::new(),
                 account: Mutex::new(None),
             }),
         };
-        let staging = self.staging.map(|ca| issuer(ca, None, None));
-        issuer(self.ca, self.external_account, staging)
+        // The staging CA gets none of the production CA's EAB or preset rules.
+        let staging = self.staging.map(|ca| issuer(ca, None, None, None));
+        issuer(self.ca, self.external_account, staging, self.preset)
     }
 }
 
@@ -275,6 +293,7 @@ struct Inner {
     profile: Option<String>,
     /// The staging CA a retry goes through first.
     staging: Option<AcmeIssuer>,
+    preset: Option<CaPreset>,
     client: OnceCell<Arc<AcmeClient>>,
     account: Mutex<Option<Account>>,
 }
@@ -365,6 +384,7 @@ impl AcmeIssuer {
             limits: ClientLimits::default(),
             profile: None,
             staging: None,
+            preset: None,
         }
     }
 
@@ -383,6 +403,41 @@ impl AcmeIssuer {
     /// ([`AcmeIssuerBuilder::profile`]).
     pub fn profile(&self) -> Option<&str> {
         self.inner.profile.as_deref()
+    }
+
+    /// The CA preset this issuer was built from ([`AcmeIssuerBuilder::preset`]).
+    pub fn preset(&self) -> Option<&CaPreset> {
+        self.inner.preset.as_ref()
+    }
+
+    /// The staging directory of this issuer's CA, if its preset names one.
+    pub fn staging_directory(&self) -> Option<&str> {
+        self.inner.preset.as_ref().and_then(|p| p.staging_directory)
+    }
+
+    /// The preset's refusals: EAB missing, IP addresses the CA (or the
+    /// configured profile) does not certify.
+    fn check_preset(&self, names: &[Identifier]) -> Result<(), ConfigError> {
+        let Some(preset) = &self.inner.preset else {
+            return Ok(());
+        };
+        if preset.eab_required && self.inner.external_account.is_none() {
+            return Err(ConfigError::ExternalAccountRequired { ca: preset.name });
+        }
+        let Some(ip) = names.iter().find(|n| matches!(n, Identifier::Ip(_))) else {
+            return Ok(());
+        };
+        let needed = match preset.ip_certificates {
+            IpCertificates::Yes => return Ok(()),
+            IpCertificates::WithProfile(p) if self.profile() == Some(p) => return Ok(()),
+            IpCertificates::WithProfile(p) => Some(p),
+            IpCertificates::No => None,
+        };
+        Err(ConfigError::IpCertificatesNotIssued {
+            name: ip.to_string(),
+            ca: preset.name,
+            profile_needed: needed,
+        })
     }
 
     /// Refuses a configured profile the CA's directory does not list.
@@ -737,7 +792,12 @@ impl Issuer for AcmeIssuer {
             }
             .into());
         }
+        self.check_preset(names)?;
         Ok(())
+    }
+
+    fn rate_limits(&self) -> Option<RateLimits> {
+        self.inner.preset.as_ref().and_then(|p| p.rate_limits)
     }
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {

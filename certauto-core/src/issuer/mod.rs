@@ -5,7 +5,9 @@
 //! configured it tries them in order or at random ([`IssuerPolicy`]),
 //! failing over to the next, and names no public CA can
 //! issue go to the [`LocalCa`] (the routing is in `set.rs`). [`AcmeIssuer`]
-//! obtains certificates from any ACME CA.
+//! obtains certificates from any ACME CA, [`CaPreset`]s describe the known
+//! public ones, and [`ZeroSslIssuer`] fetches ZeroSSL's EAB credentials
+//! before issuing through ACME.
 
 use std::fmt::Debug;
 
@@ -18,15 +20,22 @@ use crate::identifier::Identifier;
 
 mod acme;
 mod local;
+mod presets;
 mod set;
+mod zerossl;
 
-pub use acme::{AcmeIssuer, AcmeIssuerBuilder, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
+pub use acme::{AcmeIssuer, AcmeIssuerBuilder};
 pub use local::{
     DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, MAX_LOCAL_LEAF_LIFETIME,
     is_internal_name, is_local_name,
 };
+pub use presets::{
+    CaPreset, GOOGLE_TRUST_SERVICES_PRODUCTION, GOOGLE_TRUST_SERVICES_STAGING, IpCertificates,
+    LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, ZEROSSL_DIRECTORY,
+};
 pub use set::IssuerPolicy;
 pub(crate) use set::{IssuerSet, pick_ready};
+pub use zerossl::{ZEROSSL_API_URL, ZeroSslError, ZeroSslIssuer, ZeroSslIssuerBuilder};
 
 /// What to issue.
 #[derive(Debug, Clone)]
@@ -123,6 +132,16 @@ pub trait Issuer: Send + Sync + Debug {
     /// for as configured (e.g. a wildcard without a DNS-01 solver).
     fn precheck(&self, _names: &[Identifier]) -> Result<(), Error> {
         Ok(())
+    }
+
+    /// The CA's published rate limits, which [`Config`](crate::Config)'s
+    /// issuance limiter for this issuer follows unless
+    /// [`issuance_rate_limit`](crate::ConfigBuilder::issuance_rate_limit) set
+    /// one; `None` (the default) means the default limiter
+    /// ([`DEFAULT_RATE_LIMIT_EVENTS`](crate::DEFAULT_RATE_LIMIT_EVENTS) per
+    /// [`DEFAULT_RATE_LIMIT_WINDOW`](crate::DEFAULT_RATE_LIMIT_WINDOW)).
+    fn rate_limits(&self) -> Option<crate::ratelimit::RateLimits> {
+        None
     }
 
     /// Issues a certificate.

@@ -239,7 +239,7 @@ pub(crate) fn pick_ready(limiters: &[Arc<RateLimiter>]) -> Result<usize, usize> 
     Err(limiters
         .iter()
         .enumerate()
-        .min_by_key(|(_, l)| l.ready_in())
+        .min_by_key(|(_, l)| l.next_available_in())
         .map_or(0, |(i, _)| i))
 }
 
@@ -421,7 +421,11 @@ mod tests {
         assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Ok(1));
         // Both used up: `fast` allows again sooner.
         assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Err(1));
-        assert_eq!(fast.ready_in(), Duration::from_secs(10), "nothing recorded");
+        assert_eq!(
+            fast.next_available_in(),
+            Duration::from_secs(10),
+            "nothing recorded"
+        );
         tokio::time::advance(Duration::from_secs(10)).await;
         assert_eq!(pick_ready(&[slow.clone(), fast.clone()]), Ok(1));
         assert_eq!(pick_ready(&[]), Err(0));

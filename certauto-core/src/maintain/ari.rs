@@ -8,7 +8,8 @@
 //! and a day; 6 hours when the CA does not say). Without ARI (no AKI in the
 //! certificate, an issuer with no such notion, or a failed request) the ratio
 //! rules: due when less than [`Config::renewal_ratio`] of the lifetime
-//! remains. A failed request is retried an hour later, a CA with no window a
+//! remains (half of it for short-lived certificates, see
+//! [`renewal_ratio_for`](crate::renewal_ratio_for)). A failed request is retried an hour later, a CA with no window a
 //! day later. Deciding reads no storage: only the cache and the state kept in
 //! [`state`](super::state).
 
@@ -97,12 +98,10 @@ impl Config {
 }
 
 /// The renewal time by the ratio: when less than `ratio` of the lifetime
-/// `[not_before, not_after]` remains.
+/// `[not_before, not_after]` remains, or half of it for a short-lived
+/// certificate ([`crate::certificate::renewal_ratio_for`]).
 fn ratio_time(not_before: SystemTime, not_after: SystemTime, ratio: f64) -> SystemTime {
-    let lifetime = not_after
-        .duration_since(not_before)
-        .unwrap_or(Duration::ZERO);
-    saturating_add(not_before, lifetime.mul_f64(1.0 - ratio))
+    crate::certificate::renewal_time(not_before, not_after, ratio)
 }
 
 /// How long until the CA is asked again, from its `Retry-After`.
@@ -188,6 +187,23 @@ mod tests {
         near(ratio_time(nb, nb + 90 * DAY, 0.5), nb + 45 * DAY);
         // A certificate expiring before it starts is due at once.
         assert_eq!(ratio_time(nb, at(0), 1.0 / 3.0), nb);
+    }
+
+    #[test]
+    fn short_lived_certificates_renew_at_half_their_life() {
+        let nb = at(1_000_000);
+        let near = |a: SystemTime, b: SystemTime| {
+            let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
+            assert!(d < Duration::from_millis(1), "{a:?} != {b:?}");
+        };
+        // Six days (Let's Encrypt's `shortlived`): at half, not at two thirds.
+        near(ratio_time(nb, nb + 6 * DAY, 1.0 / 3.0), nb + 3 * DAY);
+        // The boundary is inclusive; just over it the configured ratio rules.
+        let ten = crate::certificate::SHORT_LIVED_MAX_LIFETIME;
+        near(ratio_time(nb, nb + ten, 1.0 / 3.0), nb + ten / 2);
+        near(ratio_time(nb, nb + 11 * DAY, 0.25), nb + 11 * DAY * 3 / 4);
+        // A configured ratio above a half still applies to short-lived ones.
+        near(ratio_time(nb, nb + 6 * DAY, 0.75), nb + 6 * DAY / 4);
     }
 
     #[test]

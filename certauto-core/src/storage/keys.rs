@@ -6,6 +6,7 @@
 //! ocsp/<name>-<hash>                         cached OCSP responses
 //! acme/<issuer>/users/<email>/<email>.json   ACME account
 //! acme/<issuer>/users/<email>/<email>.key    ACME account key
+//! acme/<issuer>/eab/<who>.json               EAB credentials fetched for an API key or e-mail (ZeroSSL)
 //! locks/<name>.lock                          lock files (FileStorage)
 //! local_ca/root.crt, local_ca/root.key       the local CA (see LocalCa)
 //! ```
@@ -124,6 +125,18 @@ pub fn account_key(issuer_key: &str, email: Option<&str>) -> String {
     let dir = account_dir(issuer_key, email);
     let leaf = dir.rsplit('/').next().unwrap_or("default").to_owned();
     format!("{dir}/{leaf}.key")
+}
+
+/// The EAB credentials an issuer fetched from its CA's API (ZeroSSL) for
+/// `who`: `key-<hash of the API key>` or `email-<e-mail>`, never the API key
+/// itself. A secret, like every file [`FileStorage`](crate::FileStorage)
+/// writes it is private to its owner (0600).
+pub fn eab_credentials(issuer_key: &str, who: &str) -> String {
+    format!(
+        "{ACME_PREFIX}/{}/eab/{}.json",
+        safe_key_component(issuer_key),
+        safe_key_component(who)
+    )
 }
 
 /// The name of the lock that serialises work on the certificate for `name`.

@@ -104,7 +104,7 @@ async fn run() -> BenchResult<()> {
         .key_type(KeyType::EcdsaP256)
         // `.test` names would otherwise go to CertAuto's local CA, not to Pebble.
         .public_ca_for_local_names()
-        // The internal issuance rate limit (default 20 per minute per CA) is
+        // The internal issuance rate limit (default: bursts of 300 per 3 hours per CA) is
         // raised for the bench, as the issue asks: Pebble has no such limit.
         .issuance_rate_limit(100_000, Duration::from_secs(1))
         .build();

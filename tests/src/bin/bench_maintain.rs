@@ -41,7 +41,7 @@
 //!   renews them through the config's `LocalCa` (real keys, storage writes, file locks);
 //!   the binary fails if it renews any other, or if any storage key it touches belongs to a
 //!   certificate outside its window. A second pass at the same time must touch no storage.
-//!   The configs allow [`RATE_LIMIT`] issuances per minute instead of the default 20, so
+//!   The configs allow [`RATE_LIMIT`] issuances per minute instead of the default (300 per 3 hours), so
 //!   that the pass measures the renewals and not the rate limiter.
 //!
 //! Results go to stdout, progress to stderr. Any failed check makes the binary exit
