@@ -15,10 +15,14 @@ use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
 use crate::identifier::Identifier;
 
+pub(crate) mod distributed;
 pub(crate) mod dns01;
 mod http01;
 pub(crate) mod tls_alpn01;
 
+pub use distributed::{
+    CHALLENGE_CLEANUP_INTERVAL, DistributedSolver, STALE_CHALLENGE_AGE, StaleChallenges,
+};
 pub use dns01::{
     DEFAULT_POLLING_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, Dns01Solver, Dns01SolverBuilder,
     DnsError, DnsProvider,
