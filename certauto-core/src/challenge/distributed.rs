@@ -25,7 +25,7 @@
 //!   by an instance that died before its cleanup; maintenance
 //!   ([`start_maintenance`](crate::start_maintenance)) cleans such records
 //!   up at its start and every [`CHALLENGE_CLEANUP_INTERVAL`], through the
-//!   solver that presented them, under a storage lock, a bounded number per
+//!   solver that presented them ([`Solver::cleanup_stale`]), under a storage lock, a bounded number per
 //!   pass ([`Config::clean_stale_challenges`](crate::Config::clean_stale_challenges)).
 
 use std::collections::HashMap;
@@ -221,6 +221,14 @@ impl Solver for DistributedSolver {
         }
         Ok(())
     }
+
+    async fn cleanup_stale(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        self.solver.cleanup_stale(challenge).await?;
+        if let Ok(key) = record_key(challenge) {
+            delete_record(&self.storage, &key, challenge).await;
+        }
+        Ok(())
+    }
 }
 
 /// The storage key of a challenge's record; refuses malformed tokens.
@@ -398,7 +406,7 @@ pub(crate) async fn clean_stale(
         let solver = solvers.iter().find(|s| s.id == record.solver);
         match (solver, &challenge.challenge_type) {
             (Some(solver), _) => {
-                if let Err(e) = solver.solver.cleanup(&challenge).await {
+                if let Err(e) = solver.solver.cleanup_stale(&challenge).await {
                     tracing::warn!(challenge = %what, error = %crate::ErrorChain(&e), "could not clean up a stale challenge");
                     report.failed.push(format!("{what}: {e}"));
                     continue;
@@ -639,6 +647,10 @@ mod tests {
             Ok(())
         }
         async fn cleanup(&self, challenge: &Challenge) -> Result<(), SolverError> {
+            self.cleaned.lock().unwrap().push(challenge.clone());
+            Ok(())
+        }
+        async fn cleanup_stale(&self, challenge: &Challenge) -> Result<(), SolverError> {
             self.cleaned.lock().unwrap().push(challenge.clone());
             Ok(())
         }

@@ -107,6 +107,16 @@ pub trait Solver: Send + Sync + Debug {
 
     /// Removes the answer.
     async fn cleanup(&self, challenge: &Challenge) -> Result<(), SolverError>;
+
+    /// Removes the answer of a challenge another instance of this solver
+    /// presented (one that died before its cleanup), from the challenge
+    /// alone: called by [`DistributedSolver`]'s stale cleanup. The default
+    /// calls [`cleanup`](Self::cleanup); a solver that only removes what it
+    /// remembers presenting (as [`Dns01Solver`] does) overrides it. Same
+    /// contract as `cleanup`: it MUST NOT fail because the answer is gone.
+    async fn cleanup_stale(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        self.cleanup(challenge).await
+    }
 }
 
 #[cfg(test)]
