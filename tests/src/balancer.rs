@@ -93,14 +93,12 @@ async fn relay(
     served: &[AtomicUsize],
     failed: &AtomicUsize,
 ) {
-    let mut upstream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await {
-            Ok(Ok(upstream)) => upstream,
-            _ => {
-                failed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        };
+    let Ok(Ok(mut upstream)) =
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(backend)).await
+    else {
+        failed.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
     if let Some(n) = served.get(index) {
         n.fetch_add(1, Ordering::SeqCst);
     }

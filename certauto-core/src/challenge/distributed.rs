@@ -727,7 +727,7 @@ mod tests {
             .clock(Arc::new(ManualClock::new(at)));
         let c = challenge(ChallengeType::Dns01, "Www.Example.com", "tok_1");
         solver.present(&c).await.unwrap();
-        assert_eq!(inner.presented.lock().unwrap().as_slice(), [c.clone()]);
+        assert_eq!(*inner.presented.lock().unwrap(), vec![c.clone()]);
         let key = "challenges/dns-01/www.example.com/tok_1.json";
         let record = Record::parse(&storage.load(key).await.unwrap()).unwrap();
         assert_eq!(
@@ -747,7 +747,7 @@ mod tests {
         assert_eq!(record.challenge().unwrap(), c);
         assert_eq!(record.created(), at);
         solver.cleanup(&c).await.unwrap();
-        assert_eq!(inner.cleaned.lock().unwrap().as_slice(), [c.clone()]);
+        assert_eq!(*inner.cleaned.lock().unwrap(), vec![c.clone()]);
         assert!(!storage.exists(key).await.unwrap());
 
         // HTTP-01: the token is shared where every ChallengeTokens looks.
