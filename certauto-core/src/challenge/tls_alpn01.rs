@@ -88,8 +88,7 @@ pub(crate) fn challenge_certificate(challenge: &Challenge) -> Result<CertifiedKe
 /// Besides the challenges this process presented, it holds those another
 /// instance presented into shared storage and this one loaded for a
 /// validator (see [`DistributedSolver`](crate::DistributedSolver)): at most
-/// [`MAX_LOADED_CHALLENGES`] of them, each served for
-/// [`LOADED_CHALLENGE_TTL`] after it was loaded.
+/// 256 of them, each served for a minute after it was loaded.
 #[derive(Clone, Default)]
 pub struct TlsAlpnChallenges {
     inner: Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>,
