@@ -191,7 +191,10 @@ impl ConfigBuilder {
     /// TLS-ALPN-01 (through [`AcmeAcceptor::for_config`](crate::AcmeAcceptor::for_config))
     /// for challenges another instance started, and maintenance cleans up the
     /// challenges of an instance that died ([`Config::clean_stale_challenges`]).
-    /// Don't give it solvers already wrapped in a `DistributedSolver`.
+    /// Each is named `"<issuer key> <challenge type>"` (for example
+    /// `"acme-v02.api.letsencrypt.org-directory dns-01"`, see
+    /// [`DistributedSolver::solver_id`]). Don't give it solvers already
+    /// wrapped in a `DistributedSolver`.
     ///
     ///
     /// ```no_run
