@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certauto_tests::{Bind, Pebble, init_tracing, webpki_verify_chain};
+use certauto_tests::{Balancer, Bind, Pebble, init_tracing, webpki_verify_chain};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tempfile::TempDir;
@@ -407,6 +407,113 @@ fn read_root(path: &Path) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{}: {e:?}", path.display()))?;
     Ok(cert.to_vec())
 }
+
+/// Three instances of the example share one storage folder and one Pebble,
+/// behind a round-robin TCP balancer on Pebble's validation ports, and
+/// manage the same [`CLUSTER_NAMES`] names with `challenge` (`http-01` or
+/// `tls-alpn-01`): every validation succeeds although many reach an
+/// instance other than the one that ordered (each instance got some), the
+/// storage lock makes one order per name (one certificate per name, the
+/// same served by every instance), and every instance serves every name.
+#[allow(dead_code)] // example-axum's e2e runs it; example-actix's does not.
+pub(crate) async fn distributed_scenario(bin: &str, challenge: &str) {
+    const INSTANCES: usize = 3;
+    init_tracing();
+    let names: Vec<String> = (0..CLUSTER_NAMES)
+        .map(|i| format!("n{i}.cluster.example"))
+        .collect();
+    'attempt: for attempt in 1..=MAX_ATTEMPTS {
+        let mut apps: Vec<App> = (0..INSTANCES).map(|_| App::new(bin)).collect();
+        let ports: Vec<[u16; 2]> = (0..INSTANCES).map(|_| free_ports()).collect();
+        let http_balancer = Balancer::start(0, ports.iter().map(|p| loopback(p[0])).collect())
+            .await
+            .expect("start the HTTP balancer");
+        let tls_balancer = Balancer::start(0, ports.iter().map(|p| loopback(p[1])).collect())
+            .await
+            .expect("start the TLS balancer");
+        let pebble = Pebble::builder()
+            .http_port(http_balancer.port())
+            .tls_port(tls_balancer.port())
+            .start()
+            .await;
+        let https_ca = apps[0].write("pebble-https-ca.pem", &pebble.https_ca_pem());
+        let root_der = pebble.root_der(0).await;
+        let storage = apps[0].storage();
+        for (app, [http_port, https_port]) in apps.iter_mut().zip(&ports) {
+            app.spawn(&[
+                ("CERTAUTO_DOMAINS", names.join(",")),
+                ("CERTAUTO_DIRECTORY", pebble.directory_url()),
+                ("CERTAUTO_CA_ROOTS", path_str(&https_ca)),
+                ("CERTAUTO_STORAGE", path_str(&storage)),
+                ("CERTAUTO_HTTP_ADDR", loopback(*http_port).to_string()),
+                ("CERTAUTO_HTTPS_ADDR", loopback(*https_port).to_string()),
+                ("CERTAUTO_CHALLENGE", challenge.to_owned()),
+            ]);
+        }
+        // Every instance serves every name, the same certificate.
+        let mut leaves: Vec<Vec<u8>> = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let mut leaf_of_name: Option<Vec<u8>> = None;
+            for (app, [_, https_port]) in apps.iter_mut().zip(&ports) {
+                let addr = loopback(*https_port);
+                let client = https_client(&root_der, name, addr);
+                let url = format!("https://{name}:{https_port}/");
+                match wait_https(app, &client, &url).await {
+                    Wait::Ready => {}
+                    Wait::PortTaken if attempt < MAX_ATTEMPTS && i == 0 => {
+                        eprintln!(
+                            "attempt {attempt}: an instance could not bind its ports; retrying"
+                        );
+                        continue 'attempt;
+                    }
+                    Wait::PortTaken => panic!("an instance could not bind its ports"),
+                }
+                let leaf = served_chain(&root_der, name, addr)
+                    .await
+                    .into_iter()
+                    .next()
+                    .expect("a served chain has a leaf");
+                match &leaf_of_name {
+                    None => leaf_of_name = Some(leaf),
+                    Some(first) => assert_eq!(
+                        first, &leaf,
+                        "{name}: the instances serve different certificates (two orders)"
+                    ),
+                }
+            }
+            leaves.extend(leaf_of_name);
+        }
+        leaves.sort();
+        leaves.dedup();
+        assert_eq!(leaves.len(), CLUSTER_NAMES, "one certificate per name");
+        let log = pebble.pebble_log();
+        let issued = log.matches(PEBBLE_ISSUED).count();
+        assert_eq!(
+            issued, CLUSTER_NAMES,
+            "Pebble issued {issued} certificates for {CLUSTER_NAMES} names"
+        );
+        let balancer = match challenge {
+            "tls-alpn-01" => &tls_balancer,
+            _ => &http_balancer,
+        };
+        let served = balancer.connections();
+        eprintln!("{challenge} validations per instance: {served:?}");
+        assert!(
+            served.iter().all(|n| *n > 0),
+            "every instance answers validations: {served:?}"
+        );
+        assert_eq!(balancer.failed(), 0, "every validation reached an instance");
+        for app in &mut apps {
+            app.assert_running();
+        }
+        return;
+    }
+}
+
+/// How many names [`distributed_scenario`] manages.
+const CLUSTER_NAMES: usize = 30;
+/// What Pebble logs once per certificate it issues.
+const PEBBLE_ISSUED: &str = "Issued certificate serial";
 
 // ----- the example process -----
 

@@ -106,6 +106,9 @@ pub use certificate::{
 };
 pub use challenge::tls_alpn01::ACME_TLS_ALPN;
 pub use challenge::{
+    CHALLENGE_CLEANUP_INTERVAL, DistributedSolver, STALE_CHALLENGE_AGE, StaleChallenges,
+};
+pub use challenge::{
     Challenge, ChallengeTokens, DEFAULT_POLLING_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, Dns01Solver,
     Dns01SolverBuilder, DnsError, DnsProvider, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX,
     Http01Answer, Http01Solver, Solver, TlsAlpn01Solver, TlsAlpnChallenges,

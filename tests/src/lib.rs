@@ -27,6 +27,7 @@
 //! [Pebble]: https://github.com/letsencrypt/pebble
 
 mod ari_proxy;
+mod balancer;
 mod bind;
 mod dns;
 mod ocsp;
@@ -43,6 +44,7 @@ use rustls::client::danger::ServerCertVerifier;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
+pub use balancer::Balancer;
 pub use bind::{BIND_ZONES, Bind, BindBuilder};
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{

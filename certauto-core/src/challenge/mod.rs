@@ -15,10 +15,14 @@ use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
 use crate::identifier::Identifier;
 
+pub(crate) mod distributed;
 pub(crate) mod dns01;
 mod http01;
 pub(crate) mod tls_alpn01;
 
+pub use distributed::{
+    CHALLENGE_CLEANUP_INTERVAL, DistributedSolver, STALE_CHALLENGE_AGE, StaleChallenges,
+};
 pub use dns01::{
     DEFAULT_POLLING_INTERVAL, DEFAULT_PROPAGATION_TIMEOUT, Dns01Solver, Dns01SolverBuilder,
     DnsError, DnsProvider,
@@ -103,6 +107,16 @@ pub trait Solver: Send + Sync + Debug {
 
     /// Removes the answer.
     async fn cleanup(&self, challenge: &Challenge) -> Result<(), SolverError>;
+
+    /// Removes the answer of a challenge another instance of this solver
+    /// presented (one that died before its cleanup), from the challenge
+    /// alone: called by [`DistributedSolver`]'s stale cleanup. The default
+    /// calls [`cleanup`](Self::cleanup); a solver that only removes what it
+    /// remembers presenting (as [`Dns01Solver`] does) overrides it. Same
+    /// contract as `cleanup`: it MUST NOT fail because the answer is gone.
+    async fn cleanup_stale(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        self.cleanup(challenge).await
+    }
 }
 
 #[cfg(test)]

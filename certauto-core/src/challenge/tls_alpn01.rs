@@ -84,16 +84,38 @@ pub(crate) fn challenge_certificate(challenge: &Challenge) -> Result<CertifiedKe
 
 /// Challenge certificates by SNI, shared by [`TlsAlpn01Solver`] and
 /// [`CertResolver`](crate::CertResolver). Cheap to clone (shared).
+///
+/// Besides the challenges this process presented, it holds those another
+/// instance presented into shared storage and this one loaded for a
+/// validator (see [`DistributedSolver`](crate::DistributedSolver)): at most
+/// 256 of them, each served for a minute after it was loaded.
 #[derive(Clone, Default)]
 pub struct TlsAlpnChallenges {
     inner: Arc<RwLock<HashMap<String, Arc<CertifiedKey>>>>,
+    loaded: Arc<RwLock<HashMap<String, Loaded>>>,
 }
+
+/// A challenge certificate loaded from shared storage.
+#[derive(Clone)]
+struct Loaded {
+    key: Arc<CertifiedKey>,
+    /// The key authorization it was built from.
+    key_authorization: String,
+    expires: tokio::time::Instant,
+}
+
+/// How long a challenge certificate loaded from shared storage is served.
+pub(crate) const LOADED_CHALLENGE_TTL: Duration = Duration::from_secs(60);
+/// How many challenge certificates loaded from shared storage are kept.
+pub(crate) const MAX_LOADED_CHALLENGES: usize = 256;
 
 impl fmt::Debug for TlsAlpnChallenges {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.inner.read().map(|m| m.len()).unwrap_or(0);
+        let loaded = self.loaded.read().map(|m| m.len()).unwrap_or(0);
         f.debug_struct("TlsAlpnChallenges")
             .field("pending", &n)
+            .field("loaded", &loaded)
             .finish()
     }
 }
@@ -104,13 +126,89 @@ impl TlsAlpnChallenges {
         Self::default()
     }
 
-    /// The challenge certificate for an SNI value.
+    /// The challenge certificate for an SNI value: one this process
+    /// presented, else one loaded from shared storage and not yet expired.
     pub fn get(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
-        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        if sni.bytes().any(|b| b.is_ascii_uppercase()) {
-            return map.get(&sni.to_ascii_lowercase()).cloned();
+        let lower;
+        let sni = if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = sni.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            sni
+        };
+        if let Some(key) = self.get_local(sni) {
+            return Some(key);
         }
+        let loaded = self.loaded.read().unwrap_or_else(|e| e.into_inner());
+        loaded
+            .get(sni)
+            .filter(|l| l.expires > tokio::time::Instant::now())
+            .map(|l| l.key.clone())
+    }
+
+    /// The challenge certificate this process presented for a lower-case SNI.
+    pub(crate) fn get_local(&self, sni: &str) -> Option<Arc<CertifiedKey>> {
+        let map = self.inner.read().unwrap_or_else(|e| e.into_inner());
         map.get(sni).cloned()
+    }
+
+    /// Whether the loaded certificate for `sni` was built from
+    /// `key_authorization`; if so, it is served for another
+    /// [`LOADED_CHALLENGE_TTL`].
+    pub(crate) fn refresh_loaded(&self, sni: &str, key_authorization: &str) -> bool {
+        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        match loaded.get_mut(sni) {
+            Some(l) if l.key_authorization == key_authorization => {
+                l.expires = tokio::time::Instant::now() + LOADED_CHALLENGE_TTL;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Keeps a challenge certificate loaded from shared storage, for
+    /// [`LOADED_CHALLENGE_TTL`]; drops expired entries, and the one expiring
+    /// first when [`MAX_LOADED_CHALLENGES`] are kept.
+    pub(crate) fn insert_loaded(
+        &self,
+        sni: String,
+        key: Arc<CertifiedKey>,
+        key_authorization: String,
+    ) {
+        let now = tokio::time::Instant::now();
+        let mut loaded = self.loaded.write().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, l| l.expires > now);
+        if loaded.len() >= MAX_LOADED_CHALLENGES
+            && !loaded.contains_key(&sni)
+            && let Some(first) = loaded
+                .iter()
+                .min_by_key(|(_, l)| l.expires)
+                .map(|(k, _)| k.clone())
+        {
+            loaded.remove(&first);
+        }
+        loaded.insert(
+            sni,
+            Loaded {
+                key,
+                key_authorization,
+                expires: now + LOADED_CHALLENGE_TTL,
+            },
+        );
+    }
+
+    /// Forgets the loaded certificate for `sni` (its record is gone).
+    pub(crate) fn remove_loaded(&self, sni: &str) {
+        self.loaded
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sni);
+    }
+
+    /// How many loaded certificates are kept.
+    #[cfg(test)]
+    pub(crate) fn loaded_len(&self) -> usize {
+        self.loaded.read().map(|m| m.len()).unwrap_or(0)
     }
 
     fn insert(&self, sni: String, key: Arc<CertifiedKey>) {

@@ -14,7 +14,8 @@ use crate::issuer::{Issuer, IssuerPolicy, LocalCa};
 use crate::keys::KeyType;
 use crate::storage::{FileStorage, MemoryStorage, Storage};
 
-use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver};
+use crate::challenge::distributed::SharedChallenges;
+use crate::challenge::{ChallengeTokens, DistributedSolver, Http01Solver, TlsAlpn01Solver};
 use crate::issuer::{AcmeIssuer, AcmeIssuerBuilder, IssuerSet, LETS_ENCRYPT_PRODUCTION};
 
 use super::manage::Managed;
@@ -216,7 +217,20 @@ impl ConfigBuilder {
     /// and, unless it was given solvers, an HTTP-01 solver recording tokens
     /// in [`Config::challenge_tokens`] (serve them with `AcmeLayer` on port
     /// 80) and a TLS-ALPN-01 solver answering on every port that serves
-    /// [`Config::server_config`]. So nothing is wired twice:
+    /// [`Config::server_config`]. So nothing is wired twice.
+    ///
+    /// Every solver of the issuer (these defaults, or the HTTP-01,
+    /// TLS-ALPN-01 and DNS-01 solvers it was given) is wrapped in a
+    /// [`DistributedSolver`] keeping its challenges in this config's
+    /// storage: every instance sharing the storage answers HTTP-01 and
+    /// TLS-ALPN-01 (through [`AcmeAcceptor::for_config`](crate::AcmeAcceptor::for_config))
+    /// for challenges another instance started, and maintenance cleans up the
+    /// challenges of an instance that died ([`Config::clean_stale_challenges`]).
+    /// Each is named `"<issuer key> <challenge type>"` (for example
+    /// `"acme-v02.api.letsencrypt.org-directory dns-01"`, see
+    /// [`DistributedSolver::solver_id`]). Don't give it solvers already
+    /// wrapped in a `DistributedSolver`.
+    ///
     ///
     /// ```no_run
     /// use certauto_core::{AcmeIssuer, Config, LETS_ENCRYPT_STAGING};
@@ -242,6 +256,7 @@ impl ConfigBuilder {
             }
         });
         let challenge_tokens = ChallengeTokens::new().with_storage(storage.clone());
+        let mut distributed = Vec::new();
         for builder in std::mem::take(&mut self.pending_acme) {
             let issuer = builder
                 .default_storage(storage.clone())
@@ -249,6 +264,13 @@ impl ConfigBuilder {
                     Http01Solver::without_listener(challenge_tokens.clone()),
                     TlsAlpn01Solver::inline(self.tls_alpn.clone()),
                 )
+                .wrap_solvers(|kind, issuer_key, solver| {
+                    let solver = DistributedSolver::from_arc(solver, storage.clone())
+                        .clock(self.clock.clone())
+                        .solver_id(format!("{issuer_key} {}", kind.as_str()));
+                    distributed.push(solver.clone());
+                    Arc::new(solver)
+                })
                 .build();
             self.issuers.push(Arc::new(issuer));
         }
@@ -272,6 +294,12 @@ impl ConfigBuilder {
             local_ca = local_ca.leaf_lifetime(lifetime);
         }
         let cache = self.cache.unwrap_or_default();
+        let shared_challenges = SharedChallenges::new(
+            storage.clone(),
+            self.tls_alpn.clone(),
+            distributed,
+            self.clock.clone(),
+        );
         let resolver = CertResolver::new(cache.clone(), self.tls_alpn.clone());
         resolver.set_default_name(self.default_name.clone());
         Config {
@@ -303,6 +331,7 @@ impl ConfigBuilder {
                 revoked: StdMutex::new(Vec::new()),
                 manage_concurrency: self.manage_concurrency,
                 challenge_tokens,
+                shared_challenges,
             }),
         }
     }

@@ -97,6 +97,8 @@ struct Inner {
     /// HTTP-01 key authorizations, shared by the solvers the builder made
     /// and the application's `AcmeLayer`.
     challenge_tokens: ChallengeTokens,
+    /// The solvers `acme(..)` wrapped, and TLS-ALPN-01 challenges loaded from storage.
+    shared_challenges: crate::challenge::distributed::SharedChallenges,
 }
 
 impl fmt::Debug for Config {
@@ -211,6 +213,20 @@ impl Config {
     /// application's own port 80 answers HTTP-01.
     pub fn challenge_tokens(&self) -> &ChallengeTokens {
         &self.inner.challenge_tokens
+    }
+
+    /// Cleans up the challenges instances left in storage without finishing
+    /// them (crashed), older than [`STALE_CHALLENGE_AGE`](crate::STALE_CHALLENGE_AGE),
+    /// through the solvers [`ConfigBuilder::acme`] wrapped, under a storage
+    /// lock, a bounded number per call. Maintenance calls it at its start and
+    /// every [`CHALLENGE_CLEANUP_INTERVAL`](crate::CHALLENGE_CLEANUP_INTERVAL).
+    pub async fn clean_stale_challenges(&self) -> crate::StaleChallenges {
+        self.inner.shared_challenges.clean_stale().await
+    }
+
+    /// Loads what a handshake needs from shared challenge state (TLS-ALPN-01).
+    pub(crate) async fn prepare_shared_challenge(&self, hello: &crate::handshake::Hello) {
+        self.inner.shared_challenges.prepare(hello).await;
     }
 
     /// The issuer `ids` go to first (for logs: `local-ca` or an issuer key).

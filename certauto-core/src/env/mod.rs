@@ -275,7 +275,10 @@ impl EnvSettings {
 
     /// Builds the config: file storage, one ACME issuer per directory, in
     /// order (each with the chosen challenge answered on the application's
-    /// own ports), the local CA when none is set.
+    /// own ports, its state shared through the storage by a
+    /// [`DistributedSolver`](crate::DistributedSolver), so instances sharing
+    /// `CERTAUTO_STORAGE` answer each other's challenges), the local CA when
+    /// none is set.
     pub fn build(&self) -> EnvSetup {
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&self.storage));
         let tokens = ChallengeTokens::new().with_storage(storage.clone());
@@ -306,7 +309,7 @@ impl EnvSettings {
                 (ChallengeType::Dns01, Some(dns)) => issuer.dns01_solver(dns.solver()),
                 _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
             };
-            builder = builder.issuer(issuer.build());
+            builder = builder.acme(issuer);
         }
         EnvSetup {
             config: builder.build(),

@@ -38,5 +38,6 @@ impl crate::Config {
             validation = hello.is_tls_alpn_validation(),
             "ClientHello"
         );
+        self.prepare_shared_challenge(hello).await;
     }
 }

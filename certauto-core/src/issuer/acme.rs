@@ -165,6 +165,18 @@ impl AcmeIssuerBuilder {
         }
     }
 
+    /// Replaces each solver by `wrap(challenge type, issuer key, solver)`.
+    pub(crate) fn wrap_solvers(
+        mut self,
+        mut wrap: impl FnMut(&ChallengeType, &str, Arc<dyn Solver>) -> Arc<dyn Solver>,
+    ) -> Self {
+        let issuer_key = keys::issuer_key_from_url(&self.ca);
+        for (kind, solver) in &mut self.solvers {
+            *solver = wrap(kind, &issuer_key, solver.clone());
+        }
+        self
+    }
+
     /// The certificate profile to order ([draft-ietf-acme-profiles](https://datatracker.ietf.org/doc/draft-ietf-acme-profiles/)),
     /// such as Let's Encrypt's `"shortlived"` or `"tlsserver"`. Unset (the default), orders
     /// name no profile and the CA picks its default.

@@ -91,6 +91,9 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
         let mut handled_due: Option<SystemTime> = None;
         let mut ocsp_interval = tokio::time::interval(config.ocsp_check_interval());
         ocsp_interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Challenges left by instances that died: at the start, then periodically.
+        let mut challenge_cleanup = tokio::time::interval(crate::CHALLENGE_CLEANUP_INTERVAL);
+        challenge_cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *stop.borrow() {
                 break;
@@ -135,6 +138,12 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                     let report = config.check_renewals().await;
                     if !report.due.is_empty() {
                         tracing::info!(?report, "renewal check");
+                    }
+                }
+                _ = challenge_cleanup.tick() => {
+                    let report = config.clean_stale_challenges().await;
+                    if !report.cleaned.is_empty() || !report.failed.is_empty() {
+                        tracing::info!(?report, "stale challenges cleaned up");
                     }
                 }
                 _ = ocsp_interval.tick() => {

@@ -9,6 +9,7 @@
 //! acme/<issuer>/eab/<who>.json               EAB credentials fetched for an API key or e-mail (ZeroSSL)
 //! locks/<name>.lock                          lock files (FileStorage)
 //! local_ca/root.crt, local_ca/root.key       the local CA (see LocalCa)
+//! challenges/<type>/<name>/<token>.json      a challenge in progress (DistributedSolver)
 //! ```
 //!
 //! CertAuto 0.1 stored a certificate as three keys, still read when no
@@ -75,6 +76,31 @@ pub(crate) fn legacy_cert_keys(issuer_key: &str, name: &Identifier) -> [String; 
 pub fn challenge_token(token: &str) -> String {
     format!("{ACME_PREFIX}/challenge_tokens/{token}")
 }
+
+/// Prefix of the challenges in progress kept by
+/// [`DistributedSolver`](crate::DistributedSolver).
+pub const CHALLENGES_PREFIX: &str = "challenges";
+
+/// The folder of the challenge records of one type for one name: `<name>` is
+/// the SNI a TLS-ALPN-01 validator sends, or the identifier's
+/// [`Identifier::storage_key`] for other types. `challenge_type` and `name`
+/// are made safe as key components.
+pub fn challenge_records(challenge_type: &str, name: &str) -> String {
+    format!(
+        "{CHALLENGES_PREFIX}/{}/{}",
+        safe_key_component(challenge_type),
+        safe_key_component(name)
+    )
+}
+
+/// The record of one challenge in progress (the token is checked to be
+/// base64url by the caller).
+pub fn challenge_record(challenge_type: &str, name: &str, token: &str) -> String {
+    format!("{}/{token}.json", challenge_records(challenge_type, name))
+}
+
+/// The lock held while stale challenge records are cleaned up.
+pub const CHALLENGES_CLEANUP_LOCK: &str = "challenges_cleanup";
 
 /// The local CA's root certificate (PEM).
 pub const LOCAL_CA_ROOT_CERT: &str = "local_ca/root.crt";
@@ -202,6 +228,10 @@ mod tests {
             "acme/acme-v02.api.letsencrypt.org-directory/users/me@example.com/me@example.com.key"
         );
         assert_eq!(
+            challenge_record("dns-01", "wildcard_.example.com", "abc"),
+            "challenges/dns-01/wildcard_.example.com/abc.json"
+        );
+        assert_eq!(
             account_record("127.0.0.1-14000-dir", None),
             "acme/127.0.0.1-14000-dir/users/default/default.json"
         );
@@ -211,6 +241,8 @@ mod tests {
             account_key(&issuer, Some("../../etc/passwd")),
             account_record(&issuer_key_from_url("https://x/../../y"), Some("/")),
             ocsp_staple(&id, b"der"),
+            challenge_record("tls-alpn-01", "A.Example.com", "tok-_1"),
+            challenge_record("x/../y", "..", "t"),
         ] {
             validate_key(&key).unwrap();
         }

@@ -31,3 +31,13 @@ async fn pebble_dns01_wildcard_through_bind() {
 async fn local_ca_localhost_offline() {
     e2e_common::local_ca_scenario(BIN).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_of_three_http01() {
+    e2e_common::distributed_scenario(BIN, "http-01").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_of_three_tls_alpn01() {
+    e2e_common::distributed_scenario(BIN, "tls-alpn-01").await;
+}

@@ -366,6 +366,31 @@ impl Solver for Dns01Solver {
         })
         .await
     }
+
+    /// Deletes the challenge's TXT value where [`present`](Solver::present)
+    /// would have written it (following the CNAME, or at the override
+    /// domain), though this solver did not present it.
+    async fn cleanup_stale(&self, challenge: &Challenge) -> Result<(), SolverError> {
+        if challenge.challenge_type != ChallengeType::Dns01 {
+            return Ok(());
+        }
+        let remembered = self
+            .inner
+            .records
+            .lock()
+            .ok()
+            .is_some_and(|records| records.contains_key(&challenge.url));
+        if remembered {
+            return self.cleanup(challenge).await;
+        }
+        let record = self.record_for(challenge).await?;
+        tracing::debug!(record = %record.fqdn, "DNS-01: removing a TXT value another instance added");
+        let provider = &self.inner.provider;
+        self.with_retries(&record, "delete", |fqdn, value| {
+            provider.delete_txt_record(fqdn, value)
+        })
+        .await
+    }
 }
 
 /// Builds a [`Dns01Solver`].

@@ -22,6 +22,7 @@ mod tokens;
 
 use crate::acme::types::ChallengeType;
 use crate::error::SolverError;
+pub(crate) use tokens::is_token;
 pub use tokens::{ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer};
 
 /// How long one connection to the challenge listener may live.

@@ -39,7 +39,7 @@ pub enum Http01Answer {
 pub const HTTP01_CONTENT_TYPE: &str = "application/octet-stream";
 
 /// Whether `token` is a well-formed ACME token (base64url characters).
-fn is_token(token: &str) -> bool {
+pub(crate) fn is_token(token: &str) -> bool {
     !token.is_empty()
         && token.len() <= 256
         && token
