@@ -91,7 +91,7 @@ impl Config {
         self.load_ids(&ids).await
     }
 
-    pub(super) async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
+    pub(crate) async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
         for issuer in &self.candidate_issuers(ids) {
             let issuer_key = issuer.issuer_key();
             match self.load_from(&issuer_key, &ids[0]).await {
