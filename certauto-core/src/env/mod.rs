@@ -12,6 +12,7 @@
 //! | `CERTAUTO_HTTPS_ADDR` | HTTPS listen address | `127.0.0.1:8443` |
 //! | `CERTAUTO_CHALLENGE` | `http-01`, `tls-alpn-01` or `dns-01` | `http-01` |
 //! | `CERTAUTO_RENEW_CHECK` | renewal-check interval, e.g. `2s`, `10m` | `10m` |
+//! | `CERTAUTO_ON_DEMAND` | on-demand TLS allowlist: comma-separated names or `*.suffix` patterns | unset (off) |
 //!
 //! With `CERTAUTO_CHALLENGE=dns-01`, `CERTAUTO_DNS_PROVIDER` names the DNS
 //! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
@@ -29,6 +30,7 @@ use rustls_pki_types::CertificateDer;
 use crate::acme::types::ChallengeType;
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver, TlsAlpnChallenges};
 use crate::config::Config;
+use crate::handshake::OnDemandConfig;
 use crate::identifier::Identifier;
 use crate::issuer::AcmeIssuer;
 use crate::storage::{FileStorage, Storage};
@@ -79,6 +81,8 @@ pub struct EnvSettings {
     pub dns: Option<DnsSettings>,
     /// How often maintenance checks for renewals.
     pub renew_check: Duration,
+    /// On-demand TLS for the names `CERTAUTO_ON_DEMAND` allows.
+    pub on_demand: Option<OnDemandConfig>,
 }
 
 /// What [`EnvSettings::build`] wires together.
@@ -197,6 +201,24 @@ impl EnvSettings {
             })?,
             None => Duration::from_secs(600),
         };
+        let on_demand = match var("CERTAUTO_ON_DEMAND") {
+            Some(list) => {
+                let names: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    return Err(bad("CERTAUTO_ON_DEMAND", "no names given"));
+                }
+                Some(
+                    OnDemandConfig::new()
+                        .host_allowlist(names)
+                        .map_err(|e| bad("CERTAUTO_ON_DEMAND", e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             domains,
             directory,
@@ -208,6 +230,7 @@ impl EnvSettings {
             challenge,
             dns,
             renew_check,
+            on_demand,
         })
     }
 
@@ -239,6 +262,9 @@ impl EnvSettings {
                 _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
             };
             builder = builder.issuer(issuer.build());
+        }
+        if let Some(on_demand) = &self.on_demand {
+            builder = builder.on_demand(on_demand.clone());
         }
         EnvSetup {
             config: builder.build(),
@@ -292,11 +318,21 @@ mod tests {
             ("CERTAUTO_CHALLENGE", "dns-02"),
             ("CERTAUTO_RENEW_CHECK", "soon"),
             ("CERTAUTO_CA_ROOTS", "/nonexistent/roots.pem"),
+            ("CERTAUTO_ON_DEMAND", "a.test, *.*.b.test"),
+            ("CERTAUTO_ON_DEMAND", " , "),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert_eq!(err.var, k);
             assert!(err.to_string().starts_with(k));
         }
+    }
+
+    #[test]
+    fn on_demand_allowlist() {
+        assert!(from(&[]).unwrap().on_demand.is_none());
+        let s = from(&[("CERTAUTO_ON_DEMAND", "A.test, *.shop.test")]).unwrap();
+        let debug = format!("{:?}", s.on_demand.unwrap());
+        assert!(debug.contains("allowlist: Some(2)"), "{debug}");
     }
 
     #[test]

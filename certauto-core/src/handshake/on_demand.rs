@@ -430,12 +430,20 @@ impl fmt::Debug for OnDemand {
     }
 }
 
-/// What [`OnDemand::start`] did.
-enum Started {
-    /// Issuing (or joined the issuance in flight): wait on this.
-    Waiting(watch::Receiver<Option<Outcome>>),
-    /// Every slot is taken.
-    Full,
+/// The in-flight entry of a name while its gate runs: dropping it removes
+/// the entry, unless the issuance task took it over.
+struct Deciding<'a> {
+    od: &'a OnDemand,
+    id: &'a Identifier,
+    handed_over: bool,
+}
+
+impl Drop for Deciding<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            self.od.in_flight().remove(self.id);
+        }
+    }
 }
 
 impl OnDemand {
@@ -494,13 +502,30 @@ impl OnDemand {
         Ok(id)
     }
 
-    /// Step 5 and the start of step 6: the gate, then the issuance. Returns
-    /// what to wait on, if anything.
+    /// Step 5 and the start of step 6: the gate, then the issuance in a task
+    /// of its own. The name is in flight from before the decision, so
+    /// concurrent handshakes for one new name cost one decision and one
+    /// issuance. Returns what to wait on, if anything.
     async fn gate_and_start(
         &self,
         config: &Config,
         request: OnDemandRequest,
     ) -> Option<watch::Receiver<Option<Outcome>>> {
+        let (tx, rx) = watch::channel(None);
+        {
+            let mut in_flight = self.in_flight();
+            if let Some(rx) = in_flight.get(&request.name) {
+                return Some(rx.clone());
+            }
+            in_flight.insert(request.name.clone(), rx.clone());
+        }
+        // Removes the entry if this future is dropped while deciding, or
+        // when the name is not issued; waiters then see the sender gone.
+        let mut deciding = Deciding {
+            od: self,
+            id: &request.name,
+            handed_over: false,
+        };
         let name = request.name.to_string();
         if let Err(why) = self.config.check(&request).await {
             if why == OnDemandRefusal::Decision {
@@ -511,30 +536,14 @@ impl OnDemand {
         }
         tracing::info!(name = %name, peer = ?request.peer, "on-demand certificate allowed");
         config.emit(&Event::OnDemandAllowed { name: name.clone() });
-        match self.start(config, request.name) {
-            Started::Waiting(rx) => Some(rx),
-            Started::Full => {
-                tracing::warn!(name = %name, max = self.config.max_in_flight, "on-demand issuances in flight at their bound; refused for now");
-                config.emit(&Event::OnDemandRateLimited { name });
-                None
-            }
-        }
-    }
-
-    /// Starts the issuance of `id` in a task of its own, or joins the one in
-    /// flight.
-    fn start(&self, config: &Config, id: Identifier) -> Started {
-        let mut in_flight = self.in_flight();
-        if let Some(rx) = in_flight.get(&id) {
-            return Started::Waiting(rx.clone());
-        }
         let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            return Started::Full;
+            tracing::warn!(name = %name, max = self.config.max_in_flight, "on-demand issuances in flight at their bound; refused for now");
+            config.emit(&Event::OnDemandRateLimited { name });
+            return None;
         };
-        let (tx, rx) = watch::channel(None);
-        in_flight.insert(id.clone(), rx.clone());
-        drop(in_flight);
+        deciding.handed_over = true;
         let config = config.clone();
+        let id = request.name.clone();
         tokio::spawn(async move {
             let entry = InFlight {
                 config: config.clone(),
@@ -547,7 +556,7 @@ impl OnDemand {
             drop(entry);
             let _ = tx.send(Some(outcome));
         });
-        Started::Waiting(rx)
+        Some(rx)
     }
 
     /// The gate alone (no refusal cache), for maintenance before renewing
@@ -762,4 +771,332 @@ pub(crate) fn awaited_server_config(config: &Config) -> rustls::ServerConfig {
     let mut tls = config.server_config();
     tls.cert_resolver = Arc::new(AwaitedResolver(config.resolver()));
     tls
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Mutex as StdMutex;
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    use std::time::SystemTime;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::storage::MemoryStorage;
+    use crate::{ManualClock, start_maintenance};
+
+    fn hello(sni: &str) -> Hello {
+        Hello {
+            server_name: Some(sni.to_owned()),
+            alpn: vec![b"h2".to_vec()],
+            peer: "127.0.0.1:4444".parse().unwrap(),
+        }
+    }
+
+    fn build(
+        on_demand: OnDemandConfig,
+        clock: Option<Arc<ManualClock>>,
+    ) -> (Config, mpsc::UnboundedReceiver<Event>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let tx = StdMutex::new(tx);
+        let mut builder = Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .on_demand(on_demand)
+            .on_event(move |e| {
+                let _ = tx.lock().unwrap().send(e.clone());
+            });
+        if let Some(clock) = clock {
+            builder = builder.clock(clock);
+        }
+        (builder.build(), rx)
+    }
+
+    fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            events.push(e);
+        }
+        events
+    }
+
+    fn refusals(events: &[Event]) -> Vec<OnDemandRefusal> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::OnDemandRefused { reason, .. } => Some(*reason),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn orders(events: &[Event]) -> usize {
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::CertObtaining { .. }))
+            .count()
+    }
+
+    #[tokio::test]
+    async fn without_a_gate_nothing_is_issued() {
+        let (config, mut rx) = build(OnDemandConfig::new(), None);
+        prepare(&config, &hello("new.test")).await;
+        assert!(config.cache().get("new.test").is_none());
+        let events = drain(&mut rx);
+        assert_eq!(refusals(&events), vec![OnDemandRefusal::NoGate]);
+        assert_eq!(orders(&events), 0);
+    }
+
+    #[test]
+    fn allowlist_exact_names_and_suffixes() {
+        let on_demand = OnDemandConfig::new()
+            .host_allowlist(["Shop.Example.test.", "*.users.test"])
+            .unwrap();
+        let list = on_demand.allowlist.as_ref().unwrap();
+        let allows = |n: &str| list.allows(&Identifier::parse(n).unwrap());
+        assert!(allows("shop.example.test"));
+        assert!(allows("SHOP.example.test"));
+        assert!(!allows("other.example.test"));
+        assert!(allows("a.users.test"));
+        assert!(allows("a.b.users.test"));
+        assert!(!allows("users.test"));
+        assert!(!allows("ausers.test"));
+        assert!(OnDemandConfig::new().host_allowlist(["a..b"]).is_err());
+        assert!(OnDemandConfig::new().host_allowlist(["*.com"]).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_invalid_sni_never_reaches_the_decision() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().decision_func(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                true
+            }),
+            None,
+        );
+        for sni in ["a..test", "-x.test", "*.wild.test", "under_score.test", ""] {
+            prepare(&config, &hello(sni)).await;
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        let events = drain(&mut rx);
+        assert_eq!(refusals(&events), vec![OnDemandRefusal::InvalidName; 5]);
+        assert_eq!(orders(&events), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_asked_once_per_period() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .refusal_ttl(Duration::from_secs(60))
+                .decision_func(move |request| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    assert_eq!(request.peer().unwrap().port(), 4444);
+                    assert_eq!(request.alpn(), &[b"h2".to_vec()]);
+                    false
+                }),
+            None,
+        );
+        for _ in 0..100 {
+            prepare(&config, &hello("No.test")).await;
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(59)).await;
+        prepare(&config, &hello("no.test")).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        prepare(&config, &hello("no.test")).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        let events = drain(&mut rx);
+        let r = refusals(&events);
+        assert_eq!(r.len(), 102);
+        assert_eq!(r[0], OnDemandRefusal::Decision);
+        assert_eq!(r[1], OnDemandRefusal::Cached);
+        assert_eq!(orders(&events), 0);
+    }
+
+    #[test]
+    fn the_refusal_cache_is_bounded() {
+        let mut refusals = Refusals::default();
+        let until = Instant::now() + Duration::from_secs(600);
+        for i in 0..1000 {
+            let id = Identifier::parse(&format!("n{i}.test")).unwrap();
+            refusals.insert(id, until, OnDemandRefusal::Decision, 10);
+        }
+        assert!(refusals.until.len() <= 10 && refusals.order.len() <= 10);
+        let last = Identifier::parse("n999.test").unwrap();
+        assert!(refusals.get(&last, Instant::now()).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_handshakes_for_one_new_name_share_one_issuance() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .host_allowlist(["*.shop.test"])
+                .unwrap()
+                .decision_func(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    true
+                }),
+            None,
+        );
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let config = config.clone();
+            tasks.spawn(async move { prepare(&config, &hello("a.shop.test")).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.unwrap();
+        }
+        assert!(config.cache().get("a.shop.test").is_some());
+        let events = drain(&mut rx);
+        assert_eq!(orders(&events), 1);
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        let od = config.on_demand().unwrap();
+        assert!(od.in_flight().is_empty(), "no entry left behind");
+        assert_eq!(od.slots.available_permits(), DEFAULT_ON_DEMAND_MAX_IN_FLIGHT);
+        assert!(config.is_on_demand(&Identifier::parse("a.shop.test").unwrap()));
+        // Served from the cache now: no more decisions.
+        prepare(&config, &hello("a.shop.test")).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_handshake_that_times_out_does_not_cancel_the_issuance() {
+        let (config, mut rx) = build(
+            OnDemandConfig::new().host_allowlist(["slow.test"]).unwrap(),
+            None,
+        );
+        // Dropped at its first await: the issuance is already spawned.
+        let _ = tokio::time::timeout(Duration::ZERO, prepare(&config, &hello("slow.test"))).await;
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Event::OnDemandObtained { name, .. } => {
+                    assert_eq!(name, "slow.test");
+                    break;
+                }
+                Event::OnDemandFailed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+        assert!(config.cache().get("slow.test").is_some());
+        assert!(config.on_demand().unwrap().in_flight().is_empty());
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_rate_limited_name_is_not_remembered_as_refused() {
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .host_allowlist(["*.rl.test"])
+                .unwrap()
+                .rate_limit(RateLimiter::new(1, Duration::from_secs(60))),
+            None,
+        );
+        prepare(&config, &hello("a.rl.test")).await;
+        prepare(&config, &hello("b.rl.test")).await;
+        assert!(config.cache().get("a.rl.test").is_some());
+        assert!(config.cache().get("b.rl.test").is_none());
+        let events = drain(&mut rx);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::OnDemandRateLimited { name } if name == "b.rl.test"))
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        prepare(&config, &hello("b.rl.test")).await;
+        assert!(config.cache().get("b.rl.test").is_some());
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_async_decision_is_awaited() {
+        let (config, _rx) = build(
+            OnDemandConfig::new().async_decision_func(|request: OnDemandRequest| async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                request.name().as_str() == "yes.test"
+            }),
+            None,
+        );
+        prepare(&config, &hello("yes.test")).await;
+        prepare(&config, &hello("nope.test")).await;
+        assert!(config.cache().get("yes.test").is_some());
+        assert!(config.cache().get("nope.test").is_none());
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_no_longer_allowed_is_not_renewed() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let allowed = Arc::new(AtomicBool::new(true));
+        let flag = allowed.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().decision_func(move |_| flag.load(Ordering::SeqCst)),
+            Some(clock.clone()),
+        );
+        prepare(&config, &hello("gone.test")).await;
+        prepare(&config, &hello("kept.test")).await;
+        assert_eq!(config.managed().len(), 2);
+        allowed.store(false, Ordering::SeqCst);
+        let id = Identifier::parse("kept.test").unwrap();
+        clock.advance(Duration::from_secs(6 * 24 * 3600)); // of a 7-day local leaf
+        drain(&mut rx);
+        let report = config.check_renewals().await;
+        assert!(report.renewed.is_empty(), "{report:?}");
+        assert!(config.managed().is_empty());
+        assert!(!config.is_on_demand(&id));
+        let events = drain(&mut rx);
+        assert_eq!(orders(&events), 0);
+        assert_eq!(
+            events
+                .iter()
+                .filter(|e| matches!(e, Event::OnDemandDropped { .. }))
+                .count(),
+            2
+        );
+        // Still served until it expires or is evicted.
+        assert!(config.cache().get("gone.test").is_some());
+        let _ = start_maintenance; // maintenance runs check_renewals
+        config.cache().stop();
+    }
+
+    // One thread: the spawned issuance cannot run before this test yields.
+    #[tokio::test]
+    async fn background_mode_serves_a_later_handshake() {
+        let (config, mut rx) = build(
+            OnDemandConfig::new().host_allowlist(["bg.test"]).unwrap(),
+            None,
+        );
+        // The resolver's hook, as rustls calls it from a handshake.
+        background(&config, "bg.test");
+        background(&config, "bg.test");
+        // This handshake got nothing: the certificate is not there yet.
+        assert!(config.cache().get("bg.test").is_none());
+        loop {
+            match tokio::time::timeout(Duration::from_secs(60), rx.recv())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                Event::OnDemandObtained { .. } => break,
+                Event::OnDemandFailed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+        assert!(config.cache().get("bg.test").is_some());
+        background(&config, "other.test");
+        let events = drain(&mut rx);
+        assert_eq!(refusals(&events), vec![OnDemandRefusal::NotAllowlisted]);
+        config.cache().stop();
+    }
 }
