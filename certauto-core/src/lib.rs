@@ -123,8 +123,8 @@ pub use handshake::{
     DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook, accept_tcp,
 };
 pub use handshake::{
-    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY, DEFAULT_REFUSAL_TTL,
-    OnDemandConfig, OnDemandRefusal, OnDemandRequest,
+    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY,
+    DEFAULT_REFUSAL_TTL, OnDemandConfig, OnDemandRefusal, OnDemandRequest,
 };
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{

@@ -19,8 +19,8 @@ pub use acceptor::{
 };
 pub use limits::ServerLimits;
 pub use on_demand::{
-    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY, DEFAULT_REFUSAL_TTL,
-    OnDemandConfig, OnDemandRefusal, OnDemandRequest,
+    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY,
+    DEFAULT_REFUSAL_TTL, OnDemandConfig, OnDemandRefusal, OnDemandRequest,
 };
 pub use resolver::{CertResolver, UnknownNameHook};
 

@@ -959,7 +959,10 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 1);
         let od = config.on_demand().unwrap();
         assert!(od.in_flight().is_empty(), "no entry left behind");
-        assert_eq!(od.slots.available_permits(), DEFAULT_ON_DEMAND_MAX_IN_FLIGHT);
+        assert_eq!(
+            od.slots.available_permits(),
+            DEFAULT_ON_DEMAND_MAX_IN_FLIGHT
+        );
         assert!(config.is_on_demand(&Identifier::parse("a.shop.test").unwrap()));
         // Served from the cache now: no more decisions.
         prepare(&config, &hello("a.shop.test")).await;
