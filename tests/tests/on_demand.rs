@@ -388,14 +388,14 @@ async fn hostile_flood(setup: &mut Setup, addr: SocketAddr) {
     bounded(FLOOD_BOUND, "hostile flood", async {
         while next < 10_000 || !tasks.is_empty() {
             while next < 10_000 && tasks.len() < 64 {
-                let name = if next % 2 == 0 {
+                let name = if next.is_multiple_of(2) {
                     format!("{}.gated.example", random_label(next))
                 } else {
                     format!("{}.elsewhere.example", random_label(next))
                 };
                 let c = client.clone();
                 tasks.spawn(async move { (false, handshake(addr, &name, c).await) });
-                if next % 100 == 0 {
+                if next.is_multiple_of(100) {
                     let c = client.clone();
                     tasks.spawn(async move { (true, handshake(addr, known, c).await) });
                 }

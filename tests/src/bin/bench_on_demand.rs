@@ -277,7 +277,7 @@ async fn run() -> BenchResult<()> {
     let reads_before = storage.reads.load(Ordering::SeqCst);
     let orders_before = orders.load(Ordering::SeqCst);
     let (refused_time, refused_ok) = storm(addr, &client, HANDSHAKES, |i| {
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             format!("{}.gated.bench.example", random_label(i))
         } else {
             format!("{}.elsewhere.bench.example", random_label(i))
