@@ -178,7 +178,19 @@ impl Allowlist {
 /// server cannot await inside its handshake (actix-web's `bind_acme`,
 /// [`Config::server_config`] used directly) the issuance runs in the
 /// background: the first handshake for a new name fails, a later one
-/// succeeds. See [the module docs](crate::handshake) for the order of the steps.
+/// succeeds.
+///
+/// For an SNI the cache does not serve, in this order: the name is validated
+/// (an invalid one is refused: no decision, no storage); a refusal by the
+/// decision function within [`refusal_ttl`](Self::refusal_ttl) refuses it at
+/// once; an issuance in flight for it is joined (single flight: one decision
+/// and one issuance for any number of handshakes); the allowlist, then the
+/// decision function; then storage (another instance may hold the
+/// certificate), the on-demand [`rate_limit`](Self::rate_limit), and the
+/// normal obtain (name lock, per-CA limiter, storage, events), in a task that
+/// a handshake timing out does not cancel. Certificates obtained on demand
+/// are renewed like managed ones, after asking the gate again
+/// ([`OnDemandRequest::is_renewal`]); a name no longer allowed is not renewed.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), certauto_core::Error> {
