@@ -100,7 +100,13 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
         check_curl(&curl, &root_file, DOMAIN, https_addr).await;
         // On-demand TLS (`CERTAUTO_ON_DEMAND`): curl's first request for a
         // new allowed name gets a trusted certificate.
-        check_curl(&curl, &root_file, &format!("on-demand.{DOMAIN}"), https_addr).await;
+        check_curl(
+            &curl,
+            &root_file,
+            &format!("on-demand.{DOMAIN}"),
+            https_addr,
+        )
+        .await;
         check_http_port(http_addr, DOMAIN, https_addr.port()).await;
         app.assert_running();
         return;
