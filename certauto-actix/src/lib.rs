@@ -64,7 +64,7 @@
 //! elsewhere. So [`serve`] does not extend `HttpServer`: it builds the
 //! actix-server `Server` as `HttpServer` does, with certauto-core's
 //! [`AcmeHandshaker`](certauto_core::AcmeHandshaker) (the handshake step of
-//! [`AcmeAcceptor`](certauto_core::AcmeAcceptor)) in place of actix-tls and
+//! [`AcmeAcceptor`]) in place of actix-tls and
 //! actix-http's `HttpService` serving the TLS stream. What it does not have
 //! of `HttpServer`: several listeners on one server (run one `Server` per
 //! listener), `on_connect`, and the HTTP/2 window and HTTP/1 buffer settings

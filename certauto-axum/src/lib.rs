@@ -2,7 +2,7 @@
 //! swaps live, with bounded clients.
 //!
 //! - [`serve`] runs the router over TLS: handshakes run in certauto-core's
-//!   [`AcmeAcceptor`](certauto_core::AcmeAcceptor) (concurrently, each under
+//!   [`AcmeAcceptor`] (concurrently, each under
 //!   a 10 s deadline, at most 4096 in progress; TLS-ALPN-01 validations are
 //!   answered and closed), and every connection is served by hyper with a
 //!   header-read timeout, an idle timeout and a cap on connections

@@ -241,6 +241,17 @@ pub enum AcmeError {
         /// The profiles the directory lists (possibly none).
         offered: Vec<String>,
     },
+    /// A retry's trial order at the staging CA
+    /// ([`AcmeIssuerBuilder::staging_on_retry`](crate::AcmeIssuerBuilder::staging_on_retry))
+    /// failed, so the production CA was not asked.
+    #[error("the trial order at the staging CA {directory_url} failed, so the production CA was not asked: {}", ErrorChain(&**source))]
+    StagingFailed {
+        /// The staging CA's directory URL.
+        directory_url: String,
+        /// Why the staging order failed.
+        #[source]
+        source: Box<Error>,
+    },
     /// Signing failed.
     #[error(transparent)]
     Key(#[from] KeyError),
@@ -253,6 +264,7 @@ impl AcmeError {
             AcmeError::Problem { problem, .. } => Some(problem),
             AcmeError::OrderInvalid { problem, .. }
             | AcmeError::AuthorizationFailed { problem, .. } => problem.as_deref(),
+            AcmeError::StagingFailed { source, .. } => source.problem(),
             _ => None,
         }
     }

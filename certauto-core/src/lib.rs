@@ -129,8 +129,8 @@ pub use handshake::{
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
     AcmeIssuer, AcmeIssuerBuilder, DEFAULT_LOCAL_LEAF_LIFETIME, IssueRequest, IssuedCertificate,
-    Issuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LOCAL_CA_ISSUER_KEY, LocalCa,
-    MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
+    Issuer, IssuerPolicy, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING, LOCAL_CA_ISSUER_KEY,
+    LocalCa, MAX_LOCAL_LEAF_LIFETIME, is_internal_name, is_local_name,
 };
 pub use keys::{CertificateKey, KeyType};
 pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};

@@ -78,6 +78,25 @@ impl RateLimiter {
             .unwrap_or(now))
     }
 
+    /// How long from now until an event would be allowed (zero when one is
+    /// allowed now). Records nothing: the issuer set uses it to prefer an
+    /// issuer whose limiter allows an order now, and to wait for the one
+    /// that allows one soonest.
+    pub fn ready_in(&self) -> Duration {
+        let now = Instant::now();
+        let events = self.events.lock().unwrap_or_else(|e| e.into_inner());
+        let live = events
+            .iter()
+            .filter(|t| now.saturating_duration_since(**t) < self.window);
+        if live.clone().count() < self.max as usize {
+            return Duration::ZERO;
+        }
+        // The oldest event still in the window leaves it first.
+        live.min()
+            .and_then(|t| t.checked_add(self.window))
+            .map_or(Duration::ZERO, |at| at.saturating_duration_since(now))
+    }
+
     /// Records an event if the limit allows it now.
     pub fn try_acquire(&self) -> bool {
         self.try_at(Instant::now()).is_ok()
@@ -120,6 +139,19 @@ mod tests {
             assert!(limiter.try_acquire());
         }
         assert!(!limiter.try_acquire());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ready_in_says_when_the_next_event_is_allowed() {
+        let limiter = RateLimiter::new(2, Duration::from_secs(10));
+        assert_eq!(limiter.ready_in(), Duration::ZERO);
+        assert!(limiter.try_acquire());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(limiter.try_acquire());
+        assert_eq!(limiter.ready_in(), Duration::from_secs(7));
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert_eq!(limiter.ready_in(), Duration::ZERO);
+        assert!(limiter.try_acquire());
     }
 
     #[test]

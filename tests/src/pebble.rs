@@ -146,6 +146,8 @@ pub struct PebbleBuilder {
     tls_port: Option<u16>,
     retry_after: Option<(u64, u64)>,
     dns_server: Option<SocketAddr>,
+    acme_port: Option<u16>,
+    https_pki: Option<pki::HttpsPki>,
 }
 
 impl PebbleBuilder {
@@ -258,6 +260,35 @@ impl PebbleBuilder {
         self
     }
 
+    /// Port of Pebble's ACME endpoint (config `listenAddress`, so the directory is
+    /// `https://127.0.0.1:<port>/dir`). By default a free port is chosen. For a CA that
+    /// comes back where a client already points (failover tests).
+    pub fn acme_port(mut self, port: u16) -> Self {
+        self.acme_port = Some(port);
+        self
+    }
+
+    /// Serves Pebble's HTTPS endpoints with the same CA and leaf as `other`, so a client
+    /// built to trust `other` ([`Pebble::https_ca_der`]) trusts this one too. By default
+    /// each Pebble has its own throw-away HTTPS CA.
+    ///
+    /// # Panics
+    ///
+    /// If `other`'s HTTPS certificate files cannot be read.
+    pub fn same_https_ca_as(mut self, other: &Pebble) -> Self {
+        let read = |name: &str| {
+            std::fs::read_to_string(other.temp_dir().join(name))
+                .unwrap_or_else(|e| panic!("read {name} of the other Pebble: {e}"))
+        };
+        self.https_pki = Some(pki::HttpsPki {
+            ca_pem: other.https_ca_pem(),
+            ca_der: other.https_ca_der(),
+            leaf_cert_pem: read("https-cert.pem"),
+            leaf_key_pem: read("https-key.pem"),
+        });
+        self
+    }
+
     /// Port Pebble connects to for HTTP-01 validation (config `httpPort`). By default a free
     /// port is chosen; read it back with [`Pebble::http_port`] and listen on it.
     pub fn http_port(mut self, port: u16) -> Self {
@@ -336,7 +367,7 @@ impl PebbleBuilder {
             .expect("create a temporary directory for Pebble");
         let path = |name: &str| dir.path().join(name);
 
-        let pki = pki::generate();
+        let pki = self.https_pki.clone().unwrap_or_else(pki::generate);
         write_file(&path("https-ca.pem"), &pki.ca_pem);
         write_file(&path("https-cert.pem"), &pki.leaf_cert_pem);
         write_file(&path("https-key.pem"), &pki.leaf_key_pem);
@@ -344,7 +375,7 @@ impl PebbleBuilder {
         let mut ports = PortReservation::default();
         let dns_port = ports.tcp_and_udp();
         let challtestsrv_management_port = ports.tcp();
-        let listen_port = ports.tcp();
+        let listen_port = self.acme_port.unwrap_or_else(|| ports.tcp());
         let management_port = ports.tcp();
         let http_port = self.http_port.unwrap_or_else(|| ports.tcp());
         let tls_port = self.tls_port.unwrap_or_else(|| ports.tcp());

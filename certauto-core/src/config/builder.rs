@@ -11,7 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::events::{Event, EventHandler};
 use crate::handshake::on_demand::OnDemand;
 use crate::handshake::{CertResolver, OnDemandConfig};
-use crate::issuer::{Issuer, LocalCa};
+use crate::issuer::{Issuer, IssuerPolicy, LocalCa};
 use crate::keys::KeyType;
 use crate::ratelimit::{DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW};
 use crate::storage::{FileStorage, MemoryStorage, Storage};
@@ -53,6 +53,7 @@ pub struct ConfigBuilder {
     manage_concurrency: usize,
     pending_acme: Vec<AcmeIssuerBuilder>,
     on_demand: Option<OnDemandConfig>,
+    issuer_policy: IssuerPolicy,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -76,6 +77,34 @@ impl ConfigBuilder {
     /// The issuers, tried in order until one succeeds.
     pub fn issuers(mut self, issuers: Vec<Arc<dyn Issuer>>) -> Self {
         self.issuers = issuers;
+        self
+    }
+
+    /// In which order the issuers are tried for each attempt (default
+    /// [`IssuerPolicy::First`]: as configured; [`IssuerPolicy::Random`]: a
+    /// new random order per attempt).
+    ///
+    /// With either policy, failover is per name: when an issuer fails for a
+    /// name, the next one is tried, and the failed issuer backs off for that
+    /// name only (a minute, doubling per failure in a row): while it does, it
+    /// is skipped for that name unless every issuer is backing off (then all
+    /// are tried, the one whose backoff ends first first). And an issuer
+    /// whose [rate limiter](Config::rate_limiter) allows an order now is
+    /// preferred to one that would make the order wait; the attempt waits
+    /// only when all would, and then for the one that allows one soonest.
+    ///
+    /// ```no_run
+    /// use certauto_core::{AcmeIssuer, Config, IssuerPolicy};
+    ///
+    /// let config = Config::builder()
+    ///     .acme(AcmeIssuer::builder().ca("https://ca-one.example/directory").agreed(true))
+    ///     .acme(AcmeIssuer::builder().ca("https://ca-two.example/directory").agreed(true))
+    ///     .issuer_policy(IssuerPolicy::Random)
+    ///     .build();
+    /// # let _ = config;
+    /// ```
+    pub fn issuer_policy(mut self, policy: IssuerPolicy) -> Self {
+        self.issuer_policy = policy;
         self
     }
 
@@ -270,7 +299,8 @@ impl ConfigBuilder {
                     issuers_configured,
                     Arc::new(local_ca),
                     self.local_names_use_local_ca,
-                ),
+                )
+                .with_policy(self.issuer_policy),
                 key_type: self.key_type,
                 renewal_ratio: self.renewal_ratio,
                 handlers: self.handlers,
@@ -319,6 +349,7 @@ impl Config {
             manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,
             pending_acme: Vec::new(),
             on_demand: None,
+            issuer_policy: IssuerPolicy::default(),
         }
     }
 }

@@ -22,7 +22,7 @@ use crate::certificate::Certificate;
 use crate::error::{ConfigError, Error, ErrorChain};
 use crate::events::Event;
 use crate::identifier::Identifier;
-use crate::issuer::{IssueRequest, Issuer};
+use crate::issuer::{IssueRequest, Issuer, LOCAL_CA_ISSUER_KEY, pick_ready};
 use crate::keys::CertificateKey;
 use crate::storage::{LockGuard, certs, keys};
 
@@ -81,7 +81,10 @@ impl Config {
     }
 
     /// Loads the stored certificate whose primary name is `names[0]` and which
-    /// covers every name, from the first issuer that has one.
+    /// covers every name: among the records of the configured issuers, the
+    /// one valid longest; when they hold none, the one valid longest stored
+    /// by an issuer no longer configured (an issuer change: it serves, and
+    /// is renewed by the configured issuers when due).
     pub async fn load<I, S>(&self, names: I) -> Result<Option<Certificate>, Error>
     where
         I: IntoIterator<Item = S>,
@@ -91,11 +94,46 @@ impl Config {
         self.load_ids(&ids).await
     }
 
+    /// See [`load`](Self::load). Storage is listed (the `certificates/`
+    /// prefix, not recursively) only when no configured issuer's key holds a
+    /// usable record.
     pub(crate) async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
-        for issuer in &self.candidate_issuers(ids) {
-            let issuer_key = issuer.issuer_key();
-            match self.load_from(&issuer_key, &ids[0]).await {
-                Ok(Some(cert)) if ids.iter().all(|id| cert.covers(id)) => return Ok(Some(cert)),
+        let configured: Vec<String> = self
+            .candidate_issuers(ids)
+            .iter()
+            .map(|i| i.issuer_key())
+            .collect();
+        if let Some(cert) = self.longest_valid(ids, &configured).await? {
+            return Ok(Some(cert));
+        }
+        let others = self.other_issuer_keys(&configured).await?;
+        let cert = self.longest_valid(ids, &others).await?;
+        if let Some(cert) = &cert {
+            tracing::info!(name = %ids[0], issuer = cert.issuer_key(),
+                "using a certificate stored by an issuer no longer configured; the configured issuers renew it");
+        }
+        Ok(cert)
+    }
+
+    /// Among the records of `ids[0]` under `issuer_keys`, the one covering
+    /// every name that is valid longest. An unusable record is skipped
+    /// (logged): it will be replaced.
+    async fn longest_valid(
+        &self,
+        ids: &[Identifier],
+        issuer_keys: &[String],
+    ) -> Result<Option<Certificate>, Error> {
+        let mut best: Option<Certificate> = None;
+        for issuer_key in issuer_keys {
+            match self.load_from(issuer_key, &ids[0]).await {
+                Ok(Some(cert)) if ids.iter().all(|id| cert.covers(id)) => {
+                    if best
+                        .as_ref()
+                        .is_none_or(|b| cert.not_after() > b.not_after())
+                    {
+                        best = Some(cert);
+                    }
+                }
                 Ok(_) => {}
                 Err(Error::Certificate(e)) => {
                     tracing::warn!(name = %ids[0], issuer = %issuer_key, error = %ErrorChain(&e),
@@ -104,7 +142,35 @@ impl Config {
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok(best)
+    }
+
+    /// The issuer keys under `certificates/` other than `configured` and
+    /// the local CA's (a local certificate never stands in for a public
+    /// one), in storage's order.
+    async fn other_issuer_keys(&self, configured: &[String]) -> Result<Vec<String>, Error> {
+        let listed = match self
+            .inner
+            .storage
+            .list(keys::CERTIFICATES_PREFIX, false)
+            .await
+        {
+            Ok(listed) => listed,
+            Err(e) if e.is_not_found() => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let configured: Vec<String> = configured
+            .iter()
+            .map(|k| crate::identifier::safe_key_component(k))
+            .collect();
+        Ok(listed
+            .iter()
+            .filter_map(|key| key.trim_end_matches('/').rsplit('/').next())
+            .filter(|k| {
+                !k.is_empty() && *k != LOCAL_CA_ISSUER_KEY && !configured.iter().any(|c| c == k)
+            })
+            .map(str::to_owned)
+            .collect())
     }
 
     async fn load_from(
@@ -177,13 +243,17 @@ impl Config {
                     return Ok(cert.clone());
                 }
             }
-            let replaces = existing.as_ref().and_then(Certificate::ari_cert_id);
+            // `replaces` names a certificate of one CA: only that CA gets it.
+            let replaces = existing.as_ref().and_then(|cert| {
+                cert.ari_cert_id()
+                    .map(|id| (cert.issuer_key().to_owned(), id))
+            });
             self.issue(
                 &guard.storage,
                 &ids,
                 &issuers,
                 existing.is_some(),
-                replaces.as_deref(),
+                replaces.as_ref().map(|(k, id)| (k.as_str(), id.as_str())),
                 retry,
             )
             .await
@@ -197,14 +267,15 @@ impl Config {
     }
 
     /// Issues through the issuers in order, stores the result and emits events.
-    /// `replaces` is the ARI CertID of the certificate a renewal replaces.
+    /// `replaces` is the issuer key and ARI CertID of the certificate a
+    /// renewal replaces.
     async fn issue(
         &self,
         lock: &LockGuard,
         ids: &[Identifier],
         issuers: &[Arc<dyn Issuer>],
         renewal: bool,
-        replaces: Option<&str>,
+        replaces: Option<(&str, &str)>,
         retry: Option<(u32, SystemTime)>,
     ) -> Result<Certificate, Error> {
         let names: Vec<String> = ids.iter().map(|i| i.as_str().into_owned()).collect();
@@ -212,7 +283,10 @@ impl Config {
             names: names.clone(),
             renewal,
         });
-        let result = self.try_issuers(lock, ids, issuers, replaces).await;
+        let attempt = retry.map_or(1, |(attempt, _)| attempt);
+        let result = self
+            .try_issuers(lock, ids, issuers, replaces, attempt)
+            .await;
         match &result {
             Ok(cert) => {
                 tracing::info!(names = ?names, serial = %cert.serial_hex(), issuer = cert.issuer_key(), renewal, "certificate obtained");
@@ -252,21 +326,47 @@ impl Config {
         result
     }
 
+    /// Tries `issuers` for `ids` in the issuer set's order (policy, then
+    /// per-issuer backoff), each when its rate limiter allows: an issuer
+    /// whose limiter allows an order now goes before one that would wait,
+    /// and the attempt waits only when all would (for the soonest).
     async fn try_issuers(
         &self,
         lock: &LockGuard,
         ids: &[Identifier],
         issuers: &[Arc<dyn Issuer>],
-        replaces: Option<&str>,
+        replaces: Option<(&str, &str)>,
+        attempt: u32,
     ) -> Result<Certificate, Error> {
         let key = CertificateKey::generate(self.inner.key_type)?;
         let csr = key.csr(ids)?;
         let key_pem = key.to_pem();
+        let set = &self.inner.issuers;
+        let mut remaining = set.order(&ids[0], issuers.to_vec(), self.inner.clock.now());
         let mut errors = Vec::new();
-        for issuer in issuers {
+        // Each pass removes one issuer: at most `issuers.len()` passes.
+        while !remaining.is_empty() {
+            let limiters: Vec<_> = remaining
+                .iter()
+                .map(|i| self.rate_limiter(&i.issuer_key()))
+                .collect();
+            let index = match pick_ready(&limiters) {
+                Ok(ready) => ready,
+                Err(soonest) => {
+                    if let Some(limiter) = limiters.get(soonest) {
+                        limiter.acquire().await;
+                    }
+                    soonest
+                }
+            };
+            if index >= remaining.len() {
+                break;
+            }
+            let issuer = remaining.remove(index);
             let issuer_key = issuer.issuer_key();
-            let request = IssueRequest::new(ids, &csr).replaces(replaces);
-            self.rate_limiter(&issuer_key).acquire().await;
+            let request = IssueRequest::new(ids, &csr)
+                .replaces(replaces.filter(|(k, _)| *k == issuer_key).map(|(_, id)| id))
+                .attempt(attempt);
             // A lock lost mid-order ends the order: another instance may be
             // ordering the same name, and this one must not store.
             let issued = tokio::select! {
@@ -278,6 +378,9 @@ impl Config {
                 Err(e) => {
                     tracing::warn!(issuer = %issuer_key, error = %ErrorChain(&e), "issuer failed");
                     let next = crate::issuer::IssuerSet::fails_over(&e);
+                    if next {
+                        set.record_failure(&issuer_key, &ids[0], self.inner.clock.now());
+                    }
                     errors.push((issuer_key, e));
                     if !next {
                         break;
@@ -285,6 +388,7 @@ impl Config {
                     continue;
                 }
             };
+            set.record_success(&issuer_key, &ids[0]);
             let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
             lock.ensure_held()?;
             certs::store(self.inner.storage.as_ref(), &cert, &ids[0]).await?;
@@ -337,5 +441,243 @@ impl Config {
         .await;
         guard.release().await;
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::time::{Duration, SystemTime};
+
+    use async_trait::async_trait;
+
+    use crate::acme::types::RevocationReason;
+    use crate::error::AcmeError;
+    use crate::issuer::{IssueRequest, IssuedCertificate, Issuer, LocalCa};
+    use crate::storage::{MemoryStorage, Storage, keys};
+    use crate::{Certificate, Config, Error, ManualClock};
+
+    /// The local CA under another issuer key, counting orders; it refuses
+    /// every order when `refuse` is set.
+    #[derive(Debug)]
+    struct KeyedCa {
+        key: &'static str,
+        ca: LocalCa,
+        refuse: bool,
+        orders: AtomicU32,
+    }
+
+    impl KeyedCa {
+        fn new(key: &'static str, storage: &Arc<MemoryStorage>, lifetime_days: u64) -> Arc<Self> {
+            Arc::new(Self {
+                key,
+                ca: LocalCa::new(storage.clone())
+                    .leaf_lifetime(Duration::from_secs(lifetime_days * 24 * 3600)),
+                refuse: false,
+                orders: AtomicU32::new(0),
+            })
+        }
+
+        fn refusing(key: &'static str, storage: &Arc<MemoryStorage>) -> Arc<Self> {
+            Arc::new(Self {
+                key,
+                ca: LocalCa::new(storage.clone()),
+                refuse: true,
+                orders: AtomicU32::new(0),
+            })
+        }
+
+        fn orders(&self) -> u32 {
+            self.orders.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl Issuer for KeyedCa {
+        fn issuer_key(&self) -> String {
+            self.key.to_owned()
+        }
+
+        async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
+            self.orders.fetch_add(1, Ordering::SeqCst);
+            if self.refuse {
+                return Err(AcmeError::InvalidResponse {
+                    url: "fault-injector".into(),
+                    reason: format!("{} refuses", self.key),
+                }
+                .into());
+            }
+            self.ca.issue(request).await
+        }
+
+        async fn revoke(&self, _: &Certificate, _: Option<RevocationReason>) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    fn config(
+        storage: &Arc<MemoryStorage>,
+        clock: &Arc<ManualClock>,
+        issuers: &[&Arc<KeyedCa>],
+    ) -> Config {
+        Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .issuers(
+                issuers
+                    .iter()
+                    .map(|i| (*i).clone() as Arc<dyn Issuer>)
+                    .collect(),
+            )
+            .build()
+    }
+
+    /// caddy #6732: after the issuer set changed, the certificate of the old
+    /// issuer is still found and served without an order, renewed by the new
+    /// issuer when due (stored under its key), and after that the new one wins.
+    #[tokio::test]
+    async fn a_certificate_from_an_issuer_no_longer_configured_serves_and_is_renewed() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let old = KeyedCa::new("old-ca", &storage, 30);
+        let name = "moved.example.com";
+        let first = config(&storage, &clock, &[&old])
+            .obtain([name])
+            .await
+            .unwrap();
+        assert_eq!(first.issuer_key(), "old-ca");
+
+        let new = KeyedCa::new("new-ca", &storage, 30);
+        let changed = config(&storage, &clock, &[&new]);
+        changed.manage([name]).await.unwrap();
+        assert_eq!(new.orders(), 0, "served from storage, not ordered");
+        assert_eq!(
+            changed.cache().get(name).unwrap().serial(),
+            first.serial_hex()
+        );
+        // Not due: renew keeps it.
+        let kept = changed.renew([name]).await.unwrap();
+        assert_eq!(kept.serial_hex(), first.serial_hex());
+        assert_eq!(new.orders(), 0);
+
+        // Due: the new issuer renews it, under its own key.
+        clock.advance(Duration::from_secs(25 * 24 * 3600));
+        let renewed = changed.renew([name]).await.unwrap();
+        assert_eq!(new.orders(), 1);
+        assert_eq!(renewed.issuer_key(), "new-ca");
+        let id = crate::Identifier::parse(name).unwrap();
+        assert!(
+            storage
+                .exists(&keys::cert_record("new-ca", &id))
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            changed.cache().get(name).unwrap().serial(),
+            renewed.serial_hex()
+        );
+
+        // A restart loads the new one, though the old record still exists.
+        let restarted = config(&storage, &clock, &[&new]);
+        let loaded = restarted.load([name]).await.unwrap().unwrap();
+        assert_eq!(loaded.serial_hex(), renewed.serial_hex());
+        assert_eq!(new.orders(), 1);
+    }
+
+    /// The same with [`FileStorage`](crate::FileStorage), whose listing is
+    /// of folders.
+    #[tokio::test]
+    async fn an_old_issuers_record_is_found_in_file_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(crate::FileStorage::new(dir.path()));
+        let keyed = |key| {
+            Arc::new(KeyedCa {
+                key,
+                ca: LocalCa::new(storage.clone()),
+                refuse: false,
+                orders: AtomicU32::new(0),
+            }) as Arc<dyn Issuer>
+        };
+        let build = |issuer: Arc<dyn Issuer>| {
+            Config::builder()
+                .storage(storage.clone())
+                .issuers(vec![issuer])
+                .build()
+        };
+        let name = "file.example.com";
+        let old = build(keyed("old-ca")).obtain([name]).await.unwrap();
+        let loaded = build(keyed("new-ca")).load([name]).await.unwrap().unwrap();
+        assert_eq!(loaded.serial_hex(), old.serial_hex());
+        assert_eq!(loaded.issuer_key(), "old-ca");
+        // Nothing stored at all: no certificate, no error.
+        let empty = tempfile::tempdir().unwrap();
+        let none = Config::builder()
+            .storage(Arc::new(crate::FileStorage::new(empty.path())))
+            .issuers(vec![keyed("new-ca")])
+            .build();
+        assert!(none.load([name]).await.unwrap().is_none());
+    }
+
+    /// Among several records of configured issuers, the one valid longest
+    /// is loaded; an old issuer's record does not compete with them.
+    #[tokio::test]
+    async fn the_record_valid_longest_is_loaded() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let short = KeyedCa::new("short-ca", &storage, 10);
+        let long = KeyedCa::new("long-ca", &storage, 60);
+        let longest = KeyedCa::new("gone-ca", &storage, 90);
+        let name = "both.example.com";
+        config(&storage, &clock, &[&longest])
+            .obtain([name])
+            .await
+            .unwrap();
+        // Forced: each would otherwise serve gone-ca's certificate.
+        let from_long = config(&storage, &clock, &[&long])
+            .force_renew([name])
+            .await
+            .unwrap();
+        config(&storage, &clock, &[&short])
+            .force_renew([name])
+            .await
+            .unwrap();
+        assert_eq!(short.orders() + long.orders(), 2);
+        for order in [[&short, &long], [&long, &short]] {
+            let loaded = config(&storage, &clock, &order)
+                .load([name])
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(loaded.serial_hex(), from_long.serial_hex());
+            assert_eq!(loaded.issuer_key(), "long-ca");
+        }
+    }
+
+    /// A failing first issuer: the second issues; the first backs off for
+    /// that name only (skipped on its renewal), while another name still
+    /// tries it first.
+    #[tokio::test]
+    async fn a_failing_issuer_backs_off_per_name_without_stopping_the_others() {
+        let storage = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let bad = KeyedCa::refusing("bad-ca", &storage);
+        let good = KeyedCa::new("good-ca", &storage, 30);
+        let config = config(&storage, &clock, &[&bad, &good]);
+        let x = config.obtain(["x.example.com"]).await.unwrap();
+        assert_eq!(x.issuer_key(), "good-ca");
+        assert_eq!((bad.orders(), good.orders()), (1, 1));
+        // Another name tries the first issuer again, then the second.
+        let y = config.obtain(["y.example.com"]).await.unwrap();
+        assert_eq!(y.issuer_key(), "good-ca");
+        assert_eq!((bad.orders(), good.orders()), (2, 2));
+        // While its backoff for x runs, the first is skipped for x.
+        config.force_renew(["x.example.com"]).await.unwrap();
+        assert_eq!((bad.orders(), good.orders()), (2, 3));
+        // After it, the first is tried again.
+        clock.advance(Duration::from_secs(3600));
+        config.force_renew(["x.example.com"]).await.unwrap();
+        assert_eq!((bad.orders(), good.orders()), (3, 4));
     }
 }

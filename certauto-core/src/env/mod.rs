@@ -4,7 +4,7 @@
 //! | variable | meaning | default |
 //! |---|---|---|
 //! | `CERTAUTO_DOMAINS` | comma-separated names | `localhost` |
-//! | `CERTAUTO_DIRECTORY` | ACME directory URL; unset means the local CA | unset |
+//! | `CERTAUTO_DIRECTORY` | ACME directory URL, or a comma-separated list of them: issuers tried in that order (failover), each with the same e-mail, roots and challenge; unset means the local CA | unset |
 //! | `CERTAUTO_CA_ROOTS` | PEM file of extra roots to trust for the CA's own HTTPS | unset |
 //! | `CERTAUTO_EMAIL` | ACME account e-mail | unset |
 //! | `CERTAUTO_STORAGE` | storage folder | the OS data folder |
@@ -63,8 +63,9 @@ fn bad(var: &'static str, reason: impl Into<String>) -> EnvError {
 pub struct EnvSettings {
     /// The names to manage, one certificate each.
     pub domains: Vec<Identifier>,
-    /// The ACME directory URL; `None` means the local CA.
-    pub directory: Option<String>,
+    /// The ACME directory URLs, one issuer each, tried in this order
+    /// (failover); empty means the local CA.
+    pub directories: Vec<String>,
     /// Extra roots for the CA's HTTPS.
     pub ca_roots: Vec<CertificateDer<'static>>,
     /// The account e-mail.
@@ -93,6 +94,27 @@ pub struct EnvSetup {
     pub config: Config,
     /// The HTTP-01 tokens to answer on the HTTP port (e.g. with `AcmeLayer`).
     pub tokens: ChallengeTokens,
+}
+
+/// Parses `CERTAUTO_DIRECTORY`: comma-separated http(s) URLs, in order,
+/// without duplicates (empty entries between commas are ignored).
+fn parse_directories(list: &str) -> Result<Vec<String>, EnvError> {
+    const VAR: &str = "CERTAUTO_DIRECTORY";
+    let mut directories: Vec<String> = Vec::new();
+    for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let scheme_ok = entry.starts_with("https://") || entry.starts_with("http://");
+        if !scheme_ok || entry.contains(char::is_whitespace) {
+            return Err(bad(VAR, format!("{entry:?} is not an http(s) URL")));
+        }
+        if directories.iter().any(|d| d == entry) {
+            return Err(bad(VAR, format!("{entry:?} is listed twice")));
+        }
+        directories.push(entry.to_owned());
+    }
+    if directories.is_empty() {
+        return Err(bad(VAR, "no directory URL given"));
+    }
+    Ok(directories)
 }
 
 /// Parses a duration such as `500ms`, `2s`, `10m`, `1h` or a bare number of seconds.
@@ -139,12 +161,10 @@ impl EnvSettings {
         if domains.is_empty() {
             return Err(bad("CERTAUTO_DOMAINS", "no names given"));
         }
-        let directory = var("CERTAUTO_DIRECTORY");
-        if let Some(d) = &directory
-            && !(d.starts_with("https://") || d.starts_with("http://"))
-        {
-            return Err(bad("CERTAUTO_DIRECTORY", "must be an http(s) URL"));
-        }
+        let directories = match var("CERTAUTO_DIRECTORY") {
+            Some(list) => parse_directories(&list)?,
+            None => Vec::new(),
+        };
         let ca_roots = match var("CERTAUTO_CA_ROOTS") {
             Some(path) => {
                 let pem = std::fs::read(&path)
@@ -221,7 +241,7 @@ impl EnvSettings {
         };
         Ok(Self {
             domains,
-            directory,
+            directories,
             ca_roots,
             email: var("CERTAUTO_EMAIL"),
             storage,
@@ -234,9 +254,9 @@ impl EnvSettings {
         })
     }
 
-    /// Builds the config: file storage, the ACME issuer when a directory is
-    /// set (with the chosen challenge answered on the application's own
-    /// ports), the local CA otherwise.
+    /// Builds the config: file storage, one ACME issuer per directory, in
+    /// order (each with the chosen challenge answered on the application's
+    /// own ports), the local CA when none is set.
     pub fn build(&self) -> EnvSetup {
         let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&self.storage));
         let tokens = ChallengeTokens::new().with_storage(storage.clone());
@@ -245,18 +265,18 @@ impl EnvSettings {
             .storage(storage.clone())
             .tls_alpn_challenges(tls_alpn.clone())
             .renew_check_interval(self.renew_check);
-        if let Some(directory) = &self.directory {
+        for directory in &self.directories {
             let mut issuer = AcmeIssuer::builder()
                 .ca(directory)
                 .agreed(true)
                 .trust_roots(self.ca_roots.iter().cloned())
-                .storage(storage);
+                .storage(storage.clone());
             if let Some(email) = &self.email {
                 issuer = issuer.email(email);
             }
             issuer = match (&self.challenge, &self.dns) {
                 (ChallengeType::TlsAlpn01, _) => {
-                    issuer.tls_alpn01_solver(TlsAlpn01Solver::inline(tls_alpn))
+                    issuer.tls_alpn01_solver(TlsAlpn01Solver::inline(tls_alpn.clone()))
                 }
                 (ChallengeType::Dns01, Some(dns)) => issuer.dns01_solver(dns.solver()),
                 _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
@@ -293,7 +313,7 @@ mod tests {
         let s = from(&[]).unwrap();
         assert_eq!(s.domains.len(), 1);
         assert_eq!(s.domains[0].as_str(), "localhost");
-        assert!(s.directory.is_none());
+        assert!(s.directories.is_empty());
         assert_eq!(s.http_addr.port(), 8080);
         assert_eq!(s.renew_check, Duration::from_secs(600));
         let s = from(&[
@@ -333,6 +353,57 @@ mod tests {
         let s = from(&[("CERTAUTO_ON_DEMAND", "A.test, *.shop.test")]).unwrap();
         let debug = format!("{:?}", s.on_demand.unwrap());
         assert!(debug.contains("allowlist: Some(2)"), "{debug}");
+    }
+
+    #[test]
+    fn directory_lists() {
+        let s = from(&[(
+            "CERTAUTO_DIRECTORY",
+            " https://a.example/dir ,http://127.0.0.1:14000/dir,",
+        )])
+        .unwrap();
+        assert_eq!(
+            s.directories,
+            ["https://a.example/dir", "http://127.0.0.1:14000/dir"]
+        );
+        let one = from(&[("CERTAUTO_DIRECTORY", "https://a.example/dir")]).unwrap();
+        assert_eq!(one.directories, ["https://a.example/dir"]);
+        for bad in [
+            "https://a.example/dir,ftp://b",
+            "https://a.example/dir, https://a.example/dir",
+            " , ",
+            "https://a.example/ dir",
+            "a.example",
+        ] {
+            let err = from(&[("CERTAUTO_DIRECTORY", bad)]).unwrap_err();
+            assert_eq!(err.var, "CERTAUTO_DIRECTORY", "{bad}");
+        }
+    }
+
+    /// Each directory becomes one issuer, in order.
+    #[test]
+    fn one_issuer_per_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = from(&[(
+            "CERTAUTO_DIRECTORY",
+            "https://a.example/dir,https://b.example/dir",
+        )])
+        .unwrap();
+        s.storage = dir.path().to_owned();
+        let setup = s.build();
+        let keys: Vec<String> = setup
+            .config
+            .issuers()
+            .iter()
+            .map(|i| i.issuer_key())
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                crate::storage::keys::issuer_key_from_url("https://a.example/dir"),
+                crate::storage::keys::issuer_key_from_url("https://b.example/dir"),
+            ]
+        );
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct AcmeIssuerBuilder {
     storage: Option<Arc<dyn Storage>>,
     limits: ClientLimits,
     profile: Option<String>,
+    staging: Option<String>,
 }
 
 impl AcmeIssuerBuilder {
@@ -171,6 +172,32 @@ impl AcmeIssuerBuilder {
         self
     }
 
+    /// Retries through a staging CA first (CertMagic's "test CA on retry"):
+    /// when an attempt for a name is a retry after a failed one
+    /// ([`IssueRequest::attempt`] 2 or more), the issuer first orders from the
+    /// CA at `directory_url` (same solvers, trusted roots and e-mail; its own
+    /// account, kept in storage under the staging CA's issuer key; no EAB),
+    /// and orders from this issuer's CA only if that succeeds. If it fails,
+    /// the production CA is not contacted and the error is
+    /// [`AcmeError::StagingFailed`]. The staging certificate is discarded.
+    /// So a broken setup spends the staging CA's generous rate limits, not
+    /// production's. First attempts go to production directly.
+    ///
+    /// ```no_run
+    /// use certauto_core::{AcmeIssuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
+    ///
+    /// let issuer = AcmeIssuer::builder()
+    ///     .ca(LETS_ENCRYPT_PRODUCTION)
+    ///     .agreed(true)
+    ///     .staging_on_retry(LETS_ENCRYPT_STAGING)
+    ///     .build();
+    /// assert_eq!(issuer.staging_ca(), Some(LETS_ENCRYPT_STAGING));
+    /// ```
+    pub fn staging_on_retry(mut self, directory_url: impl Into<String>) -> Self {
+        self.staging = Some(directory_url.into()).filter(|u| !u.trim().is_empty());
+        self
+    }
+
     /// Builds the issuer. No request is made until it is first used.
     pub fn build(self) -> AcmeIssuer {
         let storage = self.storage.unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -184,26 +211,29 @@ impl AcmeIssuerBuilder {
         if solvers.is_empty() {
             solvers.insert(ChallengeType::Http01, Arc::new(Http01Solver::default()));
         }
-        let issuer_key = keys::issuer_key_from_url(&self.ca);
-        AcmeIssuer {
+        let email = self.email.filter(|e| !e.trim().is_empty());
+        let issuer = |ca: String, external_account, staging| AcmeIssuer {
             inner: Arc::new(Inner {
-                ca: self.ca,
-                issuer_key,
-                email: self.email.filter(|e| !e.trim().is_empty()),
+                issuer_key: keys::issuer_key_from_url(&ca),
+                ca,
+                email: email.clone(),
                 agreed: self.agreed,
-                external_account: self.external_account,
+                external_account,
                 account_key_type: self.account_key_type,
-                solvers,
-                trusted_roots: self.trusted_roots,
+                solvers: solvers.clone(),
+                trusted_roots: self.trusted_roots.clone(),
                 only_trusted_roots: self.only_trusted_roots,
-                chain_preference: self.chain_preference,
-                storage,
-                limits: self.limits,
-                profile: self.profile,
+                chain_preference: self.chain_preference.clone(),
+                storage: storage.clone(),
+                limits: self.limits.clone(),
+                profile: self.profile.clone(),
+                staging,
                 client: OnceCell::new(),
                 account: Mutex::new(None),
             }),
-        }
+        };
+        let staging = self.staging.map(|ca| issuer(ca, None, None));
+        issuer(self.ca, self.external_account, staging)
     }
 }
 
@@ -243,6 +273,8 @@ struct Inner {
     storage: Arc<dyn Storage>,
     limits: ClientLimits,
     profile: Option<String>,
+    /// The staging CA a retry goes through first.
+    staging: Option<AcmeIssuer>,
     client: OnceCell<Arc<AcmeClient>>,
     account: Mutex<Option<Account>>,
 }
@@ -332,7 +364,14 @@ impl AcmeIssuer {
             storage: None,
             limits: ClientLimits::default(),
             profile: None,
+            staging: None,
         }
+    }
+
+    /// The staging CA's directory URL retries go through first, if one is
+    /// configured ([`AcmeIssuerBuilder::staging_on_retry`]).
+    pub fn staging_ca(&self) -> Option<&str> {
+        self.inner.staging.as_ref().map(AcmeIssuer::ca)
     }
 
     /// The CA's directory URL.
@@ -703,6 +742,21 @@ impl Issuer for AcmeIssuer {
 
     async fn issue(&self, request: &IssueRequest<'_>) -> Result<IssuedCertificate, Error> {
         self.precheck(request.names)?;
+        if request.attempt >= 2
+            && let Some(staging) = &self.inner.staging
+        {
+            // The staging CA does not know the certificate being replaced.
+            let trial = request.clone().replaces(None);
+            if let Err(e) = staging.issue(&trial).await {
+                return Err(AcmeError::StagingFailed {
+                    directory_url: staging.ca().to_owned(),
+                    source: Box::new(e),
+                }
+                .into());
+            }
+            tracing::info!(names = ?request.names, staging = %staging.ca(), ca = %self.inner.ca,
+                "the trial order at the staging CA succeeded; ordering from production");
+        }
         let client = self.client().await?;
         // Before the account too: a profile the CA lacks is a configuration error.
         self.check_profile(&client)?;

@@ -2,7 +2,8 @@
 //!
 //! [`Config`](crate::Config) generates the key and CSR and hands them to an
 //! [`Issuer`] (whose contract is on the trait); with several issuers
-//! configured it tries them in order (failover), and names no public CA can
+//! configured it tries them in order or at random ([`IssuerPolicy`]),
+//! failing over to the next, and names no public CA can
 //! issue go to the [`LocalCa`] (the routing is in `set.rs`). [`AcmeIssuer`]
 //! obtains certificates from any ACME CA.
 
@@ -24,7 +25,8 @@ pub use local::{
     DEFAULT_LOCAL_LEAF_LIFETIME, LOCAL_CA_ISSUER_KEY, LocalCa, MAX_LOCAL_LEAF_LIFETIME,
     is_internal_name, is_local_name,
 };
-pub(crate) use set::IssuerSet;
+pub use set::IssuerPolicy;
+pub(crate) use set::{IssuerSet, pick_ready};
 
 /// What to issue.
 #[derive(Debug, Clone)]
@@ -36,6 +38,10 @@ pub struct IssueRequest<'a> {
     pub csr_der: &'a [u8],
     /// The ARI CertID of the certificate being replaced (RFC 9773), for renewals.
     pub replaces: Option<&'a str>,
+    /// Which attempt this is for these names: 1 for the first, 2 and more
+    /// for retries after failed attempts (the retry schedule's count). An
+    /// issuer may act on it, as [`AcmeIssuerBuilder::staging_on_retry`] does.
+    pub attempt: u32,
 }
 
 impl<'a> IssueRequest<'a> {
@@ -45,7 +51,14 @@ impl<'a> IssueRequest<'a> {
             names,
             csr_der,
             replaces: None,
+            attempt: 1,
         }
+    }
+
+    /// Sets the attempt number (at least 1).
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.attempt = attempt.max(1);
+        self
     }
 
     /// Sets the certificate this replaces.
@@ -92,7 +105,9 @@ impl IssuedCertificate {
 ///   and found under it.
 ///
 /// Errors: every error from `issue` makes `Config` try the next configured
-/// issuer (failover); the errors of all are returned together in
+/// issuer (failover) and puts this issuer behind the others for these names
+/// for a while (see [`ConfigBuilder::issuer_policy`](crate::ConfigBuilder::issuer_policy));
+/// the errors of all are returned together in
 /// [`Error::AllIssuersFailed`]. Refusals that
 /// do not depend on the CA (a wildcard without DNS-01, a profile the CA does
 /// not offer) belong in [`precheck`](Self::precheck), so they fail before any
