@@ -81,6 +81,7 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
             ("CERTAUTO_HTTP_ADDR", http_addr.to_string()),
             ("CERTAUTO_HTTPS_ADDR", https_addr.to_string()),
             ("CERTAUTO_CHALLENGE", challenge.to_owned()),
+            ("CERTAUTO_ON_DEMAND", format!("*.{DOMAIN}")),
         ]);
 
         let client = https_client(&root_der, DOMAIN, https_addr);
@@ -97,6 +98,15 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
         check_https(&client, &url).await;
         check_served_chain(&root_der, DOMAIN, https_addr).await;
         check_curl(&curl, &root_file, DOMAIN, https_addr).await;
+        // On-demand TLS (`CERTAUTO_ON_DEMAND`): curl's first request for a
+        // new allowed name gets a trusted certificate.
+        check_curl(
+            &curl,
+            &root_file,
+            &format!("on-demand.{DOMAIN}"),
+            https_addr,
+        )
+        .await;
         check_http_port(http_addr, DOMAIN, https_addr.port()).await;
         app.assert_running();
         return;

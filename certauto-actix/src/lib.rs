@@ -170,6 +170,11 @@ where
 pub trait HttpServerAcmeExt: Sized {
     /// Binds `addrs` with TLS from `config` (certificates swapped live) and
     /// the default [`ServerLimits`].
+    ///
+    /// On-demand TLS ([`Config`]'s `on_demand`) runs in the background here:
+    /// actix-tls cannot await inside its handshake, so the first handshake
+    /// for an allowed new name fails and a later one succeeds. [`serve`]
+    /// holds the first handshake until the certificate is there.
     fn bind_acme<A: ToSocketAddrs>(self, addrs: A, config: &Config) -> io::Result<Self>;
 
     /// Listens on an already bound `listener` with TLS from `config` and the

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::acme::types::RevocationReason;
+use crate::handshake::OnDemandRefusal;
 use crate::ocsp::CrlReason;
 
 /// Something that happened to a managed certificate.
@@ -107,6 +108,48 @@ pub enum Event {
         /// The reason, if the responder gave one.
         reason: Option<CrlReason>,
     },
+    /// The on-demand gate allowed a name (`on_demand_allowed`); its
+    /// certificate is loaded from storage or obtained next.
+    OnDemandAllowed {
+        /// The name (the SNI, normalised).
+        name: String,
+    },
+    /// The on-demand gate refused a name (`on_demand_refused`), or a
+    /// refusal was remembered ([`OnDemandRefusal::Cached`]).
+    OnDemandRefused {
+        /// The name (the SNI as sent when it is invalid).
+        name: String,
+        /// Why.
+        reason: OnDemandRefusal,
+    },
+    /// An allowed name was not issued now (`on_demand_rate_limited`): the
+    /// on-demand rate limit or the bound on issuances in flight. Not
+    /// remembered: a later handshake tries again.
+    OnDemandRateLimited {
+        /// The name.
+        name: String,
+    },
+    /// The certificate of an allowed name is in the cache
+    /// (`on_demand_obtained`), from storage or newly obtained.
+    OnDemandObtained {
+        /// The name.
+        name: String,
+        /// Serial number (hex).
+        serial: String,
+    },
+    /// The on-demand issuance of an allowed name failed (`on_demand_failed`).
+    OnDemandFailed {
+        /// The name.
+        name: String,
+        /// The error with its whole cause chain, as text.
+        error: String,
+    },
+    /// A certificate obtained on demand is no longer allowed at renewal
+    /// time and left management (`on_demand_dropped`): it is not renewed.
+    OnDemandDropped {
+        /// The name.
+        name: String,
+    },
 }
 
 impl Event {
@@ -121,6 +164,12 @@ impl Event {
             Event::CachedManagedCert { .. } => "cached_managed_cert",
             Event::CertOcspStapled { .. } => "cert_ocsp_stapled",
             Event::CertOcspRevoked { .. } => "cert_ocsp_revoked",
+            Event::OnDemandAllowed { .. } => "on_demand_allowed",
+            Event::OnDemandRefused { .. } => "on_demand_refused",
+            Event::OnDemandRateLimited { .. } => "on_demand_rate_limited",
+            Event::OnDemandObtained { .. } => "on_demand_obtained",
+            Event::OnDemandFailed { .. } => "on_demand_failed",
+            Event::OnDemandDropped { .. } => "on_demand_dropped",
         }
     }
 
@@ -135,6 +184,12 @@ impl Event {
             | Event::CachedManagedCert { names, .. }
             | Event::CertOcspStapled { names, .. }
             | Event::CertOcspRevoked { names, .. } => names,
+            Event::OnDemandAllowed { name }
+            | Event::OnDemandRefused { name, .. }
+            | Event::OnDemandRateLimited { name }
+            | Event::OnDemandObtained { name, .. }
+            | Event::OnDemandFailed { name, .. }
+            | Event::OnDemandDropped { name } => std::slice::from_ref(name),
         }
     }
 }

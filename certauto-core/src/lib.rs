@@ -128,6 +128,10 @@ pub use handshake::{
     AcmeAcceptor, AcmeAcceptorBuilder, AcmeHandshaker, CertResolver, DEFAULT_HANDSHAKE_TIMEOUT,
     DEFAULT_MAX_PENDING_HANDSHAKES, ServerLimits, UnknownNameHook, accept_tcp,
 };
+pub use handshake::{
+    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY,
+    DEFAULT_REFUSAL_TTL, OnDemandConfig, OnDemandRefusal, OnDemandRequest,
+};
 pub use identifier::{DomainName, Identifier, NameError};
 pub use issuer::{
     AcmeIssuer, AcmeIssuerBuilder, DEFAULT_LOCAL_LEAF_LIFETIME, IssueRequest, IssuedCertificate,

@@ -2,14 +2,15 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex as StdMutex};
+use std::sync::{Arc, Mutex as StdMutex, OnceLock, Weak};
 use std::time::Duration;
 
 use crate::cache::CertCache;
 use crate::challenge::TlsAlpnChallenges;
 use crate::clock::{Clock, SystemClock};
 use crate::events::{Event, EventHandler};
-use crate::handshake::CertResolver;
+use crate::handshake::on_demand::OnDemand;
+use crate::handshake::{CertResolver, OnDemandConfig};
 use crate::issuer::{Issuer, IssuerPolicy, LocalCa};
 use crate::keys::KeyType;
 use crate::storage::{FileStorage, MemoryStorage, Storage};
@@ -51,6 +52,7 @@ pub struct ConfigBuilder {
     ocsp_interval: Duration,
     manage_concurrency: usize,
     pending_acme: Vec<AcmeIssuerBuilder>,
+    on_demand: Option<OnDemandConfig>,
     issuer_policy: IssuerPolicy,
 }
 
@@ -246,6 +248,15 @@ impl ConfigBuilder {
         self
     }
 
+    /// Turns on on-demand TLS: certificates obtained during the first
+    /// handshake for unknown names that `on_demand` allows (see
+    /// [`OnDemandConfig`] for the gate, and which servers hold the first
+    /// handshake until the certificate is there).
+    pub fn on_demand(mut self, on_demand: OnDemandConfig) -> Self {
+        self.on_demand = Some(on_demand);
+        self
+    }
+
     /// Builds the config.
     pub fn build(mut self) -> Config {
         let storage = self.storage.take().unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -300,9 +311,21 @@ impl ConfigBuilder {
             distributed,
             self.clock.clone(),
         );
-        let resolver = CertResolver::new(cache.clone(), self.tls_alpn.clone());
+        let mut resolver = CertResolver::new(cache.clone(), self.tls_alpn.clone());
         resolver.set_default_name(self.default_name.clone());
-        Config {
+        // Background on-demand issuance from the resolver (for servers that
+        // cannot await in their handshake); a weak reference, so the config
+        // and its resolver do not keep each other alive.
+        let this: Arc<OnceLock<Weak<Inner>>> = Arc::new(OnceLock::new());
+        if self.on_demand.is_some() {
+            let this = this.clone();
+            resolver = resolver.on_unknown_name(Arc::new(move |sni: &str| {
+                if let Some(inner) = this.get().and_then(Weak::upgrade) {
+                    crate::handshake::on_demand::background(&Config { inner }, sni);
+                }
+            }));
+        }
+        let config = Config {
             inner: Arc::new(Inner {
                 storage,
                 issuers: IssuerSet::new(
@@ -332,8 +355,11 @@ impl ConfigBuilder {
                 manage_concurrency: self.manage_concurrency,
                 challenge_tokens,
                 shared_challenges,
+                on_demand: self.on_demand.map(|od| Arc::new(OnDemand::new(od))),
             }),
-        }
+        };
+        let _ = this.set(Arc::downgrade(&config.inner));
+        config
     }
 }
 
@@ -357,6 +383,7 @@ impl Config {
             ocsp_interval: DEFAULT_OCSP_CHECK_INTERVAL,
             manage_concurrency: super::DEFAULT_MANAGE_CONCURRENCY,
             pending_acme: Vec::new(),
+            on_demand: None,
             issuer_policy: IssuerPolicy::default(),
         }
     }

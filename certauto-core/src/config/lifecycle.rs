@@ -97,7 +97,7 @@ impl Config {
     /// See [`load`](Self::load). Storage is listed (the `certificates/`
     /// prefix, not recursively) only when no configured issuer's key holds a
     /// usable record.
-    pub(super) async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
+    pub(crate) async fn load_ids(&self, ids: &[Identifier]) -> Result<Option<Certificate>, Error> {
         let configured: Vec<String> = self
             .candidate_issuers(ids)
             .iter()

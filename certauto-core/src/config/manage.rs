@@ -26,6 +26,9 @@ pub(super) struct Managed {
     primaries: HashSet<Identifier>,
     /// Every name of every managed certificate, for [`Config::is_managed`].
     names: HashSet<Identifier>,
+    /// The primary names of certificates obtained on demand (asked about
+    /// again before each renewal).
+    on_demand: HashSet<Identifier>,
 }
 
 impl Config {
@@ -57,6 +60,46 @@ impl Config {
             self.inner
                 .resolver
                 .set_default_name(Some(primary.as_str().into_owned()));
+        }
+    }
+
+    /// Records a certificate obtained on demand as managed and on-demand.
+    pub(crate) fn record_on_demand(&self, ids: &[Identifier]) {
+        self.record_managed(ids);
+        if let Some(primary) = ids.first() {
+            let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+            managed.on_demand.insert(primary.clone());
+        }
+    }
+
+    /// Whether the certificate whose primary name is `primary` was obtained on demand.
+    pub(crate) fn is_on_demand(&self, primary: &Identifier) -> bool {
+        let managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        managed.on_demand.contains(primary)
+    }
+
+    /// Stops managing the certificate whose primary name is `primary`
+    /// (maintenance no longer renews it; the cache keeps serving it).
+    pub(crate) fn unmanage(&self, primary: &Identifier) {
+        let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        if !managed.primaries.remove(primary) {
+            return;
+        }
+        managed.on_demand.remove(primary);
+        let list = Arc::make_mut(&mut managed.list);
+        let mut removed = Vec::new();
+        list.retain(|ids| {
+            if ids.first() == Some(primary) {
+                removed.extend(ids.iter().cloned());
+                false
+            } else {
+                true
+            }
+        });
+        for id in removed {
+            if !managed.list.iter().any(|ids| ids.contains(&id)) {
+                managed.names.remove(&id);
+            }
         }
     }
 
@@ -254,7 +297,7 @@ impl Config {
 
     /// Puts `cert` in the cache unless it is already what serves its primary
     /// name. Returns whether it was inserted.
-    pub(super) fn ensure_cached(&self, cert: &Certificate) -> Result<bool, Error> {
+    pub(crate) fn ensure_cached(&self, cert: &Certificate) -> Result<bool, Error> {
         let Some(primary) = cert.names().first() else {
             return Ok(false);
         };

@@ -99,6 +99,8 @@ struct Inner {
     challenge_tokens: ChallengeTokens,
     /// The solvers `acme(..)` wrapped, and TLS-ALPN-01 challenges loaded from storage.
     shared_challenges: crate::challenge::distributed::SharedChallenges,
+    /// On-demand TLS, when configured.
+    on_demand: Option<Arc<crate::handshake::on_demand::OnDemand>>,
 }
 
 impl fmt::Debug for Config {
@@ -236,6 +238,11 @@ impl Config {
             .map_or_else(|| "none".to_owned(), |i| i.issuer_key())
     }
 
+    /// The on-demand state, when on-demand TLS is configured.
+    pub(crate) fn on_demand(&self) -> Option<&Arc<crate::handshake::on_demand::OnDemand>> {
+        self.inner.on_demand.as_ref()
+    }
+
     /// The certificate cache.
     pub fn cache(&self) -> &CertCache {
         &self.inner.cache
@@ -254,6 +261,12 @@ impl Config {
     /// A rustls server config (ring provider, TLS 1.2 and 1.3) resolving
     /// through [`resolver`](Self::resolver), with ALPN `h2`, `http/1.1` and
     /// `acme-tls/1` (so TLS-ALPN-01 is answered on this port).
+    ///
+    /// With [on-demand TLS](crate::OnDemandConfig), rustls cannot await
+    /// inside its handshake: an allowed new name is obtained in the
+    /// background, its first handshake fails and a later one succeeds. An
+    /// acceptor built with [`AcmeAcceptor::for_config`](crate::AcmeAcceptor::for_config)
+    /// holds the first handshake until the certificate is there instead.
     pub fn server_config(&self) -> rustls::ServerConfig {
         let mut config = self.server_config_without_alpn();
         config.alpn_protocols = vec![

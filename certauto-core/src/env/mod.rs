@@ -15,6 +15,7 @@
 //! | `CERTAUTO_EAB_KID` | External Account Binding key id (with `CERTAUTO_EAB_HMAC`) | unset |
 //! | `CERTAUTO_EAB_HMAC` | EAB MAC key, base64url or base64 (with `CERTAUTO_EAB_KID`) | unset |
 //! | `CERTAUTO_PROFILE` | ACME certificate profile, e.g. `shortlived` | unset (the CA's default) |
+//! | `CERTAUTO_ON_DEMAND` | on-demand TLS allowlist: comma-separated names or `*.suffix` patterns | unset (off) |
 //!
 //! With `CERTAUTO_CHALLENGE=dns-01`, `CERTAUTO_DNS_PROVIDER` names the DNS
 //! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
@@ -33,6 +34,7 @@ use crate::acme::jws::ExternalAccountKey;
 use crate::acme::types::ChallengeType;
 use crate::challenge::{ChallengeTokens, Http01Solver, TlsAlpn01Solver, TlsAlpnChallenges};
 use crate::config::Config;
+use crate::handshake::OnDemandConfig;
 use crate::identifier::Identifier;
 use crate::issuer::AcmeIssuer;
 use crate::storage::{FileStorage, Storage};
@@ -88,6 +90,8 @@ pub struct EnvSettings {
     pub eab: Option<ExternalAccountKey>,
     /// The ACME certificate profile to order (`CERTAUTO_PROFILE`).
     pub profile: Option<String>,
+    /// On-demand TLS for the names `CERTAUTO_ON_DEMAND` allows.
+    pub on_demand: Option<OnDemandConfig>,
 }
 
 /// What [`EnvSettings::build`] wires together.
@@ -257,6 +261,24 @@ impl EnvSettings {
                 format!("{p:?}: a profile name such as shortlived"),
             ));
         }
+        let on_demand = match var("CERTAUTO_ON_DEMAND") {
+            Some(list) => {
+                let names: Vec<&str> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .collect();
+                if names.is_empty() {
+                    return Err(bad("CERTAUTO_ON_DEMAND", "no names given"));
+                }
+                Some(
+                    OnDemandConfig::new()
+                        .host_allowlist(names)
+                        .map_err(|e| bad("CERTAUTO_ON_DEMAND", e.to_string()))?,
+                )
+            }
+            None => None,
+        };
         Ok(Self {
             domains,
             directories,
@@ -270,6 +292,7 @@ impl EnvSettings {
             renew_check,
             eab,
             profile,
+            on_demand,
         })
     }
 
@@ -310,6 +333,9 @@ impl EnvSettings {
                 _ => issuer.http01_solver(Http01Solver::without_listener(tokens.clone())),
             };
             builder = builder.acme(issuer);
+        }
+        if let Some(on_demand) = &self.on_demand {
+            builder = builder.on_demand(on_demand.clone());
         }
         EnvSetup {
             config: builder.build(),
@@ -364,11 +390,21 @@ mod tests {
             ("CERTAUTO_RENEW_CHECK", "soon"),
             ("CERTAUTO_CA_ROOTS", "/nonexistent/roots.pem"),
             ("CERTAUTO_PROFILE", "short lived"),
+            ("CERTAUTO_ON_DEMAND", "a.test, *.*.b.test"),
+            ("CERTAUTO_ON_DEMAND", " , "),
         ] {
             let err = from(&[(k, v)]).unwrap_err();
             assert_eq!(err.var, k);
             assert!(err.to_string().starts_with(k));
         }
+    }
+
+    #[test]
+    fn on_demand_allowlist() {
+        assert!(from(&[]).unwrap().on_demand.is_none());
+        let s = from(&[("CERTAUTO_ON_DEMAND", "A.test, *.shop.test")]).unwrap();
+        let debug = format!("{:?}", s.on_demand.unwrap());
+        assert!(debug.contains("allowlist: Some(2)"), "{debug}");
     }
 
     #[test]

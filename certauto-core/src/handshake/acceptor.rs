@@ -375,7 +375,7 @@ impl AcmeAcceptor {
         AcmeAcceptorBuilder {
             configs: ConfigSource::Managed {
                 config: config.clone(),
-                tls: Arc::new(config.server_config()),
+                tls: Arc::new(super::on_demand::awaited_server_config(config)),
             },
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             max_pending: DEFAULT_MAX_PENDING_HANDSHAKES,

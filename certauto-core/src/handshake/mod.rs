@@ -10,6 +10,7 @@
 
 mod acceptor;
 mod limits;
+pub(crate) mod on_demand;
 mod resolver;
 
 pub use acceptor::{
@@ -17,6 +18,10 @@ pub use acceptor::{
     DEFAULT_MAX_PENDING_HANDSHAKES, accept_tcp,
 };
 pub use limits::ServerLimits;
+pub use on_demand::{
+    DECISION_TIMEOUT, DEFAULT_ON_DEMAND_MAX_IN_FLIGHT, DEFAULT_REFUSAL_CAPACITY,
+    DEFAULT_REFUSAL_TTL, OnDemandConfig, OnDemandRefusal, OnDemandRequest,
+};
 pub use resolver::{CertResolver, UnknownNameHook};
 
 pub(crate) use acceptor::Hello;
@@ -26,10 +31,11 @@ impl crate::Config {
     /// `ServerConfig` can answer it, awaited by an acceptor built with
     /// [`AcmeAcceptor::for_config`], under the handshake deadline.
     ///
-    /// Today nothing: the cache and the TLS-ALPN-01 challenge set answer
-    /// from memory. This is where a TLS-ALPN-01 challenge certificate
-    /// another instance presented into shared storage is loaded, and where a
-    /// certificate is obtained on demand for an allowed unknown name.
+    /// Two steps, each a no-op unless it applies: for a TLS-ALPN-01
+    /// validation, the challenge certificate another instance presented into
+    /// shared storage is loaded ([`DistributedSolver`](crate::DistributedSolver));
+    /// for an unknown name, a certificate is obtained on demand if the gate
+    /// allows it ([`OnDemandConfig`]; validations never reach it).
     pub(crate) async fn prepare_handshake(&self, hello: &Hello) {
         tracing::trace!(
             sni = ?hello.server_name,
@@ -39,5 +45,6 @@ impl crate::Config {
             "ClientHello"
         );
         self.prepare_shared_challenge(hello).await;
+        crate::handshake::on_demand::prepare(self, hello).await;
     }
 }

@@ -94,6 +94,19 @@ impl CertResolver {
 
 impl ResolvesServerCert for CertResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.resolve_with(hello, true)
+    }
+}
+
+impl CertResolver {
+    /// [`resolve`](ResolvesServerCert::resolve), calling the unknown-name
+    /// hook only if `hook` (an acceptor that awaited the on-demand gate
+    /// before the handshake passes `false`).
+    pub(crate) fn resolve_with(
+        &self,
+        hello: ClientHello<'_>,
+        hook: bool,
+    ) -> Option<Arc<CertifiedKey>> {
         let sni = hello.server_name();
         if hello
             .alpn()
@@ -110,7 +123,7 @@ impl ResolvesServerCert for CertResolver {
         if let Some(key) = self.cache.certified_key(sni) {
             return Some(key);
         }
-        if let Some(hook) = &self.on_unknown {
+        if hook && let Some(hook) = &self.on_unknown {
             hook(sni);
         }
         if self.default_for_unknown {

@@ -53,6 +53,9 @@ impl Config {
                 // Managed but never obtained (a first obtain failed): obtain it.
                 None => RenewMode::IfDue,
             };
+            if !self.on_demand_renewal_allowed(primary).await {
+                continue;
+            }
             let name = primary.to_string();
             report.due.push(name.clone());
             match self.renew_now(ids.clone(), mode).await {

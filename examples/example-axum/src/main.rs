@@ -4,7 +4,9 @@
 //! With no `CERTAUTO_DIRECTORY` it uses the local CA (offline); with one, it
 //! obtains from that ACME CA, answering HTTP-01 on its own HTTP port or
 //! TLS-ALPN-01 on its own HTTPS port. Configuration: `CERTAUTO_*` variables,
-//! see `certauto::env`. `GET /` answers 200 over HTTPS; HTTP redirects.
+//! see `certauto::env` (`CERTAUTO_ON_DEMAND` turns on on-demand TLS for
+//! an allowlist: the first request for a new allowed name gets its
+//! certificate during the handshake). `GET /` answers 200 over HTTPS; HTTP redirects.
 
 use std::process::ExitCode;
 
