@@ -121,7 +121,8 @@ impl RateLimiter {
         Self {
             max,
             window,
-            interval: window / max,
+            // At least a nanosecond: a zero interval would allow everything.
+            interval: (window / max).max(Duration::from_nanos(1)),
             full_at: Mutex::new(None),
         }
     }
@@ -284,6 +285,13 @@ mod tests {
         limiter.acquire().await;
         limiter.acquire().await;
         assert_eq!(Instant::now() - start, MAX_RATE_LIMIT_WINDOW);
+    }
+
+    #[test]
+    fn more_events_than_nanoseconds_in_the_window_still_limit() {
+        let limiter = RateLimiter::new(u32::MAX, Duration::from_millis(1));
+        assert!(limiter.try_acquire());
+        assert!(limiter.refill_interval() > Duration::ZERO);
     }
 
     #[test]

@@ -55,6 +55,20 @@ impl NameGuard {
     }
 }
 
+/// Whether `issuer_key` is a staging or test CA's (a known preset's staging
+/// directory, or a key naming `staging` or Google's `test-api`): its
+/// certificates are not trusted by browsers, so one is never served in place
+/// of a production certificate after an issuer change (developing against
+/// Let's Encrypt's staging CA, then switching to production, must order
+/// anew, not serve the staging certificate until it is due).
+fn is_test_ca_key(issuer_key: &str) -> bool {
+    crate::issuer::CaPreset::ALL.iter().any(|p| {
+        p.staging_directory
+            .is_some_and(|url| keys::issuer_key_from_url(url) == issuer_key)
+    }) || issuer_key.contains("staging")
+        || issuer_key.contains("test-api")
+}
+
 impl Config {
     /// Takes the in-process and the storage lock of the certificate whose
     /// primary name is `primary`.
@@ -167,7 +181,10 @@ impl Config {
             .iter()
             .filter_map(|key| key.trim_end_matches('/').rsplit('/').next())
             .filter(|k| {
-                !k.is_empty() && *k != LOCAL_CA_ISSUER_KEY && !configured.iter().any(|c| c == k)
+                !k.is_empty()
+                    && *k != LOCAL_CA_ISSUER_KEY
+                    && !configured.iter().any(|c| c == k)
+                    && !is_test_ca_key(k)
             })
             .map(str::to_owned)
             .collect())
@@ -234,9 +251,14 @@ impl Config {
                 let keep = match &mode {
                     RenewMode::IfDue => !cert.needs_renewal(now, self.inner.renewal_ratio),
                     RenewMode::Force => false,
-                    // Storage holds a newer certificate than the one we set out
-                    // to replace: another instance renewed it.
-                    RenewMode::Replace(serial) => cert.serial_hex() != *serial,
+                    // Storage holds another certificate than the one we set out
+                    // to replace, not itself due: another instance renewed it.
+                    // (A due one, such as a longer-lived certificate of another
+                    // configured issuer, is no renewal: order.)
+                    RenewMode::Replace(serial) => {
+                        cert.serial_hex() != *serial
+                            && !cert.needs_renewal(now, self.inner.renewal_ratio)
+                    }
                 };
                 if keep {
                     self.ensure_cached(cert)?;
@@ -458,6 +480,32 @@ mod tests {
     use crate::issuer::{IssueRequest, IssuedCertificate, Issuer, LocalCa};
     use crate::storage::{MemoryStorage, Storage, keys};
     use crate::{Certificate, Config, Error, ManualClock};
+
+    /// Staging and test CAs' certificates never stand in after an issuer change.
+    #[test]
+    fn staging_keys_are_never_a_fallback() {
+        for url in [
+            crate::LETS_ENCRYPT_STAGING,
+            crate::GOOGLE_TRUST_SERVICES_STAGING,
+            "https://acme.staging.example.net/directory",
+        ] {
+            assert!(
+                super::is_test_ca_key(&keys::issuer_key_from_url(url)),
+                "{url}"
+            );
+        }
+        for url in [
+            crate::LETS_ENCRYPT_PRODUCTION,
+            crate::GOOGLE_TRUST_SERVICES_PRODUCTION,
+            crate::ZEROSSL_DIRECTORY,
+            "https://127.0.0.1:14000/dir",
+        ] {
+            assert!(
+                !super::is_test_ca_key(&keys::issuer_key_from_url(url)),
+                "{url}"
+            );
+        }
+    }
 
     /// The local CA under another issuer key, counting orders; it refuses
     /// every order when `refuse` is set.

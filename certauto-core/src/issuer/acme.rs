@@ -209,7 +209,9 @@ impl AcmeIssuerBuilder {
     /// the production CA is not contacted and the error is
     /// [`AcmeError::StagingFailed`]. The staging certificate is discarded.
     /// So a broken setup spends the staging CA's generous rate limits, not
-    /// production's. First attempts go to production directly.
+    /// production's. First attempts go to production directly. A staging CA
+    /// known to require EAB credentials of its own (Google Trust Services'
+    /// staging) is not used: it would refuse every trial.
     ///
     /// ```no_run
     /// use certauto_core::{AcmeIssuer, LETS_ENCRYPT_PRODUCTION, LETS_ENCRYPT_STAGING};
@@ -261,8 +263,17 @@ impl AcmeIssuerBuilder {
                 account: Mutex::new(None),
             }),
         };
-        // The staging CA gets none of the production CA's EAB or preset rules.
-        let staging = self.staging.map(|ca| issuer(ca, None, None, None));
+        // The staging CA gets none of the production CA's EAB or preset
+        // rules; one that requires EAB (Google's) could never issue, and
+        // every retry would end there: no trial then.
+        let staging = self.staging.filter(|ca| {
+            let needs_eab = CaPreset::for_directory(ca).is_some_and(|p| p.eab_required);
+            if needs_eab {
+                tracing::warn!(staging = %ca, "this staging CA requires EAB credentials of its own; retries go to production directly");
+            }
+            !needs_eab
+        });
+        let staging = staging.map(|ca| issuer(ca, None, None, None));
         issuer(self.ca, self.external_account, staging, self.preset)
     }
 }

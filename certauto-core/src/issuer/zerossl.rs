@@ -292,13 +292,18 @@ fn key_hash(key: &Secret) -> String {
         .collect()
 }
 
-/// `text` from the server with the API key cut out, should it be echoed.
+/// `text` from the server with the API key cut out, should it be echoed
+/// (as sent, or percent-encoded as in the query), then cut to 300
+/// characters (after the scrubbing, so no part of the key survives a cut).
 fn scrub(text: &str, secret: &str) -> String {
-    if secret.is_empty() {
+    let scrubbed = if secret.is_empty() {
         text.to_owned()
     } else {
+        let encoded = crate::challenge::dns01::http::encode_component(secret);
         text.replace(secret, "<redacted>")
-    }
+            .replace(&encoded, "<redacted>")
+    };
+    scrubbed.chars().take(300).collect()
 }
 
 /// Reads ZeroSSL's answer (see the module docs for its shapes).
@@ -313,7 +318,7 @@ fn parse_answer(status: u16, body: &[u8], secret: &str) -> Result<StoredEab, Zer
     let text = |v: Option<&Value>| {
         v.and_then(Value::as_str)
             .filter(|s| !s.is_empty())
-            .map(|s| scrub(&s.chars().take(300).collect::<String>(), secret))
+            .map(|s| scrub(s, secret))
     };
     let kind = text(error.and_then(|e| e.get("type")));
     if !(200..300).contains(&status) {
