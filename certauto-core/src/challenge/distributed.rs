@@ -18,7 +18,19 @@
 //!   a while. Bounded: the SNI is validated as a name first, a name found
 //!   missing is not looked up again for a short while (negative cache),
 //!   lookups per second and at once are capped, and the loaded certificates
-//!   are bounded in number and lifetime.
+//!   are bounded in number and lifetime. The caps are split by why the
+//!   config would see the name validated (`LookupReason`): names it manages
+//!   exactly or has an on-demand issuance in flight for, names its
+//!   on-demand allowlist allows, and all others each have their own share
+//!   (25, 15 and 10 lookups a second; 4, 2 and 2 at once; 50 and 8 in all).
+//!   A flood of `acme-tls/1` hellos with random names (anyone can send
+//!   them) thus uses up only the share of "other" names and never keeps a
+//!   managed name's validation from being answered; a flood of managed
+//!   names is bounded by the negative cache per name. Per-name caps alone
+//!   would not do: random names are unlimited. The newest record of a name
+//!   wins, among those neither stale nor dated implausibly (more than
+//!   an hour ahead of the reader's clock), so records left by dead instances never
+//!   shadow the challenge in progress.
 //! - **DNS-01**: the record names the TXT value, so another instance can
 //!   remove it through its own solver.
 //! - **Crash cleanup**: a record older than [`STALE_CHALLENGE_AGE`] was left
@@ -26,7 +38,10 @@
 //!   ([`start_maintenance`](crate::start_maintenance)) cleans such records
 //!   up at its start and every [`CHALLENGE_CLEANUP_INTERVAL`], through the
 //!   solver that presented them ([`Solver::cleanup_stale`]), under a storage lock, a bounded number per
-//!   pass ([`Config::clean_stale_challenges`](crate::Config::clean_stale_challenges)).
+//!   pass ([`Config::clean_stale_challenges`](crate::Config::clean_stale_challenges)),
+//!   each pass resuming after the last record the previous one examined. A
+//!   record whose creation time is unrepresentable or implausibly in the
+//!   future is unreadable: deleted once storage dates it stale.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -64,16 +79,62 @@ const MAX_SCANNED_PER_PASS: usize = 500;
 const MAX_CLEANED_PER_PASS: usize = 50;
 /// The largest challenge record read (they are a few hundred bytes).
 const MAX_RECORD_BYTES: usize = 16 * 1024;
-/// The most records read for one TLS-ALPN-01 name.
-const MAX_RECORDS_PER_NAME: usize = 8;
+/// The most records read for one TLS-ALPN-01 name (all of them, unless
+/// more instances than this died with a challenge for one name since the
+/// last cleanup).
+const MAX_RECORDS_PER_NAME: usize = 32;
+/// How far after the reader's clock a record may be dated (clock skew
+/// between instances) before it is taken as unreadable.
+const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
 /// How long a name found without a TLS-ALPN-01 record is not looked up again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// The most names kept in the negative cache.
 const MAX_NEGATIVE: usize = 4096;
-/// The most TLS-ALPN-01 storage lookups per second.
+/// The most TLS-ALPN-01 storage lookups per second, all reasons together
+/// (the sum of the shares of [`LookupReason::per_second`]).
 const MAX_LOOKUPS_PER_SECOND: u32 = 50;
-/// The most TLS-ALPN-01 storage lookups at once.
-const MAX_CONCURRENT_LOOKUPS: usize = 8;
+
+/// Why a TLS-ALPN-01 validation's name may have a record in storage; each
+/// reason has its own share of the lookup budget (per second and at once),
+/// so a flood of names of one kind never uses up another's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LookupReason {
+    /// A name the config manages (exactly: TLS-ALPN-01 validates no
+    /// wildcard), or with an on-demand issuance in flight here.
+    Managed,
+    /// A name the config's on-demand allowlist allows (another instance may
+    /// be obtaining it on demand).
+    OnDemand,
+    /// Any other name (instances configured with other names).
+    Other,
+}
+
+impl LookupReason {
+    fn index(self) -> usize {
+        match self {
+            Self::Managed => 0,
+            Self::OnDemand => 1,
+            Self::Other => 2,
+        }
+    }
+
+    /// This reason's share of [`MAX_LOOKUPS_PER_SECOND`].
+    fn per_second(self) -> u32 {
+        match self {
+            Self::Managed => 25,
+            Self::OnDemand => 15,
+            Self::Other => 10,
+        }
+    }
+
+    /// This reason's share of the lookups at once (8 in all).
+    fn at_once(self) -> usize {
+        match self {
+            Self::Managed => 4,
+            Self::OnDemand | Self::Other => 2,
+        }
+    }
+}
 
 /// A [`Solver`] that keeps the state of each challenge in shared
 /// [`Storage`], so any instance of a cluster answers it and a challenge
@@ -124,6 +185,8 @@ pub struct DistributedSolver {
     storage: Arc<dyn Storage>,
     clock: Arc<dyn Clock>,
     id: String,
+    /// Where [`clean_stale`](Self::clean_stale)'s next pass starts.
+    cursor: Arc<Mutex<Option<String>>>,
 }
 
 impl fmt::Debug for DistributedSolver {
@@ -150,6 +213,7 @@ impl DistributedSolver {
             storage,
             clock: Arc::new(SystemClock),
             id: "default".to_owned(),
+            cursor: Arc::default(),
         }
     }
 
@@ -181,6 +245,7 @@ impl DistributedSolver {
         clean_stale(
             &self.storage,
             std::slice::from_ref(self),
+            &self.cursor,
             self.clock.now(),
             STALE_CHALLENGE_AGE,
         )
@@ -328,8 +393,18 @@ impl Record {
         ))
     }
 
-    fn created(&self) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(self.created)
+    /// The record's age at `now`. `None` (an unreadable record: never
+    /// served, deleted as garbage once storage dates it stale) when its
+    /// creation time cannot be represented or lies more than
+    /// [`MAX_FUTURE_SKEW`] after `now`, which no instance's clock explains;
+    /// a creation time slightly ahead (clock skew) is age 0.
+    fn age(&self, now: SystemTime) -> Option<Duration> {
+        let created = UNIX_EPOCH.checked_add(Duration::from_secs(self.created))?;
+        match now.duration_since(created) {
+            Ok(age) => Some(age),
+            Err(ahead) if ahead.duration() <= MAX_FUTURE_SKEW => Some(Duration::ZERO),
+            Err(_) => None,
+        }
     }
 }
 
@@ -348,14 +423,20 @@ pub struct StaleChallenges {
 /// Cleans up the records older than `max_age` at `now` (bounded per pass),
 /// under [`keys::CHALLENGES_CLEANUP_LOCK`], through the solver of `solvers`
 /// that presented each.
+///
+/// A pass examines the keys in sorted order starting after `cursor` (the
+/// last key the previous pass examined), wrapping around, and leaves the
+/// last key it examined there: records it skips (not stale, no solver here)
+/// cannot keep later records from being reached by later passes.
 pub(crate) async fn clean_stale(
     storage: &Arc<dyn Storage>,
     solvers: &[DistributedSolver],
+    cursor: &Mutex<Option<String>>,
     now: SystemTime,
     max_age: Duration,
 ) -> StaleChallenges {
     let mut report = StaleChallenges::default();
-    let listed = match storage.list(keys::CHALLENGES_PREFIX, true).await {
+    let mut listed = match storage.list(keys::CHALLENGES_PREFIX, true).await {
         Ok(listed) => listed,
         Err(e) if e.is_not_found() => return report,
         Err(e) => {
@@ -373,18 +454,30 @@ pub(crate) async fn clean_stale(
             return report;
         }
     };
-    for key in listed.iter().take(MAX_SCANNED_PER_PASS) {
+    listed.sort_unstable();
+    listed.dedup();
+    let start = cursor
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_deref()
+        .map_or(0, |last| listed.partition_point(|k| k.as_str() <= last));
+    let order = listed.iter().skip(start).chain(listed.iter().take(start));
+    for key in order.take(MAX_SCANNED_PER_PASS) {
         if report.cleaned.len() + report.failed.len() >= MAX_CLEANED_PER_PASS {
             break;
         }
+        *cursor.lock().unwrap_or_else(|e| e.into_inner()) = Some(key.clone());
         // Gone meanwhile (cleaned up by its owner, or by an earlier pass).
         let Ok(bytes) = storage.load(key).await else {
             continue;
         };
-        let Some((record, challenge)) =
-            Record::parse(&bytes).and_then(|r| r.challenge().map(|c| (r, c)))
-        else {
-            // Not a record this version can use: delete it once it is stale.
+        let Some((record, challenge, age)) = Record::parse(&bytes).and_then(|r| {
+            let age = r.age(now)?;
+            let challenge = r.challenge()?;
+            Some((r, challenge, age))
+        }) else {
+            // Not a record this version can use, or dated where no clock
+            // is (see `Record::age`): delete it once storage dates it stale.
             let stale = storage
                 .stat(key)
                 .await
@@ -398,7 +491,6 @@ pub(crate) async fn clean_stale(
             }
             continue;
         };
-        let age = now.duration_since(record.created()).unwrap_or_default();
         if age < max_age {
             continue;
         }
@@ -445,7 +537,10 @@ pub(crate) struct SharedChallenges {
     solvers: Vec<DistributedSolver>,
     clock: Arc<dyn Clock>,
     lookups: Mutex<Lookups>,
-    slots: Semaphore,
+    /// The lookups at once, one share per [`LookupReason`].
+    slots: [Semaphore; 3],
+    /// Where the next stale-cleanup pass starts.
+    cleanup_cursor: Mutex<Option<String>>,
 }
 
 impl fmt::Debug for SharedChallenges {
@@ -461,25 +556,31 @@ impl fmt::Debug for SharedChallenges {
 struct Lookups {
     /// Names found without a record, until when they are not looked up.
     negative: HashMap<String, Instant>,
-    /// The current one-second window and the lookups made in it.
-    window: Option<(Instant, u32)>,
+    /// The current one-second window and the lookups made in it, per
+    /// [`LookupReason`].
+    window: Option<(Instant, [u32; 3])>,
 }
 
 impl Lookups {
-    /// Whether `name` may be looked up now (and if so, counts it).
-    fn admit(&mut self, name: &str, now: Instant) -> bool {
+    /// Whether `name` may be looked up now for `reason` (and if so, counts
+    /// it): not in the negative cache, within the reason's share and within
+    /// the global cap.
+    fn admit(&mut self, name: &str, reason: LookupReason, now: Instant) -> bool {
         if self.negative.get(name).is_some_and(|until| *until > now) {
             return false;
         }
-        match &mut self.window {
-            Some((start, count)) if now.duration_since(*start) < Duration::from_secs(1) => {
-                if *count >= MAX_LOOKUPS_PER_SECOND {
-                    return false;
-                }
-                *count += 1;
-            }
-            window => *window = Some((now, 1)),
+        let counts = match &mut self.window {
+            Some((start, counts)) if now.duration_since(*start) < Duration::from_secs(1) => counts,
+            window => &mut window.insert((now, [0; 3])).1,
+        };
+        let total: u32 = counts.iter().sum();
+        let Some(count) = counts.get_mut(reason.index()) else {
+            return false;
+        };
+        if *count >= reason.per_second() || total >= MAX_LOOKUPS_PER_SECOND {
+            return false;
         }
+        *count += 1;
         true
     }
 
@@ -507,14 +608,25 @@ impl SharedChallenges {
             solvers,
             clock,
             lookups: Mutex::new(Lookups::default()),
-            slots: Semaphore::new(MAX_CONCURRENT_LOOKUPS),
+            slots: [
+                LookupReason::Managed,
+                LookupReason::OnDemand,
+                LookupReason::Other,
+            ]
+            .map(|r| Semaphore::new(r.at_once())),
+            cleanup_cursor: Mutex::new(None),
         }
     }
 
     /// Before a handshake: for a TLS-ALPN-01 validation of a name this
     /// process holds no challenge certificate for, loads the certificate
-    /// another instance presented (see the module docs for the bounds).
-    pub(crate) async fn prepare(&self, hello: &Hello) {
+    /// another instance presented (see the module docs for the bounds);
+    /// `reason` says why the config would see that name validated.
+    pub(crate) async fn prepare(
+        &self,
+        hello: &Hello,
+        reason: impl FnOnce(&Identifier) -> LookupReason,
+    ) {
         if !hello.is_tls_alpn_validation() {
             return;
         }
@@ -528,23 +640,25 @@ impl SharedChallenges {
         if name.is_wildcard() {
             return;
         }
-        let name = name.as_str();
-        if self.tls_alpn.get_local(name).is_some() {
+        if self.tls_alpn.get_local(name.as_str()).is_some() {
             return;
         }
+        let reason = reason(&Identifier::Dns(name.clone()));
+        let name = name.as_str();
         let admitted = self
             .lookups
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .admit(name, Instant::now());
+            .admit(name, reason, Instant::now());
         if !admitted {
             tracing::debug!(
                 sni = name,
+                ?reason,
                 "TLS-ALPN-01 lookup skipped (negative cache or rate)"
             );
             return;
         }
-        let Ok(_slot) = self.slots.try_acquire() else {
+        let Some(Ok(_slot)) = self.slots.get(reason.index()).map(Semaphore::try_acquire) else {
             tracing::debug!(sni = name, "TLS-ALPN-01 lookup skipped (too many at once)");
             return;
         };
@@ -583,10 +697,21 @@ impl SharedChallenges {
         }
     }
 
-    /// The newest TLS-ALPN-01 challenge recorded for the SNI `name`.
+    /// The newest TLS-ALPN-01 challenge recorded for the SNI `name`, among
+    /// the records not stale (a stale record was left by an instance that
+    /// died: never the challenge being validated) and not unreadable.
     async fn load_tls_alpn(&self, name: &str) -> Option<Challenge> {
         let folder = keys::challenge_records(ChallengeType::TlsAlpn01.as_str(), name);
         let listed = self.storage.list(&folder, false).await.ok()?;
+        if listed.len() > MAX_RECORDS_PER_NAME {
+            tracing::warn!(
+                sni = name,
+                records = listed.len(),
+                read = MAX_RECORDS_PER_NAME,
+                "more TLS-ALPN-01 records for one name than a lookup reads; maintenance cleans up the stale ones"
+            );
+        }
+        let now = self.clock.now();
         let mut newest: Option<(u64, Challenge)> = None;
         for key in listed.iter().take(MAX_RECORDS_PER_NAME) {
             let Ok(bytes) = self.storage.load(key).await else {
@@ -602,6 +727,9 @@ impl SharedChallenges {
             else {
                 continue;
             };
+            if record.age(now).is_none_or(|age| age >= STALE_CHALLENGE_AGE) {
+                continue;
+            }
             if newest.as_ref().is_none_or(|(t, _)| record.created >= *t) {
                 newest = Some((record.created, challenge));
             }
@@ -614,6 +742,7 @@ impl SharedChallenges {
         clean_stale(
             &self.storage,
             &self.solvers,
+            &self.cleanup_cursor,
             self.clock.now(),
             STALE_CHALLENGE_AGE,
         )
@@ -708,6 +837,18 @@ mod tests {
         }
     }
 
+    fn other(_: &Identifier) -> LookupReason {
+        LookupReason::Other
+    }
+
+    /// The key authorization digest in a TLS-ALPN-01 certificate.
+    fn acme_digest(key: &rustls::sign::CertifiedKey) -> Vec<u8> {
+        let (_, cert) = x509_parser::parse_x509_certificate(key.cert[0].as_ref()).unwrap();
+        let oid = x509_parser::der_parser::oid!(1.3.6.1.5.5.7.1.31);
+        let ext = cert.extensions().iter().find(|e| e.oid == oid).unwrap();
+        ext.value[2..].to_vec()
+    }
+
     fn shared(storage: Arc<dyn Storage>, solvers: Vec<DistributedSolver>) -> SharedChallenges {
         SharedChallenges::new(
             storage,
@@ -745,7 +886,10 @@ mod tests {
             }
         );
         assert_eq!(record.challenge().unwrap(), c);
-        assert_eq!(record.created(), at);
+        assert_eq!(
+            record.age(at + Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
         solver.cleanup(&c).await.unwrap();
         assert_eq!(*inner.cleaned.lock().unwrap(), vec![c.clone()]);
         assert!(!storage.exists(key).await.unwrap());
@@ -787,9 +931,9 @@ mod tests {
         // Not a validation: nothing loaded.
         let mut plain = hello("b.example.com");
         plain.alpn = vec![b"h2".to_vec()];
-        b.prepare(&plain).await;
+        b.prepare(&plain, other).await;
         assert!(b.tls_alpn.get("b.example.com").is_none());
-        b.prepare(&hello("B.Example.com")).await;
+        b.prepare(&hello("B.Example.com"), other).await;
         let key = b.tls_alpn.get("b.example.com").unwrap();
         let (_, cert) = x509_parser::parse_x509_certificate(key.cert[0].as_ref()).unwrap();
         let oid = x509_parser::der_parser::oid!(1.3.6.1.5.5.7.1.31);
@@ -797,7 +941,7 @@ mod tests {
         let digest = ring::digest::digest(&ring::digest::SHA256, b"tok_3.thumbprint");
         assert_eq!(&ext.value[2..], digest.as_ref());
         // Loaded again on the next validation: the same certificate, refreshed.
-        b.prepare(&hello("b.example.com")).await;
+        b.prepare(&hello("b.example.com"), other).await;
         assert!(Arc::ptr_eq(&key, &b.tls_alpn.get("b.example.com").unwrap()));
 
         // Once cleaned up, the record is gone and a later lookup forgets it.
@@ -805,7 +949,7 @@ mod tests {
         assert!(a_challenges.get("b.example.com").is_none());
         tokio::time::pause();
         tokio::time::advance(NEGATIVE_TTL).await;
-        b.prepare(&hello("b.example.com")).await;
+        b.prepare(&hello("b.example.com"), other).await;
         assert!(b.tls_alpn.get("b.example.com").is_none());
     }
 
@@ -816,27 +960,25 @@ mod tests {
         let b = shared(storage.clone(), Vec::new());
         // Names that are not DNS names cost nothing.
         for sni in ["", "1.2.3.4", "*.example.com", "a..b", "-x-.example.com/"] {
-            b.prepare(&hello(sni)).await;
+            b.prepare(&hello(sni), other).await;
         }
         assert_eq!(counting.reads.load(Ordering::SeqCst), 0);
         // One unknown name, asked for again and again: one lookup per
         // negative-cache period.
         for _ in 0..100 {
-            b.prepare(&hello("unknown.example.com")).await;
+            b.prepare(&hello("unknown.example.com"), other).await;
         }
         assert_eq!(counting.reads.load(Ordering::SeqCst), 1);
         tokio::time::advance(NEGATIVE_TTL).await;
-        b.prepare(&hello("unknown.example.com")).await;
+        b.prepare(&hello("unknown.example.com"), other).await;
         assert_eq!(counting.reads.load(Ordering::SeqCst), 2);
-        // A flood of random names: at most MAX_LOOKUPS_PER_SECOND a second.
+        // A flood of random names: at most their share a second.
         tokio::time::advance(Duration::from_secs(1)).await;
         for i in 0..1000 {
-            b.prepare(&hello(&format!("r{i}.example.com"))).await;
+            b.prepare(&hello(&format!("r{i}.example.com")), other).await;
         }
-        assert_eq!(
-            counting.reads.load(Ordering::SeqCst),
-            2 + MAX_LOOKUPS_PER_SECOND as usize
-        );
+        let share = LookupReason::Other.per_second() as usize;
+        assert_eq!(counting.reads.load(Ordering::SeqCst), 2 + share);
 
         // Loaded certificates: bounded in number and lifetime.
         let a = DistributedSolver::new(Recording::default(), storage.clone());
@@ -850,10 +992,10 @@ mod tests {
             a.present(&c).await.unwrap();
         }
         for i in 0..n {
-            if i % MAX_LOOKUPS_PER_SECOND as usize == 0 {
+            if i % share == 0 {
                 tokio::time::advance(Duration::from_secs(1)).await;
             }
-            b.prepare(&hello(&format!("n{i}.example.com"))).await;
+            b.prepare(&hello(&format!("n{i}.example.com")), other).await;
         }
         assert_eq!(b.tls_alpn.loaded_len(), MAX_LOADED_CHALLENGES);
         let last = format!("n{}.example.com", n - 1);
@@ -922,5 +1064,195 @@ mod tests {
         // Nothing more to do on the next pass.
         assert_eq!(b.clean_stale().await, StaleChallenges::default());
         assert!(dead_inner.cleaned.lock().unwrap().is_empty());
+    }
+
+    /// Stores a record for `c` presented by solver `solver` at `created`
+    /// seconds since the epoch (any value, as another instance could write).
+    async fn store_raw(storage: &Arc<dyn Storage>, solver: &str, c: &Challenge, created: u64) {
+        let mut record = Record::new(solver, c, UNIX_EPOCH);
+        record.created = created;
+        let key = record_key(c).unwrap();
+        storage
+            .store(&key, &serde_json::to_vec(&record).unwrap())
+            .await
+            .unwrap();
+    }
+
+    fn secs(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[tokio::test]
+    async fn implausible_creation_times_are_unreadable_and_removed_once_stale() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let c = challenge(ChallengeType::Dns01, "x.example.com", "tok");
+        let mut record = Record::new("dns", &c, now);
+        record.created = u64::MAX;
+        assert_eq!(record.age(now), None);
+        record.created = secs(now) + 2 * 3600;
+        assert_eq!(record.age(now), None);
+        // Within the skew: age 0, not yet stale.
+        record.created = secs(now) + 600;
+        assert_eq!(record.age(now), Some(Duration::ZERO));
+
+        // In storage: no panic; deleted once storage dates it stale, never
+        // through a solver.
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let inner = Arc::new(Recording::default());
+        let solver = DistributedSolver::from_arc(inner.clone(), storage.clone()).solver_id("dns");
+        let overflow = challenge(ChallengeType::Dns01, "a.example.com", "tok_max");
+        store_raw(&storage, "dns", &overflow, u64::MAX).await;
+        let later = SystemTime::now() + STALE_CHALLENGE_AGE + Duration::from_secs(60);
+        let future = challenge(ChallengeType::Dns01, "b.example.com", "tok_future");
+        store_raw(&storage, "dns", &future, secs(later) + 3 * 3600).await;
+        // Written just now: not stale by storage's date yet.
+        assert_eq!(solver.clean_stale().await, StaleChallenges::default());
+        assert_eq!(
+            storage
+                .list(keys::CHALLENGES_PREFIX, true)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let cursor = Mutex::new(None);
+        let report = clean_stale(
+            &storage,
+            std::slice::from_ref(&solver),
+            &cursor,
+            later,
+            STALE_CHALLENGE_AGE,
+        )
+        .await;
+        assert_eq!(report, StaleChallenges::default());
+        assert!(inner.cleaned.lock().unwrap().is_empty());
+        assert!(
+            storage
+                .list(keys::CHALLENGES_PREFIX, true)
+                .await
+                .is_err_and(|e| e.is_not_found())
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_random_names_leaves_managed_names_answered() {
+        let counting = Arc::new(Counting::default());
+        let storage: Arc<dyn Storage> = counting.clone();
+        let a = DistributedSolver::new(Recording::default(), storage.clone());
+        let c = challenge(ChallengeType::TlsAlpn01, "v.example.com", "tok_v");
+        a.present(&c).await.unwrap();
+        let b = shared(storage.clone(), Vec::new());
+        let reason = |id: &Identifier| {
+            if id.as_str() == "v.example.com" {
+                LookupReason::Managed
+            } else {
+                LookupReason::Other
+            }
+        };
+        for i in 0..1000 {
+            b.prepare(&hello(&format!("r{i}.example.com")), reason)
+                .await;
+        }
+        assert_eq!(
+            counting.reads.load(Ordering::SeqCst),
+            LookupReason::Other.per_second() as usize
+        );
+        // The validator's hello, in the same second: still looked up.
+        b.prepare(&hello("v.example.com"), reason).await;
+        let key = b.tls_alpn.get("v.example.com").unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, b"tok_v.thumbprint");
+        assert_eq!(acme_digest(&key), digest.as_ref());
+        // The global cap stays a second bound, whatever the shares.
+        let mut lookups = Lookups::default();
+        let now = Instant::now();
+        let mut admitted = 0;
+        for i in 0..1000 {
+            for r in [
+                LookupReason::Managed,
+                LookupReason::OnDemand,
+                LookupReason::Other,
+            ] {
+                admitted += u32::from(lookups.admit(&format!("{r:?}{i}"), r, now));
+            }
+        }
+        assert_eq!(admitted, MAX_LOOKUPS_PER_SECOND);
+    }
+
+    #[tokio::test]
+    async fn the_newest_live_record_wins_over_stale_and_future_ones() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let now = SystemTime::now();
+        let name = "w.example.com";
+        // Left by dead instances, sorting before the current one.
+        for i in 0..12 {
+            let c = challenge(ChallengeType::TlsAlpn01, name, &format!("a{i:02}"));
+            let created = now - STALE_CHALLENGE_AGE - Duration::from_secs(60 + i);
+            store_raw(&storage, "default", &c, secs(created)).await;
+        }
+        // Dated where no clock is, and an older attempt still live.
+        let future = challenge(ChallengeType::TlsAlpn01, name, "b_future");
+        store_raw(&storage, "default", &future, secs(now) + 3 * 3600).await;
+        let older = challenge(ChallengeType::TlsAlpn01, name, "c_older");
+        store_raw(&storage, "default", &older, secs(now) - 600).await;
+        let current = challenge(ChallengeType::TlsAlpn01, name, "z_current");
+        store_raw(&storage, "default", &current, secs(now)).await;
+
+        let b = shared(storage.clone(), Vec::new());
+        b.prepare(&hello(name), other).await;
+        let key = b.tls_alpn.get(name).unwrap();
+        let digest = ring::digest::digest(&ring::digest::SHA256, b"z_current.thumbprint");
+        assert_eq!(acme_digest(&key), digest.as_ref());
+    }
+
+    #[tokio::test]
+    async fn cleanup_passes_resume_where_the_last_one_stopped() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let inner = Arc::new(Recording::default());
+        let solver = DistributedSolver::from_arc(inner.clone(), storage.clone()).solver_id("dns");
+        // More live records than a pass reads, all sorting first.
+        for i in 0..MAX_SCANNED_PER_PASS + 100 {
+            let c = challenge(ChallengeType::Dns01, "a.example.com", &format!("t{i:04}"));
+            solver.present(&c).await.unwrap();
+        }
+        let long_ago = SystemTime::now() - STALE_CHALLENGE_AGE - Duration::from_secs(60);
+        let stale = challenge(ChallengeType::Dns01, "z.example.com", "tok_stale");
+        store_raw(&storage, "dns", &stale, secs(long_ago)).await;
+
+        assert_eq!(solver.clean_stale().await, StaleChallenges::default());
+        let report = solver.clean_stale().await;
+        assert_eq!(report.cleaned, ["dns-01 z.example.com"]);
+        assert_eq!(inner.cleaned.lock().unwrap().as_slice(), [stale]);
+        // Wraps around: the next passes start over from the first key.
+        assert_eq!(solver.clean_stale().await, StaleChallenges::default());
+        assert_eq!(
+            storage
+                .list(keys::CHALLENGES_PREFIX, true)
+                .await
+                .unwrap()
+                .len(),
+            MAX_SCANNED_PER_PASS + 100
+        );
+    }
+
+    #[tokio::test]
+    async fn a_config_gives_the_reason_for_a_validation() {
+        let config = crate::Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .on_demand(
+                crate::OnDemandConfig::new()
+                    .host_allowlist(["*.users.test"])
+                    .unwrap(),
+            )
+            .build();
+        config
+            .manage(["m.example.test", "*.w.example.test"])
+            .await
+            .unwrap();
+        let reason = |name: &str| config.tls_alpn_lookup_reason(&Identifier::parse(name).unwrap());
+        assert_eq!(reason("m.example.test"), LookupReason::Managed);
+        // TLS-ALPN-01 validates no wildcard: a name it covers is no reason.
+        assert_eq!(reason("a.w.example.test"), LookupReason::Other);
+        assert_eq!(reason("a.users.test"), LookupReason::OnDemand);
+        assert_eq!(reason("random.example.test"), LookupReason::Other);
     }
 }

@@ -146,6 +146,13 @@ impl Config {
         }
     }
 
+    /// Whether `id` itself is a name of a managed certificate (a name a
+    /// wildcard covers is not). O(1).
+    pub(crate) fn manages_exactly(&self, id: &Identifier) -> bool {
+        let managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        managed.names.contains(id)
+    }
+
     /// Loads the stored certificates of `names` (one certificate per name)
     /// into the cache, [`LOAD_CONCURRENCY`] at a time; returns which were.
     async fn load_all_into_cache(&self, names: &[Identifier]) -> Result<Vec<bool>, Error> {

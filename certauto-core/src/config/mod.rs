@@ -228,7 +228,27 @@ impl Config {
 
     /// Loads what a handshake needs from shared challenge state (TLS-ALPN-01).
     pub(crate) async fn prepare_shared_challenge(&self, hello: &crate::handshake::Hello) {
-        self.inner.shared_challenges.prepare(hello).await;
+        self.inner
+            .shared_challenges
+            .prepare(hello, |id| self.tls_alpn_lookup_reason(id))
+            .await;
+    }
+
+    /// Why this config would see `id` validated by TLS-ALPN-01 (the share of
+    /// the storage-lookup budget a validation of it uses). O(1) set lookups.
+    pub(crate) fn tls_alpn_lookup_reason(
+        &self,
+        id: &Identifier,
+    ) -> crate::challenge::distributed::LookupReason {
+        use crate::challenge::distributed::LookupReason;
+        let on_demand = self.on_demand();
+        if self.manages_exactly(id) || on_demand.is_some_and(|od| od.is_in_flight(id)) {
+            LookupReason::Managed
+        } else if on_demand.is_some_and(|od| od.allowlisted(id)) {
+            LookupReason::OnDemand
+        } else {
+            LookupReason::Other
+        }
     }
 
     /// The issuer `ids` go to first (for logs: `local-ca` or an issuer key).

@@ -479,6 +479,19 @@ impl OnDemand {
         self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an issuance for `id` is in flight here. O(1).
+    pub(crate) fn is_in_flight(&self, id: &Identifier) -> bool {
+        self.in_flight().contains_key(id)
+    }
+
+    /// Whether the allowlist (not the decision function) allows `id`.
+    pub(crate) fn allowlisted(&self, id: &Identifier) -> bool {
+        self.config
+            .allowlist
+            .as_ref()
+            .is_some_and(|list| list.allows(id))
+    }
+
     fn remember_refusal(&self, id: &Identifier, why: OnDemandRefusal) {
         let until = Instant::now() + self.config.refusal_ttl;
         self.refusals()
