@@ -63,13 +63,19 @@ impl Config {
         }
     }
 
-    /// Records a certificate obtained on demand as managed and on-demand.
+    /// Records a certificate obtained on demand as managed and on-demand,
+    /// unless the application already manages the name (then it stays a
+    /// configured name: a gate refusal must never unmanage it).
     pub(crate) fn record_on_demand(&self, ids: &[Identifier]) {
-        self.record_managed(ids);
-        if let Some(primary) = ids.first() {
-            let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
-            managed.on_demand.insert(primary.clone());
+        let Some(primary) = ids.first() else {
+            return;
+        };
+        if self.is_managed_id(primary) {
+            return;
         }
+        self.record_managed(ids);
+        let mut managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
+        managed.on_demand.insert(primary.clone());
     }
 
     /// Whether the certificate whose primary name is `primary` was obtained on demand.
@@ -127,17 +133,19 @@ impl Config {
     /// # Ok(()) }
     /// ```
     pub fn is_managed(&self, host: &str) -> bool {
-        let Ok(id) = Identifier::parse(host) else {
-            return false;
-        };
+        Identifier::parse(host).is_ok_and(|id| self.is_managed_id(&id))
+    }
+
+    /// [`is_managed`](Self::is_managed) for a parsed name.
+    pub(crate) fn is_managed_id(&self, id: &Identifier) -> bool {
         if id.is_wildcard() {
             return false;
         }
         let managed = self.inner.managed.lock().unwrap_or_else(|e| e.into_inner());
-        if managed.names.contains(&id) {
+        if managed.names.contains(id) {
             return true;
         }
-        match &id {
+        match id {
             Identifier::Dns(name) => name.as_str().split_once('.').is_some_and(|(_, rest)| {
                 DomainName::parse(&format!("*.{rest}"))
                     .is_ok_and(|parent| managed.names.contains(&Identifier::Dns(parent)))

@@ -19,26 +19,33 @@
 //!
 //! 1. A name the cache serves: nothing more (one cache lookup).
 //! 2. The SNI is parsed into an [`Identifier`]: an invalid name (or a
-//!    wildcard) is refused; no decision, no storage.
+//!    wildcard) is refused; no decision, no storage. A name the application
+//!    manages itself ([`Config::manage`]) is left to maintenance: never
+//!    obtained or marked on demand.
 //! 3. The refusal cache: a name the decision function refused within the
 //!    last [`refusal_ttl`](OnDemandConfig::refusal_ttl) is refused at once.
 //! 4. An issuance already in flight for the name: the handshake joins it
 //!    (single flight: one issuance for any number of handshakes).
-//! 5. The gate: the allowlist, then the decision function (both must allow;
-//!    with neither, nothing is issued). Only decision refusals are cached.
-//! 6. Allowed: one task (holding one of
-//!    [`max_in_flight`](OnDemandConfig::max_in_flight) slots) checks storage
-//!    (another instance may have the certificate), then the on-demand rate
-//!    limiter, then obtains through the normal path (name lock, the per-CA
-//!    limiter, storage, events). Handshakes only wait for that task: one
-//!    whose deadline passes leaves, the task goes on for the others, and it
-//!    removes its entry when done.
+//! 5. The gate: the allowlist; then the capacity, cheap: one of
+//!    [`max_in_flight`](OnDemandConfig::max_in_flight) slots free and a
+//!    token in the on-demand rate limiter (while either is exhausted, no
+//!    decision and no storage lookup runs); then the decision function (both
+//!    the allowlist and the decision must allow; with neither, nothing is
+//!    issued). Only the decision's refusals are cached, not its timeouts.
+//! 6. Allowed: one task (holding the slot from step 5, through the decision
+//!    and the issuance) checks storage (another instance may have the
+//!    certificate), takes the on-demand limiter's token, then obtains
+//!    through the normal path (name lock, the per-CA limiter, storage,
+//!    events). Handshakes only wait for that task: one whose deadline passes
+//!    leaves, the task goes on for the others, and it removes its entry when
+//!    done.
 //!
 //! Certificates obtained on demand are managed (renewed by maintenance) and
 //! marked on-demand: at renewal time the gate is asked again
-//! ([`OnDemandRequest::is_renewal`]), and a name no longer allowed is dropped
+//! ([`OnDemandRequest::is_renewal`]), and a name the gate refuses is dropped
 //! from management (its cached certificate serves until it expires or is
-//! evicted).
+//! evicted); a decision that times out only defers that renewal to the next
+//! maintenance pass.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
@@ -68,7 +75,9 @@ pub const DEFAULT_REFUSAL_TTL: Duration = Duration::from_secs(300);
 /// How many refused names are remembered by default.
 pub const DEFAULT_REFUSAL_CAPACITY: usize = 10_000;
 /// The longest an (async) decision may take; past it, the name is refused
-/// (and the refusal is not remembered).
+/// for this handshake ([`OnDemandRefusal::DecisionTimeout`]), the refusal is
+/// not remembered, and at renewal the name stays managed (asked again at the
+/// next maintenance pass).
 pub const DECISION_TIMEOUT: Duration = Duration::from_secs(10);
 
 type SyncDecision = Arc<dyn Fn(&OnDemandRequest) -> bool + Send + Sync>;
@@ -125,8 +134,11 @@ pub enum OnDemandRefusal {
     NoGate,
     /// The name is not on the allowlist.
     NotAllowlisted,
-    /// The decision function said no (or did not answer within [`DECISION_TIMEOUT`]).
+    /// The decision function said no (remembered for the refusal period).
     Decision,
+    /// The async decision function did not answer within
+    /// [`DECISION_TIMEOUT`]: refused for this handshake only, not remembered.
+    DecisionTimeout,
     /// The decision function said no recently: the cached refusal.
     Cached,
     /// The issuance failed recently (see [`Event::OnDemandFailed`]); asked
@@ -180,17 +192,31 @@ impl Allowlist {
 /// background: the first handshake for a new name fails, a later one
 /// succeeds.
 ///
+/// **The first handshake waits at most the handshake timeout**, and the
+/// decision plus the whole issuance (orders, challenge validation, DNS-01
+/// propagation) must fit in it. `AcmeAcceptor::for_config` keeps the 10 s
+/// default ([`DEFAULT_HANDSHAKE_TIMEOUT`](crate::DEFAULT_HANDSHAKE_TIMEOUT)),
+/// enough for a local CA, often too short for a public one: raise it with
+/// [`ServerLimits::handshake_timeout`](crate::ServerLimits::handshake_timeout)
+/// (or the acceptor builder's `handshake_timeout`), e.g. 30-60 s for a
+/// public CA. Past it that handshake fails, the issuance goes on in its task,
+/// and a later handshake for the name succeeds once it is done.
+///
 /// For an SNI the cache does not serve, in this order: the name is validated
-/// (an invalid one is refused: no decision, no storage); a refusal by the
-/// decision function within [`refusal_ttl`](Self::refusal_ttl) refuses it at
-/// once; an issuance in flight for it is joined (single flight: one decision
-/// and one issuance for any number of handshakes); the allowlist, then the
-/// decision function; then storage (another instance may hold the
-/// certificate), the on-demand [`rate_limit`](Self::rate_limit), and the
-/// normal obtain (name lock, per-CA limiter, storage, events), in a task that
-/// a handshake timing out does not cancel. Certificates obtained on demand
-/// are renewed like managed ones, after asking the gate again
-/// ([`OnDemandRequest::is_renewal`]); a name no longer allowed is not renewed.
+/// (an invalid one is refused: no decision, no storage); a name the
+/// application manages itself is left alone; a refusal by the decision
+/// function within [`refusal_ttl`](Self::refusal_ttl) refuses it at once; an
+/// issuance in flight for it is joined (single flight: one decision and one
+/// issuance for any number of handshakes); the allowlist; a free
+/// [`max_in_flight`](Self::max_in_flight) slot and a token of the on-demand
+/// [`rate_limit`](Self::rate_limit) (cheap: while either is exhausted no
+/// decision and no storage lookup runs); the decision function; then storage
+/// (another instance may hold the certificate) and the normal obtain (name
+/// lock, per-CA limiter, storage, events), in a task that a handshake timing
+/// out does not cancel. Certificates obtained on demand are renewed like
+/// managed ones, after asking the gate again
+/// ([`OnDemandRequest::is_renewal`]); a name the gate refuses is not renewed
+/// and no longer managed, a decision that times out only skips that pass.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), certauto_core::Error> {
@@ -294,7 +320,9 @@ impl OnDemandConfig {
 
     /// An async decision function (replacing a sync one), for a decision
     /// that asks a backend. In awaiting mode it runs under the handshake
-    /// deadline; it is also bounded by [`DECISION_TIMEOUT`].
+    /// deadline; it is also bounded by [`DECISION_TIMEOUT`] (past it, refused
+    /// for that handshake and not remembered). At most
+    /// [`max_in_flight`](Self::max_in_flight) decisions and issuances run at once.
     pub fn async_decision_func<F, Fut>(mut self, decide: F) -> Self
     where
         F: Fn(OnDemandRequest) -> Fut + Send + Sync + 'static,
@@ -307,16 +335,18 @@ impl OnDemandConfig {
     }
 
     /// At most this rate of on-demand issuances (on top of the per-CA
-    /// limiter every issuance goes through). A name over the limit is
-    /// refused for this handshake, and not remembered as refused.
+    /// limiter every issuance goes through). While the limiter has no token,
+    /// new names are refused for the handshake before any decision or
+    /// storage lookup, and not remembered as refused.
     pub fn rate_limit(mut self, limiter: RateLimiter) -> Self {
         self.rate_limit = Some(Arc::new(limiter));
         self
     }
 
-    /// At most `max` on-demand issuances in flight at once (default
-    /// [`DEFAULT_ON_DEMAND_MAX_IN_FLIGHT`]; at least 1). Past it, new names
-    /// are refused for this handshake.
+    /// At most `max` on-demand issuances in flight at once, their decisions
+    /// included (default [`DEFAULT_ON_DEMAND_MAX_IN_FLIGHT`]; at least 1).
+    /// Past it, new names are refused for this handshake, before any
+    /// decision or storage lookup.
     pub fn max_in_flight(mut self, max: usize) -> Self {
         self.max_in_flight = max.max(1);
         self
@@ -337,9 +367,8 @@ impl OnDemandConfig {
         self
     }
 
-    /// The gate without the refusal cache. `Err` is why it refused; `Ok`
-    /// with `None` means "ask the async decision function".
-    fn check_sync(&self, request: &OnDemandRequest) -> Result<bool, OnDemandRefusal> {
+    /// The static part of the gate: a gate exists and the allowlist allows.
+    fn check_allowlist(&self, request: &OnDemandRequest) -> Result<(), OnDemandRefusal> {
         if self.allowlist.is_none() && self.decision.is_none() {
             return Err(OnDemandRefusal::NoGate);
         }
@@ -348,6 +377,12 @@ impl OnDemandConfig {
         {
             return Err(OnDemandRefusal::NotAllowlisted);
         }
+        Ok(())
+    }
+
+    /// The sync decision (after [`check_allowlist`](Self::check_allowlist)).
+    /// `Ok(false)` means "ask the async decision function".
+    fn decide_sync(&self, request: &OnDemandRequest) -> Result<bool, OnDemandRefusal> {
         match &self.decision {
             None => Ok(true),
             Some(Decision::Sync(decide)) => {
@@ -363,7 +398,23 @@ impl OnDemandConfig {
 
     /// The whole gate, without the refusal cache.
     async fn check(&self, request: &OnDemandRequest) -> Result<(), OnDemandRefusal> {
-        if self.check_sync(request)? {
+        self.check_allowlist(request)?;
+        self.decide(request, None).await
+    }
+
+    /// The decision (after the allowlist): `sync_allowed` is what
+    /// [`decide_sync`](Self::decide_sync) already said, so a sync decision
+    /// is not asked twice.
+    async fn decide(
+        &self,
+        request: &OnDemandRequest,
+        sync_allowed: Option<bool>,
+    ) -> Result<(), OnDemandRefusal> {
+        let sync_allowed = match sync_allowed {
+            Some(allowed) => allowed,
+            None => self.decide_sync(request)?,
+        };
+        if sync_allowed {
             return Ok(());
         }
         let Some(Decision::Async(decide)) = &self.decision else {
@@ -373,8 +424,8 @@ impl OnDemandConfig {
             Ok(true) => Ok(()),
             Ok(false) => Err(OnDemandRefusal::Decision),
             Err(_) => {
-                tracing::warn!(name = %request.name, "on-demand decision timed out; refused");
-                Err(OnDemandRefusal::Decision)
+                tracing::warn!(name = %request.name, "on-demand decision timed out; refused for now");
+                Err(OnDemandRefusal::DecisionTimeout)
             }
         }
     }
@@ -512,7 +563,15 @@ impl OnDemand {
                 return Err(None);
             }
         };
-        if let Some(why) = self.refusals().get(&id, Instant::now()) {
+        // A name the application manages itself (its first order may have
+        // failed) is never on-demand: maintenance obtains it.
+        if config.is_managed_id(&id) {
+            return Err(None);
+        }
+        // Into a local first: the guard must not live through the
+        // then-block, where event handlers run.
+        let cached = self.refusals().get(&id, Instant::now());
+        if let Some(why) = cached {
             let shown = if why == OnDemandRefusal::Decision {
                 OnDemandRefusal::Cached
             } else {
@@ -527,14 +586,40 @@ impl OnDemand {
         Ok(id)
     }
 
+    /// The capacity checks, cheap, before any decision or storage lookup: a
+    /// free slot (returned, held through the decision and the issuance) and
+    /// a token of the on-demand limiter (looked at here, taken after the
+    /// storage lookup). While either is exhausted, handshakes for allowed
+    /// names cost no decision and no storage access.
+    fn admit(&self, config: &Config, id: &Identifier) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        let wait = self
+            .config
+            .rate_limit
+            .as_ref()
+            .map_or(Duration::ZERO, |limiter| limiter.next_available_in());
+        match permit {
+            Some(permit) if wait.is_zero() => Some(permit),
+            _ => {
+                tracing::warn!(name = %id, max = self.config.max_in_flight, ?wait, "on-demand issuances in flight at their bound or rate limited; refused for now");
+                config.emit(&Event::OnDemandRateLimited {
+                    name: id.to_string(),
+                });
+                None
+            }
+        }
+    }
+
     /// Step 5 and the start of step 6: the gate, then the issuance in a task
     /// of its own. The name is in flight from before the decision, so
     /// concurrent handshakes for one new name cost one decision and one
-    /// issuance. Returns what to wait on, if anything.
+    /// issuance. `admitted`: background mode already checked the allowlist,
+    /// took a slot and asked a sync decision. Returns what to wait on, if anything.
     async fn gate_and_start(
         &self,
         config: &Config,
         request: OnDemandRequest,
+        admitted: Option<Admitted>,
     ) -> Option<watch::Receiver<Option<Outcome>>> {
         let (tx, rx) = watch::channel(None);
         {
@@ -552,7 +637,21 @@ impl OnDemand {
             handed_over: false,
         };
         let name = request.name.to_string();
-        if let Err(why) = self.config.check(&request).await {
+        let (permit, sync_allowed) = match admitted {
+            Some(Admitted {
+                permit,
+                sync_allowed,
+            }) => (permit, Some(sync_allowed)),
+            None => {
+                if let Err(why) = self.config.check_allowlist(&request) {
+                    refused(config, &name, why);
+                    return None;
+                }
+                (self.admit(config, &request.name)?, None)
+            }
+        };
+        if let Err(why) = self.config.decide(&request, sync_allowed).await {
+            // Only an answer is remembered, not a timeout.
             if why == OnDemandRefusal::Decision {
                 self.remember_refusal(&request.name, why);
             }
@@ -561,11 +660,6 @@ impl OnDemand {
         }
         tracing::info!(name = %name, peer = ?request.peer, "on-demand certificate allowed");
         config.emit(&Event::OnDemandAllowed { name: name.clone() });
-        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
-            tracing::warn!(name = %name, max = self.config.max_in_flight, "on-demand issuances in flight at their bound; refused for now");
-            config.emit(&Event::OnDemandRateLimited { name });
-            return None;
-        };
         deciding.handed_over = true;
         let config = config.clone();
         let id = request.name.clone();
@@ -586,15 +680,23 @@ impl OnDemand {
 
     /// The gate alone (no refusal cache), for maintenance before renewing
     /// an on-demand certificate.
-    pub(crate) async fn still_allowed(&self, id: &Identifier) -> bool {
+    async fn still_allowed(&self, id: &Identifier) -> Result<(), OnDemandRefusal> {
         let request = OnDemandRequest {
             name: id.clone(),
             peer: None,
             alpn: Vec::new(),
             renewal: true,
         };
-        self.config.check(&request).await.is_ok()
+        self.config.check(&request).await
     }
+}
+
+/// What background mode did on the handshake thread before spawning.
+struct Admitted {
+    /// The slot, held through the decision and the issuance.
+    permit: OwnedSemaphorePermit,
+    /// What the sync decision said (`false`: ask the async one).
+    sync_allowed: bool,
 }
 
 /// An issuance in flight: dropping it (at the end, or if the task is
@@ -704,7 +806,7 @@ pub(crate) async fn prepare(config: &Config, hello: &Hello) {
         alpn: hello.alpn.clone(),
         renewal: false,
     };
-    if let Some(rx) = od.gate_and_start(config, request).await {
+    if let Some(rx) = od.gate_and_start(config, request, None).await {
         wait(rx).await;
     }
 }
@@ -725,10 +827,7 @@ pub(crate) fn background(config: &Config, sni: &str) {
         renewal: false,
     };
     // The cheap refusals stay on this thread.
-    if let Err(why) = od.config.check_sync(&request) {
-        if why == OnDemandRefusal::Decision {
-            od.remember_refusal(&request.name, why);
-        }
+    if let Err(why) = od.config.check_allowlist(&request) {
         refused(config, &request.name.as_str(), why);
         return;
     }
@@ -736,36 +835,62 @@ pub(crate) fn background(config: &Config, sni: &str) {
         tracing::warn!(name = %request.name, "no tokio runtime on the handshake thread; on-demand issuance skipped");
         return;
     };
-    // An async decision (or the start) runs in a task; these tasks hold a
-    // slot, so a flood spawns at most `max_in_flight` of them.
-    let Ok(permit) = od.slots.clone().try_acquire_owned() else {
-        config.emit(&Event::OnDemandRateLimited {
-            name: request.name.to_string(),
-        });
+    // The task holds this slot through the decision and the issuance, so a
+    // flood spawns at most `max_in_flight` tasks (and backend calls).
+    let Some(permit) = od.admit(config, &request.name) else {
         return;
+    };
+    let sync_allowed = match od.config.decide_sync(&request) {
+        Ok(allowed) => allowed,
+        Err(why) => {
+            if why == OnDemandRefusal::Decision {
+                od.remember_refusal(&request.name, why);
+            }
+            refused(config, &request.name.as_str(), why);
+            return;
+        }
     };
     let config = config.clone();
     runtime.spawn(async move {
         let Some(od) = config.on_demand() else { return };
-        // Let the issuance take this slot.
-        drop(permit);
-        let _ = od.gate_and_start(&config, request).await;
+        let admitted = Admitted {
+            permit,
+            sync_allowed,
+        };
+        let _ = od.gate_and_start(&config, request, Some(admitted)).await;
     });
+}
+
+/// What maintenance does with a due certificate, after asking the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RenewalGate {
+    /// Renew it (not on-demand, or still allowed).
+    Renew,
+    /// Not this pass: the decision timed out; still managed, asked again
+    /// at the next pass.
+    Later,
+    /// Refused: dropped from management.
+    Dropped,
 }
 
 impl Config {
     /// Maintenance, before renewing: whether the certificate for `primary`,
-    /// obtained on demand, is still allowed. A name no longer allowed is
-    /// dropped from management (`OnDemandDropped`).
-    pub(crate) async fn on_demand_renewal_allowed(&self, primary: &Identifier) -> bool {
+    /// obtained on demand, is still allowed. A name the gate refuses is
+    /// dropped from management (`OnDemandDropped`); a decision that timed
+    /// out only skips this pass.
+    pub(crate) async fn on_demand_renewal_allowed(&self, primary: &Identifier) -> RenewalGate {
         if !self.is_on_demand(primary) {
-            return true;
+            return RenewalGate::Renew;
         }
         let allowed = match self.on_demand() {
             Some(od) => od.still_allowed(primary).await,
-            None => false,
+            None => Err(OnDemandRefusal::NoGate),
         };
-        if !allowed {
+        if allowed == Err(OnDemandRefusal::DecisionTimeout) {
+            tracing::warn!(name = %primary, "on-demand decision timed out at renewal; kept, asked again at the next pass");
+            return RenewalGate::Later;
+        }
+        if allowed.is_err() {
             tracing::info!(name = %primary, "on-demand name no longer allowed; not renewed");
             self.unmanage(primary);
             if let Some(od) = self.on_demand() {
@@ -774,8 +899,9 @@ impl Config {
             self.emit(&Event::OnDemandDropped {
                 name: primary.to_string(),
             });
+            return RenewalGate::Dropped;
         }
-        allowed
+        RenewalGate::Renew
     }
 }
 
@@ -1126,5 +1252,234 @@ mod tests {
         let events = drain(&mut rx);
         assert_eq!(refusals(&events), vec![OnDemandRefusal::NotAllowlisted]);
         config.cache().stop();
+    }
+
+    fn count(events: &[Event], pred: impl Fn(&Event) -> bool) -> usize {
+        events.iter().filter(|e| pred(e)).count()
+    }
+
+    // One thread: the spawned tasks run only when the test awaits.
+    #[tokio::test]
+    async fn background_tasks_hold_their_slot_through_an_async_decision() {
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let started_tx = StdMutex::new(started_tx);
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .max_in_flight(2)
+                .async_decision_func(move |_| {
+                    let _ = started_tx.lock().unwrap().send(());
+                    std::future::pending::<bool>()
+                }),
+            None,
+        );
+        for i in 0..100 {
+            background(&config, &format!("n{i}.flood.test"));
+        }
+        let events = drain(&mut rx);
+        assert_eq!(
+            count(&events, |e| matches!(e, Event::OnDemandRateLimited { .. })),
+            98
+        );
+        started.recv().await.unwrap();
+        started.recv().await.unwrap();
+        let od = config.on_demand().unwrap();
+        assert_eq!(od.slots.available_permits(), 0);
+        assert_eq!(od.in_flight().len(), 2);
+        assert!(started.try_recv().is_err(), "two decisions at most");
+    }
+
+    #[tokio::test]
+    async fn background_asks_a_sync_decision_once() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().decision_func(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                true
+            }),
+            None,
+        );
+        background(&config, "once.test");
+        loop {
+            match rx.recv().await.unwrap() {
+                Event::OnDemandObtained { .. } => break,
+                Event::OnDemandFailed { error, .. } => panic!("{error}"),
+                _ => {}
+            }
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_timeout_is_not_remembered() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().async_decision_func(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                std::future::pending::<bool>()
+            }),
+            None,
+        );
+        prepare(&config, &hello("slow.test")).await;
+        prepare(&config, &hello("slow.test")).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        let events = drain(&mut rx);
+        assert_eq!(refusals(&events), vec![OnDemandRefusal::DecisionTimeout; 2]);
+        assert!(config.cache().get("slow.test").is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_decision_timeout_at_renewal_keeps_the_name() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        // 0: allow, 1: time out, 2: refuse.
+        let mode = Arc::new(AtomicU32::new(0));
+        let flag = mode.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().async_decision_func(move |_| {
+                let mode = flag.load(Ordering::SeqCst);
+                async move {
+                    if mode == 1 {
+                        std::future::pending::<()>().await;
+                    }
+                    mode == 0
+                }
+            }),
+            Some(clock.clone()),
+        );
+        prepare(&config, &hello("kept.test")).await;
+        let id = Identifier::parse("kept.test").unwrap();
+        assert!(config.is_on_demand(&id));
+        clock.advance(Duration::from_secs(6 * 24 * 3600)); // of a 7-day local leaf
+        mode.store(1, Ordering::SeqCst);
+        drain(&mut rx);
+        let report = config.check_renewals().await;
+        assert_eq!(report.deferred, vec!["kept.test".to_owned()]);
+        assert!(report.renewed.is_empty());
+        assert_eq!(config.managed().len(), 1);
+        assert!(config.is_on_demand(&id));
+        let events = drain(&mut rx);
+        assert_eq!(
+            count(&events, |e| matches!(e, Event::OnDemandDropped { .. })),
+            0
+        );
+        // An explicit refusal drops it.
+        mode.store(2, Ordering::SeqCst);
+        config.check_renewals().await;
+        assert!(config.managed().is_empty());
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_the_application_manages_is_never_on_demand() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new().decision_func(move |_| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                false
+            }),
+            None,
+        );
+        config.manage(["conf.test"]).await.unwrap();
+        let id = Identifier::parse("conf.test").unwrap();
+        // As if its first order had failed: not in the cache.
+        config.cache().remove("conf.test");
+        drain(&mut rx);
+        prepare(&config, &hello("conf.test")).await;
+        background(&config, "conf.test");
+        assert_eq!(asked.load(Ordering::SeqCst), 0);
+        assert!(drain(&mut rx).is_empty());
+        config.record_on_demand(std::slice::from_ref(&id));
+        assert!(!config.is_on_demand(&id));
+        // The gate refuses everything, yet maintenance keeps the name.
+        config.check_renewals().await;
+        assert_eq!(config.managed(), vec![vec![id]]);
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_capacity_no_decision_runs() {
+        let asked = Arc::new(AtomicU32::new(0));
+        let counter = asked.clone();
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .rate_limit(RateLimiter::new(1, Duration::from_secs(60)))
+                .decision_func(move |_| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    true
+                }),
+            None,
+        );
+        prepare(&config, &hello("a.test")).await;
+        assert!(config.cache().get("a.test").is_some());
+        drain(&mut rx);
+        for _ in 0..10 {
+            prepare(&config, &hello("b.test")).await;
+        }
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "no decision while limited");
+        let events = drain(&mut rx);
+        assert_eq!(
+            count(&events, |e| matches!(e, Event::OnDemandRateLimited { .. })),
+            10
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        prepare(&config, &hello("b.test")).await;
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        assert!(config.cache().get("b.test").is_some());
+        config.cache().stop();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_in_flight_bound_no_decision_runs() {
+        let (started_tx, mut started) = mpsc::unbounded_channel();
+        let started_tx = StdMutex::new(started_tx);
+        let (config, mut rx) = build(
+            OnDemandConfig::new()
+                .max_in_flight(1)
+                .async_decision_func(move |_| {
+                    let _ = started_tx.lock().unwrap().send(());
+                    std::future::pending::<bool>()
+                }),
+            None,
+        );
+        // Holds the only slot while its decision is pending.
+        let held = config.clone();
+        let first = tokio::spawn(async move { prepare(&held, &hello("a.test")).await });
+        started.recv().await.unwrap();
+        for _ in 0..10 {
+            prepare(&config, &hello("b.test")).await;
+        }
+        assert!(started.try_recv().is_err(), "one decision only");
+        let events = drain(&mut rx);
+        assert_eq!(
+            count(&events, |e| matches!(e, Event::OnDemandRateLimited { .. })),
+            10
+        );
+        first.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn event_handlers_run_outside_the_refusal_lock() {
+        let cell: Arc<std::sync::OnceLock<Config>> = Arc::new(std::sync::OnceLock::new());
+        let locked = Arc::new(AtomicU32::new(0));
+        let (c, l) = (cell.clone(), locked.clone());
+        let config = Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .on_demand(OnDemandConfig::new().decision_func(|_| false))
+            .on_event(move |e| {
+                if let Event::OnDemandRefused { .. } = e
+                    && let Some(config) = c.get()
+                    && config.on_demand().unwrap().refusals.try_lock().is_err()
+                {
+                    l.fetch_add(1, Ordering::SeqCst);
+                }
+            })
+            .build();
+        cell.set(config.clone()).unwrap();
+        prepare(&config, &hello("no.test")).await;
+        prepare(&config, &hello("no.test")).await; // the cached refusal
+        assert_eq!(locked.load(Ordering::SeqCst), 0);
     }
 }

@@ -10,6 +10,7 @@
 //! replaced certificate is dropped.
 
 use crate::config::{Config, RenewMode, RenewOutcome};
+use crate::handshake::on_demand::RenewalGate;
 use crate::identifier::Identifier;
 
 /// What one renewal check did.
@@ -24,7 +25,8 @@ pub struct RenewalReport {
     pub renewed: Vec<String>,
     /// Primary names whose renewal failed (a retry is scheduled).
     pub failed: Vec<String>,
-    /// Primary names due but waiting for their retry time.
+    /// Primary names due but waiting for their retry time (or, obtained
+    /// on demand, whose decision timed out: asked again at the next pass).
     pub deferred: Vec<String>,
 }
 
@@ -53,10 +55,16 @@ impl Config {
                 // Managed but never obtained (a first obtain failed): obtain it.
                 None => RenewMode::IfDue,
             };
-            if !self.on_demand_renewal_allowed(primary).await {
-                continue;
-            }
             let name = primary.to_string();
+            match self.on_demand_renewal_allowed(primary).await {
+                RenewalGate::Renew => {}
+                RenewalGate::Later => {
+                    report.due.push(name.clone());
+                    report.deferred.push(name);
+                    continue;
+                }
+                RenewalGate::Dropped => continue,
+            }
             report.due.push(name.clone());
             match self.renew_now(ids.clone(), mode).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
