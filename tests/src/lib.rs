@@ -29,6 +29,7 @@
 mod ari_proxy;
 mod balancer;
 mod bind;
+mod counting;
 mod dns;
 mod ocsp;
 mod pebble;
@@ -46,6 +47,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
 pub use balancer::Balancer;
 pub use bind::{BIND_ZONES, Bind, BindBuilder};
+pub use counting::CountingStorage;
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{
     DEFAULT_PROFILE, HARNESS_USER_AGENT, PEBBLE_DEFAULT_VALIDITY_SECS, PEBBLE_DIR_ENV,

@@ -23,7 +23,7 @@ use certauto::{
     OnDemandRefusal, Storage, StorageError,
 };
 use certauto_actix::HttpServerAcmeExt;
-use certauto_tests::{Pebble, init_tracing, serial_hex, webpki_verify_chain};
+use certauto_tests::{CountingStorage, Pebble, init_tracing, serial_hex, webpki_verify_chain};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,51 +42,6 @@ async fn bounded<F: Future>(bound: Duration, what: &str, fut: F) -> F::Output {
         .unwrap_or_else(|_| panic!("{what} did not finish within {bound:?}"))
 }
 
-/// A storage that counts reads (load, exists, list, stat).
-#[derive(Debug)]
-struct CountingStorage {
-    inner: MemoryStorage,
-    reads: AtomicU64,
-}
-
-impl CountingStorage {
-    fn reads(&self) -> u64 {
-        self.reads.load(Ordering::SeqCst)
-    }
-    fn read(&self) {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Storage for CountingStorage {
-    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.inner.store(key, value).await
-    }
-    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        self.read();
-        self.inner.load(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.read();
-        self.inner.exists(key).await
-    }
-    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
-        self.read();
-        self.inner.list(prefix, recursive).await
-    }
-    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError> {
-        self.read();
-        self.inner.stat(key).await
-    }
-    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
-        self.inner.lock(name).await
-    }
-}
-
 /// A running test setup: Pebble, a config with on-demand TLS, its events.
 struct Setup {
     pebble: Pebble,
@@ -100,10 +55,7 @@ async fn setup(on_demand: OnDemandConfig) -> Setup {
     init_tracing();
     let pebble = Pebble::builder().start().await;
     let root = pebble.root_der(0).await;
-    let storage = Arc::new(CountingStorage {
-        inner: MemoryStorage::new(),
-        reads: AtomicU64::new(0),
-    });
+    let storage = Arc::new(CountingStorage::new());
     let issuer = AcmeIssuer::builder()
         .ca(pebble.directory_url())
         .email("on-demand@certauto.example")

@@ -30,12 +30,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use certauto::{
-    AcmeAcceptor, AcmeIssuer, Config, Event, Http01Solver, KeyInfo, LockGuard, MemoryStorage,
-    OnDemandConfig, Storage, StorageError,
-};
-use certauto_tests::{PEBBLE_VERSION, Pebble};
+use certauto::{AcmeAcceptor, AcmeIssuer, Config, Event, Http01Solver, OnDemandConfig};
+use certauto_tests::{CountingStorage, PEBBLE_VERSION, Pebble};
 use common::{BenchResult, Stats, loadavg, machine, secs, webpki_verify_chain, with_timeout};
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -63,48 +59,6 @@ fn poll_limits() -> certauto::acme::ClientLimits {
     let mut limits = certauto::acme::ClientLimits::default();
     limits.poll_initial_interval = Duration::from_millis(5);
     limits
-}
-
-/// Counts storage reads (load, exists, list, stat).
-#[derive(Debug)]
-struct CountingStorage {
-    inner: MemoryStorage,
-    reads: AtomicU64,
-}
-
-impl CountingStorage {
-    fn read(&self) {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
-#[async_trait]
-impl Storage for CountingStorage {
-    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.inner.store(key, value).await
-    }
-    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        self.read();
-        self.inner.load(key).await
-    }
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.inner.delete(key).await
-    }
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.read();
-        self.inner.exists(key).await
-    }
-    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
-        self.read();
-        self.inner.list(prefix, recursive).await
-    }
-    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError> {
-        self.read();
-        self.inner.stat(key).await
-    }
-    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
-        self.inner.lock(name).await
-    }
 }
 
 fn main() -> ExitCode {
@@ -187,10 +141,7 @@ async fn run() -> BenchResult<()> {
     let load_start = loadavg();
     let pebble = Pebble::builder().start().await;
     let root = pebble.root_der(0).await;
-    let storage = Arc::new(CountingStorage {
-        inner: MemoryStorage::new(),
-        reads: AtomicU64::new(0),
-    });
+    let storage = Arc::new(CountingStorage::new());
     let issuer = AcmeIssuer::builder()
         .ca(pebble.directory_url())
         .email("bench@certauto.example")
@@ -286,7 +237,7 @@ async fn run() -> BenchResult<()> {
             HANDSHAKES - known_ok
         ));
     }
-    let reads_before = storage.reads.load(Ordering::SeqCst);
+    let reads_before = storage.reads();
     let orders_before = orders.load(Ordering::SeqCst);
     let (refused_time, refused_ok) = storm(addr, &client, HANDSHAKES, |i| {
         if i.is_multiple_of(2) {
@@ -296,7 +247,7 @@ async fn run() -> BenchResult<()> {
         }
     })
     .await;
-    let reads = storage.reads.load(Ordering::SeqCst) - reads_before;
+    let reads = storage.reads() - reads_before;
     let new_orders = orders.load(Ordering::SeqCst) - orders_before;
     if refused_ok != 0 {
         return Err(format!("{refused_ok} unknown names got a certificate"));
