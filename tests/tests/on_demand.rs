@@ -10,18 +10,13 @@
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, web};
-use async_trait::async_trait;
 use axum::Router;
 use axum::routing::get;
-use certauto::{
-    AcmeIssuer, Config, Event, Http01Solver, KeyInfo, LockGuard, MemoryStorage, OnDemandConfig,
-    OnDemandRefusal, Storage, StorageError,
-};
+use certauto::{AcmeIssuer, Config, Event, Http01Solver, OnDemandConfig, OnDemandRefusal};
 use certauto_actix::HttpServerAcmeExt;
 use certauto_tests::{CountingStorage, Pebble, init_tracing, serial_hex, webpki_verify_chain};
 use rustls::{ClientConfig, RootCertStore};
