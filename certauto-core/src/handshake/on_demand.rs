@@ -963,6 +963,29 @@ mod tests {
         (builder.build(), rx)
     }
 
+    /// A config with `max_in_flight` slots whose async decision never
+    /// answers; the third receiver gets one message per decision started.
+    fn never_deciding(
+        max_in_flight: usize,
+    ) -> (
+        Config,
+        mpsc::UnboundedReceiver<Event>,
+        mpsc::UnboundedReceiver<()>,
+    ) {
+        let (started_tx, started) = mpsc::unbounded_channel();
+        let started_tx = StdMutex::new(started_tx);
+        let (config, rx) = build(
+            OnDemandConfig::new()
+                .max_in_flight(max_in_flight)
+                .async_decision_func(move |_| {
+                    let _ = started_tx.lock().unwrap().send(());
+                    std::future::pending::<bool>()
+                }),
+            None,
+        );
+        (config, rx, started)
+    }
+
     fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<Event> {
         let mut events = Vec::new();
         while let Ok(e) = rx.try_recv() {
@@ -1261,17 +1284,7 @@ mod tests {
     // One thread: the spawned tasks run only when the test awaits.
     #[tokio::test]
     async fn background_tasks_hold_their_slot_through_an_async_decision() {
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let started_tx = StdMutex::new(started_tx);
-        let (config, mut rx) = build(
-            OnDemandConfig::new()
-                .max_in_flight(2)
-                .async_decision_func(move |_| {
-                    let _ = started_tx.lock().unwrap().send(());
-                    std::future::pending::<bool>()
-                }),
-            None,
-        );
+        let (config, mut rx, mut started) = never_deciding(2);
         for i in 0..100 {
             background(&config, &format!("n{i}.flood.test"));
         }
@@ -1433,17 +1446,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn at_the_in_flight_bound_no_decision_runs() {
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let started_tx = StdMutex::new(started_tx);
-        let (config, mut rx) = build(
-            OnDemandConfig::new()
-                .max_in_flight(1)
-                .async_decision_func(move |_| {
-                    let _ = started_tx.lock().unwrap().send(());
-                    std::future::pending::<bool>()
-                }),
-            None,
-        );
+        let (config, mut rx, mut started) = never_deciding(1);
         // Holds the only slot while its decision is pending.
         let held = config.clone();
         let first = tokio::spawn(async move { prepare(&held, &hello("a.test")).await });
