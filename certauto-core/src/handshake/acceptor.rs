@@ -193,12 +193,23 @@ enum ConfigSource {
 }
 
 impl ConfigSource {
-    /// The config to finish the handshake of `hello` with; `None` refuses it.
-    async fn for_hello(&self, hello: Hello) -> Option<Arc<ServerConfig>> {
+    /// The config to finish the handshake of `hello` from `peer` with;
+    /// `None` refuses it. Only a handshake that needs something awaited (a
+    /// TLS-ALPN-01 validation, an unknown name with on-demand TLS on) copies
+    /// the ClientHello's data and awaits; every other one costs nothing more
+    /// than with a fixed config.
+    async fn for_hello(
+        &self,
+        hello: &ClientHello<'_>,
+        peer: SocketAddr,
+    ) -> Option<Arc<ServerConfig>> {
         match self {
             Self::Fixed(tls) => Some(tls.clone()),
             Self::Managed { config, tls } => {
-                config.prepare_handshake(&hello).await;
+                if config.needs_preparation(hello) {
+                    let hello = Hello::new(hello, peer);
+                    config.prepare_handshake(&hello).await;
+                }
                 Some(tls.clone())
             }
         }
@@ -337,13 +348,15 @@ async fn handshake(
     configs: &ConfigSource,
 ) -> io::Result<TlsStream<TcpStream>> {
     let start = LazyConfigAcceptor::new(Acceptor::default(), stream).await?;
-    let hello = Hello::new(&start.client_hello(), peer);
-    let config = configs.for_hello(hello).await.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            "no certificate for this ClientHello",
-        )
-    })?;
+    let config = configs
+        .for_hello(&start.client_hello(), peer)
+        .await
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "no certificate for this ClientHello",
+            )
+        })?;
     start.into_stream(config).await
 }
 

@@ -27,6 +27,23 @@ pub use resolver::{CertResolver, UnknownNameHook};
 pub(crate) use acceptor::Hello;
 
 impl crate::Config {
+    /// Whether a handshake for `hello` needs [`prepare_handshake`](Self::prepare_handshake):
+    /// a TLS-ALPN-01 validation (its challenge certificate may be in shared
+    /// storage), or, with on-demand TLS on, a name the cache does not serve.
+    /// Synchronous and allocation-free: the hot path of every handshake.
+    pub(crate) fn needs_preparation(&self, hello: &rustls::server::ClientHello<'_>) -> bool {
+        let validation = hello
+            .alpn()
+            .into_iter()
+            .flatten()
+            .any(|p| p == crate::challenge::tls_alpn01::ACME_TLS_ALPN);
+        validation
+            || (self.on_demand().is_some()
+                && hello
+                    .server_name()
+                    .is_some_and(|sni| self.cache().certified_key(sni).is_none()))
+    }
+
     /// What a handshake for `hello` needs from this config before its
     /// `ServerConfig` can answer it, awaited by an acceptor built with
     /// [`AcmeAcceptor::for_config`], under the handshake deadline.
