@@ -128,10 +128,10 @@ impl KeyInfo {
 ///
 /// A holder may assume that, until the guard reports a loss, what it reads
 /// under the lock is not changed by other clients honouring the lock. It MUST
-/// call [`LockGuard::ensure_held`] before each write the lock protects and
-/// give up (not write) once it fails: a loss is noticed within one keepalive
-/// interval, so a holder whose writes are slow relative to that interval
-/// cannot be told about a loss sooner.
+/// write what the lock protects through [`store_fenced`](Storage::store_fenced)
+/// (or call [`LockGuard::ensure_held`] before each other write) and give up
+/// (not write) once it fails: a loss is noticed within one keepalive interval,
+/// so only a fenced write protects a holder that was paused past its lease.
 #[async_trait]
 pub trait Storage: Send + Sync + Debug {
     /// Stores `value` at `key`, replacing any previous value atomically.
@@ -149,6 +149,41 @@ pub trait Storage: Send + Sync + Debug {
     /// Acquires the lock `name`, waiting while another client holds it (see
     /// [Locks](#locks)). The lock is held until the guard is released or dropped.
     async fn lock(&self, name: &str) -> Result<LockGuard, StorageError>;
+
+    /// Stores `value` at `key` as a write protected by the lock `guard` holds:
+    /// like [`store`](Storage::store), but refused with
+    /// [`StorageError::LockLost`] when the guard's lock was lost or taken
+    /// over by a newer holder.
+    ///
+    /// This is **fencing**: a holder paused past its lease (a long GC pause,
+    /// `SIGSTOP`, a VM migration) may not yet know that it lost the lock,
+    /// so a backend that can MUST check, as part of the write itself, that no
+    /// other client acquired the lock since `guard` did (the guard's
+    /// [`fence`](LockGuard::fence) is the acquisition's number; a newer
+    /// acquisition has a higher one). The default checks only
+    /// [`LockGuard::ensure_held`], which catches a loss the keepalive has
+    /// already noticed; backends override it with a check the write cannot
+    /// race.
+    async fn store_fenced(
+        &self,
+        guard: &LockGuard,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        guard.ensure_held()?;
+        self.store(key, value).await
+    }
+
+    /// Removes temporary values a crashed write left behind (partial files
+    /// that may hold key material) that are older than `older_than`, and
+    /// returns a description of each (a path or key). Backends whose writes
+    /// leave no temporaries return an empty list (the default).
+    async fn remove_stale_temporaries(
+        &self,
+        _older_than: std::time::Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        Ok(Vec::new())
+    }
 
     /// Where `key` lives on the local file system, for backends that keep
     /// files (used to tell people where to find, e.g., the local CA's root).

@@ -76,6 +76,7 @@ impl LockLoss {
 #[must_use = "the lock is released when the guard is dropped"]
 pub struct LockGuard {
     name: String,
+    fence: Option<u64>,
     lost: watch::Receiver<bool>,
     release: Option<Release>,
 }
@@ -84,6 +85,7 @@ impl fmt::Debug for LockGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockGuard")
             .field("name", &self.name)
+            .field("fence", &self.fence)
             .field("lost", &self.is_lost())
             .field("released", &self.release.is_none())
             .finish()
@@ -100,14 +102,28 @@ impl LockGuard {
     {
         Self {
             name: name.into(),
+            fence: None,
             lost: loss.tx.subscribe(),
             release: Some(Box::new(move || Box::pin(release()))),
         }
     }
 
+    /// Sets the fencing token of this acquisition: a number the backend
+    /// gives each acquisition of the lock, higher for every later one, that
+    /// [`Storage::store_fenced`](super::Storage::store_fenced) checks.
+    pub fn with_fence(mut self, fence: u64) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
     /// The lock's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The fencing token of this acquisition, when the backend gives one.
+    pub fn fence(&self) -> Option<u64> {
+        self.fence
     }
 
     /// Whether the backend reported the lock lost (broken as stale, taken over).
