@@ -6,6 +6,7 @@
 mod atomic;
 mod lock;
 mod root;
+mod temporaries;
 #[cfg(test)]
 mod tests;
 
@@ -109,7 +110,10 @@ impl FileStorageBuilder {
 /// - Every file is created with mode `0600` and every folder with mode `0700` on
 ///   Unix, since values may be private keys.
 /// - Entries whose name begins with `.` (temporary files among them) are never
-///   listed, and keys naming a temporary file are refused.
+///   listed, and keys naming a temporary file are refused. Temporary files a
+///   crash left behind are removed by
+///   [`remove_stale_temporaries`](Storage::remove_stale_temporaries), which
+///   storage cleaning ([`Config::clean_storage`](crate::Config::clean_storage)) calls.
 /// - Blocking file system work runs on Tokio's blocking thread pool.
 ///
 /// # Locks
@@ -241,6 +245,22 @@ impl FileStorage {
 impl Storage for FileStorage {
     fn local_path(&self, key: &str) -> Option<PathBuf> {
         self.key_path(key).ok()
+    }
+
+    /// Removes the temporary files of writes (and of stale-lock breaking)
+    /// that a crash left anywhere below the root, modified more than
+    /// `older_than` ago by the system clock (file times are the system's),
+    /// in one bounded walk; returns their paths relative to the root.
+    async fn remove_stale_temporaries(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        let root = self.inner.root.clone();
+        blocking("", move || {
+            temporaries::remove_stale(&root, older_than, std::time::SystemTime::now())
+                .map_err(|e| io_fail("", e))
+        })
+        .await
     }
 
     async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
