@@ -150,6 +150,13 @@ pub enum Event {
         /// The name.
         name: String,
     },
+    /// A storage cleaning pass ran (`storage_cleaned`), by maintenance or
+    /// [`Config::clean_storage`](crate::Config::clean_storage): what it
+    /// removed and what failed.
+    StorageCleaned {
+        /// The pass's report.
+        report: crate::maintain::CleanReport,
+    },
 }
 
 impl Event {
@@ -170,6 +177,7 @@ impl Event {
             Event::OnDemandObtained { .. } => "on_demand_obtained",
             Event::OnDemandFailed { .. } => "on_demand_failed",
             Event::OnDemandDropped { .. } => "on_demand_dropped",
+            Event::StorageCleaned { .. } => "storage_cleaned",
         }
     }
 
@@ -190,6 +198,7 @@ impl Event {
             | Event::OnDemandObtained { name, .. }
             | Event::OnDemandFailed { name, .. }
             | Event::OnDemandDropped { name } => std::slice::from_ref(name),
+            Event::StorageCleaned { .. } => &[],
         }
     }
 }

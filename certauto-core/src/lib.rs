@@ -143,6 +143,7 @@ pub use issuer::{
     ZEROSSL_API_URL, ZEROSSL_DIRECTORY, ZeroSslError, ZeroSslIssuer, ZeroSslIssuerBuilder,
 };
 pub use keys::{CertificateKey, KeyType};
+pub use maintain::{CleanReport, StorageCleaning};
 pub use maintain::{MaintenanceHandle, RenewalReport, start_maintenance};
 pub use ocsp::staple::OcspReport;
 pub use ratelimit::{

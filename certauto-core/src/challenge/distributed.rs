@@ -760,12 +760,17 @@ impl SharedChallenges {
 
     /// One stale-challenge cleanup pass (see [`clean_stale`]).
     pub(crate) async fn clean_stale(&self) -> StaleChallenges {
+        self.clean_stale_older_than(STALE_CHALLENGE_AGE).await
+    }
+
+    /// [`clean_stale`](Self::clean_stale) of the records older than `max_age`.
+    pub(crate) async fn clean_stale_older_than(&self, max_age: Duration) -> StaleChallenges {
         clean_stale(
             &self.storage,
             &self.solvers,
             &self.cleanup_cursor,
             self.clock.now(),
-            STALE_CHALLENGE_AGE,
+            max_age,
         )
         .await
     }

@@ -54,6 +54,7 @@ pub struct ConfigBuilder {
     pending_acme: Vec<AcmeIssuerBuilder>,
     on_demand: Option<OnDemandConfig>,
     issuer_policy: IssuerPolicy,
+    storage_cleaning: crate::maintain::StorageCleaning,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -257,6 +258,14 @@ impl ConfigBuilder {
         self
     }
 
+    /// How maintenance cleans storage (default [`StorageCleaning::new`](crate::StorageCleaning::new):
+    /// a pass a day across the cluster; [`StorageCleaning::disabled`](crate::StorageCleaning::disabled)
+    /// turns it off). See [`Config::clean_storage`].
+    pub fn storage_cleaning(mut self, cleaning: crate::maintain::StorageCleaning) -> Self {
+        self.storage_cleaning = cleaning;
+        self
+    }
+
     /// Builds the config.
     pub fn build(mut self) -> Config {
         let storage = self.storage.take().unwrap_or_else(|| match FileStorage::with_default_root() {
@@ -356,6 +365,7 @@ impl ConfigBuilder {
                 challenge_tokens,
                 shared_challenges,
                 on_demand: self.on_demand.map(|od| Arc::new(OnDemand::new(od))),
+                storage_cleaning: self.storage_cleaning,
             }),
         };
         let _ = this.set(Arc::downgrade(&config.inner));
@@ -385,6 +395,7 @@ impl Config {
             pending_acme: Vec::new(),
             on_demand: None,
             issuer_policy: IssuerPolicy::default(),
+            storage_cleaning: crate::maintain::StorageCleaning::new(),
         }
     }
 }

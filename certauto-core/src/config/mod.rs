@@ -101,6 +101,8 @@ struct Inner {
     shared_challenges: crate::challenge::distributed::SharedChallenges,
     /// On-demand TLS, when configured.
     on_demand: Option<Arc<crate::handshake::on_demand::OnDemand>>,
+    /// Storage cleaning (`maintain/clean.rs`).
+    storage_cleaning: crate::maintain::StorageCleaning,
 }
 
 impl fmt::Debug for Config {
@@ -224,6 +226,23 @@ impl Config {
     /// every [`CHALLENGE_CLEANUP_INTERVAL`](crate::CHALLENGE_CLEANUP_INTERVAL).
     pub async fn clean_stale_challenges(&self) -> crate::StaleChallenges {
         self.inner.shared_challenges.clean_stale().await
+    }
+
+    /// [`clean_stale_challenges`](Self::clean_stale_challenges) with another
+    /// age (storage cleaning's `challenge_max_age`).
+    pub(crate) async fn clean_stale_challenges_older_than(
+        &self,
+        max_age: Duration,
+    ) -> crate::StaleChallenges {
+        self.inner
+            .shared_challenges
+            .clean_stale_older_than(max_age)
+            .await
+    }
+
+    /// How storage cleaning runs.
+    pub(crate) fn storage_cleaning_options(&self) -> crate::maintain::StorageCleaning {
+        self.inner.storage_cleaning
     }
 
     /// Loads what a handshake needs from shared challenge state (TLS-ALPN-01).

@@ -12,6 +12,9 @@
 //!   time chosen in it, by primary name, for one serial).
 //! - [`renew`]: deciding what is due and renewing it ([`Config::check_renewals`],
 //!   [`Config::check_ocsp`], revoked certificates).
+//! - `clean`: storage hygiene ([`Config::clean_storage`], see
+//!   [`StorageCleaning`]): expired certificates no name needs, orphaned OCSP
+//!   staples, stale challenge and retry state, crash temporaries.
 //! - [`ari`]: when a certificate is due: ARI `renewalInfo` windows (fetching,
 //!   the random time inside the window, `Retry-After`), else the renewal ratio.
 //!
@@ -32,9 +35,11 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 
 mod ari;
+mod clean;
 mod renew;
 pub(crate) mod state;
 
+pub use clean::{CleanReport, StorageCleaning};
 pub use renew::RenewalReport;
 
 /// The longest the maintenance task sleeps between looks at the retry
@@ -94,6 +99,13 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
         // Challenges left by instances that died: at the start, then periodically.
         let mut challenge_cleanup = tokio::time::interval(crate::CHALLENGE_CLEANUP_INTERVAL);
         challenge_cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Storage cleaning: at the start, then whenever the cluster's next
+        // pass is due. A pass runs beside the other checks (it may wait for
+        // another instance's pass), polled whenever the loop waits.
+        let cleaning = config.storage_cleaning();
+        let mut clean_check = tokio::time::interval(cleaning.check_interval());
+        clean_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut clean_pass: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -145,6 +157,22 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                     if !report.cleaned.is_empty() || !report.failed.is_empty() {
                         tracing::info!(?report, "stale challenges cleaned up");
                     }
+                }
+                _ = clean_check.tick(), if cleaning.is_enabled() && clean_pass.is_none() => {
+                    let config = config.clone();
+                    clean_pass = Some(Box::pin(async move {
+                        if let Err(e) = config.clean_storage_if_due().await {
+                            tracing::warn!(error = %crate::ErrorChain(&e), "storage cleaning failed; tried again at the next check");
+                        }
+                    }));
+                }
+                () = async {
+                    match clean_pass.as_mut() {
+                        Some(pass) => pass.await,
+                        None => std::future::pending().await,
+                    }
+                }, if clean_pass.is_some() => {
+                    clean_pass = None;
                 }
                 _ = ocsp_interval.tick() => {
                     let report = config.check_ocsp().await;

@@ -10,6 +10,7 @@
 //! locks/<name>.lock                          lock files (FileStorage)
 //! local_ca/root.crt, local_ca/root.key       the local CA (see LocalCa)
 //! challenges/<type>/<name>/<token>.json      a challenge in progress (DistributedSolver)
+//! maintenance/storage_clean.json             when the cluster's next storage cleaning is due
 //! ```
 //!
 //! CertAuto 0.1 stored a certificate as three keys, still read when no
@@ -74,7 +75,7 @@ pub(crate) fn legacy_cert_keys(issuer_key: &str, name: &Identifier) -> [String; 
 /// The key authorization of an HTTP-01 `token` shared through storage (the
 /// token is checked to be base64url by the caller).
 pub fn challenge_token(token: &str) -> String {
-    format!("{ACME_PREFIX}/challenge_tokens/{token}")
+    format!("{CHALLENGE_TOKENS_PREFIX}/{token}")
 }
 
 /// Prefix of the challenges in progress kept by
@@ -101,6 +102,16 @@ pub fn challenge_record(challenge_type: &str, name: &str, token: &str) -> String
 
 /// The lock held while stale challenge records are cleaned up.
 pub const CHALLENGES_CLEANUP_LOCK: &str = "challenges_cleanup";
+
+/// Prefix of the HTTP-01 key authorizations shared through storage
+/// ([`challenge_token`]).
+pub const CHALLENGE_TOKENS_PREFIX: &str = "acme/challenge_tokens";
+
+/// The lock held by a storage cleaning pass ([`Config::clean_storage`](crate::Config::clean_storage)).
+pub const STORAGE_CLEAN_LOCK: &str = "storage_clean";
+/// When the cluster's last storage cleaning ran and the next is due (JSON),
+/// written under [`STORAGE_CLEAN_LOCK`].
+pub const STORAGE_CLEAN_STATE: &str = "maintenance/storage_clean.json";
 
 /// The local CA's root certificate (PEM).
 pub const LOCAL_CA_ROOT_CERT: &str = "local_ca/root.crt";
