@@ -270,13 +270,15 @@ fn passed(t: SystemTime, d: Duration, now: SystemTime) -> bool {
 
 /// The identifier whose [`Identifier::storage_key`] is `key`, if any.
 fn identifier_from_storage_key(key: &str) -> Option<Identifier> {
-    let mut candidates = vec![key.to_owned()];
-    if let Some(rest) = key.strip_prefix("wildcard_.") {
-        candidates.push(format!("*.{rest}"));
-    }
+    // The mapped forms first: `ipv6-2001-db8--1` is also a DNS name.
+    let mut candidates = Vec::new();
     if let Some(rest) = key.strip_prefix("ipv6-") {
         candidates.push(rest.replace('-', ":"));
     }
+    if let Some(rest) = key.strip_prefix("wildcard_.") {
+        candidates.push(format!("*.{rest}"));
+    }
+    candidates.push(key.to_owned());
     candidates
         .iter()
         .filter_map(|c| Identifier::parse(c).ok())
@@ -586,9 +588,25 @@ impl Pass<'_> {
         let Some((listed, _)) = self.list(keys::CHALLENGE_TOKENS_PREFIX).await else {
             return;
         };
+        if listed.is_empty() {
+            return;
+        }
+        // A token whose challenge record remains is left to that record's
+        // cleanup (it is removed with it).
+        let Some((records, _)) = self.list(keys::CHALLENGES_PREFIX).await else {
+            return;
+        };
+        let in_progress: HashSet<&str> = records
+            .iter()
+            .filter_map(|k| k.rsplit('/').next()?.strip_suffix(".json"))
+            .collect();
         for key in listed {
             if self.stopped() {
                 break;
+            }
+            let token = key.rsplit('/').next().unwrap_or_default();
+            if in_progress.contains(token) {
+                continue;
             }
             let stale = self
                 .age(&key)
@@ -797,5 +815,375 @@ impl Config {
             Err(e) => report.error(keys::STORAGE_CLEAN_STATE, &e),
         }
         Ok(Some(report))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::acme::types::ChallengeType;
+    use crate::challenge::{Challenge, ChallengeTokens, DistributedSolver, Http01Solver, Solver};
+    use crate::clock::{Clock, ManualClock};
+    use crate::issuer::{IssueRequest, Issuer, LocalCa};
+    use crate::keys::{CertificateKey, KeyType};
+    use crate::storage::{FileStorage, LockLoss, MemoryStorage, Storage};
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    struct Setup {
+        config: Config,
+        events: Arc<Mutex<Vec<Event>>>,
+    }
+
+    fn setup(storage: Arc<dyn Storage>, clock: Arc<ManualClock>) -> Setup {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let seen = events.clone();
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .local_ca_leaf_lifetime(DAY)
+            .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+            .build();
+        Setup { config, events }
+    }
+
+    /// A local CA certificate for `name` valid for `lifetime` from now,
+    /// stored as the record of `name` under `issuer_key`.
+    async fn stored_cert(
+        storage: &Arc<dyn Storage>,
+        name: &str,
+        lifetime: Duration,
+        issuer_key: &str,
+    ) -> Certificate {
+        let ca = LocalCa::new(storage.clone()).leaf_lifetime(lifetime);
+        let ids = vec![Identifier::parse(name).unwrap()];
+        let key = CertificateKey::generate(KeyType::EcdsaP256).unwrap();
+        let csr = key.csr(&ids).unwrap();
+        let issued = ca.issue(&IssueRequest::new(&ids, &csr)).await.unwrap();
+        let cert = Certificate::from_pem(&issued.chain_pem, &key.to_pem(), issuer_key).unwrap();
+        certs::store(storage.as_ref(), &cert, &ids[0])
+            .await
+            .unwrap();
+        cert
+    }
+
+    fn staple_key(cert: &Certificate) -> String {
+        keys::ocsp_staple(&cert.names()[0], cert.leaf())
+    }
+
+    fn challenge(name: &str, token: &str) -> Challenge {
+        Challenge::new(
+            Identifier::parse(name).unwrap(),
+            ChallengeType::Http01,
+            token.to_owned(),
+            format!("{token}.thumbprint"),
+            format!("https://ca.test/chall/{token}"),
+        )
+    }
+
+    async fn exists(storage: &Arc<dyn Storage>, key: &str) -> bool {
+        storage.exists(key).await.unwrap()
+    }
+
+    /// Every category, on one storage: what is removed and what is kept.
+    async fn removes_what_no_name_needs(storage: Arc<dyn Storage>) {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let local = crate::LOCAL_CA_ISSUER_KEY;
+        // Managed: served from the cache; and one managed but not cached.
+        s.config
+            .manage(["managed.test", "uncached.test"])
+            .await
+            .unwrap();
+        s.config.cache().remove("uncached.test").unwrap();
+        let managed_id = Identifier::parse("managed.test").unwrap();
+        let managed_key = keys::cert_record(local, &managed_id);
+        let uncached_key = keys::cert_record(local, &Identifier::parse("uncached.test").unwrap());
+        // Another issuer's record of a managed name, expired with the others.
+        let other = stored_cert(&storage, "managed.test", DAY, "old-ca").await;
+        let other_key = keys::cert_record("old-ca", &managed_id);
+        // Unmanaged: expired past grace, expired within grace, valid.
+        let gone = stored_cert(&storage, "gone.test", DAY, local).await;
+        let gone_key = keys::cert_record(local, &Identifier::parse("gone.test").unwrap());
+        let _within = stored_cert(&storage, "within.test", DAY * 2 + HOUR * 12, local).await;
+        let within_key = keys::cert_record(local, &Identifier::parse("within.test").unwrap());
+        let valid = stored_cert(&storage, "valid.test", DAY * 10, local).await;
+        let valid_key = keys::cert_record(local, &Identifier::parse("valid.test").unwrap());
+        // Staples: of a certificate that goes, of one kept, of none.
+        for cert in [&gone, &valid, &other] {
+            storage.store(&staple_key(cert), b"der").await.unwrap();
+        }
+        let orphan_staple = format!("{}/nothing.test-0011223344556677", keys::OCSP_PREFIX);
+        storage.store(&orphan_staple, b"der").await.unwrap();
+        // Retry state: of an unmanaged name and of a managed one.
+        let retry = format!(r#"{{"attempts":1,"next_attempt":{}}}"#, unix(clock.now()));
+        let gone_retry = keys::retry_schedule(&Identifier::parse("gone.test").unwrap());
+        let managed_retry = keys::retry_schedule(&managed_id);
+        for key in [&gone_retry, &managed_retry] {
+            storage.store(key, retry.as_bytes()).await.unwrap();
+        }
+        // Challenges: one presented now (stale by the time of the pass),
+        // a token left behind, and one presented just before the pass.
+        let solver = DistributedSolver::new(
+            Http01Solver::without_listener(ChallengeTokens::new()),
+            storage.clone(),
+        )
+        .clock(clock.clone());
+        solver
+            .present(&challenge("a.test", "old-token"))
+            .await
+            .unwrap();
+        let left_token = keys::challenge_token("left-token");
+        storage.store(&left_token, b"ka").await.unwrap();
+
+        clock.advance(DAY * 3);
+        solver
+            .present(&challenge("b.test", "new-token"))
+            .await
+            .unwrap();
+        let report = s.config.clean_storage().await.unwrap();
+
+        // Certificates.
+        for key in [&managed_key, &uncached_key, &within_key, &valid_key] {
+            assert!(exists(&storage, key).await, "{key} kept: {report:?}");
+        }
+        for key in [&gone_key, &other_key] {
+            assert!(!exists(&storage, key).await, "{key} removed: {report:?}");
+        }
+        let mut removed = report.certificates.clone();
+        removed.sort();
+        assert_eq!(removed, vec![gone_key.clone(), other_key.clone()]);
+        // Staples.
+        assert!(exists(&storage, &staple_key(&valid)).await);
+        for key in [staple_key(&gone), staple_key(&other), orphan_staple.clone()] {
+            assert!(!exists(&storage, &key).await, "{key}: {report:?}");
+            assert!(report.ocsp_staples.contains(&key), "{key}: {report:?}");
+        }
+        assert_eq!(report.ocsp_staples.len(), 3);
+        // Retry state.
+        assert_eq!(report.retry_states, vec![gone_retry.clone()]);
+        assert!(!exists(&storage, &gone_retry).await);
+        assert!(exists(&storage, &managed_retry).await);
+        // Challenges.
+        assert_eq!(report.challenges, vec!["http-01 a.test".to_owned()]);
+        assert_eq!(report.challenge_tokens, vec![left_token.clone()]);
+        assert!(!exists(&storage, &keys::challenge_token("old-token")).await);
+        assert!(!exists(&storage, &left_token).await);
+        assert!(exists(&storage, &keys::challenge_token("new-token")).await);
+        assert!(
+            exists(
+                &storage,
+                &keys::challenge_record("http-01", "b.test", "new-token")
+            )
+            .await
+        );
+        assert!(report.errors.is_empty(), "{report:?}");
+        assert!(!report.budget_exhausted && !report.lock_lost);
+        assert_eq!(report.removed(), 2 + 3 + 1 + 1 + 1);
+        // The event carries the report.
+        let events = s.events.lock().unwrap();
+        let cleaned: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::StorageCleaned { report } => Some(report.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(cleaned, vec![report.clone()]);
+        assert_eq!(
+            events.last().map(Event::name),
+            Some("storage_cleaned"),
+            "{events:?}"
+        );
+        assert!(events.last().unwrap().names().is_empty());
+    }
+
+    #[tokio::test]
+    async fn memory_storage_removes_what_no_name_needs() {
+        removes_what_no_name_needs(Arc::new(MemoryStorage::new())).await;
+    }
+
+    #[tokio::test]
+    async fn file_storage_removes_what_no_name_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = FileStorage::new(dir.path());
+        removes_what_no_name_needs(Arc::new(storage)).await;
+        // The folder of a removed certificate goes too.
+        let gone = dir.path().join(keys::cert_dir(
+            crate::LOCAL_CA_ISSUER_KEY,
+            &Identifier::parse("gone.test").unwrap(),
+        ));
+        assert!(!gone.exists());
+    }
+
+    #[tokio::test]
+    async fn file_storage_temporaries_older_than_the_bound_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(dir.path()));
+        let s = setup(
+            storage.clone(),
+            Arc::new(ManualClock::new(SystemTime::now())),
+        );
+        storage.store("certificates/x/y/y.pem", b"v").await.unwrap();
+        let folder = dir.path().join("certificates/x/y");
+        let old = folder.join(".y.pem.tmp-1-1");
+        let fresh = folder.join(".y.pem.tmp-2-2");
+        for path in [&old, &fresh] {
+            std::fs::write(path, b"-----BEGIN PRIVATE KEY-----").unwrap();
+        }
+        let file = std::fs::OpenOptions::new().write(true).open(&old).unwrap();
+        file.set_modified(SystemTime::now() - HOUR * 2).unwrap();
+        drop(file);
+        let report = s.config.clean_storage().await.unwrap();
+        assert_eq!(
+            report.temporaries,
+            vec!["certificates/x/y/.y.pem.tmp-1-1".to_owned()]
+        );
+        assert!(!old.exists() && fresh.exists());
+    }
+
+    /// The interval holds across every config sharing the storage;
+    /// `clean_storage` runs whenever asked.
+    #[tokio::test]
+    async fn at_most_once_per_interval_across_configs() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let a = setup(storage.clone(), clock.clone());
+        let b = setup(storage.clone(), clock.clone());
+        assert!(a.config.clean_storage_if_due().await.unwrap().is_some());
+        assert!(b.config.clean_storage_if_due().await.unwrap().is_none());
+        clock.advance(DAY - Duration::from_secs(1));
+        assert!(b.config.clean_storage_if_due().await.unwrap().is_none());
+        assert!(a.config.clean_storage_if_due().await.unwrap().is_none());
+        clock.advance(Duration::from_secs(1));
+        assert!(b.config.clean_storage_if_due().await.unwrap().is_some());
+        assert!(a.config.clean_storage_if_due().await.unwrap().is_none());
+        // Asked for, a pass runs, and counts as the cluster's pass.
+        b.config.clean_storage().await.unwrap();
+        clock.advance(HOUR);
+        assert!(a.config.clean_storage_if_due().await.unwrap().is_none());
+        let ran = |s: &Setup| {
+            s.events
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|e| e.name() == "storage_cleaned")
+                .count()
+        };
+        assert_eq!((ran(&a), ran(&b)), (1, 2));
+    }
+
+    /// A pass waits while another holds the cleaning lock.
+    #[tokio::test]
+    async fn passes_never_run_at_once() {
+        let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let gone = keys::cert_record(
+            crate::LOCAL_CA_ISSUER_KEY,
+            &Identifier::parse("gone.test").unwrap(),
+        );
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        let held = storage.lock(keys::STORAGE_CLEAN_LOCK).await.unwrap();
+        let config = s.config.clone();
+        let pass = tokio::spawn(async move { config.clean_storage().await });
+        for _ in 0..200 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!pass.is_finished());
+        assert!(exists(&storage, &gone).await);
+        held.release().await.unwrap();
+        let report = tokio::time::timeout(Duration::from_secs(30), pass)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.certificates, vec![gone.clone()]);
+        assert!(!exists(&storage, &gone).await);
+    }
+
+    /// A storage whose cleaning lock is lost as soon as it is taken.
+    #[derive(Debug)]
+    struct LosingLocks(MemoryStorage);
+
+    #[async_trait::async_trait]
+    impl Storage for LosingLocks {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.0.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            self.0.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.0.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            self.0.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            if name != keys::STORAGE_CLEAN_LOCK {
+                return self.0.lock(name).await;
+            }
+            let loss = LockLoss::new();
+            let guard = LockGuard::new(name, &loss, || async { Ok(()) });
+            loss.report();
+            Ok(guard)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_lock_stops_the_pass() {
+        let storage: Arc<dyn Storage> = Arc::new(LosingLocks(MemoryStorage::new()));
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        let report = s.config.clean_storage().await.unwrap();
+        assert!(report.lock_lost, "{report:?}");
+        assert_eq!(report.removed(), 0, "{report:?}");
+        assert!(!exists(&storage, keys::STORAGE_CLEAN_STATE).await);
+    }
+
+    #[test]
+    fn storage_keys_map_back_to_identifiers() {
+        for name in [
+            "a.test",
+            "*.example.com",
+            "192.0.2.1",
+            "2001:db8::1",
+            "ipv6-x.test",
+        ] {
+            let id = Identifier::parse(name).unwrap();
+            assert_eq!(identifier_from_storage_key(&id.storage_key()), Some(id));
+        }
+        assert_eq!(identifier_from_storage_key("not a name"), None);
+        assert_eq!(staple_name("ocsp/a.test-00ff"), Some("a.test"));
+        assert_eq!(staple_name("ocsp/x"), None);
+    }
+
+    #[test]
+    fn options_are_bounded() {
+        let o = StorageCleaning::new()
+            .interval(Duration::ZERO)
+            .challenge_max_age(Duration::ZERO)
+            .temporary_max_age(Duration::ZERO)
+            .expired_grace(Duration::ZERO);
+        assert_eq!(o.get_interval(), MIN_AGE);
+        assert_eq!(o.get_challenge_max_age(), MIN_AGE);
+        assert_eq!(o.get_temporary_max_age(), MIN_AGE);
+        assert_eq!(o.get_expired_grace(), Duration::ZERO);
+        assert!(o.is_enabled() && !StorageCleaning::disabled().is_enabled());
+        assert_eq!(StorageCleaning::new().check_interval(), HOUR);
     }
 }
