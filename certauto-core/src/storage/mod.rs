@@ -29,6 +29,8 @@
 //! ```
 
 pub(crate) mod certs;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub(crate) mod contract;
 pub(crate) mod file;
 pub mod keys;
