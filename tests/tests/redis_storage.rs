@@ -5,6 +5,8 @@
 //! a server stopped and started again under one `RedisStorage`, a lock holder whose
 //! keepalive cannot reach Redis, and large and binary values.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -1,93 +1,7 @@
-//! A [`Storage`] backend on a Redis server, for a cluster of instances on
-//! several machines (behind the cargo feature `redis`).
-//!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use certauto_core::{Config, RedisStorage};
-//!
-//! let storage = RedisStorage::builder("redis://:password@10.0.0.5:6379/0")
-//!     .key_prefix("shop")
-//!     .build()
-//!     .await?;
-//! let config = Config::builder().storage(Arc::new(storage)).build()?;
-//! # let _ = config; Ok(()) }
-//! ```
-//!
-//! # URLs
-//!
-//! - `redis://[[user]:password@]host[:port][/db]`: plain TCP (port 6379 by default);
-//! - `rediss://...`: TLS through rustls with the ring provider (named
-//!   explicitly: no process-wide default is needed or installed), verifying
-//!   the server against the webpki roots plus
-//!   [`trust_roots`](RedisStorageBuilder::trust_roots) (a private CA). The
-//!   `#insecure` fragment is refused;
-//! - `redis+unix:///path/to/socket?db=N` (or `unix://`): a Unix socket.
-//!
-//! The password never appears in `Debug`, errors or logs.
-//!
-//! # Key layout
-//!
-//! Every Redis key starts with `<prefix>:` ([`key_prefix`](RedisStorageBuilder::key_prefix),
-//! default `certauto`), so several deployments can share one server (or
-//! database) without seeing each other's data:
-//!
-//! - `<prefix>:v:<key>`: a hash holding one value whole, field `d` (the bytes)
-//!   and `m` (when it was written, Unix milliseconds);
-//! - `<prefix>:d:<dir>`: the index, a hash per "directory" (`<prefix>:d:` for
-//!   the top) mapping each child's name to `v` (a value) or `d` (a directory).
-//!   A Lua script writes the value and every index entry above it in one
-//!   atomic step, and deletion prunes emptied directories in the same step,
-//!   so the index cannot drift from the values: `list(prefix, false)` is one
-//!   read of one hash, `list(prefix, true)` walks the hashes below it, and
-//!   nothing uses `KEYS` or `SCAN` over the keyspace;
-//! - `<prefix>:lock:<name>` and `<prefix>:fence:<name>`: a lock and its
-//!   fencing counter (one small counter per lock name, kept forever).
-//!
-//! As in a file system, a key cannot hold a value and have keys below it
-//! ([`StorageError::InvalidKey`]). Values larger than 64 MiB are refused, on
-//! write and on read.
-//!
-//! # Locks and fencing
-//!
-//! [`lock`](Storage::lock) runs `SET <prefix>:lock:<name> <token> NX PX <lease>`
-//! with a random token and, in the same script, `INCR <prefix>:fence:<name>`:
-//! the guard's [`fence`](LockGuard::fence) is that number, higher for every
-//! later acquisition. While the guard lives, a task extends the lease every
-//! [`lock_keepalive`](RedisStorageBuilder::lock_keepalive) (default a third of
-//! the lease) with a script that acts only if the lock still holds the token;
-//! release is the same kind of script. The guard reports the lock
-//! [lost](LockGuard::is_lost) at once when an extension finds the token gone,
-//! and when no extension succeeded for a whole lease (Redis unreachable:
-//! others may take the lock once it expires). Extension errors are retried
-//! until then; the keepalive never stops silently. Waiting for a held lock
-//! polls every [`lock_poll_interval`](RedisStorageBuilder::lock_poll_interval)
-//! (with jitter) for at most
-//! [`lock_wait_timeout`](RedisStorageBuilder::lock_wait_timeout).
-//!
-//! [`store_fenced`](Storage::store_fenced) writes in one script that first
-//! checks that the fence counter still equals the guard's fence and (for a
-//! guard of this client) that the lock still holds the guard's token, and
-//! refuses with [`StorageError::LockLost`] otherwise. So a holder paused past
-//! its lease (a `SIGSTOP`, a long GC pause) cannot overwrite the work of a
-//! client that acquired the lock after it.
-//!
-//! What this guarantees, honestly: on one Redis server, exclusion holds while
-//! the server keeps its keys (persistence off is fine; a restart that loses
-//! data also loses locks). Redis replication is asynchronous, so a failover
-//! to a replica that had not yet received a lock can let two clients hold it
-//! at once; the fence check then still refuses the older holder's writes
-//! when the counter reached the replica, and may not when it did not. This
-//! backend is tested against a single server, not Sentinel or Redis Cluster.
-//!
-//! # When Redis is unreachable
-//!
-//! Operations fail with [`StorageError::Unavailable`] within the connect
-//! timeout (default 5 s) or the response timeout (default 5 s); nothing
-//! panics. The next operation connects again, so the same `RedisStorage`
-//! works again once the server is back, without being rebuilt. Certificates
-//! already loaded keep being served from the in-memory cache meanwhile;
-//! maintenance fails with that error and retries with its backoff.
+//! [`RedisStorage`]: a [`Storage`] backend on a Redis server (feature
+//! `redis`). `conn` keeps the (re)connected connection, `lock` the locks,
+//! `scripts` the Lua scripts; the struct's docs state the layout and the
+//! guarantees.
 
 mod conn;
 mod lock;
@@ -440,11 +354,97 @@ fn unix_millis(time: SystemTime) -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-/// A [`Storage`] on a Redis server, shared by every instance of a cluster.
+/// A [`Storage`] on a Redis server, shared by every instance of a cluster on
+/// several machines (behind the cargo feature `redis`). Clones share one
+/// connection and its locks.
 ///
-/// See the [module docs](self) for URLs, the key layout, the lock and
-/// fencing guarantees and what happens when Redis is unreachable. Clones
-/// share one connection and its locks.
+/// ```no_run
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use std::sync::Arc;
+/// use certauto_core::{Config, RedisStorage};
+///
+/// let storage = RedisStorage::builder("redis://:password@10.0.0.5:6379/0")
+///     .key_prefix("shop")
+///     .build()
+///     .await?;
+/// let config = Config::builder().storage(Arc::new(storage)).build();
+/// # let _ = config; Ok(()) }
+/// ```
+///
+/// # URLs
+///
+/// - `redis://[[user]:password@]host[:port][/db]`: plain TCP (port 6379 by default);
+/// - `rediss://...`: TLS through rustls with the ring provider (named
+///   explicitly: no process-wide default is needed or installed), verifying
+///   the server against the webpki roots plus
+///   [`trust_roots`](RedisStorageBuilder::trust_roots) (a private CA). The
+///   `#insecure` fragment is refused;
+/// - `redis+unix:///path/to/socket?db=N` (or `unix://`): a Unix socket.
+///
+/// The password never appears in `Debug`, errors or logs.
+///
+/// # Key layout
+///
+/// Every Redis key starts with `<prefix>:` ([`key_prefix`](RedisStorageBuilder::key_prefix),
+/// default `certauto`), so several deployments can share one server (or
+/// database) without seeing each other's data:
+///
+/// - `<prefix>:v:<key>`: a hash holding one value whole, field `d` (the bytes)
+///   and `m` (when it was written, Unix milliseconds);
+/// - `<prefix>:d:<dir>`: the index, a hash per "directory" (`<prefix>:d:` for
+///   the top) mapping each child's name to `v` (a value) or `d` (a directory).
+///   A Lua script writes the value and every index entry above it in one
+///   atomic step, and deletion prunes emptied directories in the same step,
+///   so the index cannot drift from the values: `list(prefix, false)` is one
+///   read of one hash, `list(prefix, true)` walks the hashes below it, and
+///   nothing uses `KEYS` or `SCAN` over the keyspace;
+/// - `<prefix>:lock:<name>` and `<prefix>:fence:<name>`: a lock and its
+///   fencing counter (one small counter per lock name, kept forever).
+///
+/// As in a file system, a key cannot hold a value and have keys below it
+/// ([`StorageError::InvalidKey`]). Values larger than 64 MiB are refused, on
+/// write and on read.
+///
+/// # Locks and fencing
+///
+/// [`lock`](Storage::lock) runs `SET <prefix>:lock:<name> <token> NX PX <lease>`
+/// with a random token and, in the same script, `INCR <prefix>:fence:<name>`:
+/// the guard's [`fence`](LockGuard::fence) is that number, higher for every
+/// later acquisition. While the guard lives, a task extends the lease every
+/// [`lock_keepalive`](RedisStorageBuilder::lock_keepalive) (default a third of
+/// the lease) with a script that acts only if the lock still holds the token;
+/// release is the same kind of script. The guard reports the lock
+/// [lost](LockGuard::is_lost) at once when an extension finds the token gone,
+/// and when no extension succeeded for a whole lease (Redis unreachable:
+/// others may take the lock once it expires). Extension errors are retried
+/// until then; the keepalive never stops silently. Waiting for a held lock
+/// polls every [`lock_poll_interval`](RedisStorageBuilder::lock_poll_interval)
+/// (with jitter) for at most
+/// [`lock_wait_timeout`](RedisStorageBuilder::lock_wait_timeout).
+///
+/// [`store_fenced`](Storage::store_fenced) writes in one script that first
+/// checks that the fence counter still equals the guard's fence and (for a
+/// guard of this client) that the lock still holds the guard's token, and
+/// refuses with [`StorageError::LockLost`] otherwise. So a holder paused past
+/// its lease (a `SIGSTOP`, a long GC pause) cannot overwrite the work of a
+/// client that acquired the lock after it.
+///
+/// What this guarantees, honestly: on one Redis server, exclusion holds while
+/// the server keeps its keys (persistence off is fine; a restart that loses
+/// data also loses locks). Redis replication is asynchronous, so a failover
+/// to a replica that had not yet received a lock can let two clients hold it
+/// at once; the fence check then still refuses the older holder's writes
+/// when the counter reached the replica, and may not when it did not. This
+/// backend is tested against a single server, not Sentinel or Redis Cluster.
+///
+/// # When Redis is unreachable
+///
+/// Operations fail with [`StorageError::Unavailable`] within the connect
+/// timeout (default 5 s) or the response timeout (default 5 s); nothing
+/// panics. The next operation connects again, so the same `RedisStorage`
+/// works again once the server is back, without being rebuilt. Certificates
+/// already loaded keep being served from the in-memory cache meanwhile;
+/// maintenance fails with that error and retries with its backoff.
 #[derive(Clone)]
 pub struct RedisStorage {
     inner: Arc<Inner>,
@@ -480,7 +480,7 @@ impl fmt::Debug for RedisStorage {
 
 impl RedisStorage {
     /// A builder for a storage on the server at `url` (see the
-    /// [module docs](self) for URL forms), with the default settings.
+    /// [`RedisStorage`] docs for URL forms), with the default settings.
     pub fn builder(url: &str) -> RedisStorageBuilder {
         RedisStorageBuilder {
             url: url.to_owned(),
@@ -811,7 +811,7 @@ impl Storage for RedisStorage {
         }
     }
 
-    /// Acquires the lock `name`; see the [module docs](self).
+    /// Acquires the lock `name`; see [Locks and fencing](RedisStorage#locks-and-fencing).
     async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         self.acquire(name).await
     }
