@@ -3,7 +3,7 @@
 #
 # Installs what the suite runs against when it is missing: the system packages
 # (a C compiler, curl, openssl; BIND9 for RFC 2136 and PowerDNS with its SQLite
-# backend for the DNS-01 tests) with apt, and the test CA, Pebble and its DNS
+# backend for the DNS-01 tests; redis-server for the Redis storage tests) with apt, and the test CA, Pebble and its DNS
 # companion pebble-challtestsrv, built with `go install` into .tools/bin (see
 # scripts/install-pebble.sh; CERTAUTO_PEBBLE_DIR overrides the folder). Then it
 # checks formatting, lints, builds the docs and runs every test, Pebble-backed
@@ -19,6 +19,7 @@ command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 [ -x /usr/sbin/pdns_server ] || packages+=(pdns-server)
 [ -e /usr/share/pdns-backend-sqlite3/schema/schema.sqlite3.sql ] || packages+=(pdns-backend-sqlite3)
 command -v sqlite3 >/dev/null 2>&1 || packages+=(sqlite3)
+[ -x /usr/bin/redis-server ] || packages+=(redis-server)
 if ((${#packages[@]})); then
   sudo=""
   [ "$(id -u)" = 0 ] || sudo="sudo"

@@ -154,6 +154,8 @@ pub use storage::contract::{KeyInfo, Storage, StorageError};
 pub use storage::file::{FileStorage, FileStorageBuilder};
 pub use storage::lock::{LockGuard, LockLoss};
 pub use storage::memory::MemoryStorage;
+#[cfg(feature = "redis")]
+pub use storage::redis::{RedisStorage, RedisStorageBuilder};
 
 /// Manages certificates for `domains` with the default [`Config`] and returns
 /// a rustls server config that serves them, renewed for as long as the

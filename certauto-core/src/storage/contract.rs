@@ -45,6 +45,15 @@ pub enum StorageError {
     /// A backend-specific failure (network store unreachable, ...).
     #[error("storage backend error: {0}")]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// A network backend could not be reached or did not answer in time
+    /// (server down, connection refused or dropped, timeout); retrying later
+    /// may succeed. The source says what failed (never a credential).
+    #[error("storage backend unavailable")]
+    Unavailable {
+        /// The underlying failure.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StorageError {

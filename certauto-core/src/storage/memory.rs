@@ -1,6 +1,6 @@
 //! An in-memory [`Storage`] backend, for tests and single-process use.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
@@ -29,25 +29,63 @@ const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// every holder, and a guard dropped by a panicking or cancelled task
 /// releases its lock.
 ///
+/// Each acquisition gets a [fence](LockGuard::fence) (a number from one
+/// counter, higher for every later acquisition), and
+/// [`store_fenced`](Storage::store_fenced) checks that the guard's
+/// acquisition still holds the lock under the same mutex as the write: the
+/// check is exact.
+///
 /// # Keys
 ///
 /// Keys are validated with [`validate_key`]. As in a file system, a key cannot
 /// hold a value and have keys below it at the same time: storing `a/b` when
 /// `a` holds a value (or `a` when `a/b` exists) is refused with
 /// [`StorageError::InvalidKey`].
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub struct MemoryStorage {
     inner: Arc<Inner>,
+    /// How long `lock` waits for a held lock (per clone).
+    lock_wait_timeout: std::time::Duration,
 }
+
+impl Default for MemoryStorage {
+    fn default() -> Self {
+        Self {
+            inner: Arc::default(),
+            lock_wait_timeout: LOCK_WAIT_TIMEOUT,
+        }
+    }
+}
+
+/// Values by key, with the time they were stored.
+type Values = BTreeMap<String, (Vec<u8>, SystemTime)>;
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Values by key, with the time they were stored.
-    values: Mutex<BTreeMap<String, (Vec<u8>, SystemTime)>>,
-    /// Names of the locks currently held.
-    locks: Mutex<HashSet<String>>,
+    values: Mutex<Values>,
+    /// The locks currently held. Taken before `values` when both are needed.
+    locks: Mutex<Locks>,
     /// Woken whenever a lock is released.
     released: Notify,
+}
+
+/// The lock table.
+#[derive(Debug, Default)]
+struct Locks {
+    /// The held locks by name.
+    held: HashMap<String, Held>,
+    /// The last fence given out (one counter for every lock name, so each
+    /// name's fences increase).
+    last_fence: u64,
+}
+
+/// One held lock.
+#[derive(Debug)]
+struct Held {
+    fence: u64,
+    #[cfg_attr(not(any(test, feature = "conformance")), allow(dead_code))]
+    loss: LockLoss,
 }
 
 /// Locks a std mutex, ignoring poisoning: the data it guards stays consistent
@@ -66,10 +104,7 @@ fn dir_prefix(prefix: &str) -> String {
 }
 
 /// The keys of `map` that start with `start`, in order.
-fn keys_below<'a>(
-    map: &'a BTreeMap<String, (Vec<u8>, SystemTime)>,
-    start: &'a str,
-) -> impl Iterator<Item = &'a String> + 'a {
+fn keys_below<'a>(map: &'a Values, start: &'a str) -> impl Iterator<Item = &'a String> + 'a {
     map.range::<str, _>((Bound::Included(start), Bound::Unbounded))
         .map(|(k, _)| k)
         .take_while(move |k| k.starts_with(start))
@@ -85,14 +120,58 @@ fn check_lock_name(name: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
+/// Stores `value` at `key` in `values` (the key already validated).
+fn store_in(values: &mut Values, key: &str, value: &[u8]) -> Result<(), StorageError> {
+    // A key cannot be both a value and a "directory", as in a file system.
+    let mut end = 0;
+    while let Some(pos) = key[end..].find('/') {
+        end += pos;
+        if values.contains_key(&key[..end]) {
+            return Err(StorageError::InvalidKey {
+                key: key.to_owned(),
+                reason: "a parent of the key holds a value",
+            });
+        }
+        end += 1;
+    }
+    let below = dir_prefix(key);
+    if keys_below(values, &below).next().is_some() {
+        return Err(StorageError::InvalidKey {
+            key: key.to_owned(),
+            reason: "the key has keys below it",
+        });
+    }
+    values.insert(key.to_owned(), (value.to_vec(), SystemTime::now()));
+    tracing::debug!(key, len = value.len(), "memory storage: stored");
+    Ok(())
+}
+
 impl MemoryStorage {
     /// Creates an empty storage.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn values(&self) -> MutexGuard<'_, BTreeMap<String, (Vec<u8>, SystemTime)>> {
+    fn values(&self) -> MutexGuard<'_, Values> {
         guard(&self.inner.values)
+    }
+
+    /// This storage (same values and locks) with `lock` waiting at most
+    /// `timeout` for a held lock.
+    #[cfg(any(test, feature = "conformance"))]
+    pub(crate) fn with_lock_wait_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.lock_wait_timeout = timeout;
+        self
+    }
+
+    /// Ends lock `name`'s hold as an expired lease would: the holder's guard
+    /// reports the loss and another client may take the lock at once.
+    #[cfg(any(test, feature = "conformance"))]
+    pub(crate) fn expire_lock(&self, name: &str) {
+        if let Some(held) = guard(&self.inner.locks).held.remove(name) {
+            held.loss.report();
+        }
+        self.inner.released.notify_waiters();
     }
 }
 
@@ -100,29 +179,34 @@ impl MemoryStorage {
 impl Storage for MemoryStorage {
     async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         validate_key(key)?;
-        let mut values = self.values();
-        // A key cannot be both a value and a "directory", as in a file system.
-        let mut end = 0;
-        while let Some(pos) = key[end..].find('/') {
-            end += pos;
-            if values.contains_key(&key[..end]) {
-                return Err(StorageError::InvalidKey {
-                    key: key.to_owned(),
-                    reason: "a parent of the key holds a value",
-                });
-            }
-            end += 1;
+        store_in(&mut self.values(), key, value)
+    }
+
+    /// Stores `value` at `key` if `guard`'s acquisition still holds its lock,
+    /// checked under the lock table's mutex, held through the write.
+    async fn store_fenced(
+        &self,
+        lock_guard: &LockGuard,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let locks = guard(&self.inner.locks);
+        let holds = lock_guard.fence().is_some_and(|fence| {
+            locks
+                .held
+                .get(lock_guard.name())
+                .is_some_and(|held| held.fence == fence)
+        });
+        if !holds {
+            tracing::debug!(
+                lock = lock_guard.name(),
+                key,
+                "memory storage: fenced write refused"
+            );
+            return Err(StorageError::LockLost(lock_guard.name().to_owned()));
         }
-        let below = dir_prefix(key);
-        if keys_below(&values, &below).next().is_some() {
-            return Err(StorageError::InvalidKey {
-                key: key.to_owned(),
-                reason: "the key has keys below it",
-            });
-        }
-        values.insert(key.to_owned(), (value.to_vec(), SystemTime::now()));
-        tracing::debug!(key, len = value.len(), "memory storage: stored");
-        Ok(())
+        store_in(&mut self.values(), key, value)
     }
 
     async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
@@ -213,37 +297,64 @@ impl Storage for MemoryStorage {
     /// it, for at most 10 minutes ([`StorageError::LockTimeout`]).
     async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
         check_lock_name(name)?;
-        let try_take = || guard(&self.inner.locks).insert(name.to_owned());
+        let loss = LockLoss::new();
+        let try_take = || {
+            let mut locks = guard(&self.inner.locks);
+            if locks.held.contains_key(name) {
+                return None;
+            }
+            locks.last_fence += 1;
+            let fence = locks.last_fence;
+            locks.held.insert(
+                name.to_owned(),
+                Held {
+                    fence,
+                    loss: loss.clone(),
+                },
+            );
+            Some(fence)
+        };
         // Uncontended: taken at once, with no timer (so a runtime without
         // tokio's time driver can use it).
-        if !try_take() {
-            let wait = async {
-                loop {
-                    // Register for the wake-up before checking, so that a
-                    // release between the check and the await is not missed.
-                    let released = self.inner.released.notified();
-                    tokio::pin!(released);
-                    released.as_mut().enable();
-                    if try_take() {
-                        return;
+        let fence = match try_take() {
+            Some(fence) => fence,
+            None => {
+                let wait = async {
+                    loop {
+                        // Register for the wake-up before checking, so that a
+                        // release between the check and the await is not missed.
+                        let released = self.inner.released.notified();
+                        tokio::pin!(released);
+                        released.as_mut().enable();
+                        if let Some(fence) = try_take() {
+                            return fence;
+                        }
+                        tracing::debug!(lock = name, "memory storage: waiting for lock");
+                        released.await;
                     }
-                    tracing::debug!(lock = name, "memory storage: waiting for lock");
-                    released.await;
-                }
-            };
-            tokio::time::timeout(LOCK_WAIT_TIMEOUT, wait)
-                .await
-                .map_err(|_| StorageError::LockTimeout(name.to_owned()))?;
-        }
-        tracing::debug!(lock = name, "memory storage: lock acquired");
+                };
+                tokio::time::timeout(self.lock_wait_timeout, wait)
+                    .await
+                    .map_err(|_| StorageError::LockTimeout(name.to_owned()))?
+            }
+        };
+        tracing::debug!(lock = name, fence, "memory storage: lock acquired");
         let inner = self.inner.clone();
         let lock_name = name.to_owned();
-        Ok(LockGuard::new(name, &LockLoss::new(), move || {
-            guard(&inner.locks).remove(&lock_name);
+        Ok(LockGuard::new(name, &loss, move || {
+            {
+                let mut locks = guard(&inner.locks);
+                // Only this acquisition's hold: an expired one may have been
+                // taken by another holder since.
+                if locks.held.get(&lock_name).is_some_and(|h| h.fence == fence) {
+                    locks.held.remove(&lock_name);
+                }
+            }
             tracing::debug!(lock = %lock_name, "memory storage: lock released");
             inner.released.notify_waiters();
             std::future::ready(Ok(()))
-        }))
+        })
+        .with_fence(fence))
     }
 }
 
@@ -420,7 +531,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn dropped_guard_releases() {
+    async fn dropped_lock_guardreleases() {
         let s = MemoryStorage::new();
         let lock = s.lock("l").await.unwrap();
         assert!(!lock.is_lost());

@@ -29,11 +29,15 @@
 //! ```
 
 pub(crate) mod certs;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub(crate) mod contract;
 pub(crate) mod file;
 pub mod keys;
 pub(crate) mod lock;
 pub(crate) mod memory;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 // Re-exported at the crate root (their one public path); here for the
 // crate's own `crate::storage::…` paths.

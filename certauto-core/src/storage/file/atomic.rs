@@ -73,17 +73,29 @@ pub(super) fn sync_dir(_dir: &Path) -> io::Result<()> {
 
 /// Atomically replaces the file at `path` with `value`, creating its folders.
 pub(super) fn write_atomic(path: &Path, value: &[u8]) -> io::Result<()> {
-    write_atomic_hooked(path, value, &|_| true)
+    write_atomic_hooked(path, value, &|_| Ok(BeforeRename::Rename)).map(drop)
 }
 
-/// [`write_atomic`], calling `before_rename` with the temporary file once it is
-/// written and flushed: returning `false` stops there, leaving the temporary
-/// file behind as a crash would (tests use this to simulate one).
+/// What [`write_atomic_hooked`] does once the temporary file is written.
+pub(super) enum BeforeRename {
+    /// Renames it over the target.
+    Rename,
+    /// Removes it and leaves the target alone.
+    Refuse,
+    /// Stops, leaving it behind as a crash would (for tests).
+    #[cfg(test)]
+    Crash,
+}
+
+/// [`write_atomic`], asking `before_rename` (with the temporary file, once
+/// it is written and flushed) whether to go on. Returns whether the value
+/// was renamed into place (`false`: refused, nothing changed); an error from
+/// `before_rename` removes the temporary file and is returned.
 pub(super) fn write_atomic_hooked(
     path: &Path,
     value: &[u8],
-    before_rename: &dyn Fn(&Path) -> bool,
-) -> io::Result<()> {
+    before_rename: &dyn Fn(&Path) -> io::Result<BeforeRename>,
+) -> io::Result<bool> {
     let (Some(dir), Some(leaf)) = (path.parent(), path.file_name()) else {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -109,12 +121,23 @@ pub(super) fn write_atomic_hooked(
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    if !before_rename(&tmp) {
-        return Err(io::Error::other("write interrupted before rename"));
+    match before_rename(&tmp) {
+        Ok(BeforeRename::Rename) => {}
+        Ok(BeforeRename::Refuse) => {
+            let _ = fs::remove_file(&tmp);
+            return Ok(false);
+        }
+        #[cfg(test)]
+        Ok(BeforeRename::Crash) => return Err(io::Error::other("write interrupted before rename")),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
     }
     if let Err(e) = fs::rename(&tmp, path) {
         let _ = fs::remove_file(&tmp);
         return Err(e);
     }
-    sync_dir(dir)
+    sync_dir(dir)?;
+    Ok(true)
 }

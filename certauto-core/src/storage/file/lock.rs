@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use super::atomic::{create_private_dirs, create_private_file, unique_suffix};
+use super::atomic::{create_private_dirs, create_private_file, unique_suffix, write_atomic};
 use super::{FileStorage, blocking, io_fail};
 use crate::storage::{LockGuard, LockLoss, StorageError};
 
@@ -130,8 +130,8 @@ impl LockSnapshot {
 /// The outcome of one attempt to take a lock.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Attempt {
-    /// The lock file is ours.
-    Acquired,
+    /// The lock file is ours, with this fence.
+    Acquired(u64),
     /// Someone else holds the lock; this is what its file looked like.
     Held(LockSnapshot),
     /// The lock file vanished meanwhile: try again at once.
@@ -162,11 +162,15 @@ pub(super) fn try_acquire(path: &Path, owner: &str) -> io::Result<Attempt> {
                 .and_then(|json| file.write_all(&json))
                 .and_then(|()| file.sync_all());
             drop(file);
-            if let Err(e) = written {
-                let _ = fs::remove_file(path);
-                return Err(e);
-            }
-            return Ok(Attempt::Acquired);
+            // The fence is given under the lock, in the same blocking task, so
+            // that a cancelled `lock` (see `PendingAttempt`) leaves no hold.
+            return match written.and_then(|()| bump_fence(path, owner)) {
+                Ok(fence) => Ok(Attempt::Acquired(fence)),
+                Err(e) => {
+                    let _ = fs::remove_file(path);
+                    Err(e)
+                }
+            };
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
@@ -220,6 +224,62 @@ pub(super) fn break_stale(path: &Path, seen: &LockSnapshot) -> io::Result<()> {
     }
     let _ = fs::remove_file(&aside);
     Ok(())
+}
+
+/// The fence file of the lock file at `lock`: `<stem>.fence` next to
+/// `<stem>.lock`, holding the last acquisition's fence and owner token.
+pub(super) fn fence_path(lock: &Path) -> PathBuf {
+    lock.with_extension("fence")
+}
+
+/// The content of a fence file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct FenceRecord {
+    /// The fence of the last acquisition.
+    pub(super) fence: u64,
+    /// The owner token of that acquisition.
+    pub(super) owner: String,
+}
+
+/// The fence file of the lock file at `lock`, if it exists and parses.
+pub(super) fn read_fence(lock: &Path) -> io::Result<Option<FenceRecord>> {
+    let mut file = match fs::File::open(fence_path(lock)) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let content = read_bounded(&mut file)?;
+    Ok(serde_json::from_slice(&content).ok())
+}
+
+/// Gives the acquisition `owner` (which has just created the lock file at
+/// `lock`) the next fence, recorded with its owner token.
+fn bump_fence(lock: &Path, owner: &str) -> io::Result<u64> {
+    let last = read_fence(lock)?.map_or(0, |record| record.fence);
+    let record = FenceRecord {
+        fence: last.saturating_add(1),
+        owner: owner.to_owned(),
+    };
+    let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
+    write_atomic(&fence_path(lock), &json)?;
+    Ok(record.fence)
+}
+
+/// Whether the acquisition with `fence` still holds the lock whose file is
+/// at `lock`: the fence file names that fence, and the lock file its owner.
+pub(super) fn holds(lock: &Path, fence: u64) -> io::Result<bool> {
+    let Some(record) = read_fence(lock)? else {
+        return Ok(false);
+    };
+    if record.fence != fence {
+        return Ok(false);
+    }
+    let mut file = match fs::File::open(lock) {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    Ok(is_owned_by(&read_bounded(&mut file)?, &record.owner))
 }
 
 /// Whether the lock file named `owner`'s token, once opened.
@@ -303,7 +363,7 @@ impl Drop for PendingAttempt {
             return;
         };
         runtime.spawn(async move {
-            if let Ok(Ok(Attempt::Acquired)) = task.await {
+            if let Ok(Ok(Attempt::Acquired(_))) = task.await {
                 let removed =
                     tokio::task::spawn_blocking(move || release_lock(&path, &owner)).await;
                 tracing::debug!(
@@ -375,7 +435,7 @@ impl Keepalive {
 
 impl FileStorage {
     /// The lock file of `name`, and its file name.
-    fn lock_path(&self, name: &str) -> Result<(PathBuf, String), StorageError> {
+    pub(super) fn lock_path(&self, name: &str) -> Result<(PathBuf, String), StorageError> {
         let file = format!("{}.lock", lock_file_stem(name)?);
         Ok((self.inner.root.join(LOCKS_DIR).join(&file), file))
     }
@@ -392,7 +452,7 @@ impl FileStorage {
         let mut delay = config.poll_interval;
         // The lock file as first seen unchanged, and since when (monotonic).
         let mut observed: Option<(LockSnapshot, tokio::time::Instant)> = None;
-        loop {
+        let fence = loop {
             // Register before trying, so that a local release in between wakes us.
             let released = self.inner.released.notified();
             tokio::pin!(released);
@@ -412,7 +472,7 @@ impl FileStorage {
             };
             let now = tokio::time::Instant::now();
             let seen = match attempt {
-                Attempt::Acquired => break,
+                Attempt::Acquired(fence) => break fence,
                 Attempt::Retry => continue,
                 Attempt::Held(seen) => seen,
             };
@@ -451,7 +511,7 @@ impl FileStorage {
                 () = &mut released => {}
             }
             delay = delay.saturating_mul(2).min(max_delay);
-        }
+        };
 
         let loss = LockLoss::new();
         let (stop, stop_rx) = oneshot::channel();
@@ -465,7 +525,7 @@ impl FileStorage {
             refreshed: self.inner.refreshed.clone(),
         };
         let keepalive = tokio::spawn(keepalive.run(stop_rx));
-        tracing::debug!(lock = name, "file storage: lock acquired");
+        tracing::debug!(lock = name, fence, "file storage: lock acquired");
         let inner = self.inner.clone();
         let lock_name = name.to_owned();
         Ok(LockGuard::new(name, &loss, move || async move {
@@ -481,6 +541,26 @@ impl FileStorage {
             released?;
             tracing::debug!(lock = %lock_name, "file storage: lock released");
             Ok(())
-        }))
+        })
+        .with_fence(fence))
+    }
+
+    /// Makes lock `name` look abandoned, as if its holder had stopped
+    /// refreshing it long ago: its lock file's modification time is set to
+    /// 1970, so the next client that wants it breaks it at once.
+    #[cfg(any(test, feature = "conformance"))]
+    pub(crate) async fn expire_lock_file(&self, name: &str) -> Result<(), StorageError> {
+        let (path, _file) = self.lock_path(name)?;
+        let lock_name = name.to_owned();
+        blocking(name, move || {
+            let file = match fs::OpenOptions::new().write(true).open(&path) {
+                Ok(file) => file,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(io_fail(&lock_name, e)),
+            };
+            file.set_modified(UNIX_EPOCH + Duration::from_secs(1))
+                .map_err(|e| io_fail(&lock_name, e))
+        })
+        .await
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
-use self::atomic::{is_temp_name, write_atomic};
+use self::atomic::{BeforeRename, is_temp_name, write_atomic, write_atomic_hooked};
 use self::lock::{LockConfig, MIN_INTERVAL};
 use super::{KeyInfo, LockGuard, Storage, StorageError, validate_key};
 
@@ -136,6 +136,22 @@ impl FileStorageBuilder {
 /// kept failing for longer than the stale age (others may have broken it);
 /// transient refresh errors are retried at every interval meanwhile.
 /// Dropping the guard releases the lock in the background.
+///
+/// # Fencing
+///
+/// Each acquisition gets a [fence](LockGuard::fence): the next number in
+/// `<root>/locks/<name>.fence`, written (with the acquisition's owner token)
+/// just after the lock file is created. [`store_fenced`](Storage::store_fenced)
+/// writes the value to its temporary file and then, just before renaming it
+/// into place, checks that the fence file still names the guard's fence and
+/// that the lock file still holds that acquisition's token; otherwise the
+/// write is refused with [`StorageError::LockLost`]. A file system offers no
+/// compare-and-rename, so one window remains: a holder paused *between*
+/// that check and the rename (microseconds) can still overwrite a newer
+/// holder's value. A holder paused anywhere else (most of its work) is
+/// fenced off. `RedisStorage` checks the fence and writes in one atomic
+/// step, and [`MemoryStorage`](crate::MemoryStorage) under one mutex, with
+/// no such window.
 #[derive(Clone)]
 pub struct FileStorage {
     inner: Arc<Inner>,
@@ -273,6 +289,49 @@ impl Storage for FileStorage {
         })
         .await?;
         tracing::debug!(key, len, "file storage: stored");
+        Ok(())
+    }
+
+    /// Stores `value` at `key` if `guard`'s acquisition still holds its
+    /// lock, checked just before the rename that makes the write visible (see
+    /// [Fencing](FileStorage#fencing) for the window that remains). A guard
+    /// without a fence (not from a `FileStorage`) is refused.
+    async fn store_fenced(
+        &self,
+        guard: &LockGuard,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        guard.ensure_held()?;
+        let lost = || StorageError::LockLost(guard.name().to_owned());
+        let Some(fence) = guard.fence() else {
+            return Err(lost());
+        };
+        let path = self.key_path(key)?;
+        let (lock_path, _file) = self.lock_path(guard.name())?;
+        let value = value.to_vec();
+        let owned_key = key.to_owned();
+        let renamed = blocking(key, move || {
+            write_atomic_hooked(&path, &value, &|_| {
+                Ok(if lock::holds(&lock_path, fence)? {
+                    BeforeRename::Rename
+                } else {
+                    BeforeRename::Refuse
+                })
+            })
+            .map_err(|e| io_fail(&owned_key, e))
+        })
+        .await?;
+        if !renamed {
+            tracing::warn!(
+                lock = guard.name(),
+                key,
+                fence,
+                "file storage: fenced write refused: the lock was taken over"
+            );
+            return Err(lost());
+        }
+        tracing::debug!(key, fence, "file storage: stored (fenced)");
         Ok(())
     }
 

@@ -191,7 +191,7 @@ async fn crash_before_rename_keeps_old_value() {
     let crashed = write_atomic_hooked(&path, b"new value", &|tmp| {
         // The new value is fully on disk in the temporary file at this point.
         assert_eq!(fs::read(tmp).unwrap(), b"new value");
-        false
+        Ok(super::atomic::BeforeRename::Crash)
     });
     assert!(crashed.is_err());
 

@@ -1,0 +1,142 @@
+//! The Lua scripts behind [`RedisStorage`](super::RedisStorage). Each runs
+//! atomically on the server, so a value and the index entries that list it
+//! change together, and a lock is only refreshed, released or written under by
+//! the client whose token it holds.
+//!
+//! They use only commands of Redis 6.2 and later (Debian's 7.0 included):
+//! there is no native compare-and-delete before Redis 8.4, so release and
+//! extension are compare-and-act scripts.
+
+use redis::Script;
+
+/// The scripts, loaded once per storage (a [`Script`] caches its SHA1 and
+/// falls back to `SCRIPT LOAD` after a server restart flushed it).
+#[derive(Debug)]
+pub(super) struct Scripts {
+    pub(super) store: Script,
+    pub(super) load: Script,
+    pub(super) delete_value: Script,
+    pub(super) stat: Script,
+    pub(super) acquire: Script,
+    pub(super) extend: Script,
+    pub(super) release: Script,
+}
+
+impl Scripts {
+    pub(super) fn new() -> Self {
+        Self {
+            store: Script::new(STORE),
+            load: Script::new(LOAD),
+            delete_value: Script::new(DELETE_VALUE),
+            stat: Script::new(STAT),
+            acquire: Script::new(ACQUIRE),
+            extend: Script::new(EXTEND),
+            release: Script::new(RELEASE),
+        }
+    }
+}
+
+/// What [`STORE`] answers.
+pub(super) const STORED: i64 = 0;
+/// [`STORE`]: the key has keys below it.
+pub(super) const HAS_CHILDREN: i64 = 1;
+/// [`STORE`]: a parent of the key holds a value.
+pub(super) const PARENT_IS_VALUE: i64 = 2;
+/// [`STORE`]: the fence (or the lock's token) no longer matches.
+pub(super) const FENCED_OUT: i64 = 3;
+
+/// Writes a value and its index entries, for a key of `n` components
+/// `c1/../cn` whose ancestors are `A0 = ""`, `A1 = c1`, ... `A(n-1)`.
+///
+/// - `KEYS[1]` the value hash, `KEYS[2]` the key's own directory hash (it
+///   must not exist: a key is a value or a directory, not both);
+/// - `KEYS[3 .. 2+n]` the directory hashes of `A0 .. A(n-1)`;
+/// - `KEYS[3+n .. 1+2n]` the value hashes of `A1 .. A(n-1)` (none may exist);
+/// - fenced only: `KEYS[2+2n]` the lock's fence counter, `KEYS[3+2n]` the lock.
+/// - `ARGV[1]` the bytes, `ARGV[2]` the modification time (Unix ms), `ARGV[3]`
+///   `n`, `ARGV[4 .. 3+n]` the components, `ARGV[4+n]` the fence (`''`:
+///   unfenced), `ARGV[5+n]` the holder's token (`''`: not known here).
+const STORE: &str = r"
+local n = tonumber(ARGV[3])
+local fence = ARGV[4 + n]
+if fence ~= '' then
+  if redis.call('GET', KEYS[2 + 2 * n]) ~= fence then return 3 end
+  local token = ARGV[5 + n]
+  if token ~= '' and redis.call('GET', KEYS[3 + 2 * n]) ~= token then return 3 end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
+for i = 1, n - 1 do
+  if redis.call('EXISTS', KEYS[2 + n + i]) == 1 then return 2 end
+end
+redis.call('HSET', KEYS[1], 'd', ARGV[1], 'm', ARGV[2])
+for i = 1, n do
+  local kind = 'd'
+  if i == n then kind = 'v' end
+  redis.call('HSET', KEYS[2 + i], ARGV[3 + i], kind)
+end
+return 0
+";
+
+/// Reads a value: `KEYS[1]` the value hash, `ARGV[1]` the largest size
+/// accepted. Nil when absent; an error reply when larger.
+const LOAD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return false end
+if redis.call('HSTRLEN', KEYS[1], 'd') > tonumber(ARGV[1]) then
+  return redis.error_reply('ERR certauto: stored value larger than the read bound')
+end
+return redis.call('HGET', KEYS[1], 'd')
+";
+
+/// Deletes one value and prunes the index: `KEYS[1]` the value hash,
+/// `KEYS[2 .. 1+n]` the directory hashes of its ancestors `A0 .. A(n-1)`,
+/// `ARGV[1 .. n]` its components. A directory hash whose last entry goes
+/// vanishes (Redis removes empty hashes), and its entry in its parent is then
+/// removed too. Answers 1 if the value existed, else 0.
+const DELETE_VALUE: &str = r"
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+for i = #ARGV, 1, -1 do
+  redis.call('HDEL', KEYS[1 + i], ARGV[i])
+  if redis.call('EXISTS', KEYS[1 + i]) == 1 then break end
+end
+return 1
+";
+
+/// Facts about a key: `KEYS[1]` the value hash, `KEYS[2]` its directory hash.
+/// `{1, size, modified_ms}` for a value, `{2}` for a directory, `{0}` for
+/// nothing.
+const STAT: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local m = tonumber(redis.call('HGET', KEYS[1], 'm')) or 0
+  return {1, redis.call('HSTRLEN', KEYS[1], 'd'), m}
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
+return {0}
+";
+
+/// Takes a lock if free: `KEYS[1]` the lock, `KEYS[2]` its fence counter,
+/// `ARGV[1]` the token, `ARGV[2]` the lease (ms). Answers the new fence (at
+/// least 1), or 0 when the lock is held.
+const ACQUIRE: &str = r"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return redis.call('INCR', KEYS[2])
+end
+return 0
+";
+
+/// Extends a lock still holding `ARGV[1]` to a lease of `ARGV[2]` ms from
+/// now: 1 if extended, 0 if the lock is gone or someone else's.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+";
+
+/// Deletes a lock still holding `ARGV[1]`: 1 if deleted, 0 if it was gone
+/// or someone else's.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+";

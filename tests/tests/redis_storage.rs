@@ -1,0 +1,267 @@
+//! `RedisStorage` against a real `redis-server` (Debian's 7.0, started per test on a free
+//! loopback port with persistence off by [`RedisServer`]): the storage conformance suite
+//! (cross-process checks included, through the `storage-child` binary), key-prefix
+//! isolation, `rediss://` with a generated CA, a password kept out of `Debug` and errors,
+//! a server stopped and started again under one `RedisStorage`, a lock holder whose
+//! keepalive cannot reach Redis, and large and binary values.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use certauto::storage::conformance::{self, ConformanceBackend, LockTimings};
+use certauto::{RedisStorage, Storage, StorageError};
+use certauto_tests::RedisServer;
+
+/// Bound on any single wait in these tests; only a hang reaches it.
+const HANG: Duration = Duration::from_secs(60);
+
+async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(HANG, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {HANG:?}"))
+}
+
+/// The conformance suite's view of one Redis server and key prefix.
+struct RedisBackend<'a> {
+    server: &'a RedisServer,
+    prefix: String,
+}
+
+#[async_trait]
+impl ConformanceBackend for RedisBackend<'_> {
+    async fn client(&self, t: LockTimings) -> Result<Arc<dyn Storage>, StorageError> {
+        let storage = RedisStorage::builder(&self.server.url())
+            .key_prefix(&self.prefix)
+            .lock_lease(t.lease)
+            .lock_keepalive(t.keepalive)
+            .lock_poll_interval(t.poll)
+            .lock_wait_timeout(t.wait_timeout)
+            .build()
+            .await?;
+        Ok(Arc::new(storage))
+    }
+
+    async fn expire_lock(&self, name: &str) -> Result<(), StorageError> {
+        // The lease running out is the key vanishing: delete it now.
+        let key = format!("{}:lock:{name}", self.prefix);
+        let answer = self.server.command(&["DEL", &key]).await;
+        assert!(answer.starts_with(':'), "DEL {key}: {answer}");
+        Ok(())
+    }
+
+    fn child_command(&self) -> Option<std::process::Command> {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_storage-child"));
+        command.args(["redis", &self.server.url(), &self.prefix]);
+        Some(command)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite() {
+    let server = RedisServer::builder().start().await;
+    let backend = RedisBackend {
+        server: &server,
+        prefix: "conformance".into(),
+    };
+    conformance::run(&backend).await;
+    // Run again on the same server and prefix: each run uses its own keys.
+    conformance::run(&backend).await;
+}
+
+#[tokio::test]
+async fn key_prefixes_isolate_deployments() {
+    let server = RedisServer::builder().start().await;
+    let a = RedisStorage::builder(&server.url())
+        .key_prefix("a")
+        .build()
+        .await
+        .unwrap();
+    let b = RedisStorage::builder(&server.url())
+        .key_prefix("b")
+        .build()
+        .await
+        .unwrap();
+    a.store("certificates/x/one", b"from a").await.unwrap();
+    b.store("certificates/y/two", b"from b").await.unwrap();
+    assert_eq!(a.list("", true).await.unwrap(), vec!["certificates/x/one"]);
+    assert_eq!(b.list("", true).await.unwrap(), vec!["certificates/y/two"]);
+    assert!(
+        a.load("certificates/y/two")
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(!b.exists("certificates/x").await.unwrap());
+    // Same lock name, different deployments: no exclusion between them.
+    let held_a = a.lock("cert_x").await.unwrap();
+    let held_b = bounded("lock in the other prefix", b.lock("cert_x"))
+        .await
+        .unwrap();
+    b.delete("certificates").await.unwrap();
+    assert_eq!(a.load("certificates/x/one").await.unwrap(), b"from a");
+    held_a.release().await.unwrap();
+    held_b.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn tls_with_a_private_ca() {
+    let server = RedisServer::builder().tls(true).start().await;
+    let storage = RedisStorage::builder(&server.tls_url())
+        .trust_roots(vec![server.ca_der()])
+        .build()
+        .await
+        .unwrap();
+    storage
+        .store("over/tls", b"secret key material")
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.load("over/tls").await.unwrap(),
+        b"secret key material"
+    );
+    let guard = storage.lock("tls-lock").await.unwrap();
+    assert!(guard.fence().is_some());
+    guard.release().await.unwrap();
+
+    // Without the CA the server's certificate is not trusted.
+    let err = RedisStorage::builder(&server.tls_url())
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Unavailable { .. }), "{err:?}");
+    let chain = certauto::ErrorChain(&err).to_string();
+    assert!(chain.contains("certificate"), "{chain}");
+}
+
+#[tokio::test]
+async fn the_password_is_never_shown() {
+    const PASSWORD: &str = "pa55-w0rd-XYZ";
+    let mut server = RedisServer::builder().password(PASSWORD).start().await;
+    let url = server.url();
+    assert!(url.contains(PASSWORD));
+    let storage = RedisStorage::builder(&url).build().await.unwrap();
+    storage.store("k", b"v").await.unwrap();
+    let debug = format!("{storage:?} {:?}", RedisStorage::builder(&url));
+    assert!(!debug.contains(PASSWORD), "{debug}");
+
+    // A wrong password: refused, and neither password appears.
+    let wrong = url.replace(PASSWORD, "not-the-Password-1");
+    let err = RedisStorage::builder(&wrong).build().await.unwrap_err();
+    let text = format!("{err:?} {}", certauto::ErrorChain(&err));
+    assert!(
+        !text.contains(PASSWORD) && !text.contains("not-the-Password-1"),
+        "{text}"
+    );
+
+    // Errors of an unreachable server do not show it either.
+    server.stop().await;
+    let err = bounded("load from a stopped server", storage.load("k"))
+        .await
+        .unwrap_err();
+    let text = format!("{err:?} {}", certauto::ErrorChain(&err));
+    assert!(!text.contains(PASSWORD), "{text}");
+}
+
+#[tokio::test]
+async fn a_stopped_server_fails_typed_and_a_restarted_one_works_again() {
+    let mut server = RedisServer::builder().start().await;
+    let storage = RedisStorage::builder(&server.url())
+        .connect_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    storage.store("before", b"1").await.unwrap();
+    server.stop().await;
+    // Every operation fails with the typed error (and nothing panics), bounded by the
+    // connect and response timeouts.
+    for round in 0..3 {
+        let load = bounded("load while stopped", storage.load("before")).await;
+        assert!(
+            matches!(load, Err(StorageError::Unavailable { .. })),
+            "round {round}: {load:?}"
+        );
+        let store = bounded("store while stopped", storage.store("during", b"2")).await;
+        assert!(
+            matches!(store, Err(StorageError::Unavailable { .. })),
+            "{store:?}"
+        );
+        let list = bounded("list while stopped", storage.list("", true)).await;
+        assert!(
+            matches!(list, Err(StorageError::Unavailable { .. })),
+            "{list:?}"
+        );
+        let lock = bounded("lock while stopped", storage.lock("l")).await;
+        assert!(
+            matches!(lock, Err(StorageError::Unavailable { .. })),
+            "{lock:?}"
+        );
+    }
+    server.start().await;
+    // The same storage, not rebuilt, works again (the restarted server is empty:
+    // persistence is off).
+    storage.store("after", b"3").await.unwrap();
+    assert_eq!(storage.load("after").await.unwrap(), b"3");
+    assert!(storage.load("before").await.unwrap_err().is_not_found());
+    let guard = storage.lock("l").await.unwrap();
+    guard.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_holder_that_cannot_reach_redis_for_a_lease_reports_the_loss() {
+    let mut server = RedisServer::builder().start().await;
+    let storage = RedisStorage::builder(&server.url())
+        .lock_lease(Duration::from_millis(1500))
+        .lock_keepalive(Duration::from_millis(300))
+        .connect_timeout(Duration::from_millis(500))
+        .response_timeout(Duration::from_millis(500))
+        .build()
+        .await
+        .unwrap();
+    let guard = storage.lock("cert_example.com").await.unwrap();
+    guard.ensure_held().unwrap();
+    server.stop().await;
+    bounded("the loss report", guard.lost()).await;
+    assert!(matches!(
+        guard.ensure_held(),
+        Err(StorageError::LockLost(_))
+    ));
+    // A fenced write is refused at once (the guard knows), even with Redis back.
+    server.start().await;
+    let refused = storage
+        .store_fenced(&guard, "certificates/x", b"late")
+        .await;
+    assert!(
+        matches!(refused, Err(StorageError::LockLost(_))),
+        "{refused:?}"
+    );
+    // The lock is free again for others.
+    let other = RedisStorage::builder(&server.url()).build().await.unwrap();
+    let next = bounded("lock after the loss", other.lock("cert_example.com"))
+        .await
+        .unwrap();
+    assert!(next.fence().is_some());
+    next.release().await.unwrap();
+    drop(guard);
+}
+
+#[tokio::test]
+async fn binary_and_large_values_round_trip() {
+    let server = RedisServer::builder().start().await;
+    let storage = RedisStorage::builder(&server.url()).build().await.unwrap();
+    let binary: Vec<u8> = (0..=255u8).chain([0, 0, b'\r', b'\n', 0xff]).collect();
+    storage.store("bin/all-bytes", &binary).await.unwrap();
+    assert_eq!(storage.load("bin/all-bytes").await.unwrap(), binary);
+    let large: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i % 251) as u8).collect();
+    storage.store("bin/one-mib", &large).await.unwrap();
+    assert_eq!(storage.load("bin/one-mib").await.unwrap(), large);
+    let info = storage.stat("bin/one-mib").await.unwrap();
+    assert_eq!(info.size, 1024 * 1024);
+    assert!(info.is_terminal && info.modified.is_some());
+    storage.delete("bin").await.unwrap();
+    assert!(!storage.exists("bin").await.unwrap());
+    assert_eq!(storage.list("", true).await.unwrap(), Vec::<String>::new());
+}
