@@ -27,9 +27,11 @@
 //!   increment a counter under a lock with no lost update;
 //! - **lock timeout**: a held lock makes `lock` fail with
 //!   [`StorageError::LockTimeout`] after the client's wait timeout, for
-//!   another client and for the holder's own;
+//!   another client and for the holder's own; other names are independent;
+//!   an empty lock name is [`StorageError::InvalidKey`];
 //! - **release**: a released lock, and a guard dropped unreleased (or a
-//!   `lock` call cancelled part-way), free the lock for another client;
+//!   `lock` call cancelled part-way, or while waiting), free the lock for
+//!   another client;
 //! - **expiry and takeover**: after [`ConformanceBackend::expire_lock`],
 //!   another client acquires at once, and the old holder's release does not
 //!   free the new holder's lock;
@@ -805,6 +807,13 @@ async fn lock_timeout(ctx: &Ctx<'_>) -> Checked {
             }
         }
     }
+    ensure!(
+        matches!(
+            bounded("lock with an empty name", b.lock("")).await?,
+            Err(StorageError::InvalidKey { .. })
+        ),
+        "an empty lock name should be refused with InvalidKey"
+    );
     // Another name is independent.
     let other = bounded("lock another name", b.lock(&format!("{name}-other")))
         .await?
@@ -867,11 +876,27 @@ async fn dropped_guard_frees(ctx: &Ctx<'_>) -> Checked {
     .await?
     .op("lock after drop")?;
     guard.release().await.op("release")?;
+    // A `lock` call cancelled while it waits for a held lock leaves nothing held.
+    let held = bounded("lock", a.lock(&name)).await?.op("lock")?;
+    let waiting = {
+        let (b, lock_name) = (b.clone(), name.clone());
+        tokio::spawn(async move { b.lock(&lock_name).await.map(drop) })
+    };
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    waiting.abort();
+    let _ = waiting.await;
+    held.release().await.op("release")?;
+    let guard = bounded("lock after a cancelled wait", a.lock(&name))
+        .await?
+        .op("lock after a cancelled wait")?;
+    guard.release().await.op("release")?;
     // `lock` calls cancelled at varied points leave nothing held.
-    for round in 0..10 {
+    for round in 0..20 {
         let (a, lock_name) = (a.clone(), name.clone());
         let task = tokio::spawn(async move { a.lock(&lock_name).await.map(drop) });
-        for _ in 0..round % 5 {
+        for _ in 0..round % 7 {
             tokio::task::yield_now().await;
         }
         task.abort();
