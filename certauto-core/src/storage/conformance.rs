@@ -776,7 +776,14 @@ async fn lock_exclusion_tasks(ctx: &Ctx<'_>) -> Checked {
     let s = ctx.client(LockTimings::PATIENT).await?;
     let p = ctx.prefix("lock_exclusion_tasks");
     let name = ctx.lock_name("lock_exclusion_tasks");
-    count_under_lock(&[s.clone()], &name, &format!("{p}/counter"), 8, 10).await?;
+    count_under_lock(
+        std::slice::from_ref(&s),
+        &name,
+        &format!("{p}/counter"),
+        8,
+        10,
+    )
+    .await?;
     s.delete(&p).await.op("clean up")?;
     Ok(())
 }
@@ -1221,9 +1228,8 @@ pub async fn child_main(storage: Arc<dyn Storage>) {
     }
     // Bounded: a test sends a handful of commands.
     for _ in 0..10_000 {
-        let line = match read_line(&mut stdin).await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => break,
+        let Ok(Some(line)) = read_line(&mut stdin).await else {
+            break;
         };
         let (command, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         let reply = match command {

@@ -7,8 +7,7 @@
 //!
 //! `file` opens a [`FileStorage`] on the folder `DIR` (default lock timings,
 //! except a 10 ms poll) and serves
-//! [`conformance::child_main`](certauto::storage::conformance::child_main)'s
-//! line protocol on stdin / stdout until told to exit.
+//! [`conformance::child_main`]'s line protocol on stdin / stdout until told to exit.
 
 use std::process::ExitCode;
 use std::sync::Arc;
