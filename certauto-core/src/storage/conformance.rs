@@ -178,7 +178,7 @@ pub async fn run(backend: &dyn ConformanceBackend) {
         name: String::new(),
     };
     let name = match ctx.backend.client(LockTimings::PATIENT).await {
-        Ok(client) => format!("{client:?}"),
+        Ok(client) => format!("{client:?}").chars().take(300).collect(),
         Err(e) => panic!(
             "storage conformance: could not open a client: {}",
             ErrorChain(&e)

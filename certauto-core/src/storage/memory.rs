@@ -41,11 +41,22 @@ const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// hold a value and have keys below it at the same time: storing `a/b` when
 /// `a` holds a value (or `a` when `a/b` exists) is refused with
 /// [`StorageError::InvalidKey`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MemoryStorage {
     inner: Arc<Inner>,
     /// How long `lock` waits for a held lock (per clone).
     lock_wait_timeout: std::time::Duration,
+}
+
+/// Counts only: values may be private keys, which never go to `Debug`.
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStorage")
+            .field("values", &self.values().len())
+            .field("locks_held", &guard(&self.inner.locks).held.len())
+            .field("lock_wait_timeout", &self.lock_wait_timeout)
+            .finish()
+    }
 }
 
 impl Default for MemoryStorage {
@@ -365,6 +376,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// `Debug` shows counts, never values (they may be private keys).
+    #[tokio::test]
+    async fn debug_hides_values() {
+        let s = MemoryStorage::new();
+        s.store("k", b"PRIVATE KEY").await.unwrap();
+        let shown = format!("{s:?}");
+        assert!(shown.contains("values: 1"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE") && !shown.contains("80, 82"),
+            "{shown}"
+        );
+    }
 
     /// Clones share values; a new storage is separate.
     #[tokio::test]
