@@ -740,13 +740,14 @@ async fn count_under_lock(
                     "two holders of lock {name:?} at once"
                 );
                 let count: usize = match s.load(&key).await {
-                    Ok(v) => String::from_utf8_lossy(&v).parse().unwrap_or(usize::MAX),
+                    Ok(v) => String::from_utf8_lossy(&v)
+                        .parse()
+                        .map_err(|_| format!("the counter value is garbled: {v:?}"))?,
                     Err(e) if e.is_not_found() => 0,
                     Err(e) => return Err(format!("load counter: {}", ErrorChain(&e))),
                 };
-                ensure!(count != usize::MAX, "the counter value is garbled");
                 tokio::task::yield_now().await;
-                s.store_fenced(&guard, &key, (count + 1).to_string().as_bytes())
+                s.store_fenced(&guard, &key, count.saturating_add(1).to_string().as_bytes())
                     .await
                     .op("store_fenced the counter")?;
                 inside.fetch_sub(1, Ordering::SeqCst);
