@@ -1,40 +1,57 @@
-//! Run by the storage conformance suite (not by hand): the child process of its
-//! cross-process checks, serving `certauto::storage::conformance::child_main` on
-//! stdin / stdout with a storage opened on the same backend as the parent.
+//! Run by the storage conformance tests (not by hand): the child process of the
+//! suite's cross-process checks, on the storage the parent tests.
 //!
 //! ```text
-//! storage-child file <root>
-//! storage-child redis <url> <key prefix>
+//! storage-child file DIR
+//! storage-child redis URL PREFIX
 //! ```
 //!
-//! Both use the backend's default lock timings. Exits non-zero when the storage cannot be
-//! opened.
+//! `file` opens a [`FileStorage`] on the folder `DIR`, `redis` a [`RedisStorage`] on the
+//! server `URL` under the key prefix `PREFIX` (default lock timings, except a 10 ms poll),
+//! and serves [`conformance::child_main`]'s line protocol on stdin / stdout until told to
+//! exit. Exits non-zero when the storage cannot be opened.
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
-use certauto::storage::conformance::child_main;
+use certauto::storage::conformance;
 use certauto::{FileStorage, RedisStorage, Storage};
+
+/// The poll interval of the child's lock waits.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Opens the storage the arguments name.
+async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
+    match args {
+        [kind, dir] if kind == "file" => Ok(Arc::new(
+            FileStorage::builder(dir).lock_poll_interval(POLL).build(),
+        )),
+        [kind, url, prefix] if kind == "redis" => RedisStorage::builder(url)
+            .key_prefix(prefix)
+            .lock_poll_interval(POLL)
+            .build()
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Storage>)
+            .map_err(|e| certauto::ErrorChain(&e).to_string()),
+        _ => Err(format!(
+            "usage: storage-child file DIR | redis URL PREFIX (got {} arguments)",
+            args.len()
+        )),
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let storage: Arc<dyn Storage> = match args.as_slice() {
-        [kind, root] if kind == "file" => Arc::new(FileStorage::new(root)),
-        [kind, url, prefix] if kind == "redis" => {
-            match RedisStorage::builder(url).key_prefix(prefix).build().await {
-                Ok(storage) => Arc::new(storage),
-                Err(e) => {
-                    eprintln!("storage-child: {}", certauto::ErrorChain(&e));
-                    return ExitCode::FAILURE;
-                }
-            }
+    match open(&args).await {
+        Ok(storage) => {
+            conformance::child_main(storage).await;
+            ExitCode::SUCCESS
         }
-        _ => {
-            eprintln!("usage: storage-child file <root> | redis <url> <key prefix>");
-            return ExitCode::from(2);
+        Err(e) => {
+            eprintln!("storage-child: {e}");
+            ExitCode::FAILURE
         }
-    };
-    child_main(storage).await;
-    ExitCode::SUCCESS
+    }
 }
