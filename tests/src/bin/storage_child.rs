@@ -5,6 +5,7 @@
 //! ```text
 //! storage-child file <root>
 //! storage-child redis <url> <key prefix>
+//! storage-child redis-cluster <key prefix> <node url>...
 //! ```
 //!
 //! Both use the backend's default lock timings. Exits non-zero when the storage cannot be
@@ -30,8 +31,25 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        [kind, prefix, nodes @ ..] if kind == "redis-cluster" && !nodes.is_empty() => {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            match RedisStorage::cluster_builder(&nodes)
+                .key_prefix(prefix)
+                .build()
+                .await
+            {
+                Ok(storage) => Arc::new(storage),
+                Err(e) => {
+                    eprintln!("storage-child: {}", certauto::ErrorChain(&e));
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
         _ => {
-            eprintln!("usage: storage-child file <root> | redis <url> <key prefix>");
+            eprintln!(
+                "usage: storage-child file <root> | redis <url> <key prefix> \
+                 | redis-cluster <key prefix> <node url>..."
+            );
             return ExitCode::from(2);
         }
     };
