@@ -59,7 +59,7 @@ pub(super) enum Server {
     },
     /// A Redis Cluster, through redis-rs's cluster client (plain TCP).
     #[cfg(feature = "redis-cluster")]
-    Cluster(redis::cluster::ClusterClient),
+    Cluster(Box<redis::cluster::ClusterClient>),
 }
 
 impl fmt::Debug for Server {

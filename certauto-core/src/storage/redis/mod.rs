@@ -338,7 +338,7 @@ fn cluster_server(
         .build()
         .map_err(|e| setup(SetupError::Cluster(e)))?;
     let description = format!("redis cluster [{}]", described.join(", "));
-    Ok((Server::Cluster(client), description))
+    Ok((Server::Cluster(Box::new(client)), description))
 }
 
 /// The rustls config for `rediss://`: ring named explicitly, webpki roots
@@ -815,7 +815,7 @@ impl RedisStorage {
             .conn
             .run(|mut c| async move {
                 redis::cmd("EXISTS")
-                    .arg(&hash)
+                    .arg(hash)
                     .query_async::<i64>(&mut c)
                     .await
             })
@@ -902,8 +902,8 @@ impl Storage for RedisStorage {
             .conn
             .run(|mut c| async move {
                 redis::cmd("EXISTS")
-                    .arg(&value)
-                    .arg(&dir)
+                    .arg(value)
+                    .arg(dir)
                     .query_async::<i64>(&mut c)
                     .await
             })
