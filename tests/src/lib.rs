@@ -56,7 +56,7 @@ pub use pebble::{
     pebble_bin_dir, serial_hex,
 };
 pub use powerdns::{PowerDnsServer, PowerDnsServerBuilder};
-pub use redis::{RedisServer, RedisServerBuilder};
+pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 pub use util::{find_on_path, is_executable};
 pub use verify::SignatureOnly;
 

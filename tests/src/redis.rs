@@ -17,6 +17,21 @@
 //! # }
 //! ```
 //!
+//! [`RedisCluster`] starts three such servers as the primaries of a Redis Cluster (no
+//! replicas), creates the cluster with `redis-cli --cluster create` and waits until every
+//! node reports `cluster_state:ok`:
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use certauto_tests::RedisCluster;
+//!
+//! let cluster = RedisCluster::start().await;
+//! let nodes = cluster.node_urls();    // redis://127.0.0.1:<port>/0, one per primary
+//! let answer = cluster.command(&["DEL", "{prefix}:lock:x"]).await; // follows MOVED
+//! # let _ = (nodes, answer);
+//! # }
+//! ```
+//!
 //! The server is Debian's `redis-server` package (`/usr/bin/redis-server`, built with TLS),
 //! run as the current user in a temporary directory with `--save "" --appendonly no`,
 //! bound to 127.0.0.1 only. It is killed and reaped when the [`RedisServer`] is dropped;
@@ -38,6 +53,16 @@ use crate::util::{PortReservation, is_executable, log_tail};
 
 /// Where Debian's `redis-server` package installs the server.
 const REDIS_SERVER: &str = "/usr/bin/redis-server";
+/// Where Debian's `redis-tools` package (a dependency of `redis-server`) installs the CLI.
+const REDIS_CLI: &str = "/usr/bin/redis-cli";
+/// Primaries of a [`RedisCluster`].
+const CLUSTER_NODES: usize = 3;
+/// Total time allowed for a cluster to be created and report `cluster_state:ok` everywhere.
+const CLUSTER_DEADLINE: Duration = Duration::from_secs(60);
+/// Upper bound on `CLUSTER INFO` polls while waiting for a cluster.
+const CLUSTER_MAX_POLLS: u32 = 600;
+/// Upper bound on redirects one [`RedisCluster::command`] follows.
+const MAX_REDIRECTS: usize = 5;
 /// Total time allowed for the server to answer `PING` after a start.
 const READY_DEADLINE: Duration = Duration::from_secs(20);
 /// Upper bound on readiness polls per start.
@@ -52,6 +77,7 @@ const LOG_TAIL_LINES: usize = 40;
 pub struct RedisServerBuilder {
     password: Option<String>,
     tls: bool,
+    cluster: bool,
 }
 
 impl RedisServerBuilder {
@@ -88,6 +114,8 @@ impl RedisServerBuilder {
         let mut ports = PortReservation::default();
         let port = ports.tcp();
         let tls_port = self.tls.then(|| ports.tcp());
+        // The cluster bus port is set explicitly: the default (port + 10000) may not exist.
+        let cluster_port = self.cluster.then(|| ports.tcp());
         drop(ports);
         let pki = self.tls.then(|| {
             let pki = pki::generate();
@@ -103,6 +131,7 @@ impl RedisServerBuilder {
             dir,
             port,
             tls_port,
+            cluster_port,
             password: self.password,
             pki,
             child: None,
@@ -118,6 +147,8 @@ pub struct RedisServer {
     log: PathBuf,
     port: u16,
     tls_port: Option<u16>,
+    /// The cluster bus port, for a cluster node.
+    cluster_port: Option<u16>,
     password: Option<String>,
     pki: Option<HttpsPki>,
     child: Option<Child>,
@@ -213,6 +244,18 @@ impl RedisServer {
         if let Some(password) = &self.password {
             args.extend(["--requirepass".into(), password.clone()]);
         }
+        if let Some(cluster_port) = self.cluster_port {
+            args.extend([
+                "--cluster-enabled".into(),
+                "yes".into(),
+                "--cluster-config-file".into(),
+                self.dir.path().join("nodes.conf").display().to_string(),
+                "--cluster-port".into(),
+                cluster_port.to_string(),
+                "--cluster-node-timeout".into(),
+                "5000".into(),
+            ]);
+        }
         if let Some(tls_port) = self.tls_port {
             let file = |name: &str| self.dir.path().join(name).display().to_string();
             args.extend([
@@ -284,6 +327,21 @@ impl RedisServer {
     ///
     /// If the server does not answer within 5 s.
     pub async fn command(&self, args: &[&str]) -> String {
+        self.exchange(args, false).await
+    }
+
+    /// Runs one command like [`command`](Self::command), but returns the whole payload of
+    /// a bulk-string answer (e.g. the lines of `CLUSTER INFO`), or the first line of any
+    /// other answer.
+    ///
+    /// # Panics
+    ///
+    /// If the server does not answer within 5 s.
+    pub async fn bulk_command(&self, args: &[&str]) -> String {
+        self.exchange(args, true).await
+    }
+
+    async fn exchange(&self, args: &[&str], bulk: bool) -> String {
         let mut request = Vec::new();
         let mut push = |args: &[&str]| {
             request.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
@@ -306,7 +364,15 @@ impl RedisServer {
                 line.clear();
             }
             tokio::io::AsyncBufReadExt::read_line(&mut stream, &mut line).await?;
-            std::io::Result::Ok(line.trim_end().to_owned())
+            let line = line.trim_end().to_owned();
+            if bulk && let Some(len) = line.strip_prefix('$').and_then(|n| n.parse::<usize>().ok())
+            {
+                let mut payload = vec![0; len + 2];
+                stream.read_exact(&mut payload).await?;
+                payload.truncate(len);
+                return std::io::Result::Ok(String::from_utf8_lossy(&payload).into_owned());
+            }
+            std::io::Result::Ok(line)
         };
         match tokio::time::timeout(Duration::from_secs(5), exchange).await {
             Ok(Ok(line)) => line,
@@ -314,6 +380,214 @@ impl RedisServer {
             Err(_) => panic!("redis command {:?} timed out", args.first()),
         }
     }
+}
+
+/// Three `redis-server`s (persistence off, loopback) made the primaries of one Redis
+/// Cluster without replicas; every node is killed and reaped on drop.
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl std::fmt::Debug for RedisCluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCluster")
+            .field("ports", &self.ports())
+            .finish()
+    }
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers, creates the cluster over them
+    /// (`redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`) and waits
+    /// (bounded) until `CLUSTER INFO` says `cluster_state:ok` on every node.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-server` or `redis-cli` is not installed (the message says how to install
+    /// them), or the cluster does not form in time (with the nodes' logs).
+    pub async fn start() -> RedisCluster {
+        if !is_executable(Path::new(REDIS_CLI)) {
+            panic!(
+                "{REDIS_CLI} not found: the Redis Cluster tests need redis-cli; install it \
+                 (apt-get install redis-server, which brings redis-tools)"
+            );
+        }
+        let builder = RedisServerBuilder {
+            cluster: true,
+            ..RedisServerBuilder::default()
+        };
+        let mut nodes = Vec::with_capacity(CLUSTER_NODES);
+        for _ in 0..CLUSTER_NODES {
+            nodes.push(builder.clone().start().await);
+        }
+        let cluster = RedisCluster { nodes };
+        let mut create = Command::new(REDIS_CLI);
+        create.arg("--cluster").arg("create");
+        for port in cluster.ports() {
+            create.arg(format!("127.0.0.1:{port}"));
+        }
+        create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(CLUSTER_DEADLINE, create.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("could not run {REDIS_CLI}: {e}"),
+            Err(_) => cluster.fail("redis-cli --cluster create did not finish"),
+        };
+        if !output.status.success() {
+            cluster.fail(&format!(
+                "redis-cli --cluster create failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        cluster.wait_ok().await;
+        tracing::info!(ports = ?cluster.ports(), "redis cluster is ready");
+        cluster
+    }
+
+    /// The client ports of the primaries, on 127.0.0.1.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes.iter().map(RedisServer::port).collect()
+    }
+
+    /// `redis://127.0.0.1:<port>/0` for every primary.
+    pub fn node_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// The node listening on `port`.
+    ///
+    /// # Panics
+    ///
+    /// If no node of this cluster listens there.
+    pub fn node(&self, port: u16) -> &RedisServer {
+        self.nodes
+            .iter()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node of this cluster listens on port {port}"))
+    }
+
+    /// The port of the primary that serves `key`'s slot (asked of the first node, which
+    /// answers `-MOVED <slot> <host>:<port>` for a slot it does not serve).
+    pub async fn owner_of(&self, key: &str) -> u16 {
+        let first = &self.nodes[0];
+        let answer = first.command(&["EXISTS", key]).await;
+        match moved_to(&answer) {
+            Some(port) => port,
+            None => first.port(),
+        }
+    }
+
+    /// Runs one command on the node that serves its key (starting at the first node and
+    /// following `MOVED` redirects) and returns the first line of the answer.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not answer within 5 s, or the redirects do not end.
+    pub async fn command(&self, args: &[&str]) -> String {
+        let mut port = self.nodes[0].port();
+        for _ in 0..MAX_REDIRECTS {
+            let answer = self.node(port).command(args).await;
+            match moved_to(&answer) {
+                Some(next) => port = next,
+                None => return answer,
+            }
+        }
+        panic!(
+            "redis command {:?}: more than {MAX_REDIRECTS} redirects",
+            args.first()
+        )
+    }
+
+    /// Moves every slot of the primary on `from` to the primary on `to`, keys included
+    /// (`redis-cli --cluster reshard`), and waits until every node agrees again; clients
+    /// that knew the old layout then meet `MOVED` answers.
+    ///
+    /// # Panics
+    ///
+    /// If `redis-cli` fails or the cluster does not settle in time.
+    pub async fn move_all_slots(&self, from: u16, to: u16) {
+        let id = |port: u16| async move {
+            let id = self.node(port).bulk_command(&["CLUSTER", "MYID"]).await;
+            assert!(
+                id.len() == 40 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "CLUSTER MYID on {port}: {id:?}"
+            );
+            id
+        };
+        let (from_id, to_id) = (id(from).await, id(to).await);
+        let mut reshard = Command::new(REDIS_CLI);
+        reshard
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{from}")])
+            .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+            .args(["--cluster-slots", "16384", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let output = match tokio::time::timeout(CLUSTER_DEADLINE, reshard.output()).await {
+            Ok(Ok(output)) => output,
+            Ok(Err(e)) => panic!("could not run {REDIS_CLI}: {e}"),
+            Err(_) => self.fail("redis-cli --cluster reshard did not finish"),
+        };
+        if !output.status.success() {
+            self.fail(&format!(
+                "redis-cli --cluster reshard failed ({}):\n{}{}",
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        self.wait_ok().await;
+    }
+
+    /// Polls `CLUSTER INFO` on every node until all say `cluster_state:ok`.
+    async fn wait_ok(&self) {
+        let deadline = tokio::time::Instant::now() + CLUSTER_DEADLINE;
+        let mut last = String::new();
+        for _ in 0..CLUSTER_MAX_POLLS {
+            let mut all_ok = true;
+            for node in &self.nodes {
+                let info = node.bulk_command(&["CLUSTER", "INFO"]).await;
+                if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    all_ok = false;
+                    last = format!("node {}: {}", node.port(), info.replace("\r\n", " "));
+                    break;
+                }
+            }
+            if all_ok {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+        self.fail(&format!(
+            "the cluster did not reach cluster_state:ok within {CLUSTER_DEADLINE:?} (last: {last})"
+        ));
+    }
+
+    /// Panics with `what` and every node's log.
+    fn fail(&self, what: &str) -> ! {
+        let mut logs = String::new();
+        for node in &self.nodes {
+            let _ = write!(
+                logs,
+                "\n--- redis-server log (port {}) ---\n{}",
+                node.port(),
+                log_tail(&node.log, LOG_TAIL_LINES)
+            );
+        }
+        panic!("{what}{logs}");
+    }
+}
+
+/// The port of a `-MOVED <slot> <host>:<port>` answer.
+fn moved_to(answer: &str) -> Option<u16> {
+    let target = answer.strip_prefix("-MOVED ")?.split(' ').nth(1)?;
+    target.rsplit(':').next()?.parse().ok()
 }
 
 /// Sends `PING` to 127.0.0.1:`port` and returns the first line of the answer.

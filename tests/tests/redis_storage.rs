@@ -2,8 +2,11 @@
 //! loopback port with persistence off by [`RedisServer`]): the storage conformance suite
 //! (cross-process checks included, through the `storage-child` binary), key-prefix
 //! isolation, `rediss://` with a generated CA, a password kept out of `Debug` and errors,
-//! a server stopped and started again under one `RedisStorage`, a lock holder whose
-//! keepalive cannot reach Redis, and large and binary values.
+//! a server stopped and started again under one `RedisStorage`, the first operation after a
+//! restart (of each kind) succeeding, a lock holder whose keepalive cannot reach Redis, and
+//! large and binary values. On a Redis Cluster of three primaries ([`RedisCluster`]): the
+//! conformance suite for two deployments on two nodes, and a deployment whose slot moves
+//! to another node while it holds a lock (clients follow the `MOVED` answers).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use certauto::storage::conformance::{self, ConformanceBackend, LockTimings};
 use certauto::{RedisStorage, Storage, StorageError};
-use certauto_tests::RedisServer;
+use certauto_tests::{RedisCluster, RedisServer};
 
 /// Bound on any single wait in these tests; only a hang reaches it.
 const HANG: Duration = Duration::from_secs(60);
@@ -24,16 +27,36 @@ async fn bounded<T>(what: &str, future: impl std::future::Future<Output = T>) ->
         .unwrap_or_else(|_| panic!("{what} did not finish within {HANG:?}"))
 }
 
-/// The conformance suite's view of one Redis server and key prefix.
+/// Where a [`RedisBackend`] keeps its data.
+enum Deployment<'a> {
+    Server(&'a RedisServer),
+    Cluster(&'a RedisCluster),
+}
+
+/// The conformance suite's view of one Redis server (or cluster) and key prefix.
 struct RedisBackend<'a> {
-    server: &'a RedisServer,
+    at: Deployment<'a>,
     prefix: String,
+}
+
+impl RedisBackend<'_> {
+    fn builder(&self) -> certauto::RedisStorageBuilder {
+        match &self.at {
+            Deployment::Server(server) => RedisStorage::builder(&server.url()),
+            Deployment::Cluster(cluster) => {
+                let nodes = cluster.node_urls();
+                let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+                RedisStorage::cluster_builder(&nodes)
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl ConformanceBackend for RedisBackend<'_> {
     async fn client(&self, t: LockTimings) -> Result<Arc<dyn Storage>, StorageError> {
-        let storage = RedisStorage::builder(&self.server.url())
+        let storage = self
+            .builder()
             .key_prefix(&self.prefix)
             .lock_lease(t.lease)
             .lock_keepalive(t.keepalive)
@@ -46,15 +69,26 @@ impl ConformanceBackend for RedisBackend<'_> {
 
     async fn expire_lock(&self, name: &str) -> Result<(), StorageError> {
         // The lease running out is the key vanishing: delete it now.
-        let key = format!("{}:lock:{name}", self.prefix);
-        let answer = self.server.command(&["DEL", &key]).await;
+        let key = format!("{{{}}}:lock:{name}", self.prefix);
+        let answer = match &self.at {
+            Deployment::Server(server) => server.command(&["DEL", &key]).await,
+            Deployment::Cluster(cluster) => cluster.command(&["DEL", &key]).await,
+        };
         assert!(answer.starts_with(':'), "DEL {key}: {answer}");
         Ok(())
     }
 
     fn child_command(&self) -> Option<std::process::Command> {
         let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_storage-child"));
-        command.args(["redis", &self.server.url(), &self.prefix]);
+        match &self.at {
+            Deployment::Server(server) => {
+                command.args(["redis", &server.url(), &self.prefix]);
+            }
+            Deployment::Cluster(cluster) => {
+                command.args(["redis-cluster", &self.prefix]);
+                command.args(cluster.node_urls());
+            }
+        }
         Some(command)
     }
 }
@@ -63,7 +97,7 @@ impl ConformanceBackend for RedisBackend<'_> {
 async fn conformance_suite() {
     let server = RedisServer::builder().start().await;
     let backend = RedisBackend {
-        server: &server,
+        at: Deployment::Server(&server),
         prefix: "conformance".into(),
     };
     conformance::run(&backend).await;
@@ -264,4 +298,201 @@ async fn binary_and_large_values_round_trip() {
     storage.delete("bin").await.unwrap();
     assert!(!storage.exists("bin").await.unwrap());
     assert_eq!(storage.list("", true).await.unwrap(), Vec::<String>::new());
+}
+
+/// Stops the server and starts it again on the same port (empty: persistence is off).
+async fn restart(server: &mut RedisServer) {
+    server.stop().await;
+    server.start().await;
+}
+
+#[tokio::test]
+async fn the_first_operation_after_a_restart_succeeds() {
+    let mut server = RedisServer::builder().start().await;
+    // One storage kept across every restart: its connection dies unnoticed each time.
+    let storage = RedisStorage::builder(&server.url()).build().await.unwrap();
+    // A storage connected after the restart, to put data in place.
+    let url = server.url();
+    let seed = || async { RedisStorage::builder(&url).build().await.unwrap() };
+    storage.store("warm", b"up").await.unwrap();
+
+    restart(&mut server).await;
+    storage.store("certificates/a/crt", b"1").await.unwrap();
+
+    restart(&mut server).await;
+    seed()
+        .await
+        .store("certificates/b/crt", b"2")
+        .await
+        .unwrap();
+    assert_eq!(storage.load("certificates/b/crt").await.unwrap(), b"2");
+
+    restart(&mut server).await;
+    seed()
+        .await
+        .store("certificates/c/crt", b"3")
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.list("certificates", true).await.unwrap(),
+        vec!["certificates/c/crt"]
+    );
+
+    restart(&mut server).await;
+    seed()
+        .await
+        .store("certificates/d/crt", b"44")
+        .await
+        .unwrap();
+    assert!(storage.exists("certificates/d").await.unwrap());
+
+    restart(&mut server).await;
+    seed()
+        .await
+        .store("certificates/e/crt", b"555")
+        .await
+        .unwrap();
+    assert_eq!(storage.stat("certificates/e/crt").await.unwrap().size, 3);
+
+    restart(&mut server).await;
+    seed()
+        .await
+        .store("certificates/f/crt", b"6")
+        .await
+        .unwrap();
+    storage.delete("certificates/f/crt").await.unwrap();
+    assert!(!seed().await.exists("certificates/f").await.unwrap());
+
+    restart(&mut server).await;
+    let guard = storage.lock("cert_example.com").await.unwrap();
+    assert_eq!(guard.fence(), Some(1), "a fresh server's first acquisition");
+    storage
+        .store_fenced(&guard, "certificates/g/crt", b"7")
+        .await
+        .unwrap();
+    // Exclusion holds after the retry-capable acquisition: another client waits.
+    let other = RedisStorage::builder(&server.url())
+        .lock_wait_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    assert!(matches!(
+        other.lock("cert_example.com").await,
+        Err(StorageError::LockTimeout(_))
+    ));
+
+    // A release as the first command after a restart: the lock went with the data, and the
+    // release still completes without an error.
+    restart(&mut server).await;
+    guard.release().await.unwrap();
+    let again = bounded("lock after the restart", storage.lock("cert_example.com"))
+        .await
+        .unwrap();
+    again.release().await.unwrap();
+}
+
+/// Two key prefixes whose slots are served by two different primaries (the cluster splits
+/// the 16384 slots evenly, so a few candidates suffice).
+async fn prefixes_on_two_nodes(cluster: &RedisCluster) -> [(String, u16); 2] {
+    let first = (
+        "cluster-0".to_owned(),
+        cluster.owner_of("{cluster-0}").await,
+    );
+    for i in 1..64 {
+        let prefix = format!("cluster-{i}");
+        let owner = cluster.owner_of(&format!("{{{prefix}}}")).await;
+        if owner != first.1 {
+            return [first, (prefix, owner)];
+        }
+    }
+    panic!("64 prefixes all hash to the slots of one node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_conformance_suite() {
+    let cluster = RedisCluster::start().await;
+    let [(a, node_a), (b, node_b)] = prefixes_on_two_nodes(&cluster).await;
+    assert_ne!(node_a, node_b);
+    for prefix in [a, b] {
+        let backend = RedisBackend {
+            at: Deployment::Cluster(&cluster),
+            prefix,
+        };
+        conformance::run(&backend).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_whose_slot_moves_keeps_working() {
+    let cluster = RedisCluster::start().await;
+    let [(prefix, owner), (other_prefix, _)] = prefixes_on_two_nodes(&cluster).await;
+    let nodes = cluster.node_urls();
+    // Only one node given: the rest of the cluster is discovered.
+    let storage = RedisStorage::cluster_builder(&[nodes[0].as_str()])
+        .key_prefix(&prefix)
+        .build()
+        .await
+        .unwrap();
+    let neighbour = RedisStorage::cluster_builder(&[nodes[1].as_str()])
+        .key_prefix(&other_prefix)
+        .build()
+        .await
+        .unwrap();
+    storage
+        .store("certificates/x/crt", b"before")
+        .await
+        .unwrap();
+    neighbour
+        .store("certificates/y/crt", b"next door")
+        .await
+        .unwrap();
+    let guard = storage.lock("cert_x").await.unwrap();
+    // Every key of the deployment is on its prefix's node.
+    let key = format!("{{{prefix}}}:v:certificates/x/crt");
+    assert_eq!(cluster.node(owner).command(&["EXISTS", &key]).await, ":1");
+
+    let to = *cluster.ports().iter().find(|&&p| p != owner).unwrap();
+    cluster.move_all_slots(owner, to).await;
+    assert_eq!(cluster.node(to).command(&["EXISTS", &key]).await, ":1");
+    assert!(
+        cluster
+            .node(owner)
+            .command(&["EXISTS", &key])
+            .await
+            .starts_with("-MOVED")
+    );
+
+    // The client still addresses the old node first: it follows the MOVED answers.
+    assert_eq!(storage.load("certificates/x/crt").await.unwrap(), b"before");
+    storage
+        .store_fenced(&guard, "certificates/x/crt", b"after")
+        .await
+        .unwrap();
+    assert_eq!(
+        storage.list("", true).await.unwrap(),
+        vec!["certificates/x/crt"]
+    );
+    guard.ensure_held().unwrap();
+    guard.release().await.unwrap();
+    let next = bounded("lock after the move", storage.lock("cert_x"))
+        .await
+        .unwrap();
+    assert_eq!(next.fence(), Some(2));
+    next.release().await.unwrap();
+    assert_eq!(storage.load("certificates/x/crt").await.unwrap(), b"after");
+    assert_eq!(
+        neighbour.load("certificates/y/crt").await.unwrap(),
+        b"next door"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_over_tls_is_refused_with_a_clear_error() {
+    let err = RedisStorage::cluster_builder(&["rediss://127.0.0.1:7000"])
+        .build()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
+    let chain = certauto::ErrorChain(&err).to_string();
+    assert!(chain.contains("rediss:// is not supported"), "{chain}");
 }

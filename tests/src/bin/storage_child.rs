@@ -4,10 +4,12 @@
 //! ```text
 //! storage-child file DIR
 //! storage-child redis URL PREFIX
+//! storage-child redis-cluster PREFIX NODE_URL...
 //! ```
 //!
 //! `file` opens a [`FileStorage`] on the folder `DIR`, `redis` a [`RedisStorage`] on the
-//! server `URL` under the key prefix `PREFIX` (default lock timings, except a 10 ms poll),
+//! server `URL` under the key prefix `PREFIX`, `redis-cluster` a [`RedisStorage`] on the
+//! Redis Cluster the node URLs lead to (default lock timings, except a 10 ms poll),
 //! and serves [`conformance::child_main`]'s line protocol on stdin / stdout until told to
 //! exit. Exits non-zero when the storage cannot be opened.
 
@@ -34,8 +36,18 @@ async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
             .await
             .map(|s| Arc::new(s) as Arc<dyn Storage>)
             .map_err(|e| certauto::ErrorChain(&e).to_string()),
+        [kind, prefix, nodes @ ..] if kind == "redis-cluster" && !nodes.is_empty() => {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            RedisStorage::cluster_builder(&nodes)
+                .key_prefix(prefix)
+                .lock_poll_interval(POLL)
+                .build()
+                .await
+                .map(|s| Arc::new(s) as Arc<dyn Storage>)
+                .map_err(|e| certauto::ErrorChain(&e).to_string())
+        }
         _ => Err(format!(
-            "usage: storage-child file DIR | redis URL PREFIX (got {} arguments)",
+            "usage: storage-child file DIR | redis URL PREFIX | redis-cluster PREFIX NODE_URL... (got {} arguments)",
             args.len()
         )),
     }

@@ -9,6 +9,13 @@
 //! [`MultiplexedConnection::new_with_config`], which does the Redis
 //! handshake (`AUTH`, `SELECT`).
 //!
+//! On a Redis Cluster (feature `redis-cluster`) the connection is redis-rs's
+//! `ClusterConnection`, which follows `MOVED` / `ASK` redirects and keeps one
+//! connection per node itself; it is opened and discarded here the same way.
+//! Its TLS path cannot be given a rustls config (it builds its own with the
+//! process-wide default provider), so clusters are reached over plain TCP
+//! only: the builder refuses `rediss://` nodes.
+//!
 //! # Invariants
 //! - At most one connection attempt runs at a time; callers that queued
 //!   behind a failed attempt get its error instead of each trying again, so
@@ -18,6 +25,14 @@
 //! - A connection whose command failed with an I/O error, a dropped
 //!   connection or a timeout is discarded (only that one: a newer connection
 //!   another caller opened meanwhile is kept), and the next command reconnects.
+//! - A command that failed because a connection opened earlier turned out to
+//!   be dead (the server restarted, an idle connection was cut: an I/O error
+//!   or a dropped connection, not a timeout) is sent once more, on a fresh
+//!   connection. Every command this storage sends is safe to repeat (reads;
+//!   whole-value writes and deletes; lock scripts that compare the caller's
+//!   token), and a command whose connection broke cannot arrive after its
+//!   repetition. A timeout is not repeated: the first command may still be
+//!   waiting on the server and could land after the second.
 
 use std::fmt;
 use std::future::Future;
@@ -26,12 +41,76 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisConnectionInfo, RedisError};
+use redis::{
+    AsyncConnectionConfig, Cmd, Pipeline, RedisConnectionInfo, RedisError, RedisFuture, Value,
+};
 use rustls_pki_types::ServerName;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use crate::storage::StorageError;
+
+/// What to connect to: one server, or a cluster.
+pub(super) enum Server {
+    /// One server, reached through `target`, with `redis` for the handshake.
+    Single {
+        target: Target,
+        redis: RedisConnectionInfo,
+    },
+    /// A Redis Cluster, through redis-rs's cluster client (plain TCP).
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Server::Single { target, redis } => write!(f, "{target:?} db {}", redis.db()),
+            #[cfg(feature = "redis-cluster")]
+            Server::Cluster(_) => f.write_str("cluster"),
+        }
+    }
+}
+
+/// An open connection: to one server, or to a cluster. Cheap to clone (a
+/// handle on a multiplexed connection).
+#[derive(Clone)]
+pub(super) enum Handle {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "redis-cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Handle {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Handle::Single(c) => c.req_packed_command(cmd),
+            #[cfg(feature = "redis-cluster")]
+            Handle::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Handle::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "redis-cluster")]
+            Handle::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Handle::Single(c) => c.get_db(),
+            #[cfg(feature = "redis-cluster")]
+            Handle::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// Where the server is.
 #[derive(Clone)]
@@ -81,7 +160,7 @@ pub(super) enum ConnectError {
 /// The current connection, with an id telling reconnections apart.
 #[derive(Default)]
 struct State {
-    current: Option<(u64, MultiplexedConnection)>,
+    current: Option<(u64, Handle)>,
     next_id: u64,
     /// The last failed attempt: when it ended and why.
     failed: Option<(Instant, Arc<ConnectError>)>,
@@ -89,8 +168,7 @@ struct State {
 
 /// A lazily (re)connected multiplexed connection.
 pub(super) struct Connection {
-    target: Target,
-    redis: RedisConnectionInfo,
+    server: Server,
     connect_timeout: Duration,
     response_timeout: Duration,
     state: Mutex<State>,
@@ -99,8 +177,7 @@ pub(super) struct Connection {
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Connection")
-            .field("target", &self.target)
-            .field("db", &self.redis.db())
+            .field("server", &self.server)
             .field("connect_timeout", &self.connect_timeout)
             .field("response_timeout", &self.response_timeout)
             .finish_non_exhaustive()
@@ -117,6 +194,13 @@ fn is_connection_failure(err: &RedisError) -> bool {
         || err.is_unrecoverable_error()
 }
 
+/// Whether `err` says the connection was dead when the command was sent on
+/// it, so that sending the command again on a new connection cannot race
+/// the first (a timeout can: the first may still be on its way).
+fn is_dead_connection(err: &RedisError) -> bool {
+    is_connection_failure(err) && !err.is_timeout()
+}
+
 /// Maps a failed command to a [`StorageError`].
 pub(super) fn command_error(err: RedisError) -> StorageError {
     if is_connection_failure(&err) {
@@ -128,16 +212,22 @@ pub(super) fn command_error(err: RedisError) -> StorageError {
     }
 }
 
+/// A connection from [`Connection::get`].
+struct Got {
+    id: u64,
+    handle: Handle,
+    /// Opened by this call (so not one that may have died unnoticed).
+    fresh: bool,
+}
+
 impl Connection {
     pub(super) fn new(
-        target: Target,
-        redis: RedisConnectionInfo,
+        server: Server,
         connect_timeout: Duration,
         response_timeout: Duration,
     ) -> Self {
         Self {
-            target,
-            redis,
+            server,
             connect_timeout,
             response_timeout,
             state: Mutex::new(State::default()),
@@ -145,11 +235,15 @@ impl Connection {
     }
 
     /// The current connection, opening one if there is none.
-    async fn get(&self) -> Result<(u64, MultiplexedConnection), StorageError> {
+    async fn get(&self) -> Result<Got, StorageError> {
         let asked = Instant::now();
         let mut state = self.state.lock().await;
-        if let Some((id, conn)) = &state.current {
-            return Ok((*id, conn.clone()));
+        if let Some((id, handle)) = &state.current {
+            return Ok(Got {
+                id: *id,
+                handle: handle.clone(),
+                fresh: false,
+            });
         }
         // An attempt that failed while we queued for it answers for us too.
         if let Some((at, err)) = &state.failed
@@ -160,23 +254,27 @@ impl Connection {
             });
         }
         match tokio::time::timeout(self.connect_timeout, self.connect()).await {
-            Ok(Ok(conn)) => {
+            Ok(Ok(handle)) => {
                 state.next_id += 1;
                 let id = state.next_id;
-                state.current = Some((id, conn.clone()));
+                state.current = Some((id, handle.clone()));
                 state.failed = None;
-                tracing::debug!(target = ?self.target, "redis storage: connected");
-                Ok((id, conn))
+                tracing::debug!(server = ?self.server, "redis storage: connected");
+                Ok(Got {
+                    id,
+                    handle,
+                    fresh: true,
+                })
             }
             outcome => {
                 let err = Arc::new(match outcome {
                     Ok(Err(err)) => err,
                     _ => ConnectError::Timeout {
-                        target: format!("{:?}", self.target),
+                        target: format!("{:?}", self.server),
                         timeout: self.connect_timeout,
                     },
                 });
-                tracing::warn!(target = ?self.target, error = %crate::error::ErrorChain(&*err), "redis storage: cannot connect");
+                tracing::warn!(server = ?self.server, error = %crate::error::ErrorChain(&*err), "redis storage: cannot connect");
                 state.failed = Some((Instant::now(), err.clone()));
                 Err(StorageError::Unavailable {
                     source: Box::new(err),
@@ -194,48 +292,98 @@ impl Connection {
             .is_some_and(|(current, _)| *current == id)
         {
             state.current = None;
-            tracing::debug!(target = ?self.target, "redis storage: connection discarded; the next command reconnects");
+            tracing::debug!(server = ?self.server, "redis storage: connection discarded; the next command reconnects");
         }
     }
 
     /// Runs `command` on the connection, discarding the connection when the
-    /// command failed because of it.
+    /// command failed because of it; a command that met a connection that
+    /// had died unnoticed runs once more on a fresh one (see the module docs:
+    /// `command` must be safe to repeat).
     pub(super) async fn run<T, F, Fut>(&self, command: F) -> Result<T, StorageError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: Fn(Handle) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let (id, conn) = self.get().await?;
-        match command(conn).await {
-            Ok(value) => Ok(value),
+        self.run_noting_retry(command).await.map(|(value, _)| value)
+    }
+
+    /// [`run`](Self::run), also telling whether the command was sent twice
+    /// (so the first attempt may have taken effect unseen).
+    pub(super) async fn run_noting_retry<T, F, Fut>(
+        &self,
+        command: F,
+    ) -> Result<(T, bool), StorageError>
+    where
+        F: Fn(Handle) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let got = self.get().await?;
+        let err = match command(got.handle).await {
+            Ok(value) => return Ok((value, false)),
+            Err(err) if !is_connection_failure(&err) => return Err(command_error(err)),
+            Err(err) => err,
+        };
+        self.discard(got.id).await;
+        if got.fresh || !is_dead_connection(&err) {
+            return Err(command_error(err));
+        }
+        tracing::debug!(server = ?self.server, error = %crate::error::ErrorChain(&err),
+            "redis storage: the connection had died; sending the command again on a new one");
+        let again = self.get().await?;
+        match command(again.handle).await {
+            Ok(value) => Ok((value, true)),
             Err(err) => {
                 if is_connection_failure(&err) {
-                    self.discard(id).await;
+                    self.discard(again.id).await;
                 }
                 Err(command_error(err))
             }
         }
     }
 
-    /// Opens the stream and does the Redis handshake.
-    async fn connect(&self) -> Result<MultiplexedConnection, ConnectError> {
+    /// Opens a connection (the stream and the Redis handshake, or the
+    /// cluster's connections and its slot map).
+    async fn connect(&self) -> Result<Handle, ConnectError> {
+        match &self.server {
+            Server::Single { target, redis } => {
+                self.connect_single(target, redis).await.map(Handle::Single)
+            }
+            #[cfg(feature = "redis-cluster")]
+            Server::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(Handle::Cluster)
+                .map_err(|source| ConnectError::Setup {
+                    target: format!("{:?}", self.server),
+                    source,
+                }),
+        }
+    }
+
+    /// Opens the stream to one server and does the Redis handshake.
+    async fn connect_single(
+        &self,
+        target: &Target,
+        redis: &RedisConnectionInfo,
+    ) -> Result<MultiplexedConnection, ConnectError> {
         let config = AsyncConnectionConfig::new().set_response_timeout(Some(self.response_timeout));
-        let target = || format!("{:?}", self.target);
+        let describe = || format!("{target:?}");
         let io = |source| ConnectError::Io {
-            target: target(),
+            target: describe(),
             source,
         };
         let setup = |source| ConnectError::Setup {
-            target: target(),
+            target: describe(),
             source,
         };
-        let conn = match &self.target {
+        let conn = match target {
             Target::Tcp { host, port } => {
                 let tcp = tokio::net::TcpStream::connect((host.as_str(), *port))
                     .await
                     .map_err(io)?;
                 let _ = tcp.set_nodelay(true);
-                MultiplexedConnection::new_with_config(&self.redis, tcp, config)
+                MultiplexedConnection::new_with_config(redis, tcp, config)
                     .await
                     .map_err(setup)
                     .map(spawn_driver)?
@@ -254,7 +402,7 @@ impl Connection {
                     .connect(server_name.clone(), tcp)
                     .await
                     .map_err(io)?;
-                MultiplexedConnection::new_with_config(&self.redis, stream, config)
+                MultiplexedConnection::new_with_config(redis, stream, config)
                     .await
                     .map_err(setup)
                     .map(spawn_driver)?
@@ -262,7 +410,7 @@ impl Connection {
             #[cfg(unix)]
             Target::Unix(path) => {
                 let unix = tokio::net::UnixStream::connect(path).await.map_err(io)?;
-                MultiplexedConnection::new_with_config(&self.redis, unix, config)
+                MultiplexedConnection::new_with_config(redis, unix, config)
                     .await
                     .map_err(setup)
                     .map(spawn_driver)?

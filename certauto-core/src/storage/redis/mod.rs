@@ -1,5 +1,5 @@
 //! [`RedisStorage`]: a [`Storage`] backend on a Redis server (feature
-//! `redis`). `conn` keeps the (re)connected connection, `lock` the locks,
+//! `redis`) or a Redis Cluster (feature `redis-cluster`). `conn` keeps the (re)connected connection, `lock` the locks,
 //! `scripts` the Lua scripts; the struct's docs state the layout and the
 //! guarantees.
 
@@ -17,7 +17,7 @@ use redis::{ConnectionAddr, IntoConnectionInfo, RedisError};
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::sync::Notify;
 
-use self::conn::{Connection, Target};
+use self::conn::{Connection, Server, Target};
 use self::lock::LockTimings;
 use self::scripts::Scripts;
 use super::{KeyInfo, LockGuard, Storage, StorageError, validate_key};
@@ -62,6 +62,41 @@ enum SetupError {
         keepalive: Duration,
         lease: Duration,
     },
+    #[cfg(feature = "redis-cluster")]
+    #[error(
+        "rediss:// is not supported for a Redis Cluster (redis-rs's cluster client cannot be \
+         given this crate's rustls configuration); use redis:// on a private network"
+    )]
+    ClusterTls,
+    #[cfg(feature = "redis-cluster")]
+    #[error("a Redis Cluster node must be a redis://host:port URL")]
+    ClusterAddress,
+    #[cfg(feature = "redis-cluster")]
+    #[error("invalid Redis Cluster settings")]
+    Cluster(#[source] RedisError),
+}
+
+/// What a builder connects to.
+#[derive(Clone)]
+enum Endpoint {
+    /// One server's URL.
+    Single(String),
+    /// The URLs of some nodes of a cluster.
+    #[cfg(feature = "redis-cluster")]
+    Cluster(Vec<String>),
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Single(url) => f.write_str(&redacted_url(url)),
+            #[cfg(feature = "redis-cluster")]
+            Endpoint::Cluster(nodes) => f
+                .debug_tuple("cluster")
+                .field(&nodes.iter().map(|n| redacted_url(n)).collect::<Vec<_>>())
+                .finish(),
+        }
+    }
 }
 
 fn setup(err: SetupError) -> StorageError {
@@ -71,7 +106,7 @@ fn setup(err: SetupError) -> StorageError {
 /// Builds a [`RedisStorage`]; see [`RedisStorage::builder`].
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct RedisStorageBuilder {
-    url: String,
+    endpoint: Endpoint,
     prefix: String,
     lease: Duration,
     keepalive: Option<Duration>,
@@ -85,7 +120,7 @@ pub struct RedisStorageBuilder {
 impl fmt::Debug for RedisStorageBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStorageBuilder")
-            .field("url", &redacted_url(&self.url))
+            .field("server", &self.endpoint)
             .field("prefix", &self.prefix)
             .field("lease", &self.lease)
             .field("keepalive", &self.keepalive)
@@ -99,6 +134,20 @@ impl fmt::Debug for RedisStorageBuilder {
 }
 
 impl RedisStorageBuilder {
+    fn new(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            lease: lock::DEFAULT_LEASE,
+            keepalive: None,
+            poll: lock::DEFAULT_POLL,
+            wait_timeout: lock::DEFAULT_WAIT_TIMEOUT,
+            trust_roots: Vec::new(),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
     /// The prefix of every Redis key this storage uses (default `certauto`):
     /// 1 to 64 characters of `A-Z a-z 0-9 . _ -`. Deployments sharing a
     /// server with different prefixes see nothing of each other.
@@ -135,7 +184,8 @@ impl RedisStorageBuilder {
     }
 
     /// Certificates to trust for `rediss://` besides the webpki roots (a
-    /// private CA that signed the server's certificate).
+    /// private CA that signed the server's certificate). Not used for a
+    /// cluster (reached over `redis://` only).
     pub fn trust_roots(mut self, roots: Vec<CertificateDer<'static>>) -> Self {
         self.trust_roots = roots;
         self
@@ -157,8 +207,9 @@ impl RedisStorageBuilder {
     /// Checks the settings, connects and pings the server.
     ///
     /// Fails with [`StorageError::Backend`] for unusable settings (a bad URL,
-    /// key prefix or trust root, a keepalive not shorter than the lease) and
-    /// with [`StorageError::Unavailable`] when the server cannot be reached.
+    /// key prefix or trust root, a keepalive not shorter than the lease, a
+    /// `rediss://` cluster node) and with [`StorageError::Unavailable`] when
+    /// the server (or no node of the cluster) cannot be reached.
     pub async fn build(self) -> Result<RedisStorage, StorageError> {
         let storage = self.configure()?;
         storage
@@ -181,49 +232,14 @@ impl RedisStorageBuilder {
                 lease: self.lease,
             }));
         }
-        let info = self
-            .url
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| setup(SetupError::Url(e)))?;
-        let description = describe(&info);
-        let target = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => Target::Tcp {
-                host: host.clone(),
-                port: *port,
-            },
-            ConnectionAddr::TcpTls {
-                host,
-                port,
-                insecure,
-                ..
-            } => {
-                if *insecure {
-                    return Err(setup(SetupError::Insecure));
-                }
-                let server_name = ServerName::try_from(host.clone())
-                    .map_err(|_| setup(SetupError::ServerName(host.clone())))?;
-                Target::Tls {
-                    host: host.clone(),
-                    port: *port,
-                    server_name,
-                    config: tls_config(self.trust_roots)?,
-                }
-            }
-            ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
-            _ => {
-                return Err(setup(SetupError::Url(RedisError::from((
-                    redis::ErrorKind::InvalidClientConfig,
-                    "unsupported connection address",
-                )))));
+        let (server, description) = match &self.endpoint {
+            Endpoint::Single(url) => single_server(url, self.trust_roots)?,
+            #[cfg(feature = "redis-cluster")]
+            Endpoint::Cluster(nodes) => {
+                cluster_server(nodes, self.connect_timeout, self.response_timeout)?
             }
         };
-        let conn = Connection::new(
-            target,
-            info.redis_settings().clone(),
-            self.connect_timeout,
-            self.response_timeout,
-        );
+        let conn = Connection::new(server, self.connect_timeout, self.response_timeout);
         Ok(RedisStorage {
             inner: Arc::new(Inner {
                 description,
@@ -243,6 +259,86 @@ impl RedisStorageBuilder {
             }),
         })
     }
+}
+
+/// The server at `url`, and its description (the URL without credentials).
+fn single_server(
+    url: &str,
+    trust_roots: Vec<CertificateDer<'static>>,
+) -> Result<(Server, String), StorageError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| setup(SetupError::Url(e)))?;
+    let description = describe(&info);
+    let target = match info.addr() {
+        ConnectionAddr::Tcp(host, port) => Target::Tcp {
+            host: host.clone(),
+            port: *port,
+        },
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure,
+            ..
+        } => {
+            if *insecure {
+                return Err(setup(SetupError::Insecure));
+            }
+            let server_name = ServerName::try_from(host.clone())
+                .map_err(|_| setup(SetupError::ServerName(host.clone())))?;
+            Target::Tls {
+                host: host.clone(),
+                port: *port,
+                server_name,
+                config: tls_config(trust_roots)?,
+            }
+        }
+        ConnectionAddr::Unix(path) => Target::Unix(path.clone()),
+        _ => {
+            return Err(setup(SetupError::Url(RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "unsupported connection address",
+            )))));
+        }
+    };
+    let server = Server::Single {
+        target,
+        redis: info.redis_settings().clone(),
+    };
+    Ok((server, description))
+}
+
+/// The cluster reached through `nodes`, and its description.
+#[cfg(feature = "redis-cluster")]
+fn cluster_server(
+    nodes: &[String],
+    connect_timeout: Duration,
+    response_timeout: Duration,
+) -> Result<(Server, String), StorageError> {
+    let mut infos = Vec::with_capacity(nodes.len());
+    let mut described = Vec::with_capacity(nodes.len());
+    for node in nodes {
+        let info = node
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| setup(SetupError::Url(e)))?;
+        match info.addr() {
+            ConnectionAddr::Tcp(..) => {}
+            ConnectionAddr::TcpTls { .. } => return Err(setup(SetupError::ClusterTls)),
+            _ => return Err(setup(SetupError::ClusterAddress)),
+        }
+        described.push(describe(&info));
+        infos.push(info);
+    }
+    // redis-rs's own retries (after MOVED, ASK, a node's reconnection) stay
+    // within the response timeout: it bounds the whole request by default.
+    let client = redis::cluster::ClusterClientBuilder::new(infos)
+        .connection_timeout(connect_timeout)
+        .response_timeout(response_timeout)
+        .build()
+        .map_err(|e| setup(SetupError::Cluster(e)))?;
+    let description = format!("redis cluster [{}]", described.join(", "));
+    Ok((Server::Cluster(Box::new(client)), description))
 }
 
 /// The rustls config for `rediss://`: ring named explicitly, webpki roots
@@ -300,7 +396,9 @@ fn redacted_url(url: &str) -> String {
     }
 }
 
-/// Redis key names under one prefix.
+/// Redis key names under one prefix. Every name starts with the hash tag
+/// `{<prefix>}`, so on a cluster all keys of one deployment share one slot
+/// (a script may only touch keys of one slot).
 #[derive(Debug, Clone)]
 struct Keys {
     prefix: String,
@@ -309,22 +407,22 @@ struct Keys {
 impl Keys {
     /// The hash holding the value of `key`.
     fn value(&self, key: &str) -> String {
-        format!("{}:v:{key}", self.prefix)
+        format!("{{{}}}:v:{key}", self.prefix)
     }
 
     /// The index hash of the directory `dir` (`""`: the top).
     fn dir(&self, dir: &str) -> String {
-        format!("{}:d:{dir}", self.prefix)
+        format!("{{{}}}:d:{dir}", self.prefix)
     }
 
     /// The lock `name`.
     fn lock(&self, name: &str) -> String {
-        format!("{}:lock:{name}", self.prefix)
+        format!("{{{}}}:lock:{name}", self.prefix)
     }
 
     /// The fencing counter of lock `name`.
     fn fence(&self, name: &str) -> String {
-        format!("{}:fence:{name}", self.prefix)
+        format!("{{{}}}:fence:{name}", self.prefix)
     }
 }
 
@@ -355,8 +453,9 @@ fn unix_millis(time: SystemTime) -> u64 {
 }
 
 /// A [`Storage`] on a Redis server, shared by every instance of a cluster on
-/// several machines (behind the cargo feature `redis`). Clones share one
-/// connection and its locks.
+/// several machines (behind the cargo feature `redis`), or on a Redis Cluster
+/// (feature `redis-cluster`, [`cluster_builder`](RedisStorage::cluster_builder)).
+/// Clones share one connection and its locks.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -383,22 +482,40 @@ fn unix_millis(time: SystemTime) -> u64 {
 ///
 /// The password never appears in `Debug`, errors or logs.
 ///
+/// # Redis Cluster
+///
+/// With the feature `redis-cluster`,
+/// [`RedisStorage::cluster_builder`] takes the `redis://` URLs of one or more
+/// nodes of a Redis Cluster (the rest are discovered; `MOVED` and `ASK`
+/// redirects are followed) and builds the same storage, with the same
+/// settings, locks, fencing and index. Every key of one deployment carries
+/// the hash tag of its prefix, so **one deployment lives on one slot** (and
+/// so on one primary): the scripts that write a value with its index, or
+/// check a fence while writing, touch several keys, and Redis runs a script
+/// only on keys of one slot. Several deployments (several prefixes) spread
+/// over the cluster. Clusters are reached over plain TCP only: redis-rs's
+/// cluster client builds its own TLS configuration from the process-wide
+/// rustls provider, which this crate neither requires nor installs, so a
+/// `rediss://` node is refused when building (use a private network, or one
+/// server over `rediss://`).
+///
 /// # Key layout
 ///
-/// Every Redis key starts with `<prefix>:` ([`key_prefix`](RedisStorageBuilder::key_prefix),
-/// default `certauto`), so several deployments can share one server (or
-/// database) without seeing each other's data:
+/// Every Redis key starts with the hash tag `{<prefix>}:`
+/// ([`key_prefix`](RedisStorageBuilder::key_prefix), default `certauto`), on
+/// one server as on a cluster (one layout for both), so several deployments
+/// can share one server (or database) without seeing each other's data:
 ///
-/// - `<prefix>:v:<key>`: a hash holding one value whole, field `d` (the bytes)
+/// - `{<prefix>}:v:<key>`: a hash holding one value whole, field `d` (the bytes)
 ///   and `m` (when it was written, Unix milliseconds);
-/// - `<prefix>:d:<dir>`: the index, a hash per "directory" (`<prefix>:d:` for
+/// - `{<prefix>}:d:<dir>`: the index, a hash per "directory" (`{<prefix>}:d:` for
 ///   the top) mapping each child's name to `v` (a value) or `d` (a directory).
 ///   A Lua script writes the value and every index entry above it in one
 ///   atomic step, and deletion prunes emptied directories in the same step,
 ///   so the index cannot drift from the values: `list(prefix, false)` is one
 ///   read of one hash, `list(prefix, true)` walks the hashes below it, and
 ///   nothing uses `KEYS` or `SCAN` over the keyspace;
-/// - `<prefix>:lock:<name>` and `<prefix>:fence:<name>`: a lock and its
+/// - `{<prefix>}:lock:<name>` and `{<prefix>}:fence:<name>`: a lock and its
 ///   fencing counter (one small counter per lock name, kept forever).
 ///
 /// As in a file system, a key cannot hold a value and have keys below it
@@ -407,8 +524,8 @@ fn unix_millis(time: SystemTime) -> u64 {
 ///
 /// # Locks and fencing
 ///
-/// [`lock`](Storage::lock) runs `SET <prefix>:lock:<name> <token> NX PX <lease>`
-/// with a random token and, in the same script, `INCR <prefix>:fence:<name>`:
+/// [`lock`](Storage::lock) runs `SET {<prefix>}:lock:<name> <token> NX PX <lease>`
+/// with a random token and, in the same script, `INCR {<prefix>}:fence:<name>`:
 /// the guard's [`fence`](LockGuard::fence) is that number, higher for every
 /// later acquisition. While the guard lives, a task extends the lease every
 /// [`lock_keepalive`](RedisStorageBuilder::lock_keepalive) (default a third of
@@ -434,15 +551,22 @@ fn unix_millis(time: SystemTime) -> u64 {
 /// data also loses locks). Redis replication is asynchronous, so a failover
 /// to a replica that had not yet received a lock can let two clients hold it
 /// at once; the fence check then still refuses the older holder's writes
-/// when the counter reached the replica, and may not when it did not. This
-/// backend is tested against a single server, not Sentinel or Redis Cluster.
+/// when the counter reached the replica, and may not when it did not. The
+/// same holds on a Redis Cluster, whose primaries replicate the same way.
+/// This backend is tested against a single server and a cluster of three
+/// primaries without replicas, not against failovers or Sentinel.
 ///
 /// # When Redis is unreachable
 ///
 /// Operations fail with [`StorageError::Unavailable`] within the connect
 /// timeout (default 5 s) or the response timeout (default 5 s); nothing
 /// panics. The next operation connects again, so the same `RedisStorage`
-/// works again once the server is back, without being rebuilt. Certificates
+/// works again once the server is back, without being rebuilt. An operation
+/// that meets a connection that died unnoticed (the server restarted, a
+/// firewall cut an idle connection) is sent again once on a new connection,
+/// so the first operation after a restart succeeds: every command this
+/// storage sends is safe to repeat (a lock acquisition whose first attempt
+/// took the lock finds its own token there and keeps it, with its fence). Certificates
 /// already loaded keep being served from the in-memory cache meanwhile;
 /// maintenance fails with that error and retries with its backoff.
 #[derive(Clone)]
@@ -482,17 +606,34 @@ impl RedisStorage {
     /// A builder for a storage on the server at `url` (see the
     /// [`RedisStorage`] docs for URL forms), with the default settings.
     pub fn builder(url: &str) -> RedisStorageBuilder {
-        RedisStorageBuilder {
-            url: url.to_owned(),
-            prefix: DEFAULT_PREFIX.to_owned(),
-            lease: lock::DEFAULT_LEASE,
-            keepalive: None,
-            poll: lock::DEFAULT_POLL,
-            wait_timeout: lock::DEFAULT_WAIT_TIMEOUT,
-            trust_roots: Vec::new(),
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
-        }
+        RedisStorageBuilder::new(Endpoint::Single(url.to_owned()))
+    }
+
+    /// A builder for a storage on the Redis Cluster that `nodes` belong to
+    /// (feature `redis-cluster`): `redis://[[user]:password@]host:port` URLs
+    /// of one or more of its nodes, all with the same credentials; the
+    /// others are discovered. See [Redis Cluster](RedisStorage#redis-cluster):
+    /// one deployment (one key prefix) lives on one slot, and `rediss://` is
+    /// refused by [`build`](RedisStorageBuilder::build).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), certauto_core::StorageError> {
+    /// use certauto_core::RedisStorage;
+    ///
+    /// let storage = RedisStorage::cluster_builder(&[
+    ///     "redis://:password@10.0.0.5:7000",
+    ///     "redis://:password@10.0.0.6:7000",
+    /// ])
+    /// .key_prefix("shop")
+    /// .build()
+    /// .await?;
+    /// # let _ = storage; Ok(()) }
+    /// ```
+    #[cfg(feature = "redis-cluster")]
+    pub fn cluster_builder(nodes: &[&str]) -> RedisStorageBuilder {
+        RedisStorageBuilder::new(Endpoint::Cluster(
+            nodes.iter().map(|&n| n.to_owned()).collect(),
+        ))
     }
 
     fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), String>> {
@@ -548,7 +689,10 @@ impl RedisStorage {
         let outcome: i64 = self
             .inner
             .conn
-            .run(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .run(|mut c| {
+                let invocation = &invocation;
+                async move { invocation.invoke_async(&mut c).await }
+            })
             .await?;
         match outcome {
             scripts::STORED => {
@@ -578,17 +722,19 @@ impl RedisStorage {
         }
     }
 
-    /// Deletes the value at `key`; whether it existed.
-    async fn delete_value(&self, key: &str) -> Result<bool, StorageError> {
-        let deleted: i64 = self
+    /// Deletes the value at `key`: whether it existed, and whether the
+    /// delete was sent twice (then a first attempt may have deleted it
+    /// unseen, and the answer may be "did not exist").
+    async fn delete_value(&self, key: &str) -> Result<(bool, bool), StorageError> {
+        let (deleted, retried): (i64, bool) = self
             .inner
             .conn
-            .run(|mut c| {
+            .run_noting_retry(|mut c| {
                 let invocation = self.delete_invocation(key);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
-        Ok(deleted == 1)
+        Ok((deleted == 1, retried))
     }
 
     fn delete_invocation(&self, key: &str) -> redis::ScriptInvocation<'_> {
@@ -664,12 +810,12 @@ impl RedisStorage {
 
     /// Whether the value hash of `key` exists.
     async fn value_exists(&self, key: &str) -> Result<bool, StorageError> {
-        let hash = self.inner.keys.value(key);
+        let hash = &self.inner.keys.value(key);
         self.inner
             .conn
             .run(|mut c| async move {
                 redis::cmd("EXISTS")
-                    .arg(&hash)
+                    .arg(hash)
                     .query_async::<i64>(&mut c)
                     .await
             })
@@ -714,21 +860,27 @@ impl Storage for RedisStorage {
     /// `key` while it is being deleted may survive.
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
-        if self.delete_value(key).await? {
+        let (existed, retried) = self.delete_value(key).await?;
+        if existed {
             tracing::debug!(key, "redis storage: deleted");
             return Ok(());
         }
         let below = self.walk(key).await?;
         if below.is_empty() {
+            // Sent twice: the first attempt may have deleted the value
+            // before its connection broke. Either way it is gone now.
+            if retried {
+                return Ok(());
+            }
             return Err(StorageError::NotFound(key.to_owned()));
         }
         for batch in below.chunks(DELETE_BATCH) {
             let invocations: Vec<_> = batch.iter().map(|k| self.delete_invocation(k)).collect();
             // One script per value; sent together, they share the round trips.
-            let results = futures_util::future::join_all(invocations.into_iter().map(|inv| {
+            let results = futures_util::future::join_all(invocations.iter().map(|inv| {
                 self.inner
                     .conn
-                    .run(|mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+                    .run(move |mut c| async move { inv.invoke_async::<i64>(&mut c).await })
             }))
             .await;
             for result in results {
@@ -745,13 +897,13 @@ impl Storage for RedisStorage {
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         validate_key(key)?;
-        let (value, dir) = (self.inner.keys.value(key), self.inner.keys.dir(key));
+        let (value, dir) = (&self.inner.keys.value(key), &self.inner.keys.dir(key));
         self.inner
             .conn
             .run(|mut c| async move {
                 redis::cmd("EXISTS")
-                    .arg(&value)
-                    .arg(&dir)
+                    .arg(value)
+                    .arg(dir)
                     .query_async::<i64>(&mut c)
                     .await
             })
@@ -844,11 +996,12 @@ mod tests {
     #[test]
     fn key_mapping() {
         let keys = Keys { prefix: "p".into() };
-        assert_eq!(keys.value("a/b"), "p:v:a/b");
-        assert_eq!(keys.dir(""), "p:d:");
-        assert_eq!(keys.dir("a"), "p:d:a");
-        assert_eq!(keys.lock("cert_x"), "p:lock:cert_x");
-        assert_eq!(keys.fence("cert_x"), "p:fence:cert_x");
+        // Every key carries the prefix's hash tag: one slot per deployment.
+        assert_eq!(keys.value("a/b"), "{p}:v:a/b");
+        assert_eq!(keys.dir(""), "{p}:d:");
+        assert_eq!(keys.dir("a"), "{p}:d:a");
+        assert_eq!(keys.lock("cert_x"), "{p}:lock:cert_x");
+        assert_eq!(keys.fence("cert_x"), "{p}:fence:cert_x");
         assert_eq!(split_key("a"), (vec!["a"], vec![""]));
         assert_eq!(
             split_key("a/b:c/d e"),
@@ -917,6 +1070,57 @@ mod tests {
             .configure()
             .unwrap();
         assert_eq!(tls.inner.timings.keepalive, tls.inner.timings.lease / 3);
+    }
+
+    #[cfg(feature = "redis-cluster")]
+    #[test]
+    fn cluster_settings_are_checked() {
+        let refused = |nodes: &[&str], wanted: &str| {
+            let err = RedisStorage::cluster_builder(nodes)
+                .configure()
+                .unwrap_err();
+            let chain = crate::error::ErrorChain(&err).to_string();
+            assert!(matches!(err, StorageError::Backend(_)), "{err:?}");
+            assert!(chain.contains(wanted), "{chain}");
+            assert!(!chain.contains("s3cret"), "{chain}");
+        };
+        refused(
+            &["rediss://:s3cret@127.0.0.1:7000"],
+            "rediss:// is not supported",
+        );
+        refused(
+            &[
+                "redis://:s3cret@127.0.0.1:7000",
+                "rediss://:s3cret@127.0.0.1:7001",
+            ],
+            "rediss:// is not supported",
+        );
+        refused(
+            &["redis+unix:///tmp/redis.sock"],
+            "must be a redis://host:port",
+        );
+        refused(&[], "invalid Redis Cluster settings");
+        refused(
+            &[
+                "redis://:s3cret@127.0.0.1:7000",
+                "redis://:other@127.0.0.1:7001",
+            ],
+            "invalid Redis Cluster settings",
+        );
+        let builder = RedisStorage::cluster_builder(&[
+            "redis://:s3cret@127.0.0.1:7000",
+            "redis://:s3cret@127.0.0.1:7001",
+        ]);
+        assert!(!format!("{builder:?}").contains("s3cret"));
+        let storage = builder.key_prefix("shop").configure().unwrap();
+        let debug = format!("{storage:?}");
+        assert!(!debug.contains("s3cret"), "{debug}");
+        assert!(
+            debug.contains(
+                "redis cluster [redis://:***@127.0.0.1:7000/0, redis://:***@127.0.0.1:7001/0]"
+            ),
+            "{debug}"
+        );
     }
 
     #[tokio::test]

@@ -115,8 +115,20 @@ return {0}
 
 /// Takes a lock if free: `KEYS[1]` the lock, `KEYS[2]` its fence counter,
 /// `ARGV[1]` the token, `ARGV[2]` the lease (ms). Answers the new fence (at
-/// least 1), or 0 when the lock is held.
+/// least 1), or 0 when the lock is held by another token.
+///
+/// When the lock already holds `ARGV[1]` (an attempt sent again after its
+/// connection broke, whose first sending took the lock), the lease is
+/// renewed and the current fence answered: no other acquisition can have
+/// happened since, as the lock was never free. (Should the counter be gone,
+/// it starts again above 0, so the answer still means "acquired".)
 const ACQUIRE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  local fence = tonumber(redis.call('GET', KEYS[2]))
+  if fence and fence > 0 then return fence end
+  return redis.call('INCR', KEYS[2])
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
