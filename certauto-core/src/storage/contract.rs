@@ -194,6 +194,17 @@ pub trait Storage: Send + Sync + Debug {
         self.store(key, value).await
     }
 
+    /// Deletes `key` (and everything below it) as a write protected by the
+    /// lock `guard` holds: like [`delete`](Storage::delete), but refused with
+    /// [`StorageError::LockLost`] when the guard's lock was lost or taken over
+    /// by a newer holder, with the same fencing as
+    /// [`store_fenced`](Storage::store_fenced). The default checks only
+    /// [`LockGuard::ensure_held`].
+    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        guard.ensure_held()?;
+        self.delete(key).await
+    }
+
     /// Removes temporary values a crashed write left behind (partial files
     /// that may hold key material) that are older than `older_than`, and
     /// returns a description of each (a path or key). Backends whose writes
