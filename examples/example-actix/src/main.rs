@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
-    let setup = settings.build();
+    let setup = settings.build().await?;
     let config = setup.config;
     let tokens = setup.tokens;
 
