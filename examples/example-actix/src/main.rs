@@ -65,6 +65,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         https = %settings.https_addr,
         http = %settings.http_addr,
         domains = ?settings.domains,
+        storage = ?settings.storage,
         "serving"
     );
     // actix handles SIGINT/SIGTERM: both servers stop gracefully.

@@ -53,6 +53,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         https = %settings.https_addr,
         http = %settings.http_addr,
         domains = ?settings.domains,
+        storage = ?settings.storage,
         "serving"
     );
     certauto_axum::serve(https, app, &config)?
