@@ -34,6 +34,14 @@ impl Storage for CountingStorage {
     async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         self.inner.store(key, value).await
     }
+    async fn store_fenced(
+        &self,
+        guard: &LockGuard,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        self.inner.store_fenced(guard, key, value).await
+    }
     async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         self.read();
         self.inner.load(key).await

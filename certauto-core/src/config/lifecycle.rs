@@ -412,8 +412,7 @@ impl Config {
             };
             set.record_success(&issuer_key, &ids[0]);
             let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
-            lock.ensure_held()?;
-            certs::store(self.inner.storage.as_ref(), &cert, &ids[0]).await?;
+            certs::store(self.inner.storage.as_ref(), lock, &cert, &ids[0]).await?;
             // Stored first, then swapped in: the old certificate serves until now.
             self.inner.cache.insert(&cert, true)?;
             return Ok(cert);

@@ -22,7 +22,7 @@ use crate::challenge::{Challenge, Http01Solver, Solver, TlsAlpn01Solver};
 use crate::error::{AcmeError, ConfigError, Error};
 use crate::identifier::Identifier;
 use crate::ratelimit::RateLimits;
-use crate::storage::{FileStorage, MemoryStorage, Storage, keys};
+use crate::storage::{FileStorage, LockGuard, MemoryStorage, Storage, keys};
 
 /// The order in which challenge types are tried when several are configured.
 const CHALLENGE_PREFERENCE: [ChallengeType; 3] = [
@@ -509,7 +509,7 @@ impl AcmeIssuer {
         let email = self.inner.email.as_deref();
         let lock = keys::account_lock(&self.inner.issuer_key, email);
         let lock = storage.lock(&lock).await?;
-        let result = self.load_or_create_account(&client).await;
+        let result = self.load_or_create_account(&client, &lock).await;
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %crate::ErrorChain(&e), "could not release the account lock");
         }
@@ -518,7 +518,13 @@ impl AcmeIssuer {
         Ok(account)
     }
 
-    async fn load_or_create_account(&self, client: &AcmeClient) -> Result<Account, Error> {
+    /// Loads the account, or finds or creates it at the CA and stores it
+    /// with writes fenced by `lock` (the account lock).
+    async fn load_or_create_account(
+        &self,
+        client: &AcmeClient,
+        lock: &LockGuard,
+    ) -> Result<Account, Error> {
         let storage = &self.inner.storage;
         let email = self.inner.email.as_deref();
         let key_path = keys::account_key(&self.inner.issuer_key, email);
@@ -564,7 +570,7 @@ impl AcmeIssuer {
                 }
                 Err(e) => return Err(e.into()),
             };
-            self.store_account_record(&account).await?;
+            self.store_account_record(&account, lock).await?;
             return Ok(account);
         }
         let key = Arc::new(AccountKey::generate(self.inner.account_key_type)?);
@@ -572,13 +578,15 @@ impl AcmeIssuer {
             .new_account(key.clone(), &self.account_options())
             .await?;
         // Key first: a record without its key is useless, a key without a record is recoverable.
-        storage.store(&key_path, key.to_pem().as_bytes()).await?;
-        self.store_account_record(&account).await?;
+        storage
+            .store_fenced(lock, &key_path, key.to_pem().as_bytes())
+            .await?;
+        self.store_account_record(&account, lock).await?;
         tracing::info!(account = %account.url, ca = %self.inner.ca, "created ACME account");
         Ok(account)
     }
 
-    async fn store_account_record(&self, account: &Account) -> Result<(), Error> {
+    async fn store_account_record(&self, account: &Account, lock: &LockGuard) -> Result<(), Error> {
         let record = AccountRecord {
             url: account.url.clone(),
             contact: account.resource.contact.clone(),
@@ -588,7 +596,7 @@ impl AcmeIssuer {
             url: account.url.clone(),
             reason: e.to_string(),
         })?;
-        self.inner.storage.store(&path, &bytes).await?;
+        self.inner.storage.store_fenced(lock, &path, &bytes).await?;
         Ok(())
     }
 

@@ -137,7 +137,7 @@ impl LocalCa {
         self.root
             .get_or_try_init(|| async {
                 let lock = self.storage.lock(ROOT_LOCK).await?;
-                let result = self.load_or_create_root().await;
+                let result = self.load_or_create_root(&lock).await;
                 if let Err(e) = lock.release().await {
                     tracing::warn!(error = %crate::ErrorChain(&e), "could not release the local CA lock");
                 }
@@ -147,7 +147,9 @@ impl LocalCa {
             .cloned()
     }
 
-    async fn load_or_create_root(&self) -> Result<Root, Error> {
+    /// Loads the root, or creates it and stores it with writes fenced by
+    /// `lock` (the root's lock).
+    async fn load_or_create_root(&self, lock: &crate::storage::LockGuard) -> Result<Root, Error> {
         let cert = self.storage.load(ROOT_CERT_KEY).await;
         let key = self.storage.load(ROOT_KEY_KEY).await;
         let root = match (cert, key) {
@@ -184,10 +186,10 @@ impl LocalCa {
                 let cert = params.self_signed(&key).map_err(ca_error)?;
                 let cert_pem = cert.pem();
                 self.storage
-                    .store(ROOT_KEY_KEY, key.serialize_pem().as_bytes())
+                    .store_fenced(lock, ROOT_KEY_KEY, key.serialize_pem().as_bytes())
                     .await?;
                 self.storage
-                    .store(ROOT_CERT_KEY, cert_pem.as_bytes())
+                    .store_fenced(lock, ROOT_CERT_KEY, cert_pem.as_bytes())
                     .await?;
                 let issuer = rcgen::Issuer::new(params, key);
                 Root { issuer, cert_pem }

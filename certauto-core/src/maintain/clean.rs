@@ -865,9 +865,11 @@ mod tests {
         let csr = key.csr(&ids).unwrap();
         let issued = ca.issue(&IssueRequest::new(&ids, &csr)).await.unwrap();
         let cert = Certificate::from_pem(&issued.chain_pem, &key.to_pem(), issuer_key).unwrap();
-        certs::store(storage.as_ref(), &cert, &ids[0])
+        let lock = storage.lock(&keys::cert_lock(&ids[0])).await.unwrap();
+        certs::store(storage.as_ref(), &lock, &cert, &ids[0])
             .await
             .unwrap();
+        lock.release().await.unwrap();
         cert
     }
 

@@ -4,7 +4,10 @@
 //! [`keys::cert_record`] (the key, then the chain, leaf first: the layout
 //! HAProxy and others read), written by one [`Storage::store`]. Since
 //! `store` is atomic, after any crash the record is the old certificate or
-//! the new one, whole: a new key can never be paired with an old chain.
+//! the new one, whole: a new key can never be paired with an old chain. It is
+//! written under the name's storage lock, through
+//! [`Storage::store_fenced`], so a holder that lost the lock (paused past its
+//! lease) cannot overwrite the next holder's certificate.
 //! Everything else about the certificate (names, validity, issuer) is parsed
 //! from the chain when it loads.
 //!
@@ -12,7 +15,7 @@
 //! they are still read when no record exists, and removed when a record
 //! replaces them.
 
-use super::{Storage, StorageError, keys};
+use super::{LockGuard, Storage, StorageError, keys};
 use crate::certificate::Certificate;
 use crate::error::{CertificateError, Error};
 use crate::identifier::Identifier;
@@ -70,21 +73,25 @@ async fn load_optional(storage: &dyn Storage, key: &str) -> Result<Option<Vec<u8
     }
 }
 
-/// Stores `cert` as the record of `primary`, in one atomic write, then
-/// removes any legacy keys it replaces.
+/// Stores `cert` as the record of `primary`, in one atomic write fenced by
+/// `lock` (the name's storage lock), then removes any legacy keys it
+/// replaces while the lock is still held.
 pub(crate) async fn store(
     storage: &dyn Storage,
+    lock: &LockGuard,
     cert: &Certificate,
     primary: &Identifier,
 ) -> Result<(), Error> {
     let issuer_key = cert.issuer_key();
     storage
-        .store(
+        .store_fenced(
+            lock,
             &keys::cert_record(issuer_key, primary),
             bundle(cert).as_bytes(),
         )
         .await?;
     for key in keys::legacy_cert_keys(issuer_key, primary) {
+        lock.ensure_held()?;
         delete_if_present(storage, &key).await?;
     }
     Ok(())
@@ -186,7 +193,8 @@ mod tests {
         let storage = Arc::new(MemoryStorage::new());
         let cert = local_cert(&storage, "a.test").await;
         let id = Identifier::parse("a.test").unwrap();
-        store(storage.as_ref(), &cert, &id).await.unwrap();
+        let lock = storage.lock("a.test").await.unwrap();
+        store(storage.as_ref(), &lock, &cert, &id).await.unwrap();
         let record = storage
             .load(&keys::cert_record(cert.issuer_key(), &id))
             .await
@@ -237,7 +245,8 @@ mod tests {
             .unwrap();
         let loaded = load(storage.as_ref(), &issuer, &id).await.unwrap().unwrap();
         assert_eq!(loaded.serial_hex(), cert.serial_hex());
-        store(storage.as_ref(), &loaded, &id).await.unwrap();
+        let lock = storage.lock("b.test").await.unwrap();
+        store(storage.as_ref(), &lock, &loaded, &id).await.unwrap();
         for key in keys::legacy_cert_keys(&issuer, &id) {
             assert!(!storage.exists(&key).await.unwrap(), "{key}");
         }
@@ -247,6 +256,31 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+    }
+
+    /// A holder that lost the name's lock (paused past its lease, the lock
+    /// taken over) cannot overwrite the new holder's record.
+    #[tokio::test]
+    async fn store_is_fenced_by_the_name_lock() {
+        let storage = Arc::new(MemoryStorage::new());
+        let stale_cert = local_cert(&storage, "d.test").await;
+        let new_cert = local_cert(&storage, "d.test").await;
+        let id = Identifier::parse("d.test").unwrap();
+        let stale = storage.lock("d.test").await.unwrap();
+        storage.expire_lock("d.test");
+        let current = storage.lock("d.test").await.unwrap();
+        store(storage.as_ref(), &current, &new_cert, &id)
+            .await
+            .unwrap();
+        assert!(matches!(
+            store(storage.as_ref(), &stale, &stale_cert, &id).await,
+            Err(Error::Storage(StorageError::LockLost(_)))
+        ));
+        let loaded = load(storage.as_ref(), new_cert.issuer_key(), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(loaded.serial_hex(), new_cert.serial_hex());
     }
 
     /// A key that does not match the chain is refused, not served.

@@ -27,9 +27,11 @@
 //!   increment a counter under a lock with no lost update;
 //! - **lock timeout**: a held lock makes `lock` fail with
 //!   [`StorageError::LockTimeout`] after the client's wait timeout, for
-//!   another client and for the holder's own;
+//!   another client and for the holder's own; other names are independent;
+//!   an empty lock name is [`StorageError::InvalidKey`];
 //! - **release**: a released lock, and a guard dropped unreleased (or a
-//!   `lock` call cancelled part-way), free the lock for another client;
+//!   `lock` call cancelled part-way, or while waiting), free the lock for
+//!   another client;
 //! - **expiry and takeover**: after [`ConformanceBackend::expire_lock`],
 //!   another client acquires at once, and the old holder's release does not
 //!   free the new holder's lock;
@@ -176,7 +178,7 @@ pub async fn run(backend: &dyn ConformanceBackend) {
         name: String::new(),
     };
     let name = match ctx.backend.client(LockTimings::PATIENT).await {
-        Ok(client) => format!("{client:?}"),
+        Ok(client) => format!("{client:?}").chars().take(300).collect(),
         Err(e) => panic!(
             "storage conformance: could not open a client: {}",
             ErrorChain(&e)
@@ -738,13 +740,14 @@ async fn count_under_lock(
                     "two holders of lock {name:?} at once"
                 );
                 let count: usize = match s.load(&key).await {
-                    Ok(v) => String::from_utf8_lossy(&v).parse().unwrap_or(usize::MAX),
+                    Ok(v) => String::from_utf8_lossy(&v)
+                        .parse()
+                        .map_err(|_| format!("the counter value is garbled: {v:?}"))?,
                     Err(e) if e.is_not_found() => 0,
                     Err(e) => return Err(format!("load counter: {}", ErrorChain(&e))),
                 };
-                ensure!(count != usize::MAX, "the counter value is garbled");
                 tokio::task::yield_now().await;
-                s.store_fenced(&guard, &key, (count + 1).to_string().as_bytes())
+                s.store_fenced(&guard, &key, count.saturating_add(1).to_string().as_bytes())
                     .await
                     .op("store_fenced the counter")?;
                 inside.fetch_sub(1, Ordering::SeqCst);
@@ -774,7 +777,14 @@ async fn lock_exclusion_tasks(ctx: &Ctx<'_>) -> Checked {
     let s = ctx.client(LockTimings::PATIENT).await?;
     let p = ctx.prefix("lock_exclusion_tasks");
     let name = ctx.lock_name("lock_exclusion_tasks");
-    count_under_lock(&[s.clone()], &name, &format!("{p}/counter"), 8, 10).await?;
+    count_under_lock(
+        std::slice::from_ref(&s),
+        &name,
+        &format!("{p}/counter"),
+        8,
+        10,
+    )
+    .await?;
     s.delete(&p).await.op("clean up")?;
     Ok(())
 }
@@ -805,6 +815,13 @@ async fn lock_timeout(ctx: &Ctx<'_>) -> Checked {
             }
         }
     }
+    ensure!(
+        matches!(
+            bounded("lock with an empty name", b.lock("")).await?,
+            Err(StorageError::InvalidKey { .. })
+        ),
+        "an empty lock name should be refused with InvalidKey"
+    );
     // Another name is independent.
     let other = bounded("lock another name", b.lock(&format!("{name}-other")))
         .await?
@@ -867,11 +884,27 @@ async fn dropped_guard_frees(ctx: &Ctx<'_>) -> Checked {
     .await?
     .op("lock after drop")?;
     guard.release().await.op("release")?;
+    // A `lock` call cancelled while it waits for a held lock leaves nothing held.
+    let held = bounded("lock", a.lock(&name)).await?.op("lock")?;
+    let waiting = {
+        let (b, lock_name) = (b.clone(), name.clone());
+        tokio::spawn(async move { b.lock(&lock_name).await.map(drop) })
+    };
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    waiting.abort();
+    let _ = waiting.await;
+    held.release().await.op("release")?;
+    let guard = bounded("lock after a cancelled wait", a.lock(&name))
+        .await?
+        .op("lock after a cancelled wait")?;
+    guard.release().await.op("release")?;
     // `lock` calls cancelled at varied points leave nothing held.
-    for round in 0..10 {
+    for round in 0..20 {
         let (a, lock_name) = (a.clone(), name.clone());
         let task = tokio::spawn(async move { a.lock(&lock_name).await.map(drop) });
-        for _ in 0..round % 5 {
+        for _ in 0..round % 7 {
             tokio::task::yield_now().await;
         }
         task.abort();
@@ -1196,9 +1229,8 @@ pub async fn child_main(storage: Arc<dyn Storage>) {
     }
     // Bounded: a test sends a handful of commands.
     for _ in 0..10_000 {
-        let line = match read_line(&mut stdin).await {
-            Ok(Some(line)) => line,
-            Ok(None) | Err(_) => break,
+        let Ok(Some(line)) = read_line(&mut stdin).await else {
+            break;
         };
         let (command, arg) = line.split_once(' ').unwrap_or((line.as_str(), ""));
         let reply = match command {

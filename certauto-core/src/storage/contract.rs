@@ -173,6 +173,17 @@ pub trait Storage: Send + Sync + Debug {
     /// [`LockGuard::ensure_held`], which catches a loss the keepalive has
     /// already noticed; backends override it with a check the write cannot
     /// race.
+    ///
+    /// What each backend of this crate guarantees:
+    /// - [`MemoryStorage`](crate::MemoryStorage): exact; the check and the
+    ///   write happen under one mutex.
+    /// - [`FileStorage`](crate::FileStorage): the check runs just before the
+    ///   rename that makes the value visible; a file system has no
+    ///   compare-and-rename, so a holder paused between the two (a window of
+    ///   microseconds) can still overwrite a newer holder's value. See
+    ///   [its docs](crate::FileStorage#fencing).
+    /// - `RedisStorage` (feature `redis`): atomic; a Lua script compares the
+    ///   fence and writes in one step on the server.
     async fn store_fenced(
         &self,
         guard: &LockGuard,

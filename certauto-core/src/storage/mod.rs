@@ -14,6 +14,8 @@
 //! [`keys`] builds every key CertAuto uses from validated
 //! [`Identifier`](crate::Identifier)s, so user input never becomes a path
 //! directly, and [`validate_key`] is the check a backend runs first.
+//! With the `conformance` feature, `conformance` is the suite a backend runs
+//! to show it meets the [`Storage`] contract.
 //!
 //! ```
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {

@@ -449,6 +449,16 @@ impl Storage for CountingStorage {
         self.inner.store(key, value).await
     }
 
+    async fn store_fenced(
+        &self,
+        guard: &LockGuard,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StorageError> {
+        self.record("store", key);
+        self.inner.store_fenced(guard, key, value).await
+    }
+
     async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
         self.record("load", key);
         self.inner.load(key).await

@@ -1,18 +1,20 @@
 //! Run by the storage tests (not by hand): the child process of their
-//! cross-process checks.
+//! cross-process checks, on the storage the parent tests.
 //!
 //! ```text
-//! storage-child file <root>
-//! storage-child redis <url> <key prefix>
-//! storage-child redis-fenced <url> <key prefix> <lease ms>
+//! storage-child file DIR
+//! storage-child redis URL PREFIX
+//! storage-child redis-fenced URL PREFIX LEASE_MS
 //! ```
 //!
-//! `file` and `redis` serve `certauto::storage::conformance::child_main` on stdin / stdout
-//! with a storage opened on the same backend as the parent, with the backend's default lock
-//! timings.
+//! `file` opens a [`FileStorage`] on the folder `DIR`, `redis` a [`RedisStorage`] on the
+//! server `URL` under the key prefix `PREFIX` (default lock timings, except a 10 ms poll),
+//! and serves [`conformance::child_main`]'s line protocol on stdin / stdout until told to
+//! exit. Exits non-zero when the storage cannot be opened.
 //!
-//! `redis-fenced` (tests/redis_cluster.rs) opens a `RedisStorage` whose locks have the given
-//! lease (kept alive every third of it) and serves this line protocol:
+//! `redis-fenced` (tests/redis_cluster.rs) opens a [`RedisStorage`] whose locks have a
+//! lease of `LEASE_MS` milliseconds (kept alive every third of it) and serves this line
+//! protocol:
 //!
 //! ```text
 //! child:  ready
@@ -23,66 +25,78 @@
 //!
 //! `store` writes the contents of `<file>` at `<key>` through `store_fenced` with the guard
 //! of lock `<name>` (held since `lock`), as lifecycle writes a certificate record.
-//!
-//! Exits non-zero when the storage cannot be opened.
 
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use certauto::storage::conformance::child_main;
+use certauto::storage::conformance;
 use certauto::{ErrorChain, FileStorage, LockGuard, RedisStorage, Storage, StorageError};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+/// The poll interval of the child's lock waits.
+const POLL: Duration = Duration::from_millis(10);
 /// The most commands `redis-fenced` serves (a test sends a handful).
 const MAX_COMMANDS: usize = 1000;
+
+/// Opens the storage the arguments name.
+async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
+    match args {
+        [kind, dir] if kind == "file" => Ok(Arc::new(
+            FileStorage::builder(dir).lock_poll_interval(POLL).build(),
+        )),
+        [kind, url, prefix] if kind == "redis" => RedisStorage::builder(url)
+            .key_prefix(prefix)
+            .lock_poll_interval(POLL)
+            .build()
+            .await
+            .map(|s| Arc::new(s) as Arc<dyn Storage>)
+            .map_err(|e| ErrorChain(&e).to_string()),
+        _ => Err(format!(
+            "usage: storage-child file DIR | redis URL PREFIX | redis-fenced URL PREFIX LEASE_MS \
+             (got {} arguments)",
+            args.len()
+        )),
+    }
+}
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let storage: Arc<dyn Storage> = match args.as_slice() {
-        [kind, root] if kind == "file" => Arc::new(FileStorage::new(root)),
-        [kind, url, prefix] if kind == "redis" => {
-            match RedisStorage::builder(url).key_prefix(prefix).build().await {
-                Ok(storage) => Arc::new(storage),
-                Err(e) => {
-                    eprintln!("storage-child: {}", ErrorChain(&e));
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-        [kind, url, prefix, lease] if kind == "redis-fenced" => {
-            let Ok(lease) = lease.parse::<u64>() else {
-                eprintln!("storage-child: the lease is a number of milliseconds");
-                return ExitCode::from(2);
-            };
-            let built = RedisStorage::builder(url)
-                .key_prefix(prefix)
-                .lock_lease(Duration::from_millis(lease))
-                .build()
-                .await;
-            return match built {
-                Ok(storage) => {
-                    fenced_main(storage).await;
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("storage-child: {}", ErrorChain(&e));
-                    ExitCode::FAILURE
-                }
-            };
-        }
-        _ => {
-            eprintln!(
-                "usage: storage-child file <root> | redis <url> <key prefix> \
-                 | redis-fenced <url> <key prefix> <lease ms>"
-            );
+    if let [kind, url, prefix, lease] = args.as_slice()
+        && kind == "redis-fenced"
+    {
+        let Ok(lease) = lease.parse::<u64>() else {
+            eprintln!("storage-child: LEASE_MS is a number of milliseconds");
             return ExitCode::from(2);
+        };
+        let built = RedisStorage::builder(url)
+            .key_prefix(prefix)
+            .lock_lease(Duration::from_millis(lease))
+            .build()
+            .await;
+        return match built {
+            Ok(storage) => {
+                fenced_main(storage).await;
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("storage-child: {}", ErrorChain(&e));
+                ExitCode::FAILURE
+            }
+        };
+    }
+    match open(&args).await {
+        Ok(storage) => {
+            conformance::child_main(storage).await;
+            ExitCode::SUCCESS
         }
-    };
-    child_main(storage).await;
-    ExitCode::SUCCESS
+        Err(e) => {
+            eprintln!("storage-child: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// The `redis-fenced` protocol (see the file's docs).

@@ -1,5 +1,6 @@
-//! File locks: exclusive creation of `<root>/locks/<name>.lock`, a keepalive
-//! that refreshes its modification time through a checked handle, stale-lock
+//! File locks: exclusive creation of `<root>/locks/<name>.lock`, a fence
+//! per acquisition in `<root>/locks/<name>.fence`, a keepalive that refreshes
+//! the lock file's modification time through a checked handle, stale-lock
 //! breaking, and reporting a lock lost under its holder.
 
 use std::fs;

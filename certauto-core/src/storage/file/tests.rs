@@ -1,16 +1,19 @@
-//! Tests of the file storage: values, atomic writes, locks, the default root.
+//! Tests of what only the file storage does: the layout on disk, private
+//! files, atomic writes, lock files, the default root. The storage contract
+//! is checked by the conformance suite (`storage::conformance`,
+//! `FileBackend`; across processes in the tests crate).
 #![allow(clippy::unwrap_used)]
 
 use std::ffi::OsString;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::SystemTime;
 
 use tokio::sync::oneshot;
 
 use super::atomic::write_atomic_hooked;
-use super::lock::{LockMeta, MAX_LOCK_NAME, lock_file_stem, unix_now};
+use super::lock::{FenceRecord, LockMeta, MAX_LOCK_NAME, lock_file_stem, unix_now};
 use super::root::default_root_from;
 use super::*;
+use crate::storage::LockLoss;
 
 /// Upper bound for anything that should finish promptly; only fails hung tests.
 const HANG: Duration = Duration::from_secs(30);
@@ -25,99 +28,69 @@ fn read_lock(path: &Path) -> LockMeta {
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }
 
+/// Where keys, lock files and fence files live, and what `list` skips.
 #[tokio::test]
-async fn round_trip_overwrite_and_stat() {
+async fn layout_on_disk() {
     let dir = tempfile::tempdir().unwrap();
-    let s = FileStorage::new(dir.path().join("root"));
-    s.store("a/b/c", b"one").await.unwrap();
-    assert_eq!(s.load("a/b/c").await.unwrap(), b"one");
-    assert_eq!(
-        fs::read(dir.path().join("root/a/b/c")).unwrap(),
-        b"one",
-        "key maps to a path below the root"
+    let root = dir.path().join("root");
+    let s = storage(&root);
+    assert!(
+        s.list("", true).await.unwrap().is_empty(),
+        "a missing root lists as empty"
     );
-    s.store("a/b/c", b"second").await.unwrap();
-    assert_eq!(s.load("a/b/c").await.unwrap(), b"second");
-    s.store("empty", b"").await.unwrap();
-    assert_eq!(s.load("empty").await.unwrap(), b"");
+    s.store("a/b/c", b"one").await.unwrap();
+    assert_eq!(fs::read(root.join("a/b/c")).unwrap(), b"one");
+    // Dot-files (as left by other tools or interrupted writes) are not listed.
+    fs::write(root.join("a/.hidden"), b"x").unwrap();
+    assert_eq!(s.list("a", true).await.unwrap(), vec!["a/b/c"]);
+    assert_eq!(s.list("a", false).await.unwrap(), vec!["a/b"]);
 
-    let info = s.stat("a/b/c").await.unwrap();
-    assert_eq!(info.key, "a/b/c");
-    assert!(info.is_terminal);
-    assert_eq!(info.size, 6);
-    assert!(info.modified.is_some());
-    let info = s.stat("a/b").await.unwrap();
-    assert!(!info.is_terminal);
-    assert_eq!(info.size, 0);
+    let locks = root.join("locks");
+    let lock = s.lock("cert_example.com").await.unwrap();
+    let meta = read_lock(&locks.join("cert_example.com.lock"));
+    let fence: FenceRecord =
+        serde_json::from_slice(&fs::read(locks.join("cert_example.com.fence")).unwrap()).unwrap();
+    assert_eq!(Some(fence.fence), lock.fence());
+    assert_eq!(fence.owner, meta.owner);
+    lock.release().await.unwrap();
+    assert!(!locks.join("cert_example.com.lock").exists());
+    let again = s.lock("cert_example.com").await.unwrap();
+    assert_eq!(again.fence(), Some(fence.fence + 1));
+    again.release().await.unwrap();
 
-    assert!(s.exists("a/b/c").await.unwrap());
-    assert!(s.exists("a").await.unwrap());
-    assert!(!s.exists("a/x").await.unwrap());
-    // A clone sees the same files.
-    assert_eq!(s.clone().load("a/b/c").await.unwrap(), b"second");
-    assert_eq!(s.root(), dir.path().join("root"));
+    assert_eq!(s.root(), root);
     assert!(format!("{s:?}").contains("FileStorage"));
 }
 
+/// A fenced write refused because the lock file is now another owner's
+/// changes nothing and leaves no temporary file; a guard without a fence
+/// is refused too.
 #[tokio::test]
-async fn missing_keys_are_not_found() {
+async fn refused_fenced_write_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let s = FileStorage::new(dir.path());
-    assert!(matches!(s.load("nope").await, Err(StorageError::NotFound(k)) if k == "nope"));
-    assert!(s.stat("a/nope").await.unwrap_err().is_not_found());
-    assert!(s.delete("nope").await.unwrap_err().is_not_found());
-    assert!(s.list("nope", false).await.unwrap_err().is_not_found());
-    assert!(!s.exists("nope").await.unwrap());
-    s.store("d/v", b"x").await.unwrap();
-    // A folder holds no value.
-    assert!(s.load("d").await.unwrap_err().is_not_found());
-}
-
-#[tokio::test]
-async fn list_recursive_and_not() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = FileStorage::new(dir.path().join("root"));
-    assert!(
-        s.list("", true).await.unwrap().is_empty(),
-        "missing root lists as empty"
-    );
-    for k in ["a/x", "a/b/c", "a/b/d/e", "a-b/z", "a0", "b"] {
-        s.store(k, k.as_bytes()).await.unwrap();
-    }
-    // Dot-files (as left by other tools or interrupted writes) are not listed.
-    fs::write(dir.path().join("root/a/.hidden"), b"x").unwrap();
-    assert_eq!(s.list("a", false).await.unwrap(), vec!["a/b", "a/x"]);
-    assert_eq!(
-        s.list("a", true).await.unwrap(),
-        vec!["a/b/c", "a/b/d/e", "a/x"]
-    );
-    assert_eq!(s.list("a/b", false).await.unwrap(), vec!["a/b/c", "a/b/d"]);
-    assert_eq!(
-        s.list("", false).await.unwrap(),
-        vec!["a", "a-b", "a0", "b"]
-    );
-    assert_eq!(
-        s.list("", true).await.unwrap(),
-        vec!["a-b/z", "a/b/c", "a/b/d/e", "a/x", "a0", "b"]
-    );
-    assert!(s.list("a/x", true).await.unwrap().is_empty());
-}
-
-#[tokio::test]
-async fn delete_file_and_tree() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = FileStorage::new(dir.path());
-    for k in ["a/b/c", "a/b/d", "a/e", "ab"] {
-        s.store(k, b"v").await.unwrap();
-    }
-    s.delete("a/e").await.unwrap();
-    assert!(s.load("a/e").await.unwrap_err().is_not_found());
-    s.delete("a/b").await.unwrap();
-    assert!(!s.exists("a/b/c").await.unwrap());
-    assert!(!s.exists("a/b").await.unwrap());
-    s.delete("a").await.unwrap();
-    assert!(!s.exists("a").await.unwrap());
-    assert_eq!(s.load("ab").await.unwrap(), b"v");
+    let s = storage(dir.path());
+    s.store("k/v", b"old").await.unwrap();
+    let lock = s.lock("l").await.unwrap();
+    s.store_fenced(&lock, "k/v", b"mine").await.unwrap();
+    let path = dir.path().join("locks/l.lock");
+    write_lock_file(&path, "someone-else", SystemTime::now());
+    assert!(matches!(
+        s.store_fenced(&lock, "k/v", b"new").await,
+        Err(StorageError::LockLost(n)) if n == "l"
+    ));
+    assert_eq!(s.load("k/v").await.unwrap(), b"mine");
+    let names: Vec<_> = fs::read_dir(dir.path().join("k"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![OsString::from("v")], "no temporary file left");
+    let foreign = LockGuard::new("l", &LockLoss::new(), || async { Ok(()) });
+    assert!(matches!(
+        s.store_fenced(&foreign, "k/v", b"x").await,
+        Err(StorageError::LockLost(_))
+    ));
+    lock.release().await.unwrap();
+    assert_eq!(read_lock(&path).owner, "someone-else");
 }
 
 #[cfg(unix)]
@@ -224,82 +197,6 @@ async fn crash_before_rename_keeps_old_value() {
     assert_eq!(s.load("certs/site.key").await.unwrap(), b"newer");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_excludes_another_instance() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = storage(dir.path());
-    let b = storage(dir.path());
-    let held = a.lock("cert_example.com").await.unwrap();
-
-    // Another instance cannot take it...
-    let impatient = FileStorage::builder(dir.path())
-        .lock_wait_timeout(Some(Duration::ZERO))
-        .build();
-    assert!(matches!(
-        impatient.lock("cert_example.com").await,
-        Err(StorageError::LockTimeout(_))
-    ));
-    // ...and waits until the holder releases.
-    let a_released = Arc::new(AtomicBool::new(false));
-    let (acquired_tx, mut acquired_rx) = oneshot::channel();
-    let waiter = {
-        let a_released = a_released.clone();
-        tokio::spawn(async move {
-            let lock = b.lock("cert_example.com").await.unwrap();
-            assert!(
-                a_released.load(Ordering::SeqCst),
-                "second instance took the lock while the first held it"
-            );
-            acquired_tx.send(()).unwrap();
-            lock
-        })
-    };
-    // The same instance (or a clone) waits too.
-    let clone = a.clone();
-    let same_instance =
-        tokio::time::timeout(Duration::from_millis(20), clone.lock("cert_example.com"));
-    assert!(
-        same_instance.await.is_err(),
-        "lock taken twice by one instance"
-    );
-    assert!(acquired_rx.try_recv().is_err());
-
-    a_released.store(true, Ordering::SeqCst);
-    held.release().await.unwrap();
-    let second = tokio::time::timeout(HANG, waiter).await.unwrap().unwrap();
-    acquired_rx.await.unwrap();
-    second.release().await.unwrap();
-    assert!(!dir.path().join("locks/cert_example.com.lock").exists());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lock_is_mutual_exclusion_under_contention() {
-    let dir = tempfile::tempdir().unwrap();
-    let inside = Arc::new(AtomicUsize::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        // Separate instances, as separate processes would have.
-        let s = storage(dir.path());
-        let inside = inside.clone();
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..5 {
-                let lock = s.lock("shared").await.unwrap();
-                assert_eq!(
-                    inside.fetch_add(1, Ordering::SeqCst),
-                    0,
-                    "two holders at once"
-                );
-                tokio::task::yield_now().await;
-                inside.fetch_sub(1, Ordering::SeqCst);
-                lock.release().await.unwrap();
-            }
-        }));
-    }
-    for task in tasks {
-        tokio::time::timeout(HANG, task).await.unwrap().unwrap();
-    }
-}
-
 fn write_lock_file(path: &Path, owner: &str, modified: SystemTime) {
     let meta = LockMeta {
         created: unix_now(),
@@ -370,6 +267,7 @@ async fn stale_lock_is_broken() {
     let mut names: Vec<_> = fs::read_dir(&locks)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.ends_with(".fence"))
         .collect();
     names.sort();
     assert_eq!(names, vec!["alive.lock"]);
@@ -518,63 +416,6 @@ async fn failing_refresh_is_retried_then_lost() {
     fs::remove_dir(&path).unwrap();
     fs::write(&path, saved).unwrap();
     held.release().await.unwrap();
-}
-
-/// A `lock` call aborted at any point (before, during or after the file
-/// is created) leaves no lock behind: another instance, which would wait
-/// an hour for a stale lock, gets it at once every time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cancelled_lock_call_leaves_no_lock() {
-    let dir = tempfile::tempdir().unwrap();
-    let make = || {
-        FileStorage::builder(dir.path())
-            .lock_stale_after(Duration::from_secs(3600))
-            .lock_poll_interval(Duration::from_millis(1))
-            .build()
-    };
-    let (a, b) = (make(), make());
-    for round in 0..50 {
-        let a = a.clone();
-        let task = tokio::spawn(async move { a.lock("k").await.map(drop) });
-        for _ in 0..round % 7 {
-            tokio::task::yield_now().await;
-        }
-        task.abort();
-        let _ = task.await;
-        let lock = tokio::time::timeout(HANG, b.lock("k"))
-            .await
-            .unwrap_or_else(|_| panic!("round {round}: a cancelled lock() left the lock held"))
-            .unwrap();
-        lock.release().await.unwrap();
-    }
-}
-
-/// A guard dropped unreleased (a cancelled future) frees the lock at once
-/// for another instance, without waiting for it to go stale.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_guard_releases() {
-    let dir = tempfile::tempdir().unwrap();
-    let a = storage(dir.path());
-    let b = FileStorage::builder(dir.path())
-        .lock_stale_after(Duration::from_secs(3600))
-        .build();
-    let held = a.lock("k").await.unwrap();
-    let cancelled = tokio::time::timeout(Duration::from_millis(10), async {
-        let _held = held;
-        std::future::pending::<()>().await;
-    });
-    assert!(cancelled.await.is_err());
-    tokio::time::timeout(HANG, b.lock("k"))
-        .await
-        .unwrap()
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
-    assert!(matches!(
-        a.lock("").await,
-        Err(StorageError::InvalidKey { .. })
-    ));
 }
 
 #[test]
