@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use certauto_tests::{Balancer, Bind, Pebble, init_tracing, webpki_verify_chain};
+use certauto_tests::{Balancer, Bind, Pebble, RedisServer, init_tracing, webpki_verify_chain};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tempfile::TempDir;
@@ -418,15 +418,31 @@ fn read_root(path: &Path) -> Result<Vec<u8>, String> {
     Ok(cert.to_vec())
 }
 
-/// Three instances of the example share one storage folder and one Pebble,
+/// What the instances of [`distributed_scenario`] share.
+#[allow(dead_code)] // Not every e2e test file uses both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SharedStorage {
+    /// One storage folder (`CERTAUTO_STORAGE=<path>`).
+    Folder,
+    /// One real `redis-server` (persistence off, with a password):
+    /// `CERTAUTO_STORAGE=redis://:<password>@127.0.0.1:<port>/0` and a key
+    /// prefix.
+    Redis,
+}
+
+/// The password of the scenario's Redis: it must not appear in any log.
+const REDIS_PASSWORD: &str = "e2e-redis-pw-5d1c";
+
+/// Three instances of the example share one storage (a folder or a Redis
+/// server) and one Pebble,
 /// behind a round-robin TCP balancer on Pebble's validation ports, and
 /// manage the same [`CLUSTER_NAMES`] names with `challenge` (`http-01` or
 /// `tls-alpn-01`): every validation succeeds although many reach an
 /// instance other than the one that ordered (each instance got some), the
 /// storage lock makes one order per name (one certificate per name, the
-/// same served by every instance), and every instance serves every name.
-#[allow(dead_code)] // example-axum's e2e runs it; example-actix's does not.
-pub(crate) async fn distributed_scenario(bin: &str, challenge: &str) {
+/// same served by every instance, its chain verified against Pebble's
+/// root), and every instance serves every name.
+pub(crate) async fn distributed_scenario(bin: &str, challenge: &str, shared: SharedStorage) {
     const INSTANCES: usize = 3;
     init_tracing();
     let names: Vec<String> = (0..CLUSTER_NAMES)
@@ -448,18 +464,36 @@ pub(crate) async fn distributed_scenario(bin: &str, challenge: &str) {
             .await;
         let https_ca = apps[0].write("pebble-https-ca.pem", &pebble.https_ca_pem());
         let root_der = pebble.root_der(0).await;
-        let storage = apps[0].storage();
+        // Kept until the end of the attempt: the instances use it.
+        let redis = match shared {
+            SharedStorage::Folder => None,
+            SharedStorage::Redis => Some(
+                RedisServer::builder()
+                    .password(REDIS_PASSWORD)
+                    .start()
+                    .await,
+            ),
+        };
+        let mut storage_vars = match &redis {
+            None => vec![("CERTAUTO_STORAGE", path_str(&apps[0].storage()))],
+            Some(redis) => vec![
+                ("CERTAUTO_STORAGE", redis.url()),
+                ("CERTAUTO_STORAGE_PREFIX", "e2e-cluster".to_owned()),
+            ],
+        };
         for (app, [http_port, https_port]) in apps.iter_mut().zip(&ports) {
-            app.spawn(&[
+            let mut vars = vec![
                 ("CERTAUTO_DOMAINS", names.join(",")),
                 ("CERTAUTO_DIRECTORY", pebble.directory_url()),
                 ("CERTAUTO_CA_ROOTS", path_str(&https_ca)),
-                ("CERTAUTO_STORAGE", path_str(&storage)),
                 ("CERTAUTO_HTTP_ADDR", loopback(*http_port).to_string()),
                 ("CERTAUTO_HTTPS_ADDR", loopback(*https_port).to_string()),
                 ("CERTAUTO_CHALLENGE", challenge.to_owned()),
-            ]);
+            ];
+            vars.append(&mut storage_vars.clone());
+            app.spawn(&vars);
         }
+        storage_vars.clear();
         // Every instance serves every name, the same certificate.
         let mut leaves: Vec<Vec<u8>> = Vec::new();
         for (i, name) in names.iter().enumerate() {
@@ -478,11 +512,11 @@ pub(crate) async fn distributed_scenario(bin: &str, challenge: &str) {
                     }
                     Wait::PortTaken => panic!("an instance could not bind its ports"),
                 }
-                let leaf = served_chain(&root_der, name, addr)
-                    .await
-                    .into_iter()
-                    .next()
-                    .expect("a served chain has a leaf");
+                let chain = served_chain(&root_der, name, addr).await;
+                webpki_verify_chain(&chain, &root_der, name).unwrap_or_else(|e| {
+                    panic!("the chain served for {name} by {addr} does not verify: {e}")
+                });
+                let leaf = chain.into_iter().next().expect("a served chain has a leaf");
                 match &leaf_of_name {
                     None => leaf_of_name = Some(leaf),
                     Some(first) => assert_eq!(
@@ -515,6 +549,19 @@ pub(crate) async fn distributed_scenario(bin: &str, challenge: &str) {
         assert_eq!(balancer.failed(), 0, "every validation reached an instance");
         for app in &mut apps {
             app.assert_running();
+            if redis.is_some() {
+                // The examples log their storage: its URL without the password.
+                let logs =
+                    std::fs::read_to_string(app.stdout_path()).unwrap_or_default() + &app.stderr();
+                assert!(
+                    logs.contains("redis://***@127.0.0.1"),
+                    "no redacted Redis URL in the log"
+                );
+                assert!(
+                    !logs.contains(REDIS_PASSWORD),
+                    "an instance logged the Redis password"
+                );
+            }
         }
         return;
     }

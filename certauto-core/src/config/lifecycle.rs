@@ -243,9 +243,15 @@ impl Config {
         retry: Option<(u32, SystemTime)>,
     ) -> Result<Certificate, Error> {
         let issuers = self.usable_issuers(&ids)?;
-        let guard = self.lock_name(&ids[0]).await?;
+        let guard = match self.lock_name(&ids[0]).await {
+            Ok(guard) => guard,
+            Err(e) => return Err(self.failed_before_issuing(&ids, e, retry)),
+        };
         let result = async {
-            let existing = self.load_ids(&ids).await?;
+            let existing = match self.load_ids(&ids).await {
+                Ok(existing) => existing,
+                Err(e) => return Err(self.failed_before_issuing(&ids, e, retry)),
+            };
             if let Some(cert) = &existing {
                 let now = self.inner.clock.now();
                 let keep = match &mode {
@@ -286,6 +292,29 @@ impl Config {
             self.staple_new(cert).await;
         }
         result
+    }
+
+    /// Reports an attempt that failed before reaching the issuers (the
+    /// storage lock or the stored record could not be had, e.g. storage
+    /// unreachable) with `cert_failed`, as [`issue`](Self::issue) reports
+    /// the failures after; returns `error`.
+    fn failed_before_issuing(
+        &self,
+        ids: &[Identifier],
+        error: Error,
+        retry: Option<(u32, SystemTime)>,
+    ) -> Error {
+        let renewal = self.cache().get(&ids[0].as_str()).is_some();
+        tracing::error!(names = ?ids, error = %ErrorChain(&error), renewal, "could not start the attempt");
+        self.emit(&Event::CertFailed {
+            names: ids.iter().map(|i| i.as_str().into_owned()).collect(),
+            renewal,
+            error: ErrorChain(&error).to_string(),
+            problem: None,
+            attempt: retry.map_or(1, |(attempt, _)| attempt),
+            retry_at: retry.map(|(_, at)| at),
+        });
+        error
     }
 
     /// Issues through the issuers in order, stores the result and emits events.

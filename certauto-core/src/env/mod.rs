@@ -7,7 +7,9 @@
 //! | `CERTAUTO_DIRECTORY` | ACME directory URL, or a comma-separated list of them: issuers tried in that order (failover), each with the same e-mail, roots and challenge; unset means the local CA | unset |
 //! | `CERTAUTO_CA_ROOTS` | PEM file of extra roots to trust for the CA's own HTTPS | unset |
 //! | `CERTAUTO_EMAIL` | ACME account e-mail | unset |
-//! | `CERTAUTO_STORAGE` | storage folder | the OS data folder |
+//! | `CERTAUTO_STORAGE` | storage folder, or `redis://…` / `rediss://…` for a Redis server a cluster shares | the OS data folder |
+//! | `CERTAUTO_STORAGE_PREFIX` | Redis key prefix (deployments sharing one server) | `certauto` |
+//! | `CERTAUTO_STORAGE_CA` | PEM file of extra roots to trust for `rediss://` | unset |
 //! | `CERTAUTO_HTTP_ADDR` | HTTP listen address (challenges, redirect) | `127.0.0.1:8080` |
 //! | `CERTAUTO_HTTPS_ADDR` | HTTPS listen address | `127.0.0.1:8443` |
 //! | `CERTAUTO_CHALLENGE` | `http-01`, `tls-alpn-01` or `dns-01` | `http-01` |
@@ -21,10 +23,10 @@
 //! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
 //! README's table); `CERTAUTO_DOMAINS` may then hold wildcards.
 //!
-//! A bad value is an [`EnvError`] naming the variable.
+//! A bad value is an [`EnvError`] naming the variable. A Redis server that
+//! cannot be reached at start is one too (see [`StorageSettings`]).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,11 +39,13 @@ use crate::config::Config;
 use crate::handshake::OnDemandConfig;
 use crate::identifier::Identifier;
 use crate::issuer::AcmeIssuer;
-use crate::storage::{FileStorage, Storage};
+use crate::storage::Storage;
 
 mod dns;
+mod storage;
 
 pub use dns::{DNS_PROVIDERS, DnsSettings};
+pub use storage::{RedisSettings, StorageSettings};
 
 /// A bad environment variable.
 #[derive(Debug, thiserror::Error)]
@@ -74,8 +78,8 @@ pub struct EnvSettings {
     pub ca_roots: Vec<CertificateDer<'static>>,
     /// The account e-mail.
     pub email: Option<String>,
-    /// The storage folder.
-    pub storage: PathBuf,
+    /// The storage: a folder or a Redis server.
+    pub storage: StorageSettings,
     /// The HTTP listen address.
     pub http_addr: SocketAddr,
     /// The HTTPS listen address.
@@ -182,15 +186,7 @@ impl EnvSettings {
             }
             None => Vec::new(),
         };
-        let storage = match var("CERTAUTO_STORAGE") {
-            Some(p) => PathBuf::from(p),
-            None => FileStorage::default_root().ok_or_else(|| {
-                bad(
-                    "CERTAUTO_STORAGE",
-                    "unset, and no default data folder (HOME) is known",
-                )
-            })?,
-        };
+        let storage = storage::from_vars(&var)?;
         let addr = |k: &'static str, default: &str| -> Result<SocketAddr, EnvError> {
             var(k)
                 .unwrap_or_else(|| default.to_owned())
@@ -296,14 +292,21 @@ impl EnvSettings {
         })
     }
 
-    /// Builds the config: file storage, one ACME issuer per directory, in
+    /// Opens the storage ([`StorageSettings::open`]: a Redis server that
+    /// cannot be reached is an error naming `CERTAUTO_STORAGE`) and builds
+    /// the config on it ([`build_on`](Self::build_on)).
+    pub async fn build(&self) -> Result<EnvSetup, EnvError> {
+        let storage = self.storage.open().await?;
+        Ok(self.build_on(storage))
+    }
+
+    /// Builds the config on `storage`: one ACME issuer per directory, in
     /// order (each with the chosen challenge answered on the application's
     /// own ports, its state shared through the storage by a
     /// [`DistributedSolver`](crate::DistributedSolver), so instances sharing
     /// `CERTAUTO_STORAGE` answer each other's challenges), the local CA when
     /// none is set.
-    pub fn build(&self) -> EnvSetup {
-        let storage: Arc<dyn Storage> = Arc::new(FileStorage::new(&self.storage));
+    pub fn build_on(&self, storage: Arc<dyn Storage>) -> EnvSetup {
         let tokens = ChallengeTokens::new().with_storage(storage.clone());
         let tls_alpn = TlsAlpnChallenges::new();
         let mut builder = Config::builder()
@@ -441,8 +444,8 @@ mod tests {
             "https://a.example/dir,https://b.example/dir",
         )])
         .unwrap();
-        s.storage = dir.path().to_owned();
-        let setup = s.build();
+        s.storage = StorageSettings::Folder(dir.path().to_owned());
+        let setup = s.build_on(Arc::new(crate::storage::FileStorage::new(dir.path())));
         let keys: Vec<String> = setup
             .config
             .issuers()

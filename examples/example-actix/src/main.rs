@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
-    let setup = settings.build();
+    let setup = settings.build().await?;
     let config = setup.config;
     let tokens = setup.tokens;
 
@@ -65,6 +65,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         https = %settings.https_addr,
         http = %settings.http_addr,
         domains = ?settings.domains,
+        storage = ?settings.storage,
         "serving"
     );
     // actix handles SIGINT/SIGTERM: both servers stop gracefully.

@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
-    let setup = settings.build();
+    let setup = settings.build().await?;
     let config = setup.config;
 
     // Listen first: the challenges are answered on these ports.
@@ -53,6 +53,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         https = %settings.https_addr,
         http = %settings.http_addr,
         domains = ?settings.domains,
+        storage = ?settings.storage,
         "serving"
     );
     certauto_axum::serve(https, app, &config)?

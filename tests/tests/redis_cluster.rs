@@ -1,0 +1,421 @@
+//! A cluster's life on `RedisStorage`, against a real `redis-server` (started per test
+//! by [`RedisServer`] on a free loopback port, persistence off) and a real Pebble:
+//!
+//! - Redis stopped while serving: handshakes keep succeeding from the cache, a due
+//!   renewal fails with the typed storage error and schedules a retry with backoff;
+//!   Redis started again on the same port: the next due pass renews, with the same
+//!   `Config` and `RedisStorage`;
+//! - a lock holder paused past its lease (`SIGSTOP`, in a child process) cannot
+//!   overwrite the certificate the next holder wrote: its fenced write is refused;
+//! - one storage-cleaning pass on Redis removes an unmanaged certificate expired past
+//!   the grace period and keeps the managed one.
+//!
+//! Time is a [`ManualClock`]; waits are bounded and only a hang reaches a bound.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::routing::get;
+use certauto::storage::keys;
+use certauto::{
+    AcmeIssuer, CachedCert, Clock, Config, Error, Event, Http01Solver, Identifier, Issuer,
+    ManualClock, MemoryStorage, RedisStorage, Storage, StorageError,
+};
+use certauto_tests::webpki_verify_chain;
+use certauto_tests::{Pebble, RedisServer, init_tracing, normalize_serial, serial_hex};
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio_rustls::TlsConnector;
+
+/// Upper bound on one step (a handshake, an issuance, a lock wait); only a hang reaches it.
+const BOUND: Duration = Duration::from_secs(180);
+const EMAIL: &str = "redis-cluster@certauto.example";
+const DAY: Duration = Duration::from_secs(86_400);
+
+async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
+    tokio::time::timeout(BOUND, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {BOUND:?}"))
+}
+
+/// An issuer for `pebble` answering HTTP-01 on Pebble's validation port.
+fn issuer(pebble: &Pebble, storage: Arc<dyn Storage>) -> AcmeIssuer {
+    AcmeIssuer::builder()
+        .ca(pebble.directory_url())
+        .email(EMAIL)
+        .agreed(true)
+        .trust_roots([CertificateDer::from(pebble.https_ca_der())])
+        .only_trusted_roots()
+        .http01_solver(Http01Solver::bind(SocketAddr::from((
+            [127, 0, 0, 1],
+            pebble.http_port(),
+        ))))
+        .storage(storage)
+        .build()
+}
+
+fn cached(config: &Config, name: &str) -> Arc<CachedCert> {
+    config
+        .cache()
+        .get(name)
+        .unwrap_or_else(|| panic!("{name} is not in the cache"))
+}
+
+fn ring_client_config(root_der: &[u8]) -> ClientConfig {
+    let mut roots = RootCertStore::empty();
+    roots.add(CertificateDer::from(root_der.to_vec())).unwrap();
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Serves `config` through certauto-axum (the acceptor) on a fresh loopback port.
+async fn serve(config: &Config) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let router = Router::new().route("/", get(|| async { "hello" }));
+    let serve = certauto_axum::serve(tcp, router, config).unwrap();
+    let task = tokio::spawn(async move { serve.into_future().await.unwrap() });
+    (addr, task)
+}
+
+/// A fresh TLS handshake with `addr` for `name` trusting only `root_der`; the
+/// serial of the leaf served (its chain verified).
+async fn served_serial(addr: SocketAddr, name: &str, root_der: &[u8]) -> String {
+    let connector = TlsConnector::from(Arc::new(ring_client_config(root_der)));
+    let server_name = ServerName::try_from(name.to_owned()).unwrap();
+    let chain: Vec<Vec<u8>> = bounded("handshake", async {
+        let tcp = TcpStream::connect(addr).await?;
+        let tls = connector.connect(server_name, tcp).await?;
+        Ok::<_, std::io::Error>(
+            tls.get_ref()
+                .1
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| c.as_ref().to_vec())
+                .collect(),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| panic!("handshake for {name} failed: {e}"));
+    webpki_verify_chain(&chain, root_der, name).unwrap();
+    serial_hex(&chain[0])
+}
+
+/// A time well inside the renewal window of `cert` (and past Pebble's ARI
+/// window): 9/10 of its lifetime.
+fn due_time(cert: &CachedCert) -> SystemTime {
+    let lifetime = cert.not_after().duration_since(cert.not_before()).unwrap();
+    cert.not_before() + lifetime.mul_f64(0.9)
+}
+
+// ----- Redis stopped while serving ------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_stopped_while_serving_then_started_again() {
+    const NAME: &str = "outage.redis.example";
+    init_tracing();
+    let pebble = Pebble::builder().start().await;
+    let root = pebble.root_der(0).await;
+    let mut redis = RedisServer::builder().start().await;
+    let redis_storage = RedisStorage::builder(&redis.url())
+        .key_prefix("outage")
+        .connect_timeout(Duration::from_secs(2))
+        .response_timeout(Duration::from_secs(2))
+        .build()
+        .await
+        .unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(redis_storage);
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let events = Arc::new(Mutex::new(Vec::<Event>::new()));
+    let seen = events.clone();
+    let config = Config::builder()
+        .storage(storage.clone())
+        .issuer(issuer(&pebble, storage.clone()))
+        .clock(clock.clone())
+        .on_event(move |e| seen.lock().unwrap().push(e.clone()))
+        .build();
+    bounded("manage", config.manage([NAME])).await.unwrap();
+    let old = cached(&config, NAME);
+    let old_serial = normalize_serial(old.serial());
+    let (addr, server) = serve(&config).await;
+    assert_eq!(served_serial(addr, NAME, &root).await, old_serial);
+
+    // Redis goes away. Handshakes keep succeeding from the cache.
+    redis.stop().await;
+    for _ in 0..3 {
+        assert_eq!(served_serial(addr, NAME, &root).await, old_serial);
+    }
+    // Storage operations fail with the typed error, no panic.
+    let err = bounded("load while Redis is down", storage.load("anything"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StorageError::Unavailable { .. }),
+        "want Unavailable, got {err:?}"
+    );
+    let err = bounded(
+        "force_renew while Redis is down",
+        config.force_renew([NAME]),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::Storage(StorageError::Unavailable { .. })),
+        "want Error::Storage(Unavailable), got {err:?}"
+    );
+
+    // Due: the renewal pass fails and schedules a retry with backoff.
+    clock.set(due_time(&old));
+    let failed_at = clock.now();
+    let report = bounded("check_renewals", config.check_renewals()).await;
+    assert_eq!(report.failed, vec![NAME.to_owned()], "{report:?}");
+    let (attempt, retry_at, error) = events
+        .lock()
+        .unwrap()
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::CertFailed {
+                attempt,
+                retry_at,
+                error,
+                renewal: true,
+                ..
+            } => Some((*attempt, *retry_at, error.clone())),
+            _ => None,
+        })
+        .expect("a cert_failed event for the renewal");
+    assert_eq!(attempt, 1);
+    let retry_at = retry_at.expect("a retry is scheduled");
+    assert!(retry_at > failed_at, "retry at {retry_at:?}");
+    assert!(
+        error.contains("unavailable") || error.contains("Redis"),
+        "{error}"
+    );
+    // Before the retry time nothing is attempted; still serving the old one.
+    let report = bounded("check_renewals", config.check_renewals()).await;
+    assert_eq!(report.deferred, vec![NAME.to_owned()], "{report:?}");
+    assert_eq!(served_serial(addr, NAME, &root).await, old_serial);
+    assert_eq!(normalize_serial(cached(&config, NAME).serial()), old_serial);
+
+    // Redis is back on the same port (empty: persistence is off). The next
+    // due pass renews, with the same Config and RedisStorage.
+    redis.start().await;
+    clock.set(retry_at + Duration::from_secs(1));
+    let report = bounded("check_renewals", config.check_renewals()).await;
+    assert_eq!(report.renewed, vec![NAME.to_owned()], "{report:?}");
+    let new_serial = normalize_serial(cached(&config, NAME).serial());
+    assert_ne!(new_serial, old_serial);
+    assert_eq!(served_serial(addr, NAME, &root).await, new_serial);
+    let stored = bounded("load", config.load([NAME]))
+        .await
+        .unwrap()
+        .expect("the renewed certificate is in Redis");
+    assert_eq!(normalize_serial(&stored.serial_hex()), new_serial);
+    server.abort();
+}
+
+// ----- a paused holder cannot overwrite --------------------------------------
+
+/// The `storage-child redis-fenced` process.
+struct FencedChild {
+    process: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl FencedChild {
+    fn spawn(url: &str, prefix: &str, lease: Duration) -> Self {
+        let mut process = Command::new(env!("CARGO_BIN_EXE_storage-child"))
+            .args(["redis-fenced", url, prefix, &lease.as_millis().to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn storage-child");
+        let stdin = process.stdin.take().unwrap();
+        let lines = BufReader::new(process.stdout.take().unwrap()).lines();
+        Self {
+            process,
+            stdin,
+            lines,
+        }
+    }
+
+    async fn line(&mut self) -> String {
+        bounded("a line from storage-child", self.lines.next_line())
+            .await
+            .unwrap()
+            .expect("storage-child closed its output")
+    }
+
+    async fn ask(&mut self, command: &str) -> String {
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .unwrap();
+        self.stdin.flush().await.unwrap();
+        self.line().await
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self.process.id().expect("the child is running").to_string();
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid])
+            .status()
+            .expect("run kill (procps)");
+        assert!(status.success(), "kill {signal} {pid}: {status}");
+    }
+}
+
+/// Obtains `name` from Pebble on fresh in-memory storage; the certificate
+/// record's storage key and bytes, and its serial.
+async fn obtained_record(pebble: &Pebble, name: &str) -> (String, Vec<u8>, String) {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let issuer = issuer(pebble, storage.clone());
+    let issuer_key = issuer.issuer_key();
+    let config = Config::builder()
+        .storage(storage.clone())
+        .issuer(issuer)
+        .build();
+    let cert = bounded("obtain", config.obtain([name])).await.unwrap();
+    let key = keys::cert_record(&issuer_key, &Identifier::parse(name).unwrap());
+    let record = storage.load(&key).await.unwrap();
+    (key, record, normalize_serial(&cert.serial_hex()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_paused_past_its_lease_cannot_overwrite_the_next_holders_certificate() {
+    const NAME: &str = "fenced.redis.example";
+    const PREFIX: &str = "fenced";
+    init_tracing();
+    let pebble = Pebble::builder().start().await;
+    let redis = RedisServer::builder().start().await;
+    // Two real certificate records for the name: the paused holder's and ours.
+    let (key, child_record, child_serial) = obtained_record(&pebble, NAME).await;
+    let (our_key, our_record, our_serial) = obtained_record(&pebble, NAME).await;
+    assert_eq!(key, our_key);
+    assert_ne!(child_serial, our_serial);
+    let dir = tempfile::tempdir().unwrap();
+    let child_file = dir.path().join("child-record.json");
+    std::fs::write(&child_file, &child_record).unwrap();
+
+    let lock = keys::cert_lock(&Identifier::parse(NAME).unwrap());
+    let mut child = FencedChild::spawn(&redis.url(), PREFIX, Duration::from_millis(600));
+    assert_eq!(child.line().await, "ready");
+    let answer = child.ask(&format!("lock {lock}")).await;
+    let child_fence: u64 = answer
+        .strip_prefix("locked ")
+        .unwrap_or_else(|| panic!("lock: {answer}"))
+        .parse()
+        .unwrap();
+
+    // Paused: no keepalive any more. We wait for its lease to run out by
+    // acquiring the lock ourselves (polling, bounded by the wait timeout).
+    child.signal("-STOP");
+    let storage = RedisStorage::builder(&redis.url())
+        .key_prefix(PREFIX)
+        .lock_poll_interval(Duration::from_millis(20))
+        .lock_wait_timeout(Duration::from_secs(60))
+        .build()
+        .await
+        .unwrap();
+    let guard = bounded("taking over the paused holder's lock", storage.lock(&lock))
+        .await
+        .unwrap();
+    assert!(
+        guard.fence().unwrap() > child_fence,
+        "fence {:?} after {child_fence}",
+        guard.fence()
+    );
+    storage
+        .store_fenced(&guard, &key, &our_record)
+        .await
+        .unwrap();
+    guard.release().await.unwrap();
+
+    // The holder resumes and writes its record under its old guard: refused.
+    child.signal("-CONT");
+    let file = child_file.to_str().unwrap();
+    let answer = child.ask(&format!("store {lock} {key} {file}")).await;
+    assert!(
+        answer.starts_with("refused "),
+        "the paused holder's write: {answer}"
+    );
+    assert_eq!(storage.load(&key).await.unwrap(), our_record);
+    // Read back as a certificate: our serial.
+    let reader: Arc<dyn Storage> = Arc::new(storage.clone());
+    let config = Config::builder()
+        .storage(reader.clone())
+        .issuer(issuer(&pebble, reader))
+        .build();
+    let stored = config.load([NAME]).await.unwrap().unwrap();
+    assert_eq!(normalize_serial(&stored.serial_hex()), our_serial);
+    child.stdin.write_all(b"exit\n").await.unwrap();
+    let status = bounded("storage-child's exit", child.process.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "storage-child: {status}");
+}
+
+// ----- storage cleaning on Redis --------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleaning_on_redis_removes_an_expired_unmanaged_certificate_and_keeps_the_managed_one() {
+    init_tracing();
+    let redis = RedisServer::builder().start().await;
+    let storage: Arc<dyn Storage> = Arc::new(
+        RedisStorage::builder(&redis.url())
+            .key_prefix("clean")
+            .build()
+            .await
+            .unwrap(),
+    );
+    let clock = Arc::new(ManualClock::new(SystemTime::now()));
+    let config_on = |clock: Arc<ManualClock>| {
+        Config::builder()
+            .storage(storage.clone())
+            .clock(clock)
+            .local_ca_leaf_lifetime(DAY)
+            .build()
+    };
+    // This instance manages `managed.test`; another one once managed
+    // `gone.test`, on the same Redis.
+    let config = config_on(clock.clone());
+    config.manage(["managed.test"]).await.unwrap();
+    config_on(clock.clone())
+        .manage(["gone.test"])
+        .await
+        .unwrap();
+    let record = |name: &str| {
+        keys::cert_record(
+            certauto::LOCAL_CA_ISSUER_KEY,
+            &Identifier::parse(name).unwrap(),
+        )
+    };
+    let (managed, gone) = (record("managed.test"), record("gone.test"));
+    assert!(storage.exists(&gone).await.unwrap());
+
+    // Both expired more than the grace period (a day) ago.
+    clock.advance(DAY * 3);
+    let report = bounded("clean_storage", config.clean_storage())
+        .await
+        .unwrap();
+    assert_eq!(report.certificates, vec![gone.clone()], "{report:?}");
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!storage.exists(&gone).await.unwrap());
+    assert!(storage.exists(&managed).await.unwrap());
+}
