@@ -60,9 +60,11 @@ const MIN_ORPHAN_STAPLE_AGE: Duration = Duration::from_secs(3600);
 ///   is the current record of a name this config manages (the one
 ///   [`Config::load`] finds), even expired: maintenance renews it. Another
 ///   issuer's record of a managed name, expired past the grace period, is
-///   not needed. Each removal takes the certificate's storage lock and reads
-///   the record again under it, so a renewal stored meanwhile is never
-///   removed;
+///   not needed. Each removal takes the certificate's storage lock, reads
+///   the record again under it, and deletes through
+///   [`Storage::delete_fenced`](crate::Storage::delete_fenced) with that
+///   lock's guard, so a renewal stored meanwhile (or by the lock's next
+///   holder, should the pass be paused past the lease) is never removed;
 /// - **OCSP staples** (`ocsp/<name>-<hash>`) whose certificate is no longer
 ///   in storage (once the staple is an hour old: its certificate may have
 ///   been stored after the pass listed them), and staples whose
@@ -363,17 +365,46 @@ impl Pass<'_> {
         }
     }
 
-    /// Deletes `key` (a missing key is fine), counting it against the budget.
+    /// Deletes `key` (a missing key is fine) as a write the pass's lock
+    /// protects ([`Storage::delete_fenced`](crate::Storage::delete_fenced)),
+    /// counting it against the budget.
     async fn delete(&mut self, key: &str) -> bool {
+        let guard = self.guard;
+        self.delete_under(guard, key).await
+    }
+
+    /// Deletes `key` (a missing key is fine) fenced by `guard`, counting it
+    /// against the budget. A refusal because the pass's own lock was lost
+    /// stops the pass; one because `guard` (another lock) was lost is
+    /// recorded.
+    async fn delete_under(&mut self, guard: &LockGuard, key: &str) -> bool {
         self.budget = self.budget.saturating_sub(1);
-        match self.config.storage().delete(key).await {
+        match self.config.storage().delete_fenced(guard, key).await {
             Ok(()) => true,
             Err(e) if e.is_not_found() => true,
+            Err(StorageError::LockLost(_)) if self.guard.is_lost() => {
+                self.report.lock_lost = true;
+                false
+            }
             Err(e) => {
                 self.report.error(key, &e);
                 false
             }
         }
+    }
+
+    /// Whether both the pass's lock and `cert_guard` are still held (checked
+    /// before each write under the certificate's lock); a loss is recorded.
+    fn both_held(&mut self, cert_guard: &LockGuard, dir: &str) -> bool {
+        if self.guard.ensure_held().is_err() {
+            self.report.lock_lost = true;
+            return false;
+        }
+        if let Err(e) = cert_guard.ensure_held() {
+            self.report.error(dir, &e);
+            return false;
+        }
+        true
     }
 
     /// How long ago storage says `key` was written (`None`: unknown).
@@ -503,19 +534,22 @@ impl Pass<'_> {
             {
                 let mut present = vec![keys::cert_record(issuer, id)];
                 present.extend(keys::legacy_cert_keys(issuer, id));
+                // Every delete is fenced by the certificate's lock: a pass
+                // paused past that lock's lease must not remove what its
+                // next holder stored meanwhile (the same key).
                 let mut all = true;
                 for key in present {
-                    if self.guard.is_lost() {
-                        self.report.lock_lost = true;
+                    if !self.both_held(&cert_guard, &dir) {
                         all = false;
                         break;
                     }
                     match storage.exists(&key).await {
                         Ok(true) => {
-                            if self.delete(&key).await {
+                            if self.delete_under(&cert_guard, &key).await {
                                 self.report.certificates.push(key);
                             } else {
                                 all = false;
+                                break;
                             }
                         }
                         Ok(false) => {}
@@ -526,8 +560,11 @@ impl Pass<'_> {
                     }
                 }
                 // The folder, once empty (FileStorage keeps folders).
-                if all && matches!(storage.list(&dir, true).await, Ok(rest) if rest.is_empty()) {
-                    let _ = storage.delete(&dir).await;
+                if all
+                    && matches!(storage.list(&dir, true).await, Ok(rest) if rest.is_empty())
+                    && self.both_held(&cert_guard, &dir)
+                {
+                    let _ = storage.delete_fenced(&cert_guard, &dir).await;
                 }
                 all
             }
@@ -1155,6 +1192,154 @@ mod tests {
         assert!(report.lock_lost, "{report:?}");
         assert_eq!(report.removed(), 0, "{report:?}");
         assert!(!exists(&storage, keys::STORAGE_CLEAN_STATE).await);
+    }
+
+    /// A memory storage that records how keys are deleted and, once armed
+    /// with a lock and a key, plays another instance at the pass's re-read
+    /// of that key under that lock: it ends the pass's hold (as an expired
+    /// lease would), takes the lock itself and stores a new value there.
+    #[derive(Debug, Default)]
+    struct Witness {
+        inner: MemoryStorage,
+        deletes: Mutex<Vec<String>>,
+        takeover: Mutex<Option<Takeover>>,
+    }
+
+    #[derive(Debug)]
+    struct Takeover {
+        lock: String,
+        key: String,
+        locked: bool,
+        done: bool,
+    }
+
+    impl Witness {
+        fn arm(&self, lock: String, key: String) {
+            *self.takeover.lock().unwrap() = Some(Takeover {
+                lock,
+                key,
+                locked: false,
+                done: false,
+            });
+        }
+
+        fn deletes(&self) -> Vec<String> {
+            self.deletes.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Witness {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            let lock = {
+                let mut takeover = self.takeover.lock().unwrap();
+                match takeover.as_mut() {
+                    Some(t) if t.locked && !t.done && t.key == key => {
+                        t.done = true;
+                        Some(t.lock.clone())
+                    }
+                    _ => None,
+                }
+            };
+            let value = self.inner.load(key).await;
+            if let Some(lock) = lock {
+                self.inner.expire_lock(&lock);
+                let next = self.inner.lock(&lock).await.unwrap();
+                self.inner
+                    .store_fenced(&next, key, b"the next holder's record")
+                    .await
+                    .unwrap();
+                next.release().await.unwrap();
+            }
+            value
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.deletes.lock().unwrap().push(format!("plain {key}"));
+            self.inner.delete(key).await
+        }
+        async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+            self.deletes
+                .lock()
+                .unwrap()
+                .push(format!("fenced by {} {key}", guard.name()));
+            self.inner.delete_fenced(guard, key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.inner.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            if let Some(t) = self.takeover.lock().unwrap().as_mut() {
+                t.locked |= t.lock == name;
+            }
+            self.inner.lock(name).await
+        }
+    }
+
+    /// Every delete of a certificate's keys is fenced by that certificate's
+    /// lock (not only by the pass's), the folder's included.
+    #[tokio::test]
+    async fn certificate_deletes_are_fenced_by_the_certificate_lock() {
+        let witness = Arc::new(Witness::default());
+        let storage: Arc<dyn Storage> = witness.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        witness.deletes.lock().unwrap().clear();
+        let report = s.config.clean_storage().await.unwrap();
+        assert_eq!(report.certificates, vec![key.clone()], "{report:?}");
+        let deletes: Vec<String> = witness
+            .deletes()
+            .into_iter()
+            .filter(|d| d.contains(keys::CERTIFICATES_PREFIX))
+            .collect();
+        let fenced = format!("fenced by {} ", keys::cert_lock(&id));
+        assert!(!deletes.is_empty());
+        assert!(
+            deletes.iter().all(|d| d.starts_with(&fenced)),
+            "{deletes:?}"
+        );
+        assert!(!exists(&storage, &key).await);
+    }
+
+    /// The pass re-reads the old record under the certificate's lock, then
+    /// loses that lock to another instance, which stores its new record at
+    /// the same key: the pass deletes nothing and says why.
+    #[tokio::test]
+    async fn a_certificate_lock_lost_before_the_delete_deletes_nothing() {
+        let witness = Arc::new(Witness::default());
+        let storage: Arc<dyn Storage> = witness.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        witness.arm(keys::cert_lock(&id), key.clone());
+        let report = s.config.clean_storage().await.unwrap();
+        assert!(
+            witness.takeover.lock().unwrap().as_ref().unwrap().done,
+            "the pass re-read the record under the certificate's lock"
+        );
+        assert_eq!(
+            storage.load(&key).await.unwrap(),
+            b"the next holder's record"
+        );
+        assert!(report.certificates.is_empty(), "{report:?}");
+        assert!(!report.lock_lost, "{report:?}");
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        assert!(report.errors[0].contains("lost"), "{report:?}");
     }
 
     #[test]
