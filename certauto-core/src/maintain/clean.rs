@@ -1342,6 +1342,186 @@ mod tests {
         assert!(report.errors[0].contains("lost"), "{report:?}");
     }
 
+    /// A memory storage that, once armed, pauses the first read of `key` by
+    /// the first client to hold lock `lock`, until another client asks for
+    /// that lock.
+    #[derive(Debug)]
+    struct Pausing {
+        inner: MemoryStorage,
+        lock: String,
+        key: String,
+        /// Armed; how often `lock` was asked for since; paused once.
+        state: Mutex<(bool, usize, bool)>,
+        asked: tokio::sync::watch::Sender<bool>,
+        paused: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Pausing {
+        fn new(lock: String, key: String) -> Self {
+            Self {
+                inner: MemoryStorage::new(),
+                lock,
+                key,
+                state: Mutex::new((false, 0, false)),
+                asked: tokio::sync::watch::channel(false).0,
+                paused: tokio::sync::watch::channel(false).0,
+            }
+        }
+
+        fn arm(&self) {
+            self.state.lock().unwrap().0 = true;
+        }
+
+        /// Resolves once a reader paused (bounded: virtual time).
+        async fn paused(&self) {
+            let mut paused = self.paused.subscribe();
+            tokio::time::timeout(HOUR, paused.wait_for(|p| *p))
+                .await
+                .expect("the pass paused")
+                .unwrap();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Pausing {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            let pause = {
+                let mut state = self.state.lock().unwrap();
+                let (armed, asked, paused) = &mut *state;
+                let pause = *armed && *asked == 1 && !*paused && key == self.key;
+                *paused |= pause;
+                pause
+            };
+            if pause {
+                self.paused.send_replace(true);
+                let mut asked = self.asked.subscribe();
+                asked.wait_for(|asked| *asked).await.unwrap();
+            }
+            self.inner.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.inner.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            {
+                let mut state = self.state.lock().unwrap();
+                let (armed, asked, _) = &mut *state;
+                if *armed && name == self.lock {
+                    *asked += 1;
+                    if *asked >= 2 {
+                        self.asked.send_replace(true);
+                    }
+                }
+            }
+            self.inner.lock(name).await
+        }
+    }
+
+    /// Maintenance's cleaning pass holds a managed name's certificate lock
+    /// (removing another issuer's expired record of it) and is paused there
+    /// until the renewal check asks for that lock. The renewal completes
+    /// once the pass goes on: the pass runs in its own task, not only while
+    /// the maintenance loop waits (there, it would never go on, and the
+    /// renewal would time out on a lock its own task holds).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_waiting_on_the_cleaning_pass_completes() {
+        let id = Identifier::parse("renew.test").unwrap();
+        let old_key = keys::cert_record("old-ca", &id);
+        let pausing = Arc::new(Pausing::new(keys::cert_lock(&id), old_key.clone()));
+        let storage: Arc<dyn Storage> = pausing.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .on_event(move |e| {
+                let _ = tx.send(e.clone());
+            })
+            .build();
+        config.manage(["renew.test"]).await.unwrap();
+        let first = config
+            .cache()
+            .get("renew.test")
+            .unwrap()
+            .serial()
+            .to_owned();
+        stored_cert(&storage, "renew.test", DAY, "old-ca").await;
+        // Past the renewal time of the 7-day leaf, and past the old
+        // record's expiry and grace.
+        clock.advance(DAY * 11 / 2);
+        pausing.arm();
+        let maintenance = crate::start_maintenance(&config);
+        let (mut renewed, mut cleaned) = (false, None);
+        while !renewed || cleaned.is_none() {
+            // Virtual time: the renewal check comes 10 minutes in.
+            let event = tokio::time::timeout(HOUR, events.recv())
+                .await
+                .expect("the renewal and the cleaning pass completed")
+                .unwrap();
+            match event {
+                Event::CertRenewed { serial, .. } => {
+                    assert_ne!(serial, first);
+                    renewed = true;
+                }
+                Event::CertFailed { error, .. } => panic!("renewal failed: {error}"),
+                Event::StorageCleaned { report } => cleaned = Some(report),
+                _ => {}
+            }
+        }
+        pausing.paused().await;
+        let cleaned = cleaned.unwrap();
+        assert_eq!(cleaned.certificates, vec![old_key.clone()], "{cleaned:?}");
+        assert!(!exists(&storage, &old_key).await);
+        config.cache().stop();
+        tokio::time::timeout(HOUR, maintenance).await.unwrap();
+    }
+
+    /// Stopping maintenance aborts a cleaning pass in progress (its own
+    /// task), and the locks it held are released.
+    #[tokio::test(start_paused = true)]
+    async fn stopping_maintenance_aborts_the_cleaning_pass() {
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        let pausing = Arc::new(Pausing::new(keys::cert_lock(&id), key.clone()));
+        let storage: Arc<dyn Storage> = pausing.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        pausing.arm();
+        let maintenance = crate::start_maintenance(&s.config);
+        pausing.paused().await;
+        s.config.cache().stop();
+        tokio::time::timeout(HOUR, maintenance).await.unwrap();
+        for lock in [keys::cert_lock(&id), keys::STORAGE_CLEAN_LOCK.to_owned()] {
+            let guard = tokio::time::timeout(HOUR, pausing.inner.lock(&lock))
+                .await
+                .expect("released by the aborted pass")
+                .unwrap();
+            guard.release().await.unwrap();
+        }
+        assert!(exists(&storage, &key).await);
+        assert!(
+            !s.events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.name() == "storage_cleaned")
+        );
+    }
+
     #[test]
     fn storage_keys_map_back_to_identifiers() {
         for name in [
