@@ -320,6 +320,16 @@ impl Kept {
     }
 }
 
+/// A key's age as storage reports it.
+enum Age {
+    /// Written this long ago (`None`: the backend keeps no write times).
+    Known(Option<Duration>),
+    /// The key no longer exists.
+    Gone,
+    /// Storage could not say (the error is in the report).
+    Unknown,
+}
+
 /// One pass in progress: the lock, the budget and the report.
 struct Pass<'a> {
     config: &'a Config,
@@ -407,14 +417,21 @@ impl Pass<'_> {
         true
     }
 
-    /// How long ago storage says `key` was written (`None`: unknown).
-    async fn age(&self, key: &str) -> Option<Duration> {
-        let info = self.config.storage().stat(key).await.ok()?;
-        Some(
-            self.now
-                .duration_since(info.modified?)
-                .unwrap_or(Duration::ZERO),
-        )
+    /// How long ago storage says `key` was written: `Known(None)` when the
+    /// backend keeps no write times. A key gone meanwhile is `Gone`; another
+    /// error is recorded in the report and is `Unknown` (the key is kept).
+    async fn age(&mut self, key: &str) -> Age {
+        match self.config.storage().stat(key).await {
+            Ok(info) => Age::Known(
+                info.modified
+                    .map(|m| self.now.duration_since(m).unwrap_or(Duration::ZERO)),
+            ),
+            Err(e) if e.is_not_found() => Age::Gone,
+            Err(e) => {
+                self.report.error(key, &e);
+                Age::Unknown
+            }
+        }
     }
 
     fn expired_past_grace(&self, cert: &Certificate) -> bool {
@@ -590,8 +607,13 @@ impl Pass<'_> {
             let remove = match kept.staples.get(&key) {
                 Some((leaf, issuer)) => {
                     let Some(issuer) = issuer else { continue };
-                    let Ok(der) = self.config.storage().load(&key).await else {
-                        continue;
+                    let der = match self.config.storage().load(&key).await {
+                        Ok(der) => der,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => {
+                            self.report.error(&key, &e);
+                            continue;
+                        }
                     };
                     matches!(
                         crate::ocsp::verify(&der, leaf, issuer, self.now),
@@ -601,12 +623,13 @@ impl Pass<'_> {
                 None => {
                     let name_unreadable =
                         staple_name(&key).is_some_and(|n| kept.unreadable.contains(n));
+                    // A backend without write times: old enough.
                     kept.complete
                         && !name_unreadable
-                        && self
-                            .age(&key)
-                            .await
-                            .is_none_or(|age| age >= MIN_ORPHAN_STAPLE_AGE)
+                        && match self.age(&key).await {
+                            Age::Known(age) => age.is_none_or(|age| age >= MIN_ORPHAN_STAPLE_AGE),
+                            Age::Gone | Age::Unknown => false,
+                        }
                 }
             };
             if remove && self.may_remove() && self.delete(&key).await {
@@ -645,10 +668,8 @@ impl Pass<'_> {
             if in_progress.contains(token) {
                 continue;
             }
-            let stale = self
-                .age(&key)
-                .await
-                .is_some_and(|age| age >= self.options.challenge_max_age);
+            let max_age = self.options.challenge_max_age;
+            let stale = matches!(self.age(&key).await, Age::Known(Some(age)) if age >= max_age);
             if stale && self.may_remove() && self.delete(&key).await {
                 self.report.challenge_tokens.push(key);
             }
@@ -1519,6 +1540,72 @@ mod tests {
                 .unwrap()
                 .iter()
                 .any(|e| e.name() == "storage_cleaned")
+        );
+    }
+
+    /// A memory storage whose `stat` fails (not with `NotFound`) below a prefix.
+    #[derive(Debug, Default)]
+    struct FailingStat(MemoryStorage);
+
+    #[async_trait::async_trait]
+    impl Storage for FailingStat {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.0.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            self.0.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.0.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            if key.starts_with(keys::OCSP_PREFIX) || key.starts_with(keys::CHALLENGE_TOKENS_PREFIX)
+            {
+                return Err(StorageError::Io {
+                    key: key.to_owned(),
+                    source: std::io::Error::other("stat refused"),
+                });
+            }
+            self.0.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            self.0.lock(name).await
+        }
+    }
+
+    /// A staple whose certificate is gone, and a token left behind, both
+    /// old, are kept when their age cannot be read; the errors are reported.
+    #[tokio::test]
+    async fn an_unreadable_age_keeps_the_key_and_is_reported() {
+        let storage: Arc<dyn Storage> = Arc::new(FailingStat::default());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let orphan_staple = format!("{}/nothing.test-0011223344556677", keys::OCSP_PREFIX);
+        let token = keys::challenge_token("left-token");
+        storage.store(&orphan_staple, b"der").await.unwrap();
+        storage.store(&token, b"ka").await.unwrap();
+        clock.advance(DAY);
+        let report = s.config.clean_storage().await.unwrap();
+        assert!(exists(&storage, &orphan_staple).await, "{report:?}");
+        assert!(exists(&storage, &token).await, "{report:?}");
+        assert_eq!(report.removed(), 0, "{report:?}");
+        let mut errors = report.errors.clone();
+        errors.sort();
+        assert_eq!(errors.len(), 2, "{report:?}");
+        assert!(errors[0].starts_with(&format!("{token}: ")), "{errors:?}");
+        assert!(
+            errors[1].starts_with(&format!("{orphan_staple}: ")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().all(|e| e.contains("stat refused")),
+            "{errors:?}"
         );
     }
 
