@@ -739,7 +739,12 @@ impl Pass<'_> {
             .remove_stale_temporaries(self.options.temporary_max_age)
             .await
         {
-            Ok(removed) => self.report.temporaries.extend(removed),
+            Ok(sweep) => {
+                self.report.temporaries.extend(sweep.removed);
+                for e in &sweep.skipped {
+                    self.report.error("temporary files", e);
+                }
+            }
             Err(e) => self.report.error("temporary files", &e),
         }
     }
