@@ -150,7 +150,7 @@ pub use ratelimit::{
     DEFAULT_RATE_LIMIT_EVENTS, DEFAULT_RATE_LIMIT_WINDOW, MAX_RATE_LIMIT_WINDOW, RateLimiter,
     RateLimits,
 };
-pub use storage::contract::{KeyInfo, Storage, StorageError};
+pub use storage::contract::{KeyInfo, Storage, StorageError, TemporariesSweep};
 pub use storage::file::{FileStorage, FileStorageBuilder};
 pub use storage::lock::{LockGuard, LockLoss};
 pub use storage::memory::MemoryStorage;

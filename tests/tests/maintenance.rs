@@ -872,3 +872,49 @@ async fn a_malformed_ari_answer_falls_back_to_the_ratio() {
 async fn an_ari_404_falls_back_to_the_ratio() {
     ari_failure_falls_back_to_the_ratio("ari-404.certauto.example", AriAnswer::NotFound).await;
 }
+
+// ----- storage cleaning ------------------------------------------------------
+
+/// Storage cleaning on certificates from Pebble: with the clock past their
+/// expiry and the grace period, a pass removes the record of a name no
+/// config here manages any more, and keeps the managed name's record (expired
+/// too: maintenance renews it) with its serial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cleaning_keeps_the_managed_names_record_and_removes_an_unmanaged_one() {
+    const NAME: &str = "clean-kept.certauto.example";
+    const GONE: &str = "clean-gone.certauto.example";
+    init_tracing();
+    let env = Env::new(Pebble::builder().start().await, None);
+    // An earlier deployment managed GONE; this one manages NAME only.
+    let earlier = env.config();
+    let gone = manage(&earlier, GONE).await;
+    earlier.cache().stop();
+    let config = env.config();
+    let kept = manage(&config, NAME).await;
+    let kept_serial = stored_serial(&config, NAME).await;
+    let grace = config.storage_cleaning().get_expired_grace();
+    let past = kept.not_after().max(gone.not_after()) + grace + HOUR;
+    env.clock.set(past);
+
+    let report = bounded(ISSUE_BOUND, "clean_storage", config.clean_storage())
+        .await
+        .unwrap();
+    assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!report.lock_lost, "{report:?}");
+    let certificates = format!("{}/", certauto::storage::keys::CERTIFICATES_PREFIX);
+    assert!(!report.certificates.is_empty(), "{report:?}");
+    assert!(
+        report
+            .certificates
+            .iter()
+            .all(|key| key.starts_with(&certificates) && key.contains(GONE)),
+        "only {GONE}'s keys: {report:?}"
+    );
+    assert!(config.load([GONE]).await.unwrap().is_none(), "{report:?}");
+    assert_eq!(stored_serial(&config, NAME).await, kept_serial);
+    assert_eq!(
+        cached_serial(&config, NAME),
+        normalize_serial(kept.serial())
+    );
+    config.cache().stop();
+}

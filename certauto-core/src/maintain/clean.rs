@@ -60,9 +60,11 @@ const MIN_ORPHAN_STAPLE_AGE: Duration = Duration::from_secs(3600);
 ///   is the current record of a name this config manages (the one
 ///   [`Config::load`] finds), even expired: maintenance renews it. Another
 ///   issuer's record of a managed name, expired past the grace period, is
-///   not needed. Each removal takes the certificate's storage lock and reads
-///   the record again under it, so a renewal stored meanwhile is never
-///   removed;
+///   not needed. Each removal takes the certificate's storage lock, reads
+///   the record again under it, and deletes through
+///   [`Storage::delete_fenced`](crate::Storage::delete_fenced) with that
+///   lock's guard, so a renewal stored meanwhile (or by the lock's next
+///   holder, should the pass be paused past the lease) is never removed;
 /// - **OCSP staples** (`ocsp/<name>-<hash>`) whose certificate is no longer
 ///   in storage (once the staple is an hour old: its certificate may have
 ///   been stored after the pass listed them), and staples whose
@@ -318,6 +320,16 @@ impl Kept {
     }
 }
 
+/// A key's age as storage reports it.
+enum Age {
+    /// Written this long ago (`None`: the backend keeps no write times).
+    Known(Option<Duration>),
+    /// The key no longer exists.
+    Gone,
+    /// Storage could not say (the error is in the report).
+    Unknown,
+}
+
 /// One pass in progress: the lock, the budget and the report.
 struct Pass<'a> {
     config: &'a Config,
@@ -363,12 +375,27 @@ impl Pass<'_> {
         }
     }
 
-    /// Deletes `key` (a missing key is fine), counting it against the budget.
+    /// Deletes `key` (a missing key is fine) as a write the pass's lock
+    /// protects ([`Storage::delete_fenced`](crate::Storage::delete_fenced)),
+    /// counting it against the budget.
     async fn delete(&mut self, key: &str) -> bool {
+        let guard = self.guard;
+        self.delete_under(guard, key).await
+    }
+
+    /// Deletes `key` (a missing key is fine) fenced by `guard`, counting it
+    /// against the budget. A refusal because the pass's own lock was lost
+    /// stops the pass; one because `guard` (another lock) was lost is
+    /// recorded.
+    async fn delete_under(&mut self, guard: &LockGuard, key: &str) -> bool {
         self.budget = self.budget.saturating_sub(1);
-        match self.config.storage().delete(key).await {
+        match self.config.storage().delete_fenced(guard, key).await {
             Ok(()) => true,
             Err(e) if e.is_not_found() => true,
+            Err(StorageError::LockLost(_)) if self.guard.is_lost() => {
+                self.report.lock_lost = true;
+                false
+            }
             Err(e) => {
                 self.report.error(key, &e);
                 false
@@ -376,14 +403,35 @@ impl Pass<'_> {
         }
     }
 
-    /// How long ago storage says `key` was written (`None`: unknown).
-    async fn age(&self, key: &str) -> Option<Duration> {
-        let info = self.config.storage().stat(key).await.ok()?;
-        Some(
-            self.now
-                .duration_since(info.modified?)
-                .unwrap_or(Duration::ZERO),
-        )
+    /// Whether both the pass's lock and `cert_guard` are still held (checked
+    /// before each write under the certificate's lock); a loss is recorded.
+    fn both_held(&mut self, cert_guard: &LockGuard, dir: &str) -> bool {
+        if self.guard.ensure_held().is_err() {
+            self.report.lock_lost = true;
+            return false;
+        }
+        if let Err(e) = cert_guard.ensure_held() {
+            self.report.error(dir, &e);
+            return false;
+        }
+        true
+    }
+
+    /// How long ago storage says `key` was written: `Known(None)` when the
+    /// backend keeps no write times. A key gone meanwhile is `Gone`; another
+    /// error is recorded in the report and is `Unknown` (the key is kept).
+    async fn age(&mut self, key: &str) -> Age {
+        match self.config.storage().stat(key).await {
+            Ok(info) => Age::Known(
+                info.modified
+                    .map(|m| self.now.duration_since(m).unwrap_or(Duration::ZERO)),
+            ),
+            Err(e) if e.is_not_found() => Age::Gone,
+            Err(e) => {
+                self.report.error(key, &e);
+                Age::Unknown
+            }
+        }
     }
 
     fn expired_past_grace(&self, cert: &Certificate) -> bool {
@@ -503,19 +551,22 @@ impl Pass<'_> {
             {
                 let mut present = vec![keys::cert_record(issuer, id)];
                 present.extend(keys::legacy_cert_keys(issuer, id));
+                // Every delete is fenced by the certificate's lock: a pass
+                // paused past that lock's lease must not remove what its
+                // next holder stored meanwhile (the same key).
                 let mut all = true;
                 for key in present {
-                    if self.guard.is_lost() {
-                        self.report.lock_lost = true;
+                    if !self.both_held(&cert_guard, &dir) {
                         all = false;
                         break;
                     }
                     match storage.exists(&key).await {
                         Ok(true) => {
-                            if self.delete(&key).await {
+                            if self.delete_under(&cert_guard, &key).await {
                                 self.report.certificates.push(key);
                             } else {
                                 all = false;
+                                break;
                             }
                         }
                         Ok(false) => {}
@@ -526,8 +577,11 @@ impl Pass<'_> {
                     }
                 }
                 // The folder, once empty (FileStorage keeps folders).
-                if all && matches!(storage.list(&dir, true).await, Ok(rest) if rest.is_empty()) {
-                    let _ = storage.delete(&dir).await;
+                if all
+                    && matches!(storage.list(&dir, true).await, Ok(rest) if rest.is_empty())
+                    && self.both_held(&cert_guard, &dir)
+                {
+                    let _ = storage.delete_fenced(&cert_guard, &dir).await;
                 }
                 all
             }
@@ -553,8 +607,13 @@ impl Pass<'_> {
             let remove = match kept.staples.get(&key) {
                 Some((leaf, issuer)) => {
                     let Some(issuer) = issuer else { continue };
-                    let Ok(der) = self.config.storage().load(&key).await else {
-                        continue;
+                    let der = match self.config.storage().load(&key).await {
+                        Ok(der) => der,
+                        Err(e) if e.is_not_found() => continue,
+                        Err(e) => {
+                            self.report.error(&key, &e);
+                            continue;
+                        }
                     };
                     matches!(
                         crate::ocsp::verify(&der, leaf, issuer, self.now),
@@ -564,12 +623,13 @@ impl Pass<'_> {
                 None => {
                     let name_unreadable =
                         staple_name(&key).is_some_and(|n| kept.unreadable.contains(n));
+                    // A backend without write times: old enough.
                     kept.complete
                         && !name_unreadable
-                        && self
-                            .age(&key)
-                            .await
-                            .is_none_or(|age| age >= MIN_ORPHAN_STAPLE_AGE)
+                        && match self.age(&key).await {
+                            Age::Known(age) => age.is_none_or(|age| age >= MIN_ORPHAN_STAPLE_AGE),
+                            Age::Gone | Age::Unknown => false,
+                        }
                 }
             };
             if remove && self.may_remove() && self.delete(&key).await {
@@ -608,10 +668,8 @@ impl Pass<'_> {
             if in_progress.contains(token) {
                 continue;
             }
-            let stale = self
-                .age(&key)
-                .await
-                .is_some_and(|age| age >= self.options.challenge_max_age);
+            let max_age = self.options.challenge_max_age;
+            let stale = matches!(self.age(&key).await, Age::Known(Some(age)) if age >= max_age);
             if stale && self.may_remove() && self.delete(&key).await {
                 self.report.challenge_tokens.push(key);
             }
@@ -681,7 +739,12 @@ impl Pass<'_> {
             .remove_stale_temporaries(self.options.temporary_max_age)
             .await
         {
-            Ok(removed) => self.report.temporaries.extend(removed),
+            Ok(sweep) => {
+                self.report.temporaries.extend(sweep.removed);
+                for e in &sweep.skipped {
+                    self.report.error("temporary files", e);
+                }
+            }
             Err(e) => self.report.error("temporary files", &e),
         }
     }
@@ -1155,6 +1218,400 @@ mod tests {
         assert!(report.lock_lost, "{report:?}");
         assert_eq!(report.removed(), 0, "{report:?}");
         assert!(!exists(&storage, keys::STORAGE_CLEAN_STATE).await);
+    }
+
+    /// A memory storage that records how keys are deleted and, once armed
+    /// with a lock and a key, plays another instance at the pass's re-read
+    /// of that key under that lock: it ends the pass's hold (as an expired
+    /// lease would), takes the lock itself and stores a new value there.
+    #[derive(Debug, Default)]
+    struct Witness {
+        inner: MemoryStorage,
+        deletes: Mutex<Vec<String>>,
+        takeover: Mutex<Option<Takeover>>,
+    }
+
+    #[derive(Debug)]
+    struct Takeover {
+        lock: String,
+        key: String,
+        locked: bool,
+        done: bool,
+    }
+
+    impl Witness {
+        fn arm(&self, lock: String, key: String) {
+            *self.takeover.lock().unwrap() = Some(Takeover {
+                lock,
+                key,
+                locked: false,
+                done: false,
+            });
+        }
+
+        fn deletes(&self) -> Vec<String> {
+            self.deletes.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Witness {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            let lock = {
+                let mut takeover = self.takeover.lock().unwrap();
+                match takeover.as_mut() {
+                    Some(t) if t.locked && !t.done && t.key == key => {
+                        t.done = true;
+                        Some(t.lock.clone())
+                    }
+                    _ => None,
+                }
+            };
+            let value = self.inner.load(key).await;
+            if let Some(lock) = lock {
+                self.inner.expire_lock(&lock);
+                let next = self.inner.lock(&lock).await.unwrap();
+                self.inner
+                    .store_fenced(&next, key, b"the next holder's record")
+                    .await
+                    .unwrap();
+                next.release().await.unwrap();
+            }
+            value
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.deletes.lock().unwrap().push(format!("plain {key}"));
+            self.inner.delete(key).await
+        }
+        async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+            self.deletes
+                .lock()
+                .unwrap()
+                .push(format!("fenced by {} {key}", guard.name()));
+            self.inner.delete_fenced(guard, key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.inner.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            if let Some(t) = self.takeover.lock().unwrap().as_mut() {
+                t.locked |= t.lock == name;
+            }
+            self.inner.lock(name).await
+        }
+    }
+
+    /// Every delete of a certificate's keys is fenced by that certificate's
+    /// lock (not only by the pass's), the folder's included.
+    #[tokio::test]
+    async fn certificate_deletes_are_fenced_by_the_certificate_lock() {
+        let witness = Arc::new(Witness::default());
+        let storage: Arc<dyn Storage> = witness.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        witness.deletes.lock().unwrap().clear();
+        let report = s.config.clean_storage().await.unwrap();
+        assert_eq!(report.certificates, vec![key.clone()], "{report:?}");
+        let deletes: Vec<String> = witness
+            .deletes()
+            .into_iter()
+            .filter(|d| d.contains(keys::CERTIFICATES_PREFIX))
+            .collect();
+        let fenced = format!("fenced by {} ", keys::cert_lock(&id));
+        assert!(!deletes.is_empty());
+        assert!(
+            deletes.iter().all(|d| d.starts_with(&fenced)),
+            "{deletes:?}"
+        );
+        assert!(!exists(&storage, &key).await);
+    }
+
+    /// The pass re-reads the old record under the certificate's lock, then
+    /// loses that lock to another instance, which stores its new record at
+    /// the same key: the pass deletes nothing and says why.
+    #[tokio::test]
+    async fn a_certificate_lock_lost_before_the_delete_deletes_nothing() {
+        let witness = Arc::new(Witness::default());
+        let storage: Arc<dyn Storage> = witness.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        witness.arm(keys::cert_lock(&id), key.clone());
+        let report = s.config.clean_storage().await.unwrap();
+        assert!(
+            witness.takeover.lock().unwrap().as_ref().unwrap().done,
+            "the pass re-read the record under the certificate's lock"
+        );
+        assert_eq!(
+            storage.load(&key).await.unwrap(),
+            b"the next holder's record"
+        );
+        assert!(report.certificates.is_empty(), "{report:?}");
+        assert!(!report.lock_lost, "{report:?}");
+        assert_eq!(report.errors.len(), 1, "{report:?}");
+        assert!(report.errors[0].contains("lost"), "{report:?}");
+    }
+
+    /// A memory storage that, once armed, pauses the first read of `key` by
+    /// the first client to hold lock `lock`, until another client asks for
+    /// that lock.
+    #[derive(Debug)]
+    struct Pausing {
+        inner: MemoryStorage,
+        lock: String,
+        key: String,
+        /// Armed; how often `lock` was asked for since; paused once.
+        state: Mutex<(bool, usize, bool)>,
+        asked: tokio::sync::watch::Sender<bool>,
+        paused: tokio::sync::watch::Sender<bool>,
+    }
+
+    impl Pausing {
+        fn new(lock: String, key: String) -> Self {
+            Self {
+                inner: MemoryStorage::new(),
+                lock,
+                key,
+                state: Mutex::new((false, 0, false)),
+                asked: tokio::sync::watch::channel(false).0,
+                paused: tokio::sync::watch::channel(false).0,
+            }
+        }
+
+        fn arm(&self) {
+            self.state.lock().unwrap().0 = true;
+        }
+
+        /// Resolves once a reader paused (bounded: virtual time).
+        async fn paused(&self) {
+            let mut paused = self.paused.subscribe();
+            tokio::time::timeout(HOUR, paused.wait_for(|p| *p))
+                .await
+                .expect("the pass paused")
+                .unwrap();
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Pausing {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.inner.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            let pause = {
+                let mut state = self.state.lock().unwrap();
+                let (armed, asked, paused) = &mut *state;
+                let pause = *armed && *asked == 1 && !*paused && key == self.key;
+                *paused |= pause;
+                pause
+            };
+            if pause {
+                self.paused.send_replace(true);
+                let mut asked = self.asked.subscribe();
+                asked.wait_for(|asked| *asked).await.unwrap();
+            }
+            self.inner.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.inner.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.inner.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            {
+                let mut state = self.state.lock().unwrap();
+                let (armed, asked, _) = &mut *state;
+                if *armed && name == self.lock {
+                    *asked += 1;
+                    if *asked >= 2 {
+                        self.asked.send_replace(true);
+                    }
+                }
+            }
+            self.inner.lock(name).await
+        }
+    }
+
+    /// Maintenance's cleaning pass holds a managed name's certificate lock
+    /// (removing another issuer's expired record of it) and is paused there
+    /// until the renewal check asks for that lock. The renewal completes
+    /// once the pass goes on: the pass runs in its own task, not only while
+    /// the maintenance loop waits (there, it would never go on, and the
+    /// renewal would time out on a lock its own task holds).
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_waiting_on_the_cleaning_pass_completes() {
+        let id = Identifier::parse("renew.test").unwrap();
+        let old_key = keys::cert_record("old-ca", &id);
+        let pausing = Arc::new(Pausing::new(keys::cert_lock(&id), old_key.clone()));
+        let storage: Arc<dyn Storage> = pausing.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let (tx, mut events) = tokio::sync::mpsc::unbounded_channel();
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .on_event(move |e| {
+                let _ = tx.send(e.clone());
+            })
+            .build();
+        config.manage(["renew.test"]).await.unwrap();
+        let first = config
+            .cache()
+            .get("renew.test")
+            .unwrap()
+            .serial()
+            .to_owned();
+        stored_cert(&storage, "renew.test", DAY, "old-ca").await;
+        // Past the renewal time of the 7-day leaf, and past the old
+        // record's expiry and grace.
+        clock.advance(DAY * 11 / 2);
+        pausing.arm();
+        let maintenance = crate::start_maintenance(&config);
+        let (mut renewed, mut cleaned) = (false, None);
+        while !renewed || cleaned.is_none() {
+            // Virtual time: the renewal check comes 10 minutes in.
+            let event = tokio::time::timeout(HOUR, events.recv())
+                .await
+                .expect("the renewal and the cleaning pass completed")
+                .unwrap();
+            match event {
+                Event::CertRenewed { serial, .. } => {
+                    assert_ne!(serial, first);
+                    renewed = true;
+                }
+                Event::CertFailed { error, .. } => panic!("renewal failed: {error}"),
+                Event::StorageCleaned { report } => cleaned = Some(report),
+                _ => {}
+            }
+        }
+        pausing.paused().await;
+        let cleaned = cleaned.unwrap();
+        assert_eq!(cleaned.certificates, vec![old_key.clone()], "{cleaned:?}");
+        assert!(!exists(&storage, &old_key).await);
+        config.cache().stop();
+        tokio::time::timeout(HOUR, maintenance).await.unwrap();
+    }
+
+    /// Stopping maintenance aborts a cleaning pass in progress (its own
+    /// task), and the locks it held are released.
+    #[tokio::test(start_paused = true)]
+    async fn stopping_maintenance_aborts_the_cleaning_pass() {
+        let id = Identifier::parse("gone.test").unwrap();
+        let key = keys::cert_record(crate::LOCAL_CA_ISSUER_KEY, &id);
+        let pausing = Arc::new(Pausing::new(keys::cert_lock(&id), key.clone()));
+        let storage: Arc<dyn Storage> = pausing.clone();
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        stored_cert(&storage, "gone.test", DAY, crate::LOCAL_CA_ISSUER_KEY).await;
+        clock.advance(DAY * 3);
+        pausing.arm();
+        let maintenance = crate::start_maintenance(&s.config);
+        pausing.paused().await;
+        s.config.cache().stop();
+        tokio::time::timeout(HOUR, maintenance).await.unwrap();
+        for lock in [keys::cert_lock(&id), keys::STORAGE_CLEAN_LOCK.to_owned()] {
+            let guard = tokio::time::timeout(HOUR, pausing.inner.lock(&lock))
+                .await
+                .expect("released by the aborted pass")
+                .unwrap();
+            guard.release().await.unwrap();
+        }
+        assert!(exists(&storage, &key).await);
+        assert!(
+            !s.events
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|e| e.name() == "storage_cleaned")
+        );
+    }
+
+    /// A memory storage whose `stat` fails (not with `NotFound`) below a prefix.
+    #[derive(Debug, Default)]
+    struct FailingStat(MemoryStorage);
+
+    #[async_trait::async_trait]
+    impl Storage for FailingStat {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+            self.0.store(key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
+            self.0.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), StorageError> {
+            self.0.delete(key).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, StorageError> {
+            self.0.exists(key).await
+        }
+        async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
+            self.0.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, StorageError> {
+            if key.starts_with(keys::OCSP_PREFIX) || key.starts_with(keys::CHALLENGE_TOKENS_PREFIX)
+            {
+                return Err(StorageError::Io {
+                    key: key.to_owned(),
+                    source: std::io::Error::other("stat refused"),
+                });
+            }
+            self.0.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
+            self.0.lock(name).await
+        }
+    }
+
+    /// A staple whose certificate is gone, and a token left behind, both
+    /// old, are kept when their age cannot be read; the errors are reported.
+    #[tokio::test]
+    async fn an_unreadable_age_keeps_the_key_and_is_reported() {
+        let storage: Arc<dyn Storage> = Arc::new(FailingStat::default());
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let s = setup(storage.clone(), clock.clone());
+        let orphan_staple = format!("{}/nothing.test-0011223344556677", keys::OCSP_PREFIX);
+        let token = keys::challenge_token("left-token");
+        storage.store(&orphan_staple, b"der").await.unwrap();
+        storage.store(&token, b"ka").await.unwrap();
+        clock.advance(DAY);
+        let report = s.config.clean_storage().await.unwrap();
+        assert!(exists(&storage, &orphan_staple).await, "{report:?}");
+        assert!(exists(&storage, &token).await, "{report:?}");
+        assert_eq!(report.removed(), 0, "{report:?}");
+        let mut errors = report.errors.clone();
+        errors.sort();
+        assert_eq!(errors.len(), 2, "{report:?}");
+        assert!(errors[0].starts_with(&format!("{token}: ")), "{errors:?}");
+        assert!(
+            errors[1].starts_with(&format!("{orphan_staple}: ")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().all(|e| e.contains("stat refused")),
+            "{errors:?}"
+        );
     }
 
     #[test]

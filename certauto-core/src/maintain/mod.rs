@@ -74,9 +74,11 @@ impl Future for MaintenanceHandle {
 /// [`Config::renew_check_interval`], an OCSP check ([`Config::check_ocsp`])
 /// every [`Config::ocsp_check_interval`], a check as soon as a failed
 /// obtain or renewal is due for its retry (by the config's clock), and the
-/// renewal of a certificate found revoked as soon as it is reported, until
+/// renewal of a certificate found revoked as soon as it is reported, and
+/// storage cleaning when due ([`Config::storage_cleaning`]), until
 /// `config.cache().stop()`. A check in progress finishes its current
-/// certificate before stopping.
+/// certificate before stopping; a cleaning pass in progress (its own task)
+/// is aborted.
 pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
     let config = config.clone();
     let task = tokio::spawn(async move {
@@ -100,12 +102,16 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
         let mut challenge_cleanup = tokio::time::interval(crate::CHALLENGE_CLEANUP_INTERVAL);
         challenge_cleanup.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Storage cleaning: at the start, then whenever the cluster's next
-        // pass is due. A pass runs beside the other checks (it may wait for
-        // another instance's pass), polled whenever the loop waits.
+        // pass is due. A pass runs in its own task, one at a time: it holds
+        // certificate and challenge-cleanup locks that the checks below
+        // take too, so it must make progress while they wait (polled only
+        // by this loop, it would not while a check is awaited, and the check
+        // would wait on a lock its own task holds). Dropping the handle (the
+        // loop stops, or this task is aborted) aborts the pass.
         let cleaning = config.storage_cleaning();
         let mut clean_check = tokio::time::interval(cleaning.check_interval());
         clean_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut clean_pass: Option<Pin<Box<dyn Future<Output = ()> + Send>>> = None;
+        let mut clean_pass: Option<AbortOnDrop> = None;
         loop {
             if *stop.borrow() {
                 break;
@@ -158,21 +164,15 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                         tracing::info!(?report, "stale challenges cleaned up");
                     }
                 }
-                _ = clean_check.tick(), if cleaning.is_enabled() && clean_pass.is_none() => {
-                    let config = config.clone();
-                    clean_pass = Some(Box::pin(async move {
-                        if let Err(e) = config.clean_storage_if_due().await {
-                            tracing::warn!(error = %crate::ErrorChain(&e), "storage cleaning failed; tried again at the next check");
-                        }
-                    }));
-                }
-                () = async {
-                    match clean_pass.as_mut() {
-                        Some(pass) => pass.await,
-                        None => std::future::pending().await,
+                _ = clean_check.tick(), if cleaning.is_enabled() => {
+                    if clean_pass.as_ref().is_none_or(AbortOnDrop::is_finished) {
+                        let config = config.clone();
+                        clean_pass = Some(AbortOnDrop(tokio::spawn(async move {
+                            if let Err(e) = config.clean_storage_if_due().await {
+                                tracing::warn!(error = %crate::ErrorChain(&e), "storage cleaning failed; tried again at the next check");
+                            }
+                        })));
                     }
-                }, if clean_pass.is_some() => {
-                    clean_pass = None;
                 }
                 _ = ocsp_interval.tick() => {
                     let report = config.check_ocsp().await;
@@ -182,7 +182,25 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                 }
             }
         }
+        // A cleaning pass in progress stops with the task (its locks are
+        // released in the background).
+        drop(clean_pass);
         tracing::debug!("maintenance stopped");
     });
     MaintenanceHandle { task }
+}
+
+/// A spawned task that is aborted when its handle is dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl AbortOnDrop {
+    fn is_finished(&self) -> bool {
+        self.0.is_finished()
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

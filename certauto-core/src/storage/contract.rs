@@ -89,6 +89,24 @@ impl KeyInfo {
     }
 }
 
+/// What one [`Storage::remove_stale_temporaries`] sweep did.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct TemporariesSweep {
+    /// The temporaries removed, each described by a path or key.
+    pub removed: Vec<String>,
+    /// What the sweep skipped and why: a folder it could not read, a file it
+    /// could not look at or remove. A later sweep tries them again.
+    pub skipped: Vec<StorageError>,
+}
+
+impl TemporariesSweep {
+    /// A sweep that removed `removed` and skipped `skipped`.
+    pub fn new(removed: Vec<String>, skipped: Vec<StorageError>) -> Self {
+        Self { removed, skipped }
+    }
+}
+
 /// A key-value store with locks, shared by every instance of a cluster.
 ///
 /// # Contract
@@ -207,13 +225,15 @@ pub trait Storage: Send + Sync + Debug {
 
     /// Removes temporary values a crashed write left behind (partial files
     /// that may hold key material) that are older than `older_than`, and
-    /// returns a description of each (a path or key). Backends whose writes
-    /// leave no temporaries return an empty list (the default).
+    /// says what it removed and what it skipped (see [`TemporariesSweep`]).
+    /// A sweep may be bounded: what it did not reach, a later sweep does.
+    /// Backends whose writes leave no temporaries return an empty sweep (the
+    /// default).
     async fn remove_stale_temporaries(
         &self,
         _older_than: std::time::Duration,
-    ) -> Result<Vec<String>, StorageError> {
-        Ok(Vec::new())
+    ) -> Result<TemporariesSweep, StorageError> {
+        Ok(TemporariesSweep::default())
     }
 
     /// Where `key` lives on the local file system, for backends that keep

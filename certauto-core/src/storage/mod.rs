@@ -43,7 +43,7 @@ pub(crate) mod redis;
 
 // Re-exported at the crate root (their one public path); here for the
 // crate's own `crate::storage::…` paths.
-pub(crate) use contract::{KeyInfo, Storage, StorageError};
+pub(crate) use contract::{KeyInfo, Storage, StorageError, TemporariesSweep};
 pub(crate) use file::FileStorage;
 pub(crate) use lock::{LockGuard, LockLoss};
 pub(crate) use memory::MemoryStorage;

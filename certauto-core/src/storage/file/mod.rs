@@ -91,6 +91,7 @@ impl FileStorageBuilder {
                 root: self.root,
                 config: self.config,
                 released: Notify::new(),
+                temporaries_cursor: std::sync::Mutex::new(None),
                 #[cfg(test)]
                 refreshed: Arc::new(tokio::sync::watch::channel(0).0),
             }),
@@ -163,6 +164,8 @@ struct Inner {
     /// Woken when this storage releases a lock, so that local waiters need not
     /// wait for their next poll.
     released: Notify,
+    /// Where the next walk for stale temporaries starts.
+    temporaries_cursor: std::sync::Mutex<temporaries::Cursor>,
     /// Counts keepalive refreshes, so tests can wait for them.
     #[cfg(test)]
     refreshed: Arc<tokio::sync::watch::Sender<u64>>,
@@ -266,15 +269,26 @@ impl Storage for FileStorage {
     /// Removes the temporary files of writes (and of stale-lock breaking)
     /// that a crash left anywhere below the root, modified more than
     /// `older_than` ago by the system clock (file times are the system's),
-    /// in one bounded walk; returns their paths relative to the root.
+    /// in one bounded walk that resumes where this storage's previous walk
+    /// stopped; reports their paths relative to the root, and the folders
+    /// and files it skipped (unreadable) as [`StorageError::Io`] naming them.
     async fn remove_stale_temporaries(
         &self,
         older_than: Duration,
-    ) -> Result<Vec<String>, StorageError> {
-        let root = self.inner.root.clone();
+    ) -> Result<super::TemporariesSweep, StorageError> {
+        let inner = self.inner.clone();
         blocking("", move || {
-            temporaries::remove_stale(&root, older_than, std::time::SystemTime::now())
-                .map_err(|e| io_fail("", e))
+            let mut cursor = inner
+                .temporaries_cursor
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let now = std::time::SystemTime::now();
+            let sweep = temporaries::remove_stale(&inner.root, older_than, now, &mut cursor);
+            let skipped = sweep.skipped.into_iter();
+            Ok(super::TemporariesSweep::new(
+                sweep.removed,
+                skipped.map(|(path, e)| io_fail(&path, e)).collect(),
+            ))
         })
         .await
     }
