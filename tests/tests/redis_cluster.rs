@@ -8,7 +8,9 @@
 //! - a lock holder paused past its lease (`SIGSTOP`, in a child process) cannot
 //!   overwrite the certificate the next holder wrote: its fenced write is refused;
 //! - one storage-cleaning pass on Redis removes an unmanaged certificate expired past
-//!   the grace period and keeps the managed one.
+//!   the grace period and nothing else: storage afterwards is the snapshot taken before
+//!   minus exactly the reported keys (the managed certificate, its staple and retry
+//!   state, an account and the local CA stay).
 //!
 //! Time is a [`ManualClock`]; waits are bounded and only a hang reaches a bound.
 
@@ -374,7 +376,7 @@ async fn a_holder_paused_past_its_lease_cannot_overwrite_the_next_holders_certif
 // ----- storage cleaning on Redis --------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cleaning_on_redis_removes_an_expired_unmanaged_certificate_and_keeps_the_managed_one() {
+async fn cleaning_on_redis_removes_an_expired_unmanaged_certificate_and_nothing_else() {
     init_tracing();
     let redis = RedisServer::builder().start().await;
     let storage: Arc<dyn Storage> = Arc::new(
@@ -408,14 +410,65 @@ async fn cleaning_on_redis_removes_an_expired_unmanaged_certificate_and_keeps_th
     };
     let (managed, gone) = (record("managed.test"), record("gone.test"));
     assert!(storage.exists(&gone).await.unwrap());
+    // What a managed name needs besides its certificate, and what cleaning
+    // never touches: its OCSP staple, its retry state, an ACME account.
+    let managed_id = Identifier::parse("managed.test").unwrap();
+    let leaf = cached(&config, "managed.test").certified_key().cert[0].to_vec();
+    let kept = [
+        keys::ocsp_staple(&managed_id, &leaf),
+        keys::retry_schedule(&managed_id),
+        keys::account_record("acme.example-directory", Some(EMAIL)),
+    ];
+    for key in &kept {
+        storage.store(key, b"kept by cleaning").await.unwrap();
+    }
+    let mut before = storage.list("", true).await.unwrap();
+    before.sort();
+    for key in kept.iter().chain([&managed, &gone]) {
+        assert!(before.contains(key), "{key} not listed in {before:?}");
+    }
+    assert!(
+        before.iter().any(|k| k.starts_with("local_ca/")),
+        "the local CA is in storage: {before:?}"
+    );
 
     // Both expired more than the grace period (a day) ago.
     clock.advance(DAY * 3);
     let report = bounded("clean_storage", config.clean_storage())
         .await
         .unwrap();
-    assert_eq!(report.certificates, vec![gone.clone()], "{report:?}");
+    assert!(
+        !report.certificates.is_empty()
+            && report
+                .certificates
+                .iter()
+                .all(|k| k.starts_with("certificates/") && k.contains("gone.test")),
+        "only gone.test's certificate keys are removed: {report:?}"
+    );
+    assert!(report.certificates.contains(&gone), "{report:?}");
+    assert!(report.ocsp_staples.is_empty(), "{report:?}");
+    assert!(report.challenges.is_empty(), "{report:?}");
+    assert!(report.challenge_tokens.is_empty(), "{report:?}");
+    assert!(report.retry_states.is_empty(), "{report:?}");
+    assert!(report.temporaries.is_empty(), "{report:?}");
     assert!(report.errors.is_empty(), "{report:?}");
+    assert!(!report.budget_exhausted && !report.lock_lost, "{report:?}");
+    // Storage afterwards is the snapshot minus exactly the keys reported
+    // removed, plus the pass's own schedule record.
+    let mut after = storage.list("", true).await.unwrap();
+    after.sort();
+    let mut expected: Vec<String> = before
+        .iter()
+        .filter(|k| !report.certificates.contains(k))
+        .cloned()
+        .collect();
+    if !expected.iter().any(|k| k == keys::STORAGE_CLEAN_STATE) {
+        expected.push(keys::STORAGE_CLEAN_STATE.to_owned());
+        expected.sort();
+    }
+    assert_eq!(after, expected, "report: {report:?}");
+    for key in kept.iter().chain([&managed]) {
+        assert!(storage.exists(key).await.unwrap(), "{key} was removed");
+    }
     assert!(!storage.exists(&gone).await.unwrap());
-    assert!(storage.exists(&managed).await.unwrap());
 }
