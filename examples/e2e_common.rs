@@ -439,9 +439,10 @@ const REDIS_PASSWORD: &str = "e2e-redis-pw-5d1c";
 /// manage the same [`CLUSTER_NAMES`] names with `challenge` (`http-01` or
 /// `tls-alpn-01`): every validation succeeds although many reach an
 /// instance other than the one that ordered (each instance got some), the
-/// storage lock makes one order per name (one certificate per name, the
-/// same served by every instance, its chain verified against Pebble's
-/// root), and every instance serves every name.
+/// storage lock makes one order per name (Pebble's log shows exactly one
+/// order created and one certificate issued per name; the same certificate
+/// served by every instance, its chain verified against Pebble's root), and
+/// every instance serves every name.
 pub(crate) async fn distributed_scenario(bin: &str, challenge: &str, shared: SharedStorage) {
     const INSTANCES: usize = 3;
     init_tracing();
@@ -536,6 +537,14 @@ pub(crate) async fn distributed_scenario(bin: &str, challenge: &str, shared: Sha
             issued, CLUSTER_NAMES,
             "Pebble issued {issued} certificates for {CLUSTER_NAMES} names"
         );
+        // Orders, not only certificates: an instance that ordered a name
+        // another one was already ordering (no shared lock) would leave an
+        // extra order behind even if it never finalized it.
+        let orders = log.matches(PEBBLE_ORDER_ADDED).count();
+        assert_eq!(
+            orders, CLUSTER_NAMES,
+            "Pebble created {orders} orders for {CLUSTER_NAMES} names"
+        );
         let balancer = match challenge {
             "tls-alpn-01" => &tls_balancer,
             _ => &http_balancer,
@@ -571,6 +580,8 @@ pub(crate) async fn distributed_scenario(bin: &str, challenge: &str, shared: Sha
 const CLUSTER_NAMES: usize = 30;
 /// What Pebble logs once per certificate it issues.
 const PEBBLE_ISSUED: &str = "Issued certificate serial";
+/// Pebble logs this for every order it creates.
+const PEBBLE_ORDER_ADDED: &str = "Added order";
 
 // ----- the example process -----
 

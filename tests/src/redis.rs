@@ -1,7 +1,8 @@
 //! Starting a real Redis (`redis-server`) for the storage tests: persistence off, on a free
 //! loopback port, optionally with a password and a TLS port whose certificate a generated CA
 //! signed; [`RedisServer::stop`] and [`RedisServer::start`] stop it and start it again on
-//! the same ports (with an empty data set: persistence is off).
+//! the same ports (with an empty data set: persistence is off); [`RedisServer::pause`] and
+//! [`RedisServer::resume`] hang it (`SIGSTOP`) and let it go on with its data.
 //!
 //! ```no_run
 //! # async fn demo() {
@@ -216,6 +217,40 @@ impl RedisServer {
             let _ = child.start_kill();
             let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
         }
+    }
+
+    /// Pauses the server (`SIGSTOP`): it keeps its data and its sockets, the kernel still
+    /// accepts connections, but nothing is answered until [`resume`](Self::resume): a hung
+    /// Redis rather than a gone one.
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running or `kill` (procps) cannot signal it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a server [`pause`](Self::pause)d (`SIGCONT`); it answers what was sent
+    /// meanwhile.
+    ///
+    /// # Panics
+    ///
+    /// If the server is not running or `kill` (procps) cannot signal it.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let pid = self
+            .child
+            .as_ref()
+            .and_then(Child::id)
+            .expect("redis-server is not running");
+        let status = std::process::Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("could not run kill (install procps): {e}"));
+        assert!(status.success(), "kill {signal} {pid}: {status}");
     }
 
     /// Starts the server (again) on the same ports and waits until it answers `PING`.

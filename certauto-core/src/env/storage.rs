@@ -2,9 +2,12 @@
 //! cluster.
 //!
 //! `CERTAUTO_STORAGE` holding `redis://…` or `rediss://…` selects
-//! [`RedisStorage`](crate::RedisStorage) (certauto's cargo feature `redis`);
-//! any other value without `://` is a folder path; any other scheme is an
-//! error. `CERTAUTO_STORAGE_PREFIX` sets the Redis key prefix and
+//! [`RedisStorage`](crate::RedisStorage) (certauto's cargo feature `redis`;
+//! the scheme in any case); any other value without `://` is a folder path,
+//! except one that starts like a Redis URL with a typo (`redis:/h`,
+//! `redis:h`, `rediss//h`, `valkey:h`), which is an error rather than a
+//! folder each instance would keep to itself (`./redis:h` is that folder);
+//! any other scheme is an error. `CERTAUTO_STORAGE_PREFIX` sets the Redis key prefix and
 //! `CERTAUTO_STORAGE_CA` a PEM file of roots trusted for `rediss://`; both
 //! are errors with a folder.
 //!
@@ -93,16 +96,29 @@ pub(super) fn from_vars(
             .ok_or_else(|| bad(VAR, "unset, and no default data folder (HOME) is known"))?;
         return Ok(StorageSettings::Folder(root));
     };
-    let Some((scheme, _)) = value.split_once("://") else {
+    let Some((scheme, rest)) = value.split_once("://") else {
+        if looks_like_a_mistyped_url(&value) {
+            return Err(bad(
+                VAR,
+                format!(
+                    "{} looks like a mistyped Redis URL: write redis://host[:port][/db] or \
+                     rediss://…; for a folder of that name, start the path with ./",
+                    redact_typo(&value)
+                ),
+            ));
+        }
         only_with_redis(prefix.as_deref(), ca.as_deref())?;
         return Ok(StorageSettings::Folder(PathBuf::from(value)));
     };
+    // Schemes are case-insensitive (RFC 3986 3.1): `REDIS://` is `redis://`.
+    let scheme = scheme.to_ascii_lowercase();
     if scheme != "redis" && scheme != "rediss" {
         return Err(bad(
             VAR,
             format!("unknown scheme {scheme:?}: expected redis://, rediss:// or a folder path"),
         ));
     }
+    let value = format!("{scheme}://{rest}");
     check_url(&value)?;
     if let Some(p) = &prefix
         && (p.len() > MAX_PREFIX
@@ -138,6 +154,32 @@ pub(super) fn from_vars(
         key_prefix: prefix,
         trust_roots,
     }))
+}
+
+/// Whether `value` (without `://`) starts like a Redis URL with a typo in
+/// its `://` (`redis:/h`, `redis:h`, `rediss//h`, `valkey:h`), which would
+/// otherwise become a relative folder: each instance would then keep its own
+/// storage, with no shared lock.
+fn looks_like_a_mistyped_url(value: &str) -> bool {
+    ["redis", "rediss", "valkey", "valkeys"]
+        .iter()
+        .any(|scheme| {
+            value
+                .get(..scheme.len())
+                .is_some_and(|head| head.eq_ignore_ascii_case(scheme))
+                && value
+                    .get(scheme.len()..)
+                    .is_some_and(|tail| tail.starts_with(':') || tail.starts_with("//"))
+        })
+}
+
+/// A mistyped URL with anything up to its last `@` replaced by `***` (it
+/// may hold a password).
+fn redact_typo(value: &str) -> String {
+    match value.rfind('@') {
+        Some(at) => format!("***{}", &value[at..]),
+        None => value.to_owned(),
+    }
 }
 
 /// The Redis-only variables are unset.
@@ -296,6 +338,70 @@ mod tests {
             assert_eq!(err.var, var, "{pairs:?}: {err}");
             assert!(!err.to_string().contains("s3cret"), "{err}");
         }
+    }
+
+    /// A Redis URL with a typo in its `://` is refused, naming the
+    /// variable, rather than silently becoming a relative folder each
+    /// instance keeps to itself; folders that merely start with `redis` stay
+    /// folders.
+    #[test]
+    fn mistyped_redis_urls_are_refused_not_folders() {
+        for typo in [
+            "redis:/127.0.0.1:6379",
+            "redis:127.0.0.1",
+            "redis:",
+            "rediss//h",
+            "redis//h:6379/0",
+            "rediss:/h",
+            "REDIS:/h",
+            "Rediss//h",
+            "valkey:h",
+            "valkeys:/h",
+            "VALKEY//h",
+            "redis:/:s3cret@h:6379/0",
+        ] {
+            let err = parse(&[(VAR, typo)]).unwrap_err();
+            assert_eq!(err.var, VAR, "{typo}: {err}");
+            let message = err.to_string();
+            assert!(message.contains("mistyped Redis URL"), "{typo}: {message}");
+            assert!(!message.contains("s3cret"), "{message}");
+        }
+        for folder in [
+            "redis",
+            "redis-data",
+            "redis/certs",
+            "rediscerts:x",
+            "./redis:h",
+            "/srv/redis:/h",
+            "valkey-folder",
+        ] {
+            match parse(&[(VAR, folder)]) {
+                Ok(StorageSettings::Folder(p)) => assert_eq!(p, PathBuf::from(folder)),
+                other => panic!("{folder}: {other:?}"),
+            }
+        }
+    }
+
+    /// Schemes are case-insensitive: `REDIS://` and `Rediss://` select Redis,
+    /// with the scheme written in lower case.
+    #[cfg(feature = "redis")]
+    #[test]
+    fn schemes_in_any_case() {
+        for (value, want) in [
+            ("REDIS://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("Redis://:s3cret@h/1", "redis://***@h/1"),
+            ("RediSS://h:6380", "rediss://h:6380"),
+        ] {
+            match parse(&[(VAR, value)]).unwrap() {
+                StorageSettings::Redis(r) => assert_eq!(r.redacted_url(), want, "{value}"),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        // A CA file is for rediss:// in any case, and refused for REDIS://.
+        let err = parse(&[(VAR, "REDIS://h/0"), (CA_VAR, "/nonexistent/ca.pem")]).unwrap_err();
+        assert_eq!(err.var, CA_VAR, "{err}");
+        let err = parse(&[(VAR, "VALKEY://h/0")]).unwrap_err();
+        assert_eq!(err.var, VAR, "{err}");
     }
 
     #[test]
