@@ -152,10 +152,20 @@ impl LockGuard {
     }
 
     /// Releases the lock now and says whether that worked.
+    ///
+    /// Cancel safe: on a tokio runtime the release runs in a task of its own
+    /// and this awaits it, so a `release` future dropped part-way (a
+    /// `timeout`, a `select!`) leaves the release running to its end instead
+    /// of leaving the lock held until it expires.
     pub async fn release(mut self) -> Result<(), StorageError> {
-        match self.release.take() {
-            Some(release) => release().await,
-            None => Ok(()),
+        let Some(release) = self.release.take() else {
+            return Ok(());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn(release()).await.map_err(|e| {
+                StorageError::Backend(format!("lock release task failed: {e}").into())
+            })?,
+            Err(_) => release().await,
         }
     }
 }
@@ -215,6 +225,31 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// A `release` cancelled part-way still completes (review 7): the
+    /// release body runs in its own task.
+    #[tokio::test]
+    async fn cancelled_release_still_completes() {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = LockGuard::new("l", &LockLoss::new(), move || async move {
+            let _ = started_tx.send(());
+            let _ = go_rx.await;
+            let _ = done_tx.send(());
+            Ok(())
+        });
+        let release = tokio::spawn(guard.release());
+        // The release body is running; cancel the `release` future.
+        started_rx.await.unwrap();
+        release.abort();
+        assert!(release.await.unwrap_err().is_cancelled());
+        go_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), done_rx)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]
