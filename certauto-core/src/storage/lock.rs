@@ -17,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -66,6 +67,12 @@ impl LockLoss {
     }
 }
 
+/// A number never given before in this process, identifying one acquisition.
+pub(crate) fn next_acquisition() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A held storage lock.
 ///
 /// # Invariants
@@ -77,6 +84,9 @@ impl LockLoss {
 pub struct LockGuard {
     name: String,
     fence: Option<u64>,
+    /// Unique to this acquisition within the process (fences may repeat
+    /// after a backend lost its data; this never does).
+    acquisition: u64,
     lost: watch::Receiver<bool>,
     release: Option<Release>,
 }
@@ -103,6 +113,7 @@ impl LockGuard {
         Self {
             name: name.into(),
             fence: None,
+            acquisition: next_acquisition(),
             lost: loss.tx.subscribe(),
             release: Some(Box::new(move || Box::pin(release()))),
         }
@@ -114,6 +125,23 @@ impl LockGuard {
     pub fn with_fence(mut self, fence: u64) -> Self {
         self.fence = Some(fence);
         self
+    }
+
+    /// Sets the number identifying this acquisition within the process
+    /// (from [`next_acquisition`]), for a backend that must know it before
+    /// the guard exists (e.g. in its release action).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_acquisition(mut self, acquisition: u64) -> Self {
+        self.acquisition = acquisition;
+        self
+    }
+
+    /// The number identifying this acquisition within the process: never
+    /// the same for two guards (unlike a fence, which a backend that lost
+    /// its data may give again).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn acquisition(&self) -> u64 {
+        self.acquisition
     }
 
     /// The lock's name.
