@@ -336,6 +336,14 @@ async fn fences_survive_a_data_loss() {
     s.delete_fenced(&new, "certificates").await.unwrap();
     assert!(!s.exists("certificates").await.unwrap());
     new.release().await.unwrap();
+    // One fence counter for the deployment; nothing is kept per lock name (review 6).
+    assert_eq!(server.command(&["EXISTS", "{loss}:fence"]).await, ":1");
+    assert_eq!(
+        server
+            .command(&["EXISTS", "{loss}:fence:cert_x", "{loss}:lock:cert_x"])
+            .await,
+        ":0"
+    );
 }
 
 #[tokio::test]
