@@ -49,6 +49,18 @@ impl Storage for CountingStorage {
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.inner.delete(key).await
     }
+    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        self.inner.delete_fenced(guard, key).await
+    }
+    async fn remove_stale_temporaries(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.remove_stale_temporaries(older_than).await
+    }
+    fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {
+        self.inner.local_path(key)
+    }
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.read();
         self.inner.exists(key).await

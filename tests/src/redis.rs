@@ -112,12 +112,6 @@ impl RedisServerBuilder {
             .prefix("certauto-redis-")
             .tempdir()
             .expect("temporary directory for redis-server");
-        let mut ports = PortReservation::default();
-        let port = ports.tcp();
-        let tls_port = self.tls.then(|| ports.tcp());
-        // The cluster bus port is set explicitly: the default (port + 10000) may not exist.
-        let cluster_port = self.cluster.then(|| ports.tcp());
-        drop(ports);
         let pki = self.tls.then(|| {
             let pki = pki::generate();
             std::fs::write(dir.path().join("server.crt"), &pki.leaf_cert_pem)
@@ -127,23 +121,63 @@ impl RedisServerBuilder {
             std::fs::write(dir.path().join("ca.crt"), &pki.ca_pem).expect("write the test CA");
             pki
         });
+        // The password goes in a private config file, not on the command line (`ps`).
+        let config = dir.path().join("redis.conf");
+        let config_text = self
+            .password
+            .as_ref()
+            .map_or_else(String::new, |p| format!("requirepass \"{p}\"\n"));
+        std::fs::write(&config, config_text).expect("write the redis-server config file");
         let mut server = RedisServer {
             log: dir.path().join("redis.log"),
+            config,
             dir,
-            port,
-            tls_port,
-            cluster_port,
+            port: 0,
+            tls_port: None,
+            cluster_port: None,
             password: self.password,
             pki,
             child: None,
         };
-        server.start().await;
-        server
+        // The ports are free when reserved but released before redis-server binds them:
+        // another process may take one in between. Then pick new ones (a bounded number
+        // of times).
+        for attempt in 1..=START_ATTEMPTS {
+            let mut ports = PortReservation::default();
+            server.port = ports.tcp();
+            server.tls_port = self.tls.then(|| ports.tcp());
+            // The cluster bus port is set explicitly: the default (port + 10000) may not exist.
+            server.cluster_port = self.cluster.then(|| ports.tcp());
+            drop(ports);
+            match server.try_start().await {
+                Ok(()) => return server,
+                Err(report) if report.address_in_use && attempt < START_ATTEMPTS => {
+                    tracing::warn!(
+                        port = server.port,
+                        "redis-server: a port was taken; new ports"
+                    );
+                }
+                Err(report) => server.fail_start(&report.message),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
+}
+
+/// How many times a server is started before giving up when its port was taken.
+const START_ATTEMPTS: u32 = 3;
+
+/// Why a start failed.
+struct StartFailure {
+    message: String,
+    /// The log says a port was in use (another process took it).
+    address_in_use: bool,
 }
 
 /// A running `redis-server`, killed and reaped on drop.
 pub struct RedisServer {
+    /// The config file (holding the password, if any).
+    config: PathBuf,
     dir: TempDir,
     log: PathBuf,
     port: u16,
@@ -259,8 +293,37 @@ impl RedisServer {
     ///
     /// If it is already running, or does not become ready (with its log).
     pub async fn start(&mut self) {
+        // Another process may hold one of the ports for a moment (it was free when
+        // reserved): try again a bounded number of times.
+        for attempt in 1..=START_ATTEMPTS {
+            match self.try_start().await {
+                Ok(()) => return,
+                Err(report) if report.address_in_use && attempt < START_ATTEMPTS => {
+                    tracing::warn!(
+                        port = self.port,
+                        "redis-server: a port is in use; trying again"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(report) => self.fail_start(&report.message),
+            }
+        }
+    }
+
+    /// Panics with `message` and the log's tail.
+    fn fail_start(&self, message: &str) -> ! {
+        panic!(
+            "redis-server did not become ready: {message}\n--- log ---\n{}",
+            log_tail(&self.log, LOG_TAIL_LINES)
+        );
+    }
+
+    /// Starts the server once and waits until it answers `PING`; stopped again on failure.
+    async fn try_start(&mut self) -> Result<(), StartFailure> {
         assert!(self.child.is_none(), "redis-server is already running");
+        let log_before = std::fs::metadata(&self.log).map_or(0, |m| m.len());
         let mut args: Vec<String> = vec![
+            self.config.display().to_string(),
             "--port".into(),
             self.port.to_string(),
             "--bind".into(),
@@ -276,9 +339,6 @@ impl RedisServer {
             "--logfile".into(),
             self.log.display().to_string(),
         ];
-        if let Some(password) = &self.password {
-            args.extend(["--requirepass".into(), password.clone()]);
-        }
         if let Some(cluster_port) = self.cluster_port {
             args.extend([
                 "--cluster-enabled".into(),
@@ -316,14 +376,20 @@ impl RedisServer {
             .spawn()
             .unwrap_or_else(|e| panic!("could not spawn {REDIS_SERVER}: {e}"));
         self.child = Some(child);
-        if let Err(report) = self.wait_ready().await {
+        if let Err(message) = self.wait_ready().await {
             self.stop().await;
-            panic!(
-                "redis-server did not become ready: {report}\n--- log ---\n{}",
-                log_tail(&self.log, LOG_TAIL_LINES)
-            );
+            let log = std::fs::read(&self.log).unwrap_or_default();
+            let new = log
+                .get(usize::try_from(log_before).unwrap_or(0)..)
+                .unwrap_or(&[]);
+            let address_in_use = String::from_utf8_lossy(new).contains("Address already in use");
+            return Err(StartFailure {
+                message,
+                address_in_use,
+            });
         }
         tracing::info!(port = self.port, tls_port = ?self.tls_port, "redis-server is ready");
+        Ok(())
     }
 
     /// Polls with `PING` until the plain port answers (`+PONG`, or `-NOAUTH` with a password).

@@ -282,6 +282,70 @@ async fn a_holder_that_cannot_reach_redis_for_a_lease_reports_the_loss() {
     drop(guard);
 }
 
+/// The server loses its data (as a restart with persistence off would,
+/// here `FLUSHDB`) while a holder is paused: the next acquisition, by the same
+/// client, gets a higher fence (the counter starts again above the old
+/// ones), the paused holder's fenced writes and deletes are refused, and its
+/// release leaves the new holder's token in place (review 3).
+#[tokio::test]
+async fn fences_survive_a_data_loss() {
+    let server = RedisServer::builder().start().await;
+    let s = RedisStorage::builder(&server.url())
+        .key_prefix("loss")
+        .lock_lease(Duration::from_secs(3600))
+        .lock_keepalive(Duration::from_secs(3000))
+        .build()
+        .await
+        .unwrap();
+    let key = "certificates/x/x.json";
+    let old = s.lock("cert_x").await.unwrap();
+    s.store_fenced(&old, key, b"A1").await.unwrap();
+    let flushed = server.command(&["FLUSHDB"]).await;
+    assert!(flushed.starts_with('+'), "FLUSHDB: {flushed}");
+    let new = bounded("lock after the data loss", s.lock("cert_x"))
+        .await
+        .unwrap();
+    assert!(
+        new.fence().unwrap() > old.fence().unwrap(),
+        "fences repeat after a data loss: {:?} then {:?}",
+        old.fence(),
+        new.fence()
+    );
+    s.store_fenced(&new, key, b"B").await.unwrap();
+    assert!(matches!(
+        s.store_fenced(&old, key, b"A2").await,
+        Err(StorageError::LockLost(_))
+    ));
+    assert!(matches!(
+        s.delete_fenced(&old, key).await,
+        Err(StorageError::LockLost(_))
+    ));
+    assert!(matches!(
+        s.delete_fenced(&old, "certificates").await,
+        Err(StorageError::LockLost(_))
+    ));
+    assert_eq!(s.load(key).await.unwrap(), b"B");
+    // The old holder's release frees nothing of the new holder's.
+    let _ = old.release().await;
+    s.store_fenced(&new, key, b"B2").await.unwrap();
+    let lock = server.command(&["GET", "{loss}:lock:cert_x"]).await;
+    assert!(
+        !lock.starts_with("$-1"),
+        "the new holder's lock was released"
+    );
+    s.delete_fenced(&new, "certificates").await.unwrap();
+    assert!(!s.exists("certificates").await.unwrap());
+    new.release().await.unwrap();
+    // One fence counter for the deployment; nothing is kept per lock name (review 6).
+    assert_eq!(server.command(&["EXISTS", "{loss}:fence"]).await, ":1");
+    assert_eq!(
+        server
+            .command(&["EXISTS", "{loss}:fence:cert_x", "{loss}:lock:cert_x"])
+            .await,
+        ":0"
+    );
+}
+
 #[tokio::test]
 async fn binary_and_large_values_round_trip() {
     let server = RedisServer::builder().start().await;
@@ -365,7 +429,12 @@ async fn the_first_operation_after_a_restart_succeeds() {
 
     restart(&mut server).await;
     let guard = storage.lock("cert_example.com").await.unwrap();
-    assert_eq!(guard.fence(), Some(1), "a fresh server's first acquisition");
+    // A fresh server's counter starts at the time in microseconds.
+    assert!(
+        guard.fence().unwrap() > 1_000_000_000_000_000,
+        "a fresh server's first acquisition: {:?}",
+        guard.fence()
+    );
     storage
         .store_fenced(&guard, "certificates/g/crt", b"7")
         .await
@@ -447,6 +516,7 @@ async fn a_deployment_whose_slot_moves_keeps_working() {
         .await
         .unwrap();
     let guard = storage.lock("cert_x").await.unwrap();
+    let guard_fence = guard.fence();
     // Every key of the deployment is on its prefix's node.
     let key = format!("{{{prefix}}}:v:certificates/x/crt");
     assert_eq!(cluster.node(owner).command(&["EXISTS", &key]).await, ":1");
@@ -477,7 +547,7 @@ async fn a_deployment_whose_slot_moves_keeps_working() {
     let next = bounded("lock after the move", storage.lock("cert_x"))
         .await
         .unwrap();
-    assert_eq!(next.fence(), Some(2));
+    assert_eq!(next.fence(), guard_fence.map(|f| f + 1));
     next.release().await.unwrap();
     assert_eq!(storage.load("certificates/x/crt").await.unwrap(), b"after");
     assert_eq!(

@@ -830,6 +830,17 @@ mod tests {
         async fn delete(&self, key: &str) -> Result<(), StorageError> {
             self.inner.delete(key).await
         }
+        async fn store_fenced(
+            &self,
+            guard: &LockGuard,
+            key: &str,
+            value: &[u8],
+        ) -> Result<(), StorageError> {
+            self.inner.store_fenced(guard, key, value).await
+        }
+        async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+            self.inner.delete_fenced(guard, key).await
+        }
         async fn exists(&self, key: &str) -> Result<bool, StorageError> {
             self.inner.exists(key).await
         }

@@ -40,9 +40,15 @@
 //! - **fencing**: the old holder, whose keepalive has not run (paused),
 //!   cannot [`store_fenced`](Storage::store_fenced) over the new holder's
 //!   value, and [fences](LockGuard::fence) strictly increase;
+//! - **fenced delete**: the holder's [`delete_fenced`](Storage::delete_fenced)
+//!   removes a value; the taken-over holder's is refused with
+//!   [`StorageError::LockLost`], for a value and for a "directory", and the
+//!   new holder's value stays;
 //! - **cross-process** (when [`ConformanceBackend::child_command`] gives a
-//!   child): a lock held by another process excludes this one until released,
-//!   and the lock of a process killed with `SIGKILL` can be taken over.
+//!   child): a lock held by another process excludes this one until released
+//!   (the waiter's fence is higher than the child's), and the lock of a
+//!   process killed with `SIGKILL` is taken over once its lease (a short
+//!   one, given to the child with `--lease-ms`) runs out on its own.
 //!
 //! Every wait is bounded and awaits a state (no sleeps, no timed
 //! assertions). Each check uses its own key prefix and lock names, unique to
@@ -157,7 +163,33 @@ pub trait ConformanceBackend: Send + Sync {
     /// A child process that opens the same backend and runs
     /// [`child_main`] (cross-process tests); `None` only for backends that
     /// cannot be shared across processes ([`MemoryStorage`]).
+    ///
+    /// The suite may append the two arguments `--lease-ms <N>` to the
+    /// command: the child MUST then open its storage with a lock lease of
+    /// `N` milliseconds (keepalive a third of it), so that the lock of a
+    /// killed child runs out on its own (see [`child_lease`]).
     fn child_command(&self) -> Option<std::process::Command>;
+}
+
+/// The lock lease the suite gives a child it kills (`--lease-ms`).
+const CHILD_LEASE: Duration = Duration::from_secs(2);
+
+/// For a child binary: removes `--lease-ms <N>` from `args` (wherever it
+/// is) and returns the lease it asks for, `Ok(None)` when absent, and an
+/// error naming the problem when `N` is not a number of milliseconds.
+pub fn child_lease(args: &mut Vec<String>) -> Result<Option<Duration>, String> {
+    let Some(at) = args.iter().position(|a| a == "--lease-ms") else {
+        return Ok(None);
+    };
+    let value = args
+        .get(at + 1)
+        .cloned()
+        .ok_or_else(|| "--lease-ms needs a number of milliseconds".to_owned())?;
+    let ms: u64 = value
+        .parse()
+        .map_err(|_| format!("--lease-ms {value:?} is not a number of milliseconds"))?;
+    args.drain(at..at + 2);
+    Ok(Some(Duration::from_millis(ms)))
 }
 
 /// Upper bound on any wait of the suite; only a hung backend reaches it.
@@ -214,6 +246,7 @@ pub async fn run(backend: &dyn ConformanceBackend) {
         expiry_and_takeover,
         lost_lock_signalled,
         fencing,
+        fenced_delete,
         cross_process,
         killed_process,
     );
@@ -838,29 +871,30 @@ async fn lock_timeout(ctx: &Ctx<'_>) -> Checked {
 async fn release_frees(ctx: &Ctx<'_>) -> Checked {
     let a = ctx.client(LockTimings::PATIENT).await?;
     let b = ctx.client(LockTimings::PATIENT).await?;
+    let c = ctx.client(LockTimings::IMPATIENT).await?;
     let name = ctx.lock_name("release_frees");
     let held = bounded("lock", a.lock(&name)).await?.op("lock")?;
-    let released = Arc::new(AtomicBool::new(false));
+    let held_fence = fence_of(&held)?;
     let waiter = {
-        let (b, name, released) = (b.clone(), name.clone(), released.clone());
-        tokio::spawn(async move {
-            let guard = b.lock(&name).await.op("lock of the waiter")?;
-            ensure!(
-                released.load(Ordering::SeqCst),
-                "the waiter acquired the lock while it was held"
-            );
-            Ok(guard)
-        })
+        let (b, name) = (b.clone(), name.clone());
+        tokio::spawn(async move { b.lock(&name).await.op("lock of the waiter") })
     };
-    // Let the waiter start waiting.
-    for _ in 0..20 {
-        tokio::task::yield_now().await;
-    }
-    released.store(true, Ordering::SeqCst);
+    // The lock is held (another client times out), and the waiter, which had
+    // that long to get it, has not.
+    expect_timeout(c.as_ref(), &name, "a held lock").await?;
+    ensure!(
+        !waiter.is_finished(),
+        "the waiter's lock returned while the lock was held"
+    );
     held.release().await.op("release")?;
     let guard = bounded("the waiter's lock after release", waiter)
         .await?
         .map_err(|e| format!("waiter task: {e}"))??;
+    let waiter_fence = fence_of(&guard)?;
+    ensure!(
+        waiter_fence > held_fence,
+        "the waiter's acquisition ({waiter_fence}) is not later than the holder's ({held_fence})"
+    );
     guard.release().await.op("release")?;
     // The same client can take it again at once too.
     let again = bounded("lock again", a.lock(&name))
@@ -868,6 +902,28 @@ async fn release_frees(ctx: &Ctx<'_>) -> Checked {
         .op("lock again")?;
     again.release().await.op("release")?;
     Ok(())
+}
+
+/// The fence of `guard`; every backend gives one.
+fn fence_of(guard: &LockGuard) -> Result<u64, String> {
+    guard
+        .fence()
+        .ok_or_else(|| format!("lock {:?} has no fence", guard.name()))
+}
+
+/// `client`'s `lock(name)` fails with `LockTimeout` (the lock is held elsewhere).
+async fn expect_timeout(client: &dyn Storage, name: &str, what: &str) -> Checked {
+    match bounded(&format!("lock of {what}"), client.lock(name)).await? {
+        Err(StorageError::LockTimeout(n)) => {
+            ensure!(n == name, "LockTimeout names {n:?}, not {name:?}");
+            Ok(())
+        }
+        Ok(_) => Err(format!("acquired {what}")),
+        Err(e) => Err(format!(
+            "lock of {what}: want LockTimeout, got {}",
+            ErrorChain(&e)
+        )),
+    }
 }
 
 async fn dropped_guard_frees(ctx: &Ctx<'_>) -> Checked {
@@ -998,10 +1054,6 @@ async fn fencing(ctx: &Ctx<'_>) -> Checked {
     let p = ctx.prefix("fencing");
     let key = format!("{p}/record");
     let name = ctx.lock_name("fencing");
-    let fence_of = |g: &LockGuard| {
-        g.fence()
-            .ok_or_else(|| format!("lock {:?} has no fence", g.name()))
-    };
     let old = bounded("lock", a.lock(&name)).await?.op("lock")?;
     let old_fence = fence_of(&old)?;
     a.store_fenced(&old, &key, b"A1")
@@ -1053,6 +1105,69 @@ async fn fencing(ctx: &Ctx<'_>) -> Checked {
     );
     last.release().await.op("release")?;
     a.delete(&p).await.op("clean up")?;
+    Ok(())
+}
+
+async fn fenced_delete(ctx: &Ctx<'_>) -> Checked {
+    let a = ctx.client(LockTimings::PAUSED).await?;
+    let b = ctx.client(LockTimings::PAUSED).await?;
+    let p = ctx.prefix("fenced_delete");
+    let (dir, key, other) = (
+        format!("{p}/dir"),
+        format!("{p}/dir/record"),
+        format!("{p}/dir/other"),
+    );
+    let name = ctx.lock_name("fenced_delete");
+    let old = bounded("lock", a.lock(&name)).await?.op("lock")?;
+    a.store_fenced(&old, &key, b"A")
+        .await
+        .op("store_fenced by the holder")?;
+    a.store_fenced(&old, &other, b"A")
+        .await
+        .op("store_fenced by the holder")?;
+    a.delete_fenced(&old, &other)
+        .await
+        .op("delete_fenced by the holder")?;
+    ensure!(
+        !a.exists(&other).await.op("exists")?,
+        "the holder's delete_fenced left the value"
+    );
+    ctx.expire(&name).await?;
+    let new = bounded("takeover", b.lock(&name)).await?.op("takeover")?;
+    b.store_fenced(&new, &key, b"B")
+        .await
+        .op("store_fenced by the new holder")?;
+    // The old holder has not noticed (its keepalive has not run)...
+    for target in [&key, &dir] {
+        match a.delete_fenced(&old, target).await {
+            Err(StorageError::LockLost(_)) => {}
+            Ok(()) => {
+                return Err(format!(
+                    "the paused old holder's delete_fenced of {target:?} went through (no fencing)"
+                ));
+            }
+            Err(e) => {
+                return Err(format!(
+                    "delete_fenced of {target:?}: want LockLost, got {}",
+                    ErrorChain(&e)
+                ));
+            }
+        }
+    }
+    ensure!(
+        a.load(&key).await.op("load")? == b"B",
+        "the new holder's value was not kept"
+    );
+    let _ = old.release().await;
+    b.delete_fenced(&new, &dir)
+        .await
+        .op("delete_fenced of a directory by the new holder")?;
+    ensure!(
+        !b.exists(&dir).await.op("exists")?,
+        "the new holder's delete_fenced of a directory left it"
+    );
+    new.release().await.op("release")?;
+    let _ = a.delete(&p).await;
     Ok(())
 }
 
@@ -1142,35 +1257,27 @@ async fn cross_process(ctx: &Ctx<'_>) -> Checked {
         .await?
         .parse()
         .map_err(|_| "the child's fence is not a number".to_owned())?;
-    match bounded("lock held by the child", impatient.lock(&name)).await? {
-        Err(StorageError::LockTimeout(_)) => {}
-        Ok(_) => return Err("acquired a lock another process holds".to_owned()),
-        Err(e) => return Err(format!("want LockTimeout, got {}", ErrorChain(&e))),
-    }
-    let released = Arc::new(AtomicBool::new(false));
     let waiter = {
-        let (patient, name, released) = (patient.clone(), name.clone(), released.clone());
-        tokio::spawn(async move {
-            let guard = patient.lock(&name).await.op("lock of the waiter")?;
-            ensure!(
-                released.load(Ordering::SeqCst),
-                "acquired the lock while the child held it"
-            );
-            Ok(guard)
-        })
+        let (patient, name) = (patient.clone(), name.clone());
+        tokio::spawn(async move { patient.lock(&name).await.op("lock of the waiter") })
     };
-    released.store(true, Ordering::SeqCst);
+    // Still held by the child, and the waiter, which had that long to get
+    // it, has not.
+    expect_timeout(impatient.as_ref(), &name, "a lock the child holds").await?;
+    ensure!(
+        !waiter.is_finished(),
+        "the waiter's lock returned while the child held the lock"
+    );
     child.send(&format!("release {name}")).await?;
     child.expect("released").await?;
     let guard = bounded("lock after the child released it", waiter)
         .await?
         .map_err(|e| format!("waiter task: {e}"))??;
-    if let Some(fence) = guard.fence() {
-        ensure!(
-            fence > child_fence,
-            "fences must increase across processes: {child_fence} then {fence}"
-        );
-    }
+    let fence = fence_of(&guard)?;
+    ensure!(
+        fence > child_fence,
+        "fences must increase across processes: {child_fence} then {fence}"
+    );
     guard.release().await.op("release")?;
     child.send("exit").await?;
     let status = bounded("the child's exit", child.process.wait())
@@ -1181,20 +1288,27 @@ async fn cross_process(ctx: &Ctx<'_>) -> Checked {
 }
 
 async fn killed_process(ctx: &Ctx<'_>) -> Checked {
-    let Some(command) = ctx.backend.child_command() else {
+    let Some(mut command) = ctx.backend.child_command() else {
         return Ok(());
     };
+    command
+        .arg("--lease-ms")
+        .arg(CHILD_LEASE.as_millis().to_string());
     let name = ctx.lock_name("killed_process");
     let impatient = ctx.client(LockTimings::IMPATIENT).await?;
-    let patient = ctx.client(LockTimings::PATIENT).await?;
+    // Waits up to 10 minutes; its lease (for backends where the waiter
+    // judges staleness) is the child's.
+    let patient = ctx
+        .client(LockTimings {
+            lease: CHILD_LEASE,
+            keepalive: CHILD_LEASE / 3,
+            ..LockTimings::PATIENT
+        })
+        .await?;
     let mut child = Child::spawn(command).await?;
     child.send(&format!("lock {name}")).await?;
     child.expect("locked").await?;
-    match bounded("lock held by the child", impatient.lock(&name)).await? {
-        Err(StorageError::LockTimeout(_)) => {}
-        Ok(_) => return Err("acquired a lock another process holds".to_owned()),
-        Err(e) => return Err(format!("want LockTimeout, got {}", ErrorChain(&e))),
-    }
+    expect_timeout(impatient.as_ref(), &name, "a lock the child holds").await?;
     // SIGKILL on Unix: no release, no keepalive any more.
     child
         .process
@@ -1203,16 +1317,21 @@ async fn killed_process(ctx: &Ctx<'_>) -> Checked {
     bounded("the killed child's exit", child.process.wait())
         .await?
         .map_err(|e| format!("waiting for the child: {e}"))?;
-    ctx.expire(&name).await?;
-    let guard = bounded("takeover of a killed process's lock", patient.lock(&name))
-        .await?
-        .op("takeover of a killed process's lock")?;
+    // Nothing expires the lock but its lease running out.
+    let guard = bounded(
+        "takeover of a killed process's lock once its lease ran out",
+        patient.lock(&name),
+    )
+    .await?
+    .op("takeover of a killed process's lock")?;
     guard.release().await.op("release")?;
     Ok(())
 }
 
 /// The child's side of the cross-process checks: serves a line protocol on
-/// stdin / stdout with `storage` until `exit` or the end of input.
+/// stdin / stdout with `storage` until `exit` or the end of input. (The
+/// child binary opens `storage` itself, honouring `--lease-ms`: see
+/// [`ConformanceBackend::child_command`] and [`child_lease`].)
 ///
 /// ```text
 /// child:  ready
@@ -1371,6 +1490,22 @@ impl ConformanceBackend for FileBackend {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn child_lease_argument() {
+        let args = |a: &[&str]| a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let mut plain = args(&["file", "/d"]);
+        assert_eq!(child_lease(&mut plain), Ok(None));
+        assert_eq!(plain, args(&["file", "/d"]));
+        let mut cluster = args(&["redis-cluster", "p", "n1", "--lease-ms", "1500", "n2"]);
+        assert_eq!(
+            child_lease(&mut cluster),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert_eq!(cluster, args(&["redis-cluster", "p", "n1", "n2"]));
+        assert!(child_lease(&mut args(&["file", "--lease-ms"])).is_err());
+        assert!(child_lease(&mut args(&["file", "--lease-ms", "x"])).is_err());
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memory_storage_conforms() {

@@ -7,8 +7,8 @@
 //! acme/<issuer>/users/<email>/<email>.json   ACME account
 //! acme/<issuer>/users/<email>/<email>.key    ACME account key
 //! acme/<issuer>/eab/<who>.json               EAB credentials fetched for an API key or e-mail (ZeroSSL)
-//! locks/<name>.lock                          lock files (FileStorage)
-//! locks/<name>.fence                         the last fence given for a lock (FileStorage)
+//! locks/<name>.lock                          lock files with their acquisition's fence (FileStorage)
+//! locks/.fences                              the last fence given in this root (FileStorage)
 //! local_ca/root.crt, local_ca/root.key       the local CA (see LocalCa)
 //! challenges/<type>/<name>/<token>.json      a challenge in progress (DistributedSolver)
 //! maintenance/storage_clean.json             when the cluster's next storage cleaning is due

@@ -17,6 +17,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
@@ -66,6 +67,12 @@ impl LockLoss {
     }
 }
 
+/// A number never given before in this process, identifying one acquisition.
+pub(crate) fn next_acquisition() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
 /// A held storage lock.
 ///
 /// # Invariants
@@ -77,6 +84,9 @@ impl LockLoss {
 pub struct LockGuard {
     name: String,
     fence: Option<u64>,
+    /// Unique to this acquisition within the process (fences may repeat
+    /// after a backend lost its data; this never does).
+    acquisition: u64,
     lost: watch::Receiver<bool>,
     release: Option<Release>,
 }
@@ -103,6 +113,7 @@ impl LockGuard {
         Self {
             name: name.into(),
             fence: None,
+            acquisition: next_acquisition(),
             lost: loss.tx.subscribe(),
             release: Some(Box::new(move || Box::pin(release()))),
         }
@@ -114,6 +125,23 @@ impl LockGuard {
     pub fn with_fence(mut self, fence: u64) -> Self {
         self.fence = Some(fence);
         self
+    }
+
+    /// Sets the number identifying this acquisition within the process
+    /// (from [`next_acquisition`]), for a backend that must know it before
+    /// the guard exists (e.g. in its release action).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn with_acquisition(mut self, acquisition: u64) -> Self {
+        self.acquisition = acquisition;
+        self
+    }
+
+    /// The number identifying this acquisition within the process: never
+    /// the same for two guards (unlike a fence, which a backend that lost
+    /// its data may give again).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn acquisition(&self) -> u64 {
+        self.acquisition
     }
 
     /// The lock's name.
@@ -152,10 +180,20 @@ impl LockGuard {
     }
 
     /// Releases the lock now and says whether that worked.
+    ///
+    /// Cancel safe: on a tokio runtime the release runs in a task of its own
+    /// and this awaits it, so a `release` future dropped part-way (a
+    /// `timeout`, a `select!`) leaves the release running to its end instead
+    /// of leaving the lock held until it expires.
     pub async fn release(mut self) -> Result<(), StorageError> {
-        match self.release.take() {
-            Some(release) => release().await,
-            None => Ok(()),
+        let Some(release) = self.release.take() else {
+            return Ok(());
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => runtime.spawn(release()).await.map_err(|e| {
+                StorageError::Backend(format!("lock release task failed: {e}").into())
+            })?,
+            Err(_) => release().await,
         }
     }
 }
@@ -215,6 +253,31 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    /// A `release` cancelled part-way still completes (review 7): the
+    /// release body runs in its own task.
+    #[tokio::test]
+    async fn cancelled_release_still_completes() {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+        let guard = LockGuard::new("l", &LockLoss::new(), move || async move {
+            let _ = started_tx.send(());
+            let _ = go_rx.await;
+            let _ = done_tx.send(());
+            Ok(())
+        });
+        let release = tokio::spawn(guard.release());
+        // The release body is running; cancel the `release` future.
+        started_rx.await.unwrap();
+        release.abort();
+        assert!(release.await.unwrap_err().is_cancelled());
+        go_tx.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(30), done_rx)
+            .await
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test]

@@ -51,9 +51,13 @@ pub struct MemoryStorage {
 /// Counts only: values may be private keys, which never go to `Debug`.
 impl std::fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // One mutex at a time: `store_fenced` takes `locks` then `values`, so
+        // holding both here (in the other order) could deadlock.
+        let values = self.values().len();
+        let locks_held = guard(&self.inner.locks).held.len();
         f.debug_struct("MemoryStorage")
-            .field("values", &self.values().len())
-            .field("locks_held", &guard(&self.inner.locks).held.len())
+            .field("values", &values)
+            .field("locks_held", &locks_held)
             .field("lock_wait_timeout", &self.lock_wait_timeout)
             .finish()
     }
@@ -157,6 +161,25 @@ fn store_in(values: &mut Values, key: &str, value: &[u8]) -> Result<(), StorageE
     Ok(())
 }
 
+/// Deletes `key` and everything below it from `values` (the key already validated).
+fn delete_in(values: &mut Values, key: &str) -> Result<(), StorageError> {
+    let below = dir_prefix(key);
+    let doomed: Vec<String> = keys_below(values, &below).cloned().collect();
+    let had_value = values.remove(key).is_some();
+    if !had_value && doomed.is_empty() {
+        return Err(StorageError::NotFound(key.to_owned()));
+    }
+    for k in &doomed {
+        values.remove(k);
+    }
+    tracing::debug!(
+        key,
+        removed = doomed.len() + usize::from(had_value),
+        "memory storage: deleted"
+    );
+    Ok(())
+}
+
 impl MemoryStorage {
     /// Creates an empty storage.
     pub fn new() -> Self {
@@ -165,6 +188,32 @@ impl MemoryStorage {
 
     fn values(&self) -> MutexGuard<'_, Values> {
         guard(&self.inner.values)
+    }
+
+    /// The lock table, once it is checked that `lock_guard`'s acquisition
+    /// still holds its lock: the caller writes while holding it (taken before
+    /// `values`, as everywhere).
+    fn check_fence(
+        &self,
+        lock_guard: &LockGuard,
+        key: &str,
+    ) -> Result<MutexGuard<'_, Locks>, StorageError> {
+        let locks = guard(&self.inner.locks);
+        let holds = lock_guard.fence().is_some_and(|fence| {
+            locks
+                .held
+                .get(lock_guard.name())
+                .is_some_and(|held| held.fence == fence)
+        });
+        if !holds {
+            tracing::debug!(
+                lock = lock_guard.name(),
+                key,
+                "memory storage: fenced write refused"
+            );
+            return Err(StorageError::LockLost(lock_guard.name().to_owned()));
+        }
+        Ok(locks)
     }
 
     /// This storage (same values and locks) with `lock` waiting at most
@@ -202,22 +251,16 @@ impl Storage for MemoryStorage {
         value: &[u8],
     ) -> Result<(), StorageError> {
         validate_key(key)?;
-        let locks = guard(&self.inner.locks);
-        let holds = lock_guard.fence().is_some_and(|fence| {
-            locks
-                .held
-                .get(lock_guard.name())
-                .is_some_and(|held| held.fence == fence)
-        });
-        if !holds {
-            tracing::debug!(
-                lock = lock_guard.name(),
-                key,
-                "memory storage: fenced write refused"
-            );
-            return Err(StorageError::LockLost(lock_guard.name().to_owned()));
-        }
+        let _locks = self.check_fence(lock_guard, key)?;
         store_in(&mut self.values(), key, value)
+    }
+
+    /// Deletes `key` if `guard`'s acquisition still holds its lock, checked
+    /// under the lock table's mutex, held through the delete.
+    async fn delete_fenced(&self, lock_guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let _locks = self.check_fence(lock_guard, key)?;
+        delete_in(&mut self.values(), key)
     }
 
     async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
@@ -230,22 +273,7 @@ impl Storage for MemoryStorage {
 
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
-        let mut values = self.values();
-        let below = dir_prefix(key);
-        let doomed: Vec<String> = keys_below(&values, &below).cloned().collect();
-        let had_value = values.remove(key).is_some();
-        if !had_value && doomed.is_empty() {
-            return Err(StorageError::NotFound(key.to_owned()));
-        }
-        for k in &doomed {
-            values.remove(k);
-        }
-        tracing::debug!(
-            key,
-            removed = doomed.len() + usize::from(had_value),
-            "memory storage: deleted"
-        );
-        Ok(())
+        delete_in(&mut self.values(), key)
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
@@ -388,6 +416,71 @@ mod tests {
             !shown.contains("PRIVATE") && !shown.contains("80, 82"),
             "{shown}"
         );
+    }
+
+    /// `Debug` and a fenced write running at once never deadlock (`Debug`
+    /// once held `values` while waiting for `locks`, the reverse of
+    /// `store_fenced`'s order). Threads hammer both; a deadlock shows as the
+    /// work not finishing within the bound.
+    #[test]
+    fn debug_and_fenced_writes_do_not_deadlock() {
+        let s = MemoryStorage::new();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        let writer = {
+            let (s, done_tx) = (s.clone(), done_tx.clone());
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    let lock = s.lock("l").await.unwrap();
+                    for i in 0..20_000u32 {
+                        s.store_fenced(&lock, "k", &i.to_be_bytes()).await.unwrap();
+                    }
+                    lock.release().await.unwrap();
+                });
+                let _ = done_tx.send(());
+            })
+        };
+        let reader = std::thread::spawn(move || {
+            for _ in 0..20_000 {
+                let _ = format!("{s:?}");
+            }
+            let _ = done_tx.send(());
+        });
+        for _ in 0..2 {
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .expect("Debug and store_fenced deadlocked");
+        }
+        writer.join().unwrap();
+        reader.join().unwrap();
+    }
+
+    /// A fenced delete by the holder removes the value (and a directory);
+    /// one by a guard whose lock was taken over is refused and removes nothing.
+    #[tokio::test]
+    async fn fenced_delete() {
+        let s = MemoryStorage::new();
+        let old = s.lock("l").await.unwrap();
+        s.store_fenced(&old, "d/a", b"1").await.unwrap();
+        s.expire_lock("l");
+        let new = s.lock("l").await.unwrap();
+        s.store_fenced(&new, "d/b", b"2").await.unwrap();
+        assert!(matches!(
+            s.delete_fenced(&old, "d").await,
+            Err(StorageError::LockLost(_))
+        ));
+        assert!(matches!(
+            s.delete_fenced(&old, "d/a").await,
+            Err(StorageError::LockLost(_))
+        ));
+        assert_eq!(s.load("d/b").await.unwrap(), b"2");
+        s.delete_fenced(&new, "d/a").await.unwrap();
+        assert!(s.load("d/a").await.unwrap_err().is_not_found());
+        s.delete_fenced(&new, "d").await.unwrap();
+        assert!(!s.exists("d").await.unwrap());
+        new.release().await.unwrap();
     }
 
     /// Clones share values; a new storage is separate.

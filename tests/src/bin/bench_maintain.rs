@@ -469,6 +469,18 @@ impl Storage for CountingStorage {
         self.inner.delete(key).await
     }
 
+    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        self.record("delete", key);
+        self.inner.delete_fenced(guard, key).await
+    }
+
+    async fn remove_stale_temporaries(
+        &self,
+        older_than: Duration,
+    ) -> Result<Vec<String>, StorageError> {
+        self.inner.remove_stale_temporaries(older_than).await
+    }
+
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
         self.record("exists", key);
         self.inner.exists(key).await

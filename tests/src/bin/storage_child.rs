@@ -2,17 +2,18 @@
 //! cross-process checks, on the storage the parent tests.
 //!
 //! ```text
-//! storage-child file DIR
-//! storage-child redis URL PREFIX
-//! storage-child redis-cluster PREFIX NODE_URL...
+//! storage-child file DIR [--lease-ms N]
+//! storage-child redis URL PREFIX [--lease-ms N]
+//! storage-child redis-cluster PREFIX NODE_URL... [--lease-ms N]
 //! storage-child redis-fenced URL PREFIX LEASE_MS
 //! ```
 //!
 //! `file` opens a [`FileStorage`] on the folder `DIR`, `redis` a [`RedisStorage`] on the
 //! server `URL` under the key prefix `PREFIX`, `redis-cluster` a [`RedisStorage`] on the
-//! Redis Cluster the node URLs lead to (default lock timings, except a 10 ms poll),
-//! and serves [`conformance::child_main`]'s line protocol on stdin / stdout until told to
-//! exit. Exits non-zero when the storage cannot be opened.
+//! Redis Cluster the node URLs lead to (default lock timings, except a 10 ms poll, and
+//! with `--lease-ms N` (anywhere) a lock lease / stale age of `N` ms kept alive every
+//! third of it), and serves [`conformance::child_main`]'s line protocol on stdin / stdout
+//! until told to exit. Exits non-zero when the storage cannot be opened.
 //!
 //! `redis-fenced` (tests/redis_cluster.rs) opens a [`RedisStorage`] whose locks have a
 //! lease of `LEASE_MS` milliseconds (kept alive every third of it) and serves this line
@@ -43,12 +44,21 @@ const POLL: Duration = Duration::from_millis(10);
 const MAX_COMMANDS: usize = 1000;
 
 /// Opens the storage the arguments name.
-async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
-    match args {
-        [kind, dir] if kind == "file" => Ok(Arc::new(
-            FileStorage::builder(dir).lock_poll_interval(POLL).build(),
-        )),
-        [kind, url, prefix] if kind == "redis" => RedisStorage::builder(url)
+async fn open(mut args: Vec<String>) -> Result<Arc<dyn Storage>, String> {
+    let lease = conformance::child_lease(&mut args)?;
+    let redis = |builder: certauto::RedisStorageBuilder| match lease {
+        Some(lease) => builder.lock_lease(lease).lock_keepalive(lease / 3),
+        None => builder,
+    };
+    match args.as_slice() {
+        [kind, dir] if kind == "file" => {
+            let mut builder = FileStorage::builder(dir).lock_poll_interval(POLL);
+            if let Some(lease) = lease {
+                builder = builder.lock_stale_after(lease).lock_keepalive(lease / 3);
+            }
+            Ok(Arc::new(builder.build()))
+        }
+        [kind, url, prefix] if kind == "redis" => redis(RedisStorage::builder(url))
             .key_prefix(prefix)
             .lock_poll_interval(POLL)
             .build()
@@ -57,7 +67,7 @@ async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
             .map_err(|e| ErrorChain(&e).to_string()),
         [kind, prefix, nodes @ ..] if kind == "redis-cluster" && !nodes.is_empty() => {
             let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
-            RedisStorage::cluster_builder(&nodes)
+            redis(RedisStorage::cluster_builder(&nodes))
                 .key_prefix(prefix)
                 .lock_poll_interval(POLL)
                 .build()
@@ -67,7 +77,7 @@ async fn open(args: &[String]) -> Result<Arc<dyn Storage>, String> {
         }
         _ => Err(format!(
             "usage: storage-child file DIR | redis URL PREFIX | redis-cluster PREFIX NODE_URL... \
-             | redis-fenced URL PREFIX LEASE_MS (got {} arguments)",
+             [--lease-ms N] | redis-fenced URL PREFIX LEASE_MS (got {} arguments)",
             args.len()
         )),
     }
@@ -99,7 +109,7 @@ async fn main() -> ExitCode {
             }
         };
     }
-    match open(&args).await {
+    match open(args).await {
         Ok(storage) => {
             conformance::child_main(storage).await;
             ExitCode::SUCCESS

@@ -1,5 +1,6 @@
-//! File locks: exclusive creation of `<root>/locks/<name>.lock`, a fence
-//! per acquisition in `<root>/locks/<name>.fence`, a keepalive that refreshes
+//! File locks: exclusive creation of `<root>/locks/<name>.lock` holding the
+//! acquisition's owner token and fence (from the one counter
+//! `<root>/locks/.fences`), a keepalive that refreshes
 //! the lock file's modification time through a checked handle, stale-lock
 //! breaking, and reporting a lock lost under its holder.
 
@@ -63,6 +64,27 @@ pub(super) struct LockMeta {
     /// A random token identifying the holder.
     #[serde(default)]
     pub(super) owner: String,
+    /// The acquisition's fence (0: none, a file written by another tool).
+    #[serde(default)]
+    pub(super) fence: u64,
+}
+
+/// The fence counter of a root, next to the lock files: one small file for
+/// every lock name (a dot-file: never listed).
+pub(super) const FENCE_COUNTER: &str = ".fences";
+
+/// How often [`open_lock`] tries again a lock file that is missing, and how
+/// long it pauses in between: a waiting client that breaks a lock it found
+/// stale renames it aside for a moment, and puts it back if it was refreshed
+/// meanwhile, so one missing look is not proof of a loss.
+const MISSING_RETRIES: u32 = 3;
+const MISSING_PAUSE: Duration = Duration::from_millis(2);
+
+/// Microseconds since the Unix epoch (0 before it).
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 pub(super) fn unix_now() -> f64 {
@@ -153,19 +175,24 @@ pub(super) fn try_acquire(path: &Path, owner: &str) -> io::Result<Attempt> {
     }
     match create_private_file(path) {
         Ok(mut file) => {
-            let meta = LockMeta {
-                created: unix_now(),
-                pid: std::process::id(),
-                owner: owner.to_owned(),
-            };
-            let written = serde_json::to_vec(&meta)
-                .map_err(io::Error::other)
-                .and_then(|json| file.write_all(&json))
-                .and_then(|()| file.sync_all());
+            // The fence is given once the file is ours, and written through
+            // the handle that created it: if a client broke the lock as stale
+            // meanwhile (this attempt stalled), the write lands in the file it
+            // moved aside, never in the new holder's lock file.
+            let written = next_fence(path).and_then(|fence| {
+                let meta = LockMeta {
+                    created: unix_now(),
+                    pid: std::process::id(),
+                    owner: owner.to_owned(),
+                    fence,
+                };
+                let json = serde_json::to_vec(&meta).map_err(io::Error::other)?;
+                file.write_all(&json)?;
+                file.sync_all()?;
+                Ok(fence)
+            });
             drop(file);
-            // The fence is given under the lock, in the same blocking task, so
-            // that a cancelled `lock` (see `PendingAttempt`) leaves no hold.
-            return match written.and_then(|()| bump_fence(path, owner)) {
+            return match written {
                 Ok(fence) => Ok(Attempt::Acquired(fence)),
                 Err(e) => {
                     let _ = fs::remove_file(path);
@@ -227,60 +254,59 @@ pub(super) fn break_stale(path: &Path, seen: &LockSnapshot) -> io::Result<()> {
     Ok(())
 }
 
-/// The fence file of the lock file at `lock`: `<stem>.fence` next to
-/// `<stem>.lock`, holding the last acquisition's fence and owner token.
-pub(super) fn fence_path(lock: &Path) -> PathBuf {
-    lock.with_extension("fence")
-}
-
-/// The content of a fence file.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct FenceRecord {
-    /// The fence of the last acquisition.
-    pub(super) fence: u64,
-    /// The owner token of that acquisition.
-    pub(super) owner: String,
-}
-
-/// The fence file of the lock file at `lock`, if it exists and parses.
-pub(super) fn read_fence(lock: &Path) -> io::Result<Option<FenceRecord>> {
-    let mut file = match fs::File::open(fence_path(lock)) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+/// The next fence of the root whose lock file is at `lock`: above the last
+/// one given (the counter file [`FENCE_COUNTER`] next to it) and at least the
+/// current time in microseconds. The counter is read and written without a
+/// lock of its own, so two acquisitions of *different* names may bump it at
+/// once; the time keeps fences of one name increasing all the same (the
+/// acquisitions of one name are ordered by the lock file), unless the clock
+/// steps back while a bump is lost.
+fn next_fence(lock: &Path) -> io::Result<u64> {
+    let counter = lock.with_file_name(FENCE_COUNTER);
+    let last = match fs::File::open(&counter) {
+        Ok(mut file) => {
+            let content = read_bounded(&mut file)?;
+            std::str::from_utf8(&content)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
         Err(e) => return Err(e),
     };
-    let content = read_bounded(&mut file)?;
-    Ok(serde_json::from_slice(&content).ok())
+    let fence = last.saturating_add(1).max(unix_micros());
+    write_atomic(&counter, fence.to_string().as_bytes())?;
+    Ok(fence)
 }
 
-/// Gives the acquisition `owner` (which has just created the lock file at
-/// `lock`) the next fence, recorded with its owner token.
-fn bump_fence(lock: &Path, owner: &str) -> io::Result<u64> {
-    let last = read_fence(lock)?.map_or(0, |record| record.fence);
-    let record = FenceRecord {
-        fence: last.saturating_add(1),
-        owner: owner.to_owned(),
-    };
-    let json = serde_json::to_vec(&record).map_err(io::Error::other)?;
-    write_atomic(&fence_path(lock), &json)?;
-    Ok(record.fence)
+/// Opens the lock file at `path` with `options`; `None` when it is missing
+/// (looked at [`MISSING_RETRIES`] times, see there).
+fn open_lock(path: &Path, options: &fs::OpenOptions) -> io::Result<Option<fs::File>> {
+    for attempt in 0..=MISSING_RETRIES {
+        match options.open(path) {
+            Ok(file) => return Ok(Some(file)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if attempt < MISSING_RETRIES {
+                    std::thread::sleep(MISSING_PAUSE);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
 }
 
 /// Whether the acquisition with `fence` still holds the lock whose file is
-/// at `lock`: the fence file names that fence, and the lock file its owner.
+/// at `lock`: the lock file (one file, read once) names that fence.
 pub(super) fn holds(lock: &Path, fence: u64) -> io::Result<bool> {
-    let Some(record) = read_fence(lock)? else {
-        return Ok(false);
-    };
-    if record.fence != fence {
+    if fence == 0 {
         return Ok(false);
     }
-    let mut file = match fs::File::open(lock) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(mut file) = open_lock(lock, fs::OpenOptions::new().read(true))? else {
+        return Ok(false);
     };
-    Ok(is_owned_by(&read_bounded(&mut file)?, &record.owner))
+    let content = read_bounded(&mut file)?;
+    Ok(serde_json::from_slice::<LockMeta>(&content).is_ok_and(|meta| meta.fence == fence))
 }
 
 /// Whether the lock file named `owner`'s token, once opened.
@@ -293,10 +319,8 @@ pub(super) fn is_owned_by(content: &[u8], owner: &str) -> bool {
 /// a file another client put in its place is never touched. Returns whether
 /// the lock is still `owner`'s.
 pub(super) fn refresh_lock(path: &Path, owner: &str) -> io::Result<bool> {
-    let mut file = match fs::OpenOptions::new().read(true).write(true).open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
+    let Some(mut file) = open_lock(path, fs::OpenOptions::new().read(true).write(true))? else {
+        return Ok(false);
     };
     if !is_owned_by(&read_bounded(&mut file)?, owner) {
         return Ok(false);

@@ -121,8 +121,8 @@ impl FileStorageBuilder {
 ///
 /// The lock `name` is the file `<root>/locks/<name>.lock` (characters outside
 /// `[A-Za-z0-9._-]` replaced by `_`), created exclusively and holding JSON
-/// `{"created": .., "pid": .., "owner": ..}` (`owner` a random token of this
-/// acquisition). While the [`LockGuard`] lives, a background task touches the
+/// `{"created": .., "pid": .., "owner": .., "fence": ..}` (`owner` a random
+/// token of this acquisition). While the [`LockGuard`] lives, a background task touches the
 /// file's modification time every
 /// [`lock_keepalive`](FileStorageBuilder::lock_keepalive) interval, through a
 /// file handle it has checked holds its own token, so it never refreshes
@@ -140,16 +140,19 @@ impl FileStorageBuilder {
 ///
 /// # Fencing
 ///
-/// Each acquisition gets a [fence](LockGuard::fence): the next number in
-/// `<root>/locks/<name>.fence`, written (with the acquisition's owner token)
-/// just after the lock file is created. [`store_fenced`](Storage::store_fenced)
-/// writes the value to its temporary file and then, just before renaming it
-/// into place, checks that the fence file still names the guard's fence and
-/// that the lock file still holds that acquisition's token; otherwise the
-/// write is refused with [`StorageError::LockLost`]. A file system offers no
-/// compare-and-rename, so one window remains: a holder paused *between*
-/// that check and the rename (microseconds) can still overwrite a newer
-/// holder's value. A holder paused anywhere else (most of its work) is
+/// Each acquisition gets a [fence](LockGuard::fence), written into its lock
+/// file (`"fence": ..`) through the handle that created it: the next number
+/// of the root's one counter `<root>/locks/.fences`, and at least the current
+/// time in microseconds (so fences of one name keep increasing even when two
+/// acquisitions of different names bump the counter at once).
+/// [`store_fenced`](Storage::store_fenced) writes the value to its temporary
+/// file and then, just before renaming it into place, checks that the lock
+/// file still names the guard's fence; [`delete_fenced`](Storage::delete_fenced)
+/// checks the same just before the unlink (or the folder's removal).
+/// Otherwise the write is refused with [`StorageError::LockLost`]. A file
+/// system offers no compare-and-rename, so one window remains: a holder
+/// paused *between* that check and the rename (microseconds) can still
+/// overwrite a newer holder's value. A holder paused anywhere else (most of its work) is
 /// fenced off. `RedisStorage` checks the fence and writes in one atomic
 /// step, and [`MemoryStorage`](crate::MemoryStorage) under one mutex, with
 /// no such window.
@@ -375,6 +378,47 @@ impl Storage for FileStorage {
         })
         .await?;
         tracing::debug!(key, "file storage: deleted");
+        Ok(())
+    }
+
+    /// Deletes `key` (a file, or a folder with everything below it) if
+    /// `guard`'s acquisition still holds its lock, checked just before the
+    /// unlink or the folder's removal (the same check, and the same window,
+    /// as [`store_fenced`](Storage::store_fenced): see
+    /// [Fencing](FileStorage#fencing)).
+    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        guard.ensure_held()?;
+        let lost = || StorageError::LockLost(guard.name().to_owned());
+        let Some(fence) = guard.fence() else {
+            return Err(lost());
+        };
+        let path = self.key_path(key)?;
+        let (lock_path, _file) = self.lock_path(guard.name())?;
+        let owned_key = key.to_owned();
+        let deleted = blocking(key, move || {
+            let meta = fs::symlink_metadata(&path).map_err(|e| io_err(&owned_key, e))?;
+            if !lock::holds(&lock_path, fence).map_err(|e| io_fail(&owned_key, e))? {
+                return Ok(false);
+            }
+            let removed = if meta.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
+            removed.map_err(|e| io_err(&owned_key, e))?;
+            Ok(true)
+        })
+        .await?;
+        if !deleted {
+            tracing::warn!(
+                lock = guard.name(),
+                key,
+                fence,
+                "file storage: fenced delete refused: the lock was taken over"
+            );
+            return Err(lost());
+        }
+        tracing::debug!(key, fence, "file storage: deleted (fenced)");
         Ok(())
     }
 

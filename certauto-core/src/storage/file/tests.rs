@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use tokio::sync::oneshot;
 
 use super::atomic::write_atomic_hooked;
-use super::lock::{FenceRecord, LockMeta, MAX_LOCK_NAME, lock_file_stem, unix_now};
+use super::lock::{LockMeta, MAX_LOCK_NAME, lock_file_stem, unix_now};
 use super::root::default_root_from;
 use super::*;
 use crate::storage::LockLoss;
@@ -48,15 +48,30 @@ async fn layout_on_disk() {
     let locks = root.join("locks");
     let lock = s.lock("cert_example.com").await.unwrap();
     let meta = read_lock(&locks.join("cert_example.com.lock"));
-    let fence: FenceRecord =
-        serde_json::from_slice(&fs::read(locks.join("cert_example.com.fence")).unwrap()).unwrap();
-    assert_eq!(Some(fence.fence), lock.fence());
-    assert_eq!(fence.owner, meta.owner);
+    // The fence is in the lock file; the one counter of the root holds the last.
+    assert_eq!(Some(meta.fence), lock.fence());
+    let counter = || -> u64 {
+        String::from_utf8(fs::read(locks.join(".fences")).unwrap())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(counter(), meta.fence);
     lock.release().await.unwrap();
     assert!(!locks.join("cert_example.com.lock").exists());
+    let other = s.lock("other").await.unwrap();
     let again = s.lock("cert_example.com").await.unwrap();
-    assert_eq!(again.fence(), Some(fence.fence + 1));
+    assert!(again.fence().unwrap() > other.fence().unwrap());
+    assert!(other.fence().unwrap() > meta.fence);
     again.release().await.unwrap();
+    other.release().await.unwrap();
+    // No file per lock name is left behind (review 6).
+    let mut left: Vec<_> = fs::read_dir(&locks)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(left, vec![".fences".to_owned()]);
 
     assert_eq!(s.root(), root);
     assert!(format!("{s:?}").contains("FileStorage"));
@@ -91,6 +106,32 @@ async fn refused_fenced_write_leaves_nothing() {
     ));
     lock.release().await.unwrap();
     assert_eq!(read_lock(&path).owner, "someone-else");
+}
+
+/// The fence is read from the lock file alone (review 12): a fence record
+/// written beside it by a stalled acquirer (the old `<name>.fence` file) or a
+/// bump of the root's counter by another acquisition does not fence out the
+/// holder, and a lock file of another acquisition does.
+#[tokio::test]
+async fn fence_is_read_from_the_lock_file_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = storage(dir.path());
+    let lock = s.lock("l").await.unwrap();
+    let fence = lock.fence().unwrap();
+    let locks = dir.path().join("locks");
+    fs::write(
+        locks.join("l.fence"),
+        format!(r#"{{"fence":{},"owner":"late"}}"#, fence + 1),
+    )
+    .unwrap();
+    fs::write(locks.join(".fences"), (fence + 100).to_string()).unwrap();
+    s.store_fenced(&lock, "k", b"mine").await.unwrap();
+    assert_eq!(s.load("k").await.unwrap(), b"mine");
+    // The next acquisition continues above the counter.
+    lock.release().await.unwrap();
+    let next = s.lock("l").await.unwrap();
+    assert!(next.fence().unwrap() > fence + 100);
+    next.release().await.unwrap();
 }
 
 #[cfg(unix)]
@@ -202,6 +243,7 @@ fn write_lock_file(path: &Path, owner: &str, modified: SystemTime) {
         created: unix_now(),
         pid: 1,
         owner: owner.to_owned(),
+        fence: 0,
     };
     fs::write(path, serde_json::to_vec(&meta).unwrap()).unwrap();
     fs::File::options()
@@ -267,7 +309,7 @@ async fn stale_lock_is_broken() {
     let mut names: Vec<_> = fs::read_dir(&locks)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| !n.ends_with(".fence"))
+        .filter(|n| n != ".fences")
         .collect();
     names.sort();
     assert_eq!(names, vec!["alive.lock"]);

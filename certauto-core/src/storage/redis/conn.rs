@@ -184,6 +184,13 @@ impl fmt::Debug for Connection {
     }
 }
 
+impl Connection {
+    /// The longest Redis may take to answer one command.
+    pub(super) fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+}
+
 /// Whether `err` means the connection is unusable (rather than the command
 /// being refused by a working server).
 fn is_connection_failure(err: &RedisError) -> bool {

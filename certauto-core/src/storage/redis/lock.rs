@@ -68,9 +68,12 @@ fn check_name(name: &str) -> Result<(), StorageError> {
 /// An acquisition attempt in flight: dropped before [`disarm`](Self::disarm)
 /// (the `lock` future was cancelled), it releases in the background whatever
 /// the attempt may have taken, so a cancelled `lock` never leaves a lock
-/// behind. (Commands on one connection run in order, so the release runs
-/// after the attempt; if the attempt never reached the server, the release
-/// finds nothing of its own to delete.)
+/// behind. The release is sent twice: at once, and again after the response
+/// timeout. Commands on one connection run in order, but the first release
+/// may go out on a new connection (the attempt's connection was dropped) and
+/// reach the server before the abandoned attempt; by the second, the attempt
+/// has arrived or never will. (A release finds nothing of its own to delete
+/// when the attempt took nothing; the token is this `lock` call's alone.)
 struct PendingAttempt {
     storage: Option<RedisStorage>,
     lock_key: String,
@@ -96,11 +99,17 @@ impl Drop for PendingAttempt {
             std::mem::take(&mut self.token),
         );
         runtime.spawn(async move {
-            let released = storage.release_key(&lock_key, &token).await;
+            let first = storage.release_key(&lock_key, &token).await;
+            tokio::time::sleep(storage.inner.conn.response_timeout()).await;
+            let second = storage.release_key(&lock_key, &token).await;
             tracing::debug!(
-                ok = released.is_ok(),
+                released = matches!(first, Ok(true)) || matches!(second, Ok(true)),
+                ok = first.is_ok() && second.is_ok(),
                 "redis storage: lock attempt of a cancelled lock() released"
             );
+            if matches!(second, Ok(true)) {
+                storage.inner.released.notify_waiters();
+            }
         });
     }
 }
@@ -144,6 +153,9 @@ impl RedisStorage {
         fence_key: &str,
         token: &str,
     ) -> Result<Option<u64>, StorageError> {
+        let now_micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let pending = PendingAttempt {
             storage: Some(self.clone()),
             lock_key: lock_key.to_owned(),
@@ -158,7 +170,8 @@ impl RedisStorage {
                     .key(lock_key)
                     .key(fence_key)
                     .arg(token)
-                    .arg(self.inner.timings.lease_ms());
+                    .arg(self.inner.timings.lease_ms())
+                    .arg(now_micros);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
@@ -169,7 +182,7 @@ impl RedisStorage {
     pub(super) async fn acquire(&self, name: &str) -> Result<LockGuard, StorageError> {
         check_name(name)?;
         let keys = &self.inner.keys;
-        let (lock_key, fence_key) = (keys.lock(name), keys.fence(name));
+        let (lock_key, fence_key) = (keys.lock(name), keys.fence());
         let timings = self.inner.timings;
         let token = token()?;
         let started = Instant::now();
@@ -204,7 +217,10 @@ impl RedisStorage {
             }
         };
         let (fence, acquired_at) = fence;
-        self.held().insert((name.to_owned(), fence), token.clone());
+        // Keyed by the acquisition, not the fence: a fence may repeat after
+        // the server lost its data, and must not find another guard's token.
+        let acquisition = crate::storage::lock::next_acquisition();
+        self.held().insert(acquisition, token.clone());
 
         let loss = LockLoss::new();
         let (stop, stop_rx) = oneshot::channel();
@@ -222,7 +238,7 @@ impl RedisStorage {
             let _ = stop.send(());
             // Wait for an extension in progress, so none follows the release.
             let _ = keepalive.await;
-            storage.held().remove(&(lock_name.clone(), fence));
+            storage.held().remove(&acquisition);
             let released = storage
                 .release_key(&storage.inner.keys.lock(&lock_name), &token)
                 .await;
@@ -234,7 +250,8 @@ impl RedisStorage {
             }
             Ok(())
         })
-        .with_fence(fence))
+        .with_fence(fence)
+        .with_acquisition(acquisition))
     }
 
     /// Extends the lock every keepalive interval until told to stop (or the

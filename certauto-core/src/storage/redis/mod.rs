@@ -210,6 +210,8 @@ impl RedisStorageBuilder {
     /// key prefix or trust root, a keepalive not shorter than the lease, a
     /// `rediss://` cluster node) and with [`StorageError::Unavailable`] when
     /// the server (or no node of the cluster) cannot be reached.
+    /// Logs a warning when the server's `maxmemory-policy` is not
+    /// `noeviction` (see [the production advice](RedisStorage#locks-and-fencing)).
     pub async fn build(self) -> Result<RedisStorage, StorageError> {
         let storage = self.configure()?;
         storage
@@ -217,6 +219,7 @@ impl RedisStorageBuilder {
             .conn
             .run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
             .await?;
+        storage.check_eviction_policy().await;
         Ok(storage)
     }
 
@@ -420,9 +423,9 @@ impl Keys {
         format!("{{{}}}:lock:{name}", self.prefix)
     }
 
-    /// The fencing counter of lock `name`.
-    fn fence(&self, name: &str) -> String {
-        format!("{{{}}}:fence:{name}", self.prefix)
+    /// The fencing counter of the deployment (one for every lock name).
+    fn fence(&self) -> String {
+        format!("{{{}}}:fence", self.prefix)
     }
 }
 
@@ -515,8 +518,10 @@ fn unix_millis(time: SystemTime) -> u64 {
 ///   so the index cannot drift from the values: `list(prefix, false)` is one
 ///   read of one hash, `list(prefix, true)` walks the hashes below it, and
 ///   nothing uses `KEYS` or `SCAN` over the keyspace;
-/// - `{<prefix>}:lock:<name>` and `{<prefix>}:fence:<name>`: a lock and its
-///   fencing counter (one small counter per lock name, kept forever).
+/// - `{<prefix>}:lock:<name>`: a lock, holding `<fence>:<token>` while held
+///   (it expires with its lease);
+/// - `{<prefix>}:fence`: the deployment's one fencing counter (for every
+///   lock name: nothing is kept per name once a lock is released).
 ///
 /// As in a file system, a key cannot hold a value and have keys below it
 /// ([`StorageError::InvalidKey`]). Values larger than 64 MiB are refused, on
@@ -524,10 +529,14 @@ fn unix_millis(time: SystemTime) -> u64 {
 ///
 /// # Locks and fencing
 ///
-/// [`lock`](Storage::lock) runs `SET {<prefix>}:lock:<name> <token> NX PX <lease>`
-/// with a random token and, in the same script, `INCR {<prefix>}:fence:<name>`:
-/// the guard's [`fence`](LockGuard::fence) is that number, higher for every
-/// later acquisition. While the guard lives, a task extends the lease every
+/// [`lock`](Storage::lock) runs, in one script, when `{<prefix>}:lock:<name>`
+/// is free: `INCR {<prefix>}:fence` and `SET {<prefix>}:lock:<name>
+/// <fence>:<token> PX <lease>` with a random token. The guard's
+/// [`fence`](LockGuard::fence) is that number, higher for every later
+/// acquisition (of any name). A missing counter (a new deployment, or a
+/// server that lost its data) starts at the current time in microseconds
+/// (`SET NX` before the `INCR`), so fences given after a data loss stay above
+/// those given before it, as long as the clients' clocks are roughly right. While the guard lives, a task extends the lease every
 /// [`lock_keepalive`](RedisStorageBuilder::lock_keepalive) (default a third of
 /// the lease) with a script that acts only if the lock still holds the token;
 /// release is the same kind of script. The guard reports the lock
@@ -539,22 +548,35 @@ fn unix_millis(time: SystemTime) -> u64 {
 /// (with jitter) for at most
 /// [`lock_wait_timeout`](RedisStorageBuilder::lock_wait_timeout).
 ///
-/// [`store_fenced`](Storage::store_fenced) writes in one script that first
-/// checks that the fence counter still equals the guard's fence and (for a
-/// guard of this client) that the lock still holds the guard's token, and
-/// refuses with [`StorageError::LockLost`] otherwise. So a holder paused past
-/// its lease (a `SIGSTOP`, a long GC pause) cannot overwrite the work of a
+/// [`store_fenced`](Storage::store_fenced) and
+/// [`delete_fenced`](Storage::delete_fenced) write in one script that first
+/// checks that the lock still holds the guard's fence and (for a guard of
+/// this client) the guard's token, and refuse with
+/// [`StorageError::LockLost`] otherwise. So a holder paused past its lease
+/// (a `SIGSTOP`, a long GC pause) cannot overwrite or delete the work of a
 /// client that acquired the lock after it.
 ///
 /// What this guarantees, honestly: on one Redis server, exclusion holds while
-/// the server keeps its keys (persistence off is fine; a restart that loses
-/// data also loses locks). Redis replication is asynchronous, so a failover
-/// to a replica that had not yet received a lock can let two clients hold it
-/// at once; the fence check then still refuses the older holder's writes
-/// when the counter reached the replica, and may not when it did not. The
-/// same holds on a Redis Cluster, whose primaries replicate the same way.
-/// This backend is tested against a single server and a cluster of three
-/// primaries without replicas, not against failovers or Sentinel.
+/// the server keeps its keys. A restart without persistence, a `FLUSHDB` or
+/// an eviction loses locks (two clients may then hold one at once: the
+/// fences and tokens still refuse the older holder's writes) and, worse,
+/// **data**: certificates, account keys and the local CA are gone, and every
+/// instance of the cluster obtains its certificates again (CA rate limits).
+/// Redis replication is asynchronous, so a failover to a replica that had
+/// not yet received a lock can let two clients hold it at once; the fence
+/// check then still refuses the older holder's writes when the lock reached
+/// the replica, and may not when it did not. The same holds on a Redis
+/// Cluster, whose primaries replicate the same way. This backend is tested
+/// against a single server and a cluster of three primaries without
+/// replicas, not against failovers or Sentinel.
+///
+/// **For production**, run Redis with persistence (RDB snapshots or AOF) and
+/// `maxmemory-policy noeviction`: any other policy lets Redis evict values,
+/// the fence counter or held locks under memory pressure. At
+/// [`build`](RedisStorageBuilder::build) the storage asks for the policy
+/// (`CONFIG GET maxmemory-policy`) and logs a warning when it is not
+/// `noeviction` (a server that refuses `CONFIG`, as managed services do, is
+/// not checked).
 ///
 /// # When Redis is unreachable
 ///
@@ -581,9 +603,9 @@ struct Inner {
     timings: LockTimings,
     conn: Connection,
     scripts: Scripts,
-    /// Tokens of the locks this client holds, by (name, fence), for
-    /// [`Storage::store_fenced`].
-    held: Mutex<HashMap<(String, u64), String>>,
+    /// Tokens of the locks this client holds, by acquisition
+    /// ([`LockGuard::acquisition`]), for the fenced writes.
+    held: Mutex<HashMap<u64, String>>,
     /// Woken when this client releases a lock, so its local waiters need not
     /// wait for their next poll.
     released: Notify,
@@ -636,7 +658,40 @@ impl RedisStorage {
         ))
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<(String, u64), String>> {
+    /// Warns when the server may evict keys (its `maxmemory-policy` is not
+    /// `noeviction`); says nothing when it cannot tell (`CONFIG` refused).
+    async fn check_eviction_policy(&self) {
+        let answer: Result<Vec<String>, _> = self
+            .inner
+            .conn
+            .run(|mut c| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await;
+        match answer {
+            Ok(pair) => {
+                if let Some(policy) = evicting_policy(&pair) {
+                    tracing::warn!(
+                        server = %self.inner.description,
+                        policy,
+                        "redis storage: the server's maxmemory-policy is not noeviction: \
+                         Redis may evict certificates, keys, locks or the fence counter \
+                         under memory pressure; set maxmemory-policy noeviction"
+                    );
+                }
+            }
+            Err(e) => tracing::debug!(
+                error = %crate::error::ErrorChain(&e),
+                "redis storage: could not read maxmemory-policy (CONFIG refused?); not checked"
+            ),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<u64, String>> {
         self.inner
             .held
             .lock()
@@ -649,7 +704,7 @@ impl RedisStorage {
         &self,
         key: &str,
         value: &[u8],
-        fence: Option<(&str, u64, Option<String>)>,
+        fence: Option<&Fence<'_>>,
     ) -> Result<(), StorageError> {
         validate_key(key)?;
         if value.len() > MAX_VALUE {
@@ -675,12 +730,12 @@ impl RedisStorage {
         for component in &components {
             invocation.arg(*component);
         }
-        match &fence {
-            Some((name, fence, token)) => {
-                invocation.key(keys.fence(name)).key(keys.lock(name));
+        match fence {
+            Some(fence) => {
+                invocation.key(keys.lock(fence.name));
                 invocation
-                    .arg(fence.to_string())
-                    .arg(token.as_deref().unwrap_or(""));
+                    .arg(fence.fence.to_string())
+                    .arg(fence.token.as_deref().unwrap_or(""));
             }
             None => {
                 invocation.arg("").arg("");
@@ -707,15 +762,7 @@ impl RedisStorage {
                 key: key.to_owned(),
                 reason: "a parent of the key holds a value",
             }),
-            scripts::FENCED_OUT => {
-                let name = fence.map(|(name, ..)| name).unwrap_or_default();
-                tracing::warn!(
-                    key,
-                    lock = name,
-                    "redis storage: fenced write refused: the lock was taken over or lost"
-                );
-                Err(StorageError::LockLost(name.to_owned()))
-            }
+            scripts::FENCED_OUT => Err(fenced_out(key, fence)),
             other => Err(StorageError::Backend(
                 format!("redis storage: unexpected answer {other} from the store script").into(),
             )),
@@ -725,19 +772,30 @@ impl RedisStorage {
     /// Deletes the value at `key`: whether it existed, and whether the
     /// delete was sent twice (then a first attempt may have deleted it
     /// unseen, and the answer may be "did not exist").
-    async fn delete_value(&self, key: &str) -> Result<(bool, bool), StorageError> {
+    async fn delete_value(
+        &self,
+        key: &str,
+        fence: Option<&Fence<'_>>,
+    ) -> Result<(bool, bool), StorageError> {
         let (deleted, retried): (i64, bool) = self
             .inner
             .conn
             .run_noting_retry(|mut c| {
-                let invocation = self.delete_invocation(key);
+                let invocation = self.delete_invocation(key, fence);
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
+        if deleted == scripts::DELETE_FENCED_OUT {
+            return Err(fenced_out(key, fence));
+        }
         Ok((deleted == 1, retried))
     }
 
-    fn delete_invocation(&self, key: &str) -> redis::ScriptInvocation<'_> {
+    fn delete_invocation(
+        &self,
+        key: &str,
+        fence: Option<&Fence<'_>>,
+    ) -> redis::ScriptInvocation<'_> {
         let keys = &self.inner.keys;
         let (components, ancestors) = split_key(key);
         let mut invocation = self.inner.scripts.delete_value.prepare_invoke();
@@ -745,10 +803,81 @@ impl RedisStorage {
         for dir in &ancestors {
             invocation.key(keys.dir(dir));
         }
+        invocation.arg(components.len());
         for component in &components {
             invocation.arg(*component);
         }
+        match fence {
+            Some(fence) => {
+                invocation.key(keys.lock(fence.name));
+                invocation
+                    .arg(fence.fence.to_string())
+                    .arg(fence.token.as_deref().unwrap_or(""));
+            }
+            None => {
+                invocation.arg("").arg("");
+            }
+        }
         invocation
+    }
+
+    /// Deletes `key` or everything below it; with `fence`, each value only
+    /// while the lock is still the guard's (checked in the script that
+    /// deletes it).
+    async fn remove(&self, key: &str, fence: Option<&Fence<'_>>) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let (existed, retried) = self.delete_value(key, fence).await?;
+        if existed {
+            tracing::debug!(key, fenced = fence.is_some(), "redis storage: deleted");
+            return Ok(());
+        }
+        let below = self.walk(key).await?;
+        if below.is_empty() {
+            // Sent twice: the first attempt may have deleted the value
+            // before its connection broke. Either way it is gone now.
+            if retried {
+                return Ok(());
+            }
+            return Err(StorageError::NotFound(key.to_owned()));
+        }
+        for batch in below.chunks(DELETE_BATCH) {
+            let invocations: Vec<_> = batch
+                .iter()
+                .map(|k| self.delete_invocation(k, fence))
+                .collect();
+            // One script per value; sent together, they share the round trips.
+            let results = futures_util::future::join_all(invocations.iter().map(|inv| {
+                self.inner
+                    .conn
+                    .run(move |mut c| async move { inv.invoke_async::<i64>(&mut c).await })
+            }))
+            .await;
+            for result in results {
+                if result? == scripts::DELETE_FENCED_OUT {
+                    return Err(fenced_out(key, fence));
+                }
+            }
+        }
+        tracing::debug!(
+            key,
+            removed = below.len(),
+            fenced = fence.is_some(),
+            "redis storage: deleted a directory"
+        );
+        Ok(())
+    }
+
+    /// The fence of `guard` for a fenced write: its fence and, for a guard of
+    /// this client, its lock's token. A guard without a fence is not one of a
+    /// `RedisStorage`'s.
+    fn fence_of<'g>(&self, guard: &'g LockGuard) -> Result<Fence<'g>, StorageError> {
+        guard.ensure_held()?;
+        let name = guard.name();
+        let fence = guard
+            .fence()
+            .ok_or_else(|| StorageError::LockLost(name.to_owned()))?;
+        let token = self.held().get(&guard.acquisition()).cloned();
+        Ok(Fence { name, fence, token })
     }
 
     /// The entries of the directory `dir`: (child name, whether it holds a value).
@@ -824,6 +953,36 @@ impl RedisStorage {
     }
 }
 
+/// The eviction policy in a `CONFIG GET maxmemory-policy` answer when it
+/// is not `noeviction`.
+fn evicting_policy(answer: &[String]) -> Option<&str> {
+    match answer {
+        [name, policy, ..] if name == "maxmemory-policy" && policy != "noeviction" => {
+            Some(policy.as_str())
+        }
+        _ => None,
+    }
+}
+
+/// What a fenced write checks: the lock `name` still holds `fence` (and
+/// `token`, when this client knows it).
+struct Fence<'a> {
+    name: &'a str,
+    fence: u64,
+    token: Option<String>,
+}
+
+/// The error of a write refused by its fence.
+fn fenced_out(key: &str, fence: Option<&Fence<'_>>) -> StorageError {
+    let name = fence.map_or("", |f| f.name);
+    tracing::warn!(
+        lock = name,
+        key,
+        "redis storage: fenced write refused: the lock was taken over"
+    );
+    StorageError::LockLost(name.to_owned())
+}
+
 /// One field of a directory hash: a child's name and its kind (`v` or `d`).
 type IndexEntry = (Vec<u8>, Vec<u8>);
 
@@ -859,40 +1018,18 @@ impl Storage for RedisStorage {
     /// values, each removed with its index entries): a value stored below
     /// `key` while it is being deleted may survive.
     async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        validate_key(key)?;
-        let (existed, retried) = self.delete_value(key).await?;
-        if existed {
-            tracing::debug!(key, "redis storage: deleted");
-            return Ok(());
-        }
-        let below = self.walk(key).await?;
-        if below.is_empty() {
-            // Sent twice: the first attempt may have deleted the value
-            // before its connection broke. Either way it is gone now.
-            if retried {
-                return Ok(());
-            }
-            return Err(StorageError::NotFound(key.to_owned()));
-        }
-        for batch in below.chunks(DELETE_BATCH) {
-            let invocations: Vec<_> = batch.iter().map(|k| self.delete_invocation(k)).collect();
-            // One script per value; sent together, they share the round trips.
-            let results = futures_util::future::join_all(invocations.iter().map(|inv| {
-                self.inner
-                    .conn
-                    .run(move |mut c| async move { inv.invoke_async::<i64>(&mut c).await })
-            }))
-            .await;
-            for result in results {
-                result?;
-            }
-        }
-        tracing::debug!(
-            key,
-            removed = below.len(),
-            "redis storage: deleted a directory"
-        );
-        Ok(())
+        self.remove(key, None).await
+    }
+
+    /// Deletes `key`, or everything below it as [`delete`](Storage::delete)
+    /// does, only while no client acquired the guard's lock since the guard
+    /// did (and the lock still holds this guard's token, for guards of this
+    /// client): each value is removed by a script that checks that first.
+    /// Refused with [`StorageError::LockLost`] otherwise; a directory whose
+    /// lock is taken over part-way keeps the values not yet removed.
+    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
+        let fence = self.fence_of(guard)?;
+        self.remove(key, Some(&fence)).await
     }
 
     async fn exists(&self, key: &str) -> Result<bool, StorageError> {
@@ -977,14 +1114,8 @@ impl Storage for RedisStorage {
         key: &str,
         value: &[u8],
     ) -> Result<(), StorageError> {
-        guard.ensure_held()?;
-        let name = guard.name();
-        // A guard without a fence is not one of a RedisStorage's.
-        let fence = guard
-            .fence()
-            .ok_or_else(|| StorageError::LockLost(name.to_owned()))?;
-        let token = self.held().get(&(name.to_owned(), fence)).cloned();
-        self.write(key, value, Some((name, fence, token))).await
+        let fence = self.fence_of(guard)?;
+        self.write(key, value, Some(&fence)).await
     }
 }
 
@@ -1001,7 +1132,7 @@ mod tests {
         assert_eq!(keys.dir(""), "{p}:d:");
         assert_eq!(keys.dir("a"), "{p}:d:a");
         assert_eq!(keys.lock("cert_x"), "{p}:lock:cert_x");
-        assert_eq!(keys.fence("cert_x"), "{p}:fence:cert_x");
+        assert_eq!(keys.fence(), "{p}:fence");
         assert_eq!(split_key("a"), (vec!["a"], vec![""]));
         assert_eq!(
             split_key("a/b:c/d e"),
@@ -1009,6 +1140,18 @@ mod tests {
         );
         assert_eq!(join("", "x"), "x");
         assert_eq!(join("a/b", "x"), "a/b/x");
+    }
+
+    #[test]
+    fn eviction_policies() {
+        let answer = |policy: &str| vec!["maxmemory-policy".to_owned(), policy.to_owned()];
+        assert_eq!(evicting_policy(&answer("noeviction")), None);
+        assert_eq!(evicting_policy(&answer("allkeys-lru")), Some("allkeys-lru"));
+        assert_eq!(
+            evicting_policy(&answer("volatile-ttl")),
+            Some("volatile-ttl")
+        );
+        assert_eq!(evicting_policy(&[]), None);
     }
 
     #[test]

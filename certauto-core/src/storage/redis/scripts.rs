@@ -52,17 +52,23 @@ pub(super) const FENCED_OUT: i64 = 3;
 ///   must not exist: a key is a value or a directory, not both);
 /// - `KEYS[3 .. 2+n]` the directory hashes of `A0 .. A(n-1)`;
 /// - `KEYS[3+n .. 1+2n]` the value hashes of `A1 .. A(n-1)` (none may exist);
-/// - fenced only: `KEYS[2+2n]` the lock's fence counter, `KEYS[3+2n]` the lock.
+/// - fenced only: `KEYS[2+2n]` the lock.
 /// - `ARGV[1]` the bytes, `ARGV[2]` the modification time (Unix ms), `ARGV[3]`
 ///   `n`, `ARGV[4 .. 3+n]` the components, `ARGV[4+n]` the fence (`''`:
 ///   unfenced), `ARGV[5+n]` the holder's token (`''`: not known here).
+///
+/// A fenced write goes ahead only while the lock holds `<fence>:<token>`
+/// with the guard's fence (and token, when known): see [`ACQUIRE`].
 const STORE: &str = r"
 local n = tonumber(ARGV[3])
 local fence = ARGV[4 + n]
 if fence ~= '' then
-  if redis.call('GET', KEYS[2 + 2 * n]) ~= fence then return 3 end
+  local held = redis.call('GET', KEYS[2 + 2 * n])
+  if not held then return 3 end
+  local f, t = string.match(held, '^(%d+):(.*)$')
+  if f ~= fence then return 3 end
   local token = ARGV[5 + n]
-  if token ~= '' and redis.call('GET', KEYS[3 + 2 * n]) ~= token then return 3 end
+  if token ~= '' and t ~= token then return 3 end
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 1 end
 for i = 1, n - 1 do
@@ -87,15 +93,31 @@ end
 return redis.call('HGET', KEYS[1], 'd')
 ";
 
+/// [`DELETE_VALUE`]: the fence (or the lock's token) no longer matches.
+pub(super) const DELETE_FENCED_OUT: i64 = -1;
+
 /// Deletes one value and prunes the index: `KEYS[1]` the value hash,
 /// `KEYS[2 .. 1+n]` the directory hashes of its ancestors `A0 .. A(n-1)`,
-/// `ARGV[1 .. n]` its components. A directory hash whose last entry goes
-/// vanishes (Redis removes empty hashes), and its entry in its parent is then
-/// removed too. Answers 1 if the value existed, else 0.
+/// fenced only `KEYS[2+n]` the lock; `ARGV[1]` `n`, `ARGV[2 .. 1+n]` its
+/// components, `ARGV[2+n]` the fence (`''`: unfenced), `ARGV[3+n]` the
+/// holder's token (`''`: not known here). A directory hash whose last entry
+/// goes vanishes (Redis removes empty hashes), and its entry in its parent is
+/// then removed too. Answers 1 if the value existed, else 0, and -1 (nothing
+/// deleted) when fenced out, checked as in [`STORE`].
 const DELETE_VALUE: &str = r"
+local n = tonumber(ARGV[1])
+local fence = ARGV[2 + n]
+if fence ~= '' then
+  local held = redis.call('GET', KEYS[2 + n])
+  if not held then return -1 end
+  local f, t = string.match(held, '^(%d+):(.*)$')
+  if f ~= fence then return -1 end
+  local token = ARGV[3 + n]
+  if token ~= '' and t ~= token then return -1 end
+end
 if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-for i = #ARGV, 1, -1 do
-  redis.call('HDEL', KEYS[1 + i], ARGV[i])
+for i = n, 1, -1 do
+  redis.call('HDEL', KEYS[1 + i], ARGV[1 + i])
   if redis.call('EXISTS', KEYS[1 + i]) == 1 then break end
 end
 return 1
@@ -113,41 +135,53 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {2} end
 return {0}
 ";
 
-/// Takes a lock if free: `KEYS[1]` the lock, `KEYS[2]` its fence counter,
-/// `ARGV[1]` the token, `ARGV[2]` the lease (ms). Answers the new fence (at
-/// least 1), or 0 when the lock is held by another token.
+/// Takes a lock if free: `KEYS[1]` the lock, `KEYS[2]` the deployment's one
+/// fence counter, `ARGV[1]` the token, `ARGV[2]` the lease (ms), `ARGV[3]`
+/// the client's time in Unix microseconds. Answers the new fence (at least
+/// 1), or 0 when the lock is held by another token. The lock holds
+/// `<fence>:<token>`.
+///
+/// A missing counter (a new deployment, or a server that lost its data: a
+/// restart without persistence, an eviction, `FLUSHDB`) starts at the time
+/// in microseconds, above any fence given before it was lost (fences come
+/// one per acquisition, far fewer than one per microsecond), so fences do
+/// not repeat after a loss.
 ///
 /// When the lock already holds `ARGV[1]` (an attempt sent again after its
 /// connection broke, whose first sending took the lock), the lease is
-/// renewed and the current fence answered: no other acquisition can have
-/// happened since, as the lock was never free. (Should the counter be gone,
-/// it starts again above 0, so the answer still means "acquired".)
+/// renewed and the fence it was given answered.
 const ACQUIRE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  local fence = tonumber(redis.call('GET', KEYS[2]))
-  if fence and fence > 0 then return fence end
-  return redis.call('INCR', KEYS[2])
+local held = redis.call('GET', KEYS[1])
+if held then
+  local f, t = string.match(held, '^(%d+):(.*)$')
+  if t == ARGV[1] and f then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return f
+  end
+  return 0
 end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
-end
-return 0
+redis.call('SET', KEYS[2], ARGV[3], 'NX')
+local fence = string.format('%d', redis.call('INCR', KEYS[2]))
+redis.call('SET', KEYS[1], fence .. ':' .. ARGV[1], 'PX', ARGV[2])
+return fence
 ";
 
-/// Extends a lock still holding `ARGV[1]` to a lease of `ARGV[2]` ms from
-/// now: 1 if extended, 0 if the lock is gone or someone else's.
+/// Extends a lock still holding `ARGV[1]` (as `<fence>:<token>`) to a lease
+/// of `ARGV[2]` ms from now: 1 if extended, 0 if the lock is gone or someone
+/// else's.
 const EXTEND: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^%d+:(.*)$') == ARGV[1] then
   return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 return 0
 ";
 
-/// Deletes a lock still holding `ARGV[1]`: 1 if deleted, 0 if it was gone
-/// or someone else's.
+/// Deletes a lock still holding `ARGV[1]` (as `<fence>:<token>`): 1 if
+/// deleted, 0 if it was gone or someone else's.
 const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held and string.match(held, '^%d+:(.*)$') == ARGV[1] then
   return redis.call('DEL', KEYS[1])
 end
 return 0
