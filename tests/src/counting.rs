@@ -55,7 +55,7 @@ impl Storage for CountingStorage {
     async fn remove_stale_temporaries(
         &self,
         older_than: std::time::Duration,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<certauto::TemporariesSweep, StorageError> {
         self.inner.remove_stale_temporaries(older_than).await
     }
     fn local_path(&self, key: &str) -> Option<std::path::PathBuf> {

@@ -12,7 +12,10 @@
 //!   next due pass renews the stored record with the stored account (an ARI replacement
 //!   order, no second account);
 //! - a lock holder paused past its lease (`SIGSTOP`, in a child process) cannot
-//!   overwrite the certificate the next holder wrote: its fenced write is refused;
+//!   overwrite the certificate the next holder wrote: its fenced write is refused
+//!   (by its own check, which learns of the loss on resuming, or by Redis's fence check:
+//!   `redis_storage.rs` delays a write in flight past the lease to prove Redis refuses
+//!   one that passed the holder's check);
 //! - one storage-cleaning pass on Redis removes an unmanaged certificate expired past
 //!   the grace period and nothing else: storage afterwards is the snapshot taken before
 //!   minus exactly the reported keys (the managed certificate, its staple and retry
@@ -340,7 +343,7 @@ impl Storage for Watched {
     async fn remove_stale_temporaries(
         &self,
         older_than: Duration,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<certauto::TemporariesSweep, StorageError> {
         self.call(self.inner.remove_stale_temporaries(older_than))
             .await
     }

@@ -295,6 +295,18 @@ mod tests {
         }
     }
 
+    /// Without the `redis` feature a Redis URL is refused, naming the
+    /// variable and the feature, never taken for a folder.
+    #[cfg(not(feature = "redis"))]
+    #[test]
+    fn redis_urls_need_the_feature() {
+        let err = parse(&[(VAR, "redis://:s3cret@127.0.0.1:6379/0")]).unwrap_err();
+        assert_eq!(err.var, VAR);
+        assert!(err.to_string().contains("`redis` feature"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[cfg(feature = "redis")]
     #[test]
     fn bad_values_name_the_variable_and_hide_the_password() {
         let ca = tempfile::NamedTempFile::new().unwrap();

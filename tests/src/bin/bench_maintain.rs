@@ -477,7 +477,7 @@ impl Storage for CountingStorage {
     async fn remove_stale_temporaries(
         &self,
         older_than: Duration,
-    ) -> Result<Vec<String>, StorageError> {
+    ) -> Result<certauto::TemporariesSweep, StorageError> {
         self.inner.remove_stale_temporaries(older_than).await
     }
 
