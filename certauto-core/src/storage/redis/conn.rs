@@ -27,12 +27,19 @@
 //!   another caller opened meanwhile is kept), and the next command reconnects.
 //! - A command that failed because a connection opened earlier turned out to
 //!   be dead (the server restarted, an idle connection was cut: an I/O error
-//!   or a dropped connection, not a timeout) is sent once more, on a fresh
-//!   connection. Every command this storage sends is safe to repeat (reads;
-//!   whole-value writes and deletes; lock scripts that compare the caller's
-//!   token), and a command whose connection broke cannot arrive after its
-//!   repetition. A timeout is not repeated: the first command may still be
-//!   waiting on the server and could land after the second.
+//!   or a dropped connection; not a timeout, and not a reply that could not
+//!   be parsed, which the server did answer) is sent once more, on a fresh
+//!   connection. The first sending may have run before the connection broke,
+//!   so every command this storage sends is safe to run twice: reads, lock
+//!   scripts that compare the caller's token, and writes and deletes that
+//!   carry an operation id (see [the scripts](super::scripts#sent-twice)). A
+//!   timeout is not repeated: the first command may still be waiting on the
+//!   server, and a repetition would only queue behind it.
+//! - On a cluster, redis-rs's client follows `MOVED` / `ASK` and waits out
+//!   `TRYAGAIN` / `CLUSTERDOWN` itself, at most [`CLUSTER_RETRIES`] times,
+//!   and also sends a command again after a node's connection broke (safe
+//!   for the same reason). The whole command, its retries included, is
+//!   bounded by [`CLUSTER_RETRIES`] + 1 response timeouts.
 
 use std::fmt;
 use std::future::Future;
@@ -203,10 +210,18 @@ fn is_connection_failure(err: &RedisError) -> bool {
 
 /// Whether `err` says the connection was dead when the command was sent on
 /// it, so that sending the command again on a new connection cannot race
-/// the first (a timeout can: the first may still be on its way).
+/// the first (a timeout can: the first may still be on its way). A reply
+/// that could not be parsed is not: the server answered.
 fn is_dead_connection(err: &RedisError) -> bool {
-    is_connection_failure(err) && !err.is_timeout()
+    (err.is_io_error() || err.is_connection_dropped() || err.is_connection_refusal())
+        && !err.is_timeout()
 }
+
+/// How many times redis-rs's cluster client may send one command again
+/// (after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or a broken node
+/// connection).
+#[cfg(feature = "redis-cluster")]
+pub(super) const CLUSTER_RETRIES: u32 = 3;
 
 /// Maps a failed command to a [`StorageError`].
 pub(super) fn command_error(err: RedisError) -> StorageError {
@@ -306,28 +321,15 @@ impl Connection {
     /// Runs `command` on the connection, discarding the connection when the
     /// command failed because of it; a command that met a connection that
     /// had died unnoticed runs once more on a fresh one (see the module docs:
-    /// `command` must be safe to repeat).
+    /// `command` must be safe to run twice).
     pub(super) async fn run<T, F, Fut>(&self, command: F) -> Result<T, StorageError>
     where
         F: Fn(Handle) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        self.run_noting_retry(command).await.map(|(value, _)| value)
-    }
-
-    /// [`run`](Self::run), also telling whether the command was sent twice
-    /// (so the first attempt may have taken effect unseen).
-    pub(super) async fn run_noting_retry<T, F, Fut>(
-        &self,
-        command: F,
-    ) -> Result<(T, bool), StorageError>
-    where
-        F: Fn(Handle) -> Fut,
-        Fut: Future<Output = Result<T, RedisError>>,
-    {
         let got = self.get().await?;
-        let err = match command(got.handle).await {
-            Ok(value) => return Ok((value, false)),
+        let err = match self.bounded(command(got.handle)).await {
+            Ok(value) => return Ok(value),
             Err(err) if !is_connection_failure(&err) => return Err(command_error(err)),
             Err(err) => err,
         };
@@ -338,14 +340,37 @@ impl Connection {
         tracing::debug!(server = ?self.server, error = %crate::error::ErrorChain(&err),
             "redis storage: the connection had died; sending the command again on a new one");
         let again = self.get().await?;
-        match command(again.handle).await {
-            Ok(value) => Ok((value, true)),
+        match self.bounded(command(again.handle)).await {
+            Ok(value) => Ok(value),
             Err(err) => {
                 if is_connection_failure(&err) {
                     self.discard(again.id).await;
                 }
                 Err(command_error(err))
             }
+        }
+    }
+
+    /// `command`, bounded as a whole: by the response timeout (which the
+    /// connection enforces too) on one server, by a response timeout per
+    /// send on a cluster, whose client may send it again.
+    async fn bounded<T>(
+        &self,
+        command: impl Future<Output = Result<T, RedisError>>,
+    ) -> Result<T, RedisError> {
+        let limit = match &self.server {
+            Server::Single { .. } => self.response_timeout,
+            #[cfg(feature = "redis-cluster")]
+            Server::Cluster(_) => self.response_timeout.saturating_mul(CLUSTER_RETRIES + 1),
+        };
+        // A little slack so that the connection's own timeout, when it
+        // fires, is the one reported.
+        match tokio::time::timeout(limit + Duration::from_millis(100), command).await {
+            Ok(result) => result,
+            Err(_) => Err(RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("redis did not answer within {limit:?}"),
+            ))),
         }
     }
 

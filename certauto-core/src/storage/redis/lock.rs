@@ -32,8 +32,9 @@ impl LockTimings {
     }
 }
 
-/// 16 random bytes in hex: the token of one acquisition.
-fn token() -> Result<String, StorageError> {
+/// 16 random bytes in hex: the token of one acquisition, or the id of one
+/// write or delete.
+pub(super) fn token() -> Result<String, StorageError> {
     let mut bytes = [0u8; 16];
     SystemRandom::new()
         .fill(&mut bytes)

@@ -72,6 +72,9 @@ enum SetupError {
     #[error("a Redis Cluster node must be a redis://host:port URL")]
     ClusterAddress,
     #[cfg(feature = "redis-cluster")]
+    #[error("a Redis Cluster has database 0 only: {0} names another")]
+    ClusterDatabase(String),
+    #[cfg(feature = "redis-cluster")]
     #[error("invalid Redis Cluster settings")]
     Cluster(#[source] RedisError),
 }
@@ -204,20 +207,31 @@ impl RedisStorageBuilder {
         self
     }
 
-    /// Checks the settings, connects and pings the server.
+    /// Checks the settings, connects, and reads one key of the deployment
+    /// (on a cluster: from the node that serves the deployment's slot, not
+    /// any node).
     ///
     /// Fails with [`StorageError::Backend`] for unusable settings (a bad URL,
     /// key prefix or trust root, a keepalive not shorter than the lease, a
-    /// `rediss://` cluster node) and with [`StorageError::Unavailable`] when
+    /// `rediss://` cluster node or one naming a database) and with [`StorageError::Unavailable`] when
     /// the server (or no node of the cluster) cannot be reached.
     /// Logs a warning when the server's `maxmemory-policy` is not
     /// `noeviction` (see [the production advice](RedisStorage#locks-and-fencing)).
     pub async fn build(self) -> Result<RedisStorage, StorageError> {
         let storage = self.configure()?;
+        let fence = storage.inner.keys.fence();
         storage
             .inner
             .conn
-            .run(|mut c| async move { redis::cmd("PING").query_async::<()>(&mut c).await })
+            .run(|mut c| {
+                let fence = &fence;
+                async move {
+                    redis::cmd("EXISTS")
+                        .arg(fence)
+                        .query_async::<i64>(&mut c)
+                        .await
+                }
+            })
             .await?;
         storage.check_eviction_policy().await;
         Ok(storage)
@@ -330,14 +344,20 @@ fn cluster_server(
             ConnectionAddr::TcpTls { .. } => return Err(setup(SetupError::ClusterTls)),
             _ => return Err(setup(SetupError::ClusterAddress)),
         }
+        // A cluster has database 0 only; redis-rs would ignore another.
+        if info.redis_settings().db() != 0 {
+            return Err(setup(SetupError::ClusterDatabase(describe(&info))));
+        }
         described.push(describe(&info));
         infos.push(info);
     }
-    // redis-rs's own retries (after MOVED, ASK, a node's reconnection) stay
-    // within the response timeout: it bounds the whole request by default.
+    // redis-rs's own retries (after MOVED, ASK, TRYAGAIN, a node's
+    // reconnection) are few, and the connection bounds the whole command
+    // (see the conn module).
     let client = redis::cluster::ClusterClientBuilder::new(infos)
         .connection_timeout(connect_timeout)
         .response_timeout(response_timeout)
+        .retries(conn::CLUSTER_RETRIES)
         .build()
         .map_err(|e| setup(SetupError::Cluster(e)))?;
     let description = format!("redis cluster [{}]", described.join(", "));
@@ -426,6 +446,12 @@ impl Keys {
     /// The fencing counter of the deployment (one for every lock name).
     fn fence(&self) -> String {
         format!("{{{}}}:fence", self.prefix)
+    }
+
+    /// The record of a write or delete with the operation id `op` (see
+    /// [the scripts](scripts#sent-twice)).
+    fn op(&self, op: &str) -> String {
+        format!("{{{}}}:op:{op}", self.prefix)
     }
 }
 
@@ -741,6 +767,9 @@ impl RedisStorage {
                 invocation.arg("").arg("");
             }
         }
+        invocation
+            .key(keys.op(&lock::token()?))
+            .arg(scripts::OP_MEMORY_MS);
         let outcome: i64 = self
             .inner
             .conn
@@ -769,33 +798,34 @@ impl RedisStorage {
         }
     }
 
-    /// Deletes the value at `key`: whether it existed, and whether the
-    /// delete was sent twice (then a first attempt may have deleted it
-    /// unseen, and the answer may be "did not exist").
+    /// Deletes the value at `key`: whether it existed (or was deleted by a
+    /// first sending of this same delete, see [the scripts](scripts#sent-twice)).
     async fn delete_value(
         &self,
         key: &str,
         fence: Option<&Fence<'_>>,
-    ) -> Result<(bool, bool), StorageError> {
-        let (deleted, retried): (i64, bool) = self
+    ) -> Result<bool, StorageError> {
+        // Built once: both sendings carry the same operation id.
+        let invocation = self.delete_invocation(key, fence)?;
+        let deleted: i64 = self
             .inner
             .conn
-            .run_noting_retry(|mut c| {
-                let invocation = self.delete_invocation(key, fence);
+            .run(|mut c| {
+                let invocation = &invocation;
                 async move { invocation.invoke_async(&mut c).await }
             })
             .await?;
         if deleted == scripts::DELETE_FENCED_OUT {
             return Err(fenced_out(key, fence));
         }
-        Ok((deleted == 1, retried))
+        Ok(deleted == 1)
     }
 
     fn delete_invocation(
         &self,
         key: &str,
         fence: Option<&Fence<'_>>,
-    ) -> redis::ScriptInvocation<'_> {
+    ) -> Result<scripts::Call<'_>, StorageError> {
         let keys = &self.inner.keys;
         let (components, ancestors) = split_key(key);
         let mut invocation = self.inner.scripts.delete_value.prepare_invoke();
@@ -819,6 +849,9 @@ impl RedisStorage {
             }
         }
         invocation
+            .key(keys.op(&lock::token()?))
+            .arg(scripts::OP_MEMORY_MS);
+        Ok(invocation)
     }
 
     /// Deletes `key` or everything below it; with `fence`, each value only
@@ -826,25 +859,19 @@ impl RedisStorage {
     /// deletes it).
     async fn remove(&self, key: &str, fence: Option<&Fence<'_>>) -> Result<(), StorageError> {
         validate_key(key)?;
-        let (existed, retried) = self.delete_value(key, fence).await?;
-        if existed {
+        if self.delete_value(key, fence).await? {
             tracing::debug!(key, fenced = fence.is_some(), "redis storage: deleted");
             return Ok(());
         }
         let below = self.walk(key).await?;
         if below.is_empty() {
-            // Sent twice: the first attempt may have deleted the value
-            // before its connection broke. Either way it is gone now.
-            if retried {
-                return Ok(());
-            }
             return Err(StorageError::NotFound(key.to_owned()));
         }
         for batch in below.chunks(DELETE_BATCH) {
-            let invocations: Vec<_> = batch
+            let invocations = batch
                 .iter()
                 .map(|k| self.delete_invocation(k, fence))
-                .collect();
+                .collect::<Result<Vec<_>, _>>()?;
             // One script per value; sent together, they share the round trips.
             let results = futures_util::future::join_all(invocations.iter().map(|inv| {
                 self.inner
@@ -1241,6 +1268,10 @@ mod tests {
         refused(
             &["redis+unix:///tmp/redis.sock"],
             "must be a redis://host:port",
+        );
+        refused(
+            &["redis://:s3cret@127.0.0.1:7000/2"],
+            "has database 0 only: redis://:***@127.0.0.1:7000/2",
         );
         refused(&[], "invalid Redis Cluster settings");
         refused(

@@ -6,32 +6,132 @@
 //! They use only commands of Redis 6.2 and later (Debian's 7.0 included):
 //! there is no native compare-and-delete before Redis 8.4, so release and
 //! extension are compare-and-act scripts.
+//!
+//! # Sent twice
+//! A command may reach the server twice: this storage sends a command again
+//! when its connection turned out to be dead (see the connection module), and
+//! a Redis Cluster client sends it again after a node's connection broke. The
+//! first sending may have run before its reply was lost. So every script is
+//! safe to run twice: reads and the lock scripts (which compare the caller's
+//! token) by their nature, and the two that change values ([`STORE`] and
+//! [`DELETE_VALUE`]) because each call carries a random operation id: the
+//! first run that changes something records it (a key that expires after
+//! [`OP_MEMORY_MS`]), and a second run that finds it answers as the first did
+//! without touching anything. Without it, a write sent again after another
+//! client's newer write would overwrite that, and a delete sent again would
+//! delete a value stored since.
 
-use redis::Script;
+use redis::aio::ConnectionLike;
+use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, ToRedisArgs};
 
-/// The scripts, loaded once per storage (a [`Script`] caches its SHA1 and
-/// falls back to `SCRIPT LOAD` after a server restart flushed it).
+/// How long a write's operation id is remembered (ms): far longer than a
+/// command can be in flight (the connect and response timeouts, a cluster
+/// client's retries).
+pub(super) const OP_MEMORY_MS: u64 = 5 * 60 * 1000;
+
+/// A Lua script and its SHA1.
+#[derive(Debug)]
+pub(super) struct Lua {
+    code: &'static str,
+    hash: String,
+}
+
+impl Lua {
+    fn new(code: &'static str) -> Self {
+        Self {
+            code,
+            hash: redis::Script::new(code).get_hash().to_owned(),
+        }
+    }
+
+    /// A call of this script, to be given its keys and arguments.
+    pub(super) fn prepare_invoke(&self) -> Call<'_> {
+        Call {
+            lua: self,
+            keys: Vec::new(),
+            args: Vec::new(),
+        }
+    }
+}
+
+/// One call of a [`Lua`] script.
+///
+/// Sent as `EVALSHA`; when the server does not know the script (`NOSCRIPT`:
+/// it restarted, or a cluster node never saw it) as `EVAL` with the whole
+/// script, which the server then caches. Unlike redis-rs's `SCRIPT LOAD`
+/// fallback, that is one command routed by its keys, so it reaches the node
+/// that owns them on a cluster too.
+pub(super) struct Call<'a> {
+    lua: &'a Lua,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Call<'_> {
+    /// Adds a key (`KEYS[i]`).
+    pub(super) fn key<T: ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.keys.extend(key.to_redis_args());
+        self
+    }
+
+    /// Adds an argument (`ARGV[i]`).
+    pub(super) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.args.extend(arg.to_redis_args());
+        self
+    }
+
+    fn command(&self, verb: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(self.keys.len());
+        for key in &self.keys {
+            cmd.arg(key.as_slice());
+        }
+        for arg in &self.args {
+            cmd.arg(arg.as_slice());
+        }
+        cmd
+    }
+
+    /// Runs the script (see the type's docs).
+    pub(super) async fn invoke_async<T: FromRedisValue>(
+        &self,
+        con: &mut impl ConnectionLike,
+    ) -> RedisResult<T> {
+        match self
+            .command("EVALSHA", &self.lua.hash)
+            .query_async(con)
+            .await
+        {
+            Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.command("EVAL", self.lua.code).query_async(con).await
+            }
+            answer => answer,
+        }
+    }
+}
+
+/// The scripts of one storage.
 #[derive(Debug)]
 pub(super) struct Scripts {
-    pub(super) store: Script,
-    pub(super) load: Script,
-    pub(super) delete_value: Script,
-    pub(super) stat: Script,
-    pub(super) acquire: Script,
-    pub(super) extend: Script,
-    pub(super) release: Script,
+    pub(super) store: Lua,
+    pub(super) load: Lua,
+    pub(super) delete_value: Lua,
+    pub(super) stat: Lua,
+    pub(super) acquire: Lua,
+    pub(super) extend: Lua,
+    pub(super) release: Lua,
 }
 
 impl Scripts {
     pub(super) fn new() -> Self {
         Self {
-            store: Script::new(STORE),
-            load: Script::new(LOAD),
-            delete_value: Script::new(DELETE_VALUE),
-            stat: Script::new(STAT),
-            acquire: Script::new(ACQUIRE),
-            extend: Script::new(EXTEND),
-            release: Script::new(RELEASE),
+            store: Lua::new(STORE),
+            load: Lua::new(LOAD),
+            delete_value: Lua::new(DELETE_VALUE),
+            stat: Lua::new(STAT),
+            acquire: Lua::new(ACQUIRE),
+            extend: Lua::new(EXTEND),
+            release: Lua::new(RELEASE),
         }
     }
 }
@@ -52,14 +152,20 @@ pub(super) const FENCED_OUT: i64 = 3;
 ///   must not exist: a key is a value or a directory, not both);
 /// - `KEYS[3 .. 2+n]` the directory hashes of `A0 .. A(n-1)`;
 /// - `KEYS[3+n .. 1+2n]` the value hashes of `A1 .. A(n-1)` (none may exist);
-/// - fenced only: `KEYS[2+2n]` the lock.
+/// - fenced only: `KEYS[2+2n]` the lock;
+/// - last: the operation id's key (see [Sent twice](self#sent-twice)).
 /// - `ARGV[1]` the bytes, `ARGV[2]` the modification time (Unix ms), `ARGV[3]`
 ///   `n`, `ARGV[4 .. 3+n]` the components, `ARGV[4+n]` the fence (`''`:
-///   unfenced), `ARGV[5+n]` the holder's token (`''`: not known here).
+///   unfenced), `ARGV[5+n]` the holder's token (`''`: not known here),
+///   `ARGV[6+n]` how long to remember the operation id (ms).
 ///
 /// A fenced write goes ahead only while the lock holds `<fence>:<token>`
-/// with the guard's fence (and token, when known): see [`ACQUIRE`].
+/// with the guard's fence (and token, when known): see [`ACQUIRE`]. A call
+/// whose operation id is remembered has been written: it answers
+/// [`STORED`] and writes nothing.
 const STORE: &str = r"
+local op = KEYS[#KEYS]
+if redis.call('EXISTS', op) == 1 then return 0 end
 local n = tonumber(ARGV[3])
 local fence = ARGV[4 + n]
 if fence ~= '' then
@@ -80,6 +186,7 @@ for i = 1, n do
   if i == n then kind = 'v' end
   redis.call('HSET', KEYS[2 + i], ARGV[3 + i], kind)
 end
+redis.call('SET', op, '1', 'PX', ARGV[6 + n])
 return 0
 ";
 
@@ -98,13 +205,17 @@ pub(super) const DELETE_FENCED_OUT: i64 = -1;
 
 /// Deletes one value and prunes the index: `KEYS[1]` the value hash,
 /// `KEYS[2 .. 1+n]` the directory hashes of its ancestors `A0 .. A(n-1)`,
-/// fenced only `KEYS[2+n]` the lock; `ARGV[1]` `n`, `ARGV[2 .. 1+n]` its
-/// components, `ARGV[2+n]` the fence (`''`: unfenced), `ARGV[3+n]` the
-/// holder's token (`''`: not known here). A directory hash whose last entry
-/// goes vanishes (Redis removes empty hashes), and its entry in its parent is
-/// then removed too. Answers 1 if the value existed, else 0, and -1 (nothing
-/// deleted) when fenced out, checked as in [`STORE`].
+/// fenced only `KEYS[2+n]` the lock, last the operation id's key; `ARGV[1]`
+/// `n`, `ARGV[2 .. 1+n]` its components, `ARGV[2+n]` the fence (`''`:
+/// unfenced), `ARGV[3+n]` the holder's token (`''`: not known here),
+/// `ARGV[4+n]` how long to remember the operation id (ms). A directory hash
+/// whose last entry goes vanishes (Redis removes empty hashes), and its entry
+/// in its parent is then removed too. Answers 1 if the value existed (or this
+/// operation id deleted it before), else 0, and -1 (nothing deleted) when
+/// fenced out, checked as in [`STORE`].
 const DELETE_VALUE: &str = r"
+local op = KEYS[#KEYS]
+if redis.call('EXISTS', op) == 1 then return 1 end
 local n = tonumber(ARGV[1])
 local fence = ARGV[2 + n]
 if fence ~= '' then
@@ -120,6 +231,7 @@ for i = n, 1, -1 do
   redis.call('HDEL', KEYS[1 + i], ARGV[1 + i])
   if redis.call('EXISTS', KEYS[1 + i]) == 1 then break end
 end
+redis.call('SET', op, '1', 'PX', ARGV[4 + n])
 return 1
 ";
 
