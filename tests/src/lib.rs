@@ -31,6 +31,7 @@ mod balancer;
 mod bind;
 mod counting;
 mod dns;
+mod fault_proxy;
 mod ocsp;
 mod pebble;
 mod pki;
@@ -49,6 +50,7 @@ pub use ari_proxy::{AriAnswer, AriProxy, NewOrderRecord, Outage};
 pub use balancer::Balancer;
 pub use bind::{BIND_ZONES, Bind, BindBuilder};
 pub use counting::CountingStorage;
+pub use fault_proxy::{CutFault, FaultProxy, HoldFault};
 pub use ocsp::{OCSP_REVOKED_AT, OcspResponder};
 pub use pebble::{
     DEFAULT_PROFILE, HARNESS_USER_AGENT, PEBBLE_DEFAULT_VALIDITY_SECS, PEBBLE_DIR_ENV,

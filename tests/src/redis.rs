@@ -500,7 +500,8 @@ impl std::fmt::Debug for RedisCluster {
 impl RedisCluster {
     /// Starts three cluster-enabled servers, creates the cluster over them
     /// (`redis-cli --cluster create ... --cluster-replicas 0 --cluster-yes`) and waits
-    /// (bounded) until `CLUSTER INFO` says `cluster_state:ok` on every node.
+    /// (bounded) until `CLUSTER INFO` says `cluster_state:ok` on every node, with all
+    /// 16384 slots served and every node known.
     ///
     /// # Panics
     ///
@@ -652,6 +653,21 @@ impl RedisCluster {
             for node in &self.nodes {
                 let info = node.bulk_command(&["CLUSTER", "INFO"]).await;
                 if !info.lines().any(|l| l.trim() == "cluster_state:ok") {
+                    all_ok = false;
+                    last = format!("node {}: {}", node.port(), info.replace("\r\n", " "));
+                    break;
+                }
+                // Its view has every slot served and every node known:
+                // `cluster_state:ok` alone can come before a node has learnt
+                // every other node.
+                let field = |name: &str| {
+                    info.lines()
+                        .find_map(|l| l.trim().strip_prefix(name)?.strip_prefix(':'))
+                        .and_then(|v| v.parse::<usize>().ok())
+                };
+                if field("cluster_slots_ok") != Some(16384)
+                    || field("cluster_known_nodes") != Some(self.nodes.len())
+                {
                     all_ok = false;
                     last = format!("node {}: {}", node.port(), info.replace("\r\n", " "));
                     break;

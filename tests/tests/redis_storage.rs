@@ -4,7 +4,11 @@
 //! isolation, `rediss://` with a generated CA, a password kept out of `Debug` and errors,
 //! a server stopped and started again under one `RedisStorage`, the first operation after a
 //! restart (of each kind) succeeding, a lock holder whose keepalive cannot reach Redis, and
-//! large and binary values. On a Redis Cluster of three primaries ([`RedisCluster`]): the
+//! large and binary values. Through a fault injector ([`FaultProxy`]: a loopback proxy
+//! that cuts a connection after Redis ran a command, or delays a command in flight): a
+//! write, a delete and a lock attempt sent twice (the first ran, its reply was lost) leave
+//! the state a single sending leaves, and a fenced write delayed past its lease is refused
+//! by Redis. On a Redis Cluster of three primaries ([`RedisCluster`]): the
 //! conformance suite for two deployments on two nodes, and a deployment whose slot moves
 //! to another node while it holds a lock (clients follow the `MOVED` answers).
 
@@ -16,7 +20,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use certauto::storage::conformance::{self, ConformanceBackend, LockTimings};
 use certauto::{RedisStorage, Storage, StorageError};
-use certauto_tests::{RedisCluster, RedisServer};
+use certauto_tests::{FaultProxy, RedisCluster, RedisServer, init_tracing};
 
 /// Bound on any single wait in these tests; only a hang reaches it.
 const HANG: Duration = Duration::from_secs(60);
@@ -458,6 +462,193 @@ async fn the_first_operation_after_a_restart_succeeds() {
         .await
         .unwrap();
     again.release().await.unwrap();
+}
+
+// ----- commands sent twice, commands delayed (the fault proxy) ----------------
+
+/// A storage through `proxy` (fault injector) and one straight to `server`, both under
+/// `prefix`; the first has sent commands already, so its connection is not a fresh one
+/// (a failure on a fresh connection is not sent again).
+async fn through_proxy(
+    server: &RedisServer,
+    proxy: &FaultProxy,
+    prefix: &str,
+) -> (RedisStorage, RedisStorage) {
+    let proxied = RedisStorage::builder(&proxy.redis_url())
+        .key_prefix(prefix)
+        .build()
+        .await
+        .unwrap();
+    let direct = RedisStorage::builder(&server.url())
+        .key_prefix(prefix)
+        .build()
+        .await
+        .unwrap();
+    // Also so that the server knows every script already: the command the proxy cuts
+    // is then the script's run, not an `EVALSHA` answered `NOSCRIPT`.
+    proxied.store("warm", b"up").await.unwrap();
+    proxied.delete("warm").await.unwrap();
+    proxied.lock("warm").await.unwrap().release().await.unwrap();
+    (proxied, direct)
+}
+
+/// A write whose connection broke after Redis ran it (the reply lost) is sent again; by
+/// then another client stored a newer value, which the repetition must not overwrite
+/// (the write's operation id tells Redis it ran already).
+#[tokio::test]
+async fn a_write_sent_again_does_not_overwrite_a_newer_one() {
+    init_tracing();
+    let server = RedisServer::builder().start().await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let (proxied, direct) = through_proxy(&server, &proxy, "twice-store").await;
+
+    let mut fault = proxy.cut_after_reply(b"sent/twice");
+    let write = tokio::spawn({
+        let proxied = proxied.clone();
+        async move { proxied.store("sent/twice", b"first").await }
+    });
+    bounded("the first sending to run", fault.ran()).await;
+    assert_eq!(direct.load("sent/twice").await.unwrap(), b"first");
+    direct.store("sent/twice", b"newer").await.unwrap();
+    fault.cut();
+    bounded("the write", write).await.unwrap().unwrap();
+    assert_eq!(direct.load("sent/twice").await.unwrap(), b"newer");
+    assert_eq!(proxied.load("sent/twice").await.unwrap(), b"newer");
+    // An unrelated write afterwards goes through as usual.
+    proxied.store("sent/twice", b"latest").await.unwrap();
+    assert_eq!(direct.load("sent/twice").await.unwrap(), b"latest");
+}
+
+/// A delete whose connection broke after Redis ran it is sent again; by then another
+/// client stored the key anew, which the repetition must not delete.
+#[tokio::test]
+async fn a_delete_sent_again_does_not_delete_a_newer_value() {
+    init_tracing();
+    let server = RedisServer::builder().start().await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let (proxied, direct) = through_proxy(&server, &proxy, "twice-delete").await;
+    direct.store("gone/twice", b"old").await.unwrap();
+
+    let mut fault = proxy.cut_after_reply(b"gone/twice");
+    let delete = tokio::spawn({
+        let proxied = proxied.clone();
+        async move { proxied.delete("gone/twice").await }
+    });
+    bounded("the first sending to run", fault.ran()).await;
+    assert!(!direct.exists("gone/twice").await.unwrap());
+    direct.store("gone/twice", b"new").await.unwrap();
+    fault.cut();
+    // The delete reports success (its first sending deleted the value), not NotFound.
+    bounded("the delete", delete).await.unwrap().unwrap();
+    assert_eq!(direct.load("gone/twice").await.unwrap(), b"new");
+    assert_eq!(
+        direct.list("gone", false).await.unwrap(),
+        vec!["gone/twice"]
+    );
+}
+
+/// A lock attempt whose connection broke after Redis gave it the lock is sent again: it
+/// gets the lock it was given (same fence), rather than waiting for its own lease to run
+/// out; and the lock stays exclusive.
+#[tokio::test]
+async fn a_lock_attempt_sent_again_gets_the_lock_it_was_given() {
+    init_tracing();
+    let server = RedisServer::builder().start().await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let (proxied, _direct) = through_proxy(&server, &proxy, "twice-lock").await;
+
+    let mut fault = proxy.cut_after_reply(b":lock:twice");
+    let lock = tokio::spawn({
+        let proxied = proxied.clone();
+        async move { proxied.lock("twice").await }
+    });
+    bounded("the first sending to run", fault.ran()).await;
+    let held = server
+        .bulk_command(&["GET", "{twice-lock}:lock:twice"])
+        .await;
+    let (fence, _token) = held
+        .split_once(':')
+        .expect("the lock holds <fence>:<token>");
+    let fence: u64 = fence.parse().unwrap();
+    fault.cut();
+    let guard = bounded("the lock", lock).await.unwrap().unwrap();
+    assert_eq!(
+        guard.fence(),
+        Some(fence),
+        "the fence the first sending got"
+    );
+    let other = RedisStorage::builder(&server.url())
+        .key_prefix("twice-lock")
+        .lock_wait_timeout(Duration::from_millis(300))
+        .build()
+        .await
+        .unwrap();
+    assert!(matches!(
+        other.lock("twice").await,
+        Err(StorageError::LockTimeout(_))
+    ));
+    guard.release().await.unwrap();
+    bounded("the lock once released", other.lock("twice"))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
+/// The fence is checked by Redis, not only by the holder: a fenced write that passed the
+/// holder's own check and was then delayed in flight (held by the proxy: a paused process,
+/// a slow network) until the lease ran out and another client took the lock and wrote,
+/// is refused when it reaches Redis.
+#[tokio::test]
+async fn redis_refuses_a_fenced_write_delayed_past_the_lease() {
+    init_tracing();
+    let server = RedisServer::builder().start().await;
+    let proxy = FaultProxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let lease = Duration::from_millis(900);
+    let holder = RedisStorage::builder(&proxy.redis_url())
+        .key_prefix("delayed")
+        .lock_lease(lease)
+        .response_timeout(Duration::from_secs(30))
+        .build()
+        .await
+        .unwrap();
+    let guard = holder.lock("delayed").await.unwrap();
+
+    let mut fault = proxy.hold(b"delayed/record");
+    let write = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            let result = holder
+                .store_fenced(&guard, "delayed/record", b"stale")
+                .await;
+            (result, guard)
+        }
+    });
+    // Sent: the holder's own check passed. Its keepalive queues behind it.
+    bounded("the write to be sent", fault.held()).await;
+    let next = RedisStorage::builder(&server.url())
+        .key_prefix("delayed")
+        .lock_poll_interval(Duration::from_millis(20))
+        .lock_wait_timeout(HANG)
+        .build()
+        .await
+        .unwrap();
+    let next_guard = bounded("the lease to run out", next.lock("delayed"))
+        .await
+        .unwrap();
+    next.store_fenced(&next_guard, "delayed/record", b"fresh")
+        .await
+        .unwrap();
+    fault.release();
+    let (result, guard) = bounded("the delayed write", write).await.unwrap();
+    assert!(
+        matches!(result, Err(StorageError::LockLost(ref name)) if name == "delayed"),
+        "{result:?}"
+    );
+    assert_eq!(next.load("delayed/record").await.unwrap(), b"fresh");
+    drop(guard);
+    next_guard.release().await.unwrap();
 }
 
 /// Two key prefixes whose slots are served by two different primaries (the cluster splits
