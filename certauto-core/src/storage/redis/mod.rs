@@ -547,7 +547,9 @@ fn unix_millis(time: SystemTime) -> u64 {
 /// - `{<prefix>}:lock:<name>`: a lock, holding `<fence>:<token>` while held
 ///   (it expires with its lease);
 /// - `{<prefix>}:fence`: the deployment's one fencing counter (for every
-///   lock name: nothing is kept per name once a lock is released).
+///   lock name: nothing is kept per name once a lock is released);
+/// - `{<prefix>}:op:<id>`: a write's or delete's operation id, kept five
+///   minutes (see [When Redis is unreachable](#when-redis-is-unreachable)).
 ///
 /// As in a file system, a key cannot hold a value and have keys below it
 /// ([`StorageError::InvalidKey`]). Values larger than 64 MiB are refused, on
