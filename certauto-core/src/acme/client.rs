@@ -474,7 +474,14 @@ impl AcmeClient {
         let url = self.directory.new_account.clone();
         let body = br#"{"onlyReturnExisting":true}"#;
         let resp = self
-            .post(&key, KeyId::Jwk, &url, Some(body), None, Endpoint::NewAccount)
+            .post(
+                &key,
+                KeyId::Jwk,
+                &url,
+                Some(body),
+                None,
+                Endpoint::NewAccount,
+            )
             .await
             .map_err(map_account_errors)?;
         Ok(Account {
@@ -503,8 +510,8 @@ impl AcmeClient {
             &json!({ "contact": contact }),
             Endpoint::Other,
         )
-            .await?
-            .json()
+        .await?
+        .json()
     }
 
     /// Deactivates the account (§7.3.6). It cannot be used afterwards.
@@ -518,8 +525,8 @@ impl AcmeClient {
             &json!({ "status": "deactivated" }),
             Endpoint::Other,
         )
-            .await?
-            .json()
+        .await?
+        .json()
     }
 
     /// Replaces the account key with `new_key` (§7.3.5). Returns the account with the new key.
@@ -645,8 +652,8 @@ impl AcmeClient {
             &json!({ "status": "deactivated" }),
             Endpoint::Authorization,
         )
-            .await?
-            .json()
+        .await?
+        .json()
     }
 
     /// Polls an authorization until it leaves `pending`, within the poll timeout.
@@ -837,7 +844,7 @@ impl AcmeClient {
             None,
             Endpoint::Revoke,
         )
-            .await?;
+        .await?;
         Ok(())
     }
 }

@@ -743,7 +743,12 @@ async fn obtain(config: &Config, id: &Identifier) -> Outcome {
             return Ok(None);
         }
         config
-            .renew_inner(ids.clone(), RenewMode::IfDue, None)
+            .renew_inner(
+                ids.clone(),
+                RenewMode::IfDue,
+                None,
+                crate::metrics::Reason::OnDemand,
+            )
             .await
             .map(Some)
     }
