@@ -134,6 +134,7 @@ pub(crate) enum Reason {
     Forced,
 }
 
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 impl Reason {
     /// The label value, for an obtain (`renewal` false) or a renewal.
     pub(crate) fn label(self, renewal: bool) -> &'static str {
@@ -166,6 +167,7 @@ pub(crate) enum Endpoint {
     Other,
 }
 
+#[cfg_attr(not(feature = "metrics"), allow(dead_code))]
 impl Endpoint {
     /// The label value.
     pub(crate) fn as_str(self) -> &'static str {
@@ -338,7 +340,7 @@ enum Held {
 /// cancelled) takes the one back.
 #[derive(Debug)]
 #[must_use = "the gauge goes back down when the guard is dropped"]
-pub(crate) struct GaugeGuard(Held);
+pub(crate) struct GaugeGuard(#[cfg_attr(not(feature = "metrics"), allow(dead_code))] Held);
 
 impl GaugeGuard {
     #[inline]

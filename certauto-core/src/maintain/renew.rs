@@ -37,6 +37,7 @@ impl Config {
     /// check found revoked are renewed first. Returns what it did.
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
+        self.cache().refresh_expiry_metric();
         self.renew_revoked(&mut report.renewed, &mut report.failed)
             .await;
         for ids in self.managed_snapshot().iter() {
