@@ -46,11 +46,14 @@
 //!   transport failure or a `badNonce` counted again. `status` is the HTTP
 //!   status of the answer, `error` when none came (connection refused,
 //!   reset, timeout). Account fetches and updates count as `other`.
-//! - **On-demand decisions**: `allowed` once per name let through the gate
-//!   (the issuance follows); `denied` for each refused handshake (an invalid
-//!   SNI, not on the allowlist, refused by the decision function or its
-//!   remembered refusal, a decision timeout, no gate); `rate_limited` when
-//!   the in-flight bound or the on-demand rate limiter stopped it.
+//! - **On-demand decisions**, during handshakes (the gate asked again at
+//!   renewal time is not counted): `allowed` once per name let through the
+//!   gate (the issuance follows); `denied` for each refused handshake (an
+//!   invalid SNI, not on the allowlist, refused by the decision function or
+//!   its remembered refusal, a decision timeout, no gate); `rate_limited`
+//!   when the in-flight bound or the on-demand rate limiter stopped it
+//!   (before the decision, or after an `allowed` when the limiter's token,
+//!   taken after the storage lookup, is gone by then).
 //! - **Handshake lookups**: one per certificate resolution (TLS-ALPN-01
 //!   validation handshakes not counted): `hit` (the SNI's certificate),
 //!   `default` (the default certificate: no SNI, or an unknown name with
@@ -68,8 +71,8 @@
 //!   `certauto_certificate_expiry_seconds < 7 * 86400` does not fire for
 //!   it). One series per managed certificate: a fleet with very many names
 //!   turns it off with
-//!   [`ConfigBuilder::certificate_expiry_metric`](crate::ConfigBuilder::certificate_expiry_metric)
-//!   (default on).
+//!   [`ConfigBuilder::without_certificate_expiry_metric`](crate::ConfigBuilder::without_certificate_expiry_metric)
+//!   (on by default).
 //!
 //! [`Config::manage`]: crate::Config::manage
 //! [`Config::obtain`]: crate::Config::obtain

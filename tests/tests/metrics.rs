@@ -258,7 +258,7 @@ async fn obtain_and_renewals_are_counted_with_their_reasons() {
         "certificate",
         "renewal_info",
     ];
-    for (labels, _) in &requests {
+    for labels in requests.keys() {
         let endpoint = &labels[0];
         let status = &labels[1];
         assert_eq!(

@@ -302,10 +302,9 @@ impl Config {
                 &guard.storage,
                 &ids,
                 &issuers,
-                existing.is_some(),
+                (existing.is_some(), reason),
                 replaces.as_ref().map(|(k, id)| (k.as_str(), id.as_str())),
                 retry,
-                reason,
             )
             .await
         }
@@ -344,17 +343,17 @@ impl Config {
 
     /// Issues through the issuers in order, stores the result and emits events.
     /// `replaces` is the issuer key and ARI CertID of the certificate a
-    /// renewal replaces.
+    /// renewal replaces; `kind` whether this renews, and why it runs.
     async fn issue(
         &self,
         lock: &LockGuard,
         ids: &[Identifier],
         issuers: &[Arc<dyn Issuer>],
-        renewal: bool,
+        kind: (bool, Reason),
         replaces: Option<(&str, &str)>,
         retry: Option<(u32, SystemTime)>,
-        reason: Reason,
     ) -> Result<Certificate, Error> {
+        let renewal = kind.0;
         let _in_flight = metrics::issuance_started();
         let names: Vec<String> = ids.iter().map(|i| i.as_str().into_owned()).collect();
         self.emit(&Event::CertObtaining {
@@ -363,7 +362,7 @@ impl Config {
         });
         let attempt = retry.map_or(1, |(attempt, _)| attempt);
         let result = self
-            .try_issuers(lock, ids, issuers, replaces, attempt, (renewal, reason))
+            .try_issuers(lock, ids, issuers, replaces, attempt, kind)
             .await;
         match &result {
             Ok(cert) => {
