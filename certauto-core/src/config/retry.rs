@@ -25,6 +25,31 @@ pub(crate) struct RetryState {
     pub(crate) attempts: u32,
     /// When the next attempt is due, Unix seconds.
     pub(crate) next_attempt: u64,
+    /// When the last attempt failed, Unix seconds (absent in records written
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_at: Option<u64>,
+    /// The last attempt's error with its causes, at most
+    /// [`MAX_ERROR_LEN`] bytes (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_error: Option<String>,
+}
+
+/// The longest error message kept in a retry record (longer ones are cut at
+/// a character boundary and end with `…`).
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
+
+/// `message` cut to at most [`MAX_ERROR_LEN`] bytes.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 impl RetryState {
@@ -33,6 +58,12 @@ impl RetryState {
         UNIX_EPOCH
             .checked_add(Duration::from_secs(self.next_attempt))
             .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// When the last attempt failed, if the record says.
+    pub(crate) fn failed_time(&self) -> Option<SystemTime> {
+        self.failed_at
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
     }
 
     /// Whether the next attempt is due at `now`.
@@ -52,7 +83,7 @@ impl Config {
     }
 
     /// The retry schedule of `primary`, loaded from storage the first time.
-    async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
+    pub(crate) async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
         if let Some(retry) = self.retries().get(primary).cloned() {
             return retry;
         }
@@ -155,11 +186,14 @@ impl Config {
                     "renewal failed; retry scheduled"
                 };
                 tracing::warn!(name = %primary, attempt, error = %ErrorChain(&e), retry_at = ?next, "{what}");
+                let message = bounded_message(ErrorChain(&e).to_string());
                 self.set_retry_state(
                     &primary,
                     Some(RetryState {
                         attempts: attempt,
                         next_attempt: unix(next),
+                        failed_at: Some(unix(self.clock().now())),
+                        last_error: Some(message),
                     }),
                 )
                 .await;

@@ -1,0 +1,463 @@
+//! [`Config::status`]: a snapshot of what CertAuto is doing for each managed
+//! certificate, and why, for an admin endpoint or a CLI.
+//!
+//! For each managed certificate ([`CertificateStatus`], sorted by primary
+//! name) the snapshot gives the certificate serving it (serial, issuer,
+//! validity), when maintenance will next renew or obtain it and on what
+//! basis ([`RenewalReason`]: the renewal ratio, the CA's ARI window with its
+//! explanation URL, a retry after a failure with its backoff, a revocation,
+//! a first obtain), the last error with its time and attempt number, the
+//! OCSP staple's state ([`StapleState`]), and whether on-demand TLS obtained
+//! it. Names that are managed but have no certificate yet (being obtained, or
+//! failing) are listed too, without a certificate.
+//!
+//! The renewal time is computed by the functions maintenance decides with
+//! (the same ARI state, ratio rule and retry schedule), from the state kept
+//! now: the snapshot never asks the CA. When maintenance has not asked the CA
+//! for a certificate's ARI window yet, the ratio is shown with
+//! `ari_pending: true`; the next check may replace it with the CA's window.
+//!
+//! ## Serialised form
+//!
+//! Every type is `serde` `Serialize` and `Deserialize`. Times are RFC 3339
+//! strings in UTC, to the second (`"2026-12-05T01:37:27Z"`); enums carry
+//! their variant in a `kind` (reasons) or `state` (OCSP) field in
+//! `snake_case`. A renewal time at or before [`Status::at`] means "at the next
+//! maintenance check".
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use certauto_core::{Config, MemoryStorage};
+//! use certauto_core::status::RenewalReason;
+//!
+//! let config = Config::builder().storage(Arc::new(MemoryStorage::new())).build();
+//! config.manage(["localhost"]).await?;
+//!
+//! let status = config.status().await;
+//! let localhost = &status.certificates[0];
+//! assert_eq!(localhost.name, "localhost");
+//! let next = localhost.next_renewal.as_ref().expect("scheduled");
+//! assert!(matches!(next.reason, RenewalReason::Ratio { .. }));
+//!
+//! let json = serde_json::to_string(&status)?; // for GET /status
+//! assert!(json.contains(r#""kind":"ratio""#));
+//! # Ok(()) }
+//! ```
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CachedCert;
+use crate::config::Config;
+use crate::identifier::Identifier;
+use crate::maintain::ari::Basis;
+use crate::ocsp::staple::StapleRecord;
+
+/// How many certificates [`Config::status`] looks at before yielding to the
+/// runtime, so a snapshot of many names never holds a worker thread long.
+const YIELD_EVERY: usize = 256;
+
+/// A snapshot of every managed certificate; see the [module docs](self).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Status {
+    /// When the snapshot was taken, by the config's clock.
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// One entry per managed certificate, sorted by primary name.
+    pub certificates: Vec<CertificateStatus>,
+}
+
+/// The state of one managed certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct CertificateStatus {
+    /// The primary name (the certificate's storage and lock name).
+    pub name: String,
+    /// Every name the certificate is managed for, primary first.
+    pub names: Vec<String>,
+    /// Whether on-demand TLS obtained it (it is asked about again before
+    /// each renewal) rather than the application's configuration.
+    pub on_demand: bool,
+    /// The certificate serving the names; `None` when none was obtained yet
+    /// (being obtained, or failing: see `last_error`).
+    pub certificate: Option<ServingCertificate>,
+    /// Whether an obtain or renewal of it is running in this process now.
+    pub in_progress: bool,
+    /// When maintenance will next renew (or obtain) it, and why.
+    pub next_renewal: Option<NextRenewal>,
+    /// The last failed attempt, while it is not followed by a success.
+    pub last_error: Option<LastError>,
+    /// The OCSP staple served with the certificate.
+    pub ocsp: StapleState,
+}
+
+/// The certificate serving a managed name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ServingCertificate {
+    /// Serial number, lower-case hex.
+    pub serial: String,
+    /// The key of the issuer it came from (an ACME CA's key, or `local-ca`,
+    /// see [`LOCAL_CA_ISSUER_KEY`](crate::LOCAL_CA_ISSUER_KEY)).
+    pub issuer_key: String,
+    /// The certificate's issuer distinguished name (RFC 4514 form).
+    pub issuer: String,
+    /// Start of validity.
+    #[serde(with = "rfc3339")]
+    pub not_before: SystemTime,
+    /// End of validity.
+    #[serde(with = "rfc3339")]
+    pub not_after: SystemTime,
+}
+
+/// When maintenance will next renew (or obtain) a certificate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct NextRenewal {
+    /// The time (at or before [`Status::at`]: at the next maintenance check).
+    #[serde(with = "rfc3339")]
+    pub at: SystemTime,
+    /// Why then.
+    pub reason: RenewalReason,
+}
+
+/// Why a certificate is renewed (or obtained) when [`NextRenewal::at`] says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum RenewalReason {
+    /// Less than `ratio` of the certificate's lifetime remains then (the
+    /// configured [renewal ratio](crate::ConfigBuilder::renewal_ratio), or
+    /// half for short-lived certificates, see
+    /// [`renewal_ratio_for`](crate::renewal_ratio_for)).
+    Ratio {
+        /// The share of the lifetime left at renewal.
+        ratio: f64,
+        /// The CA offers ARI and is asked at the next check, whose window
+        /// then replaces the ratio.
+        ari_pending: bool,
+    },
+    /// A time chosen at random inside the CA's ARI window (RFC 9773).
+    AriWindow {
+        /// The window's start.
+        #[serde(with = "rfc3339")]
+        window_start: SystemTime,
+        /// The window's end.
+        #[serde(with = "rfc3339")]
+        window_end: SystemTime,
+        /// The page the CA gave to explain the window, if any.
+        explanation_url: Option<String>,
+        /// When maintenance asks the CA again (the window may move).
+        #[serde(with = "rfc3339")]
+        next_check: SystemTime,
+    },
+    /// A retry after failed attempts, by the exponential backoff (see
+    /// [`MIN_RETRY_BACKOFF`](crate::MIN_RETRY_BACKOFF)).
+    Retry {
+        /// The attempt this will be (failures so far plus one).
+        attempt: u32,
+        /// The delay from the last failure to the retry, in seconds (`None`
+        /// for records written before the failure time was kept).
+        backoff_secs: Option<u64>,
+    },
+    /// OCSP reported the serving certificate revoked: renewed at once.
+    Revoked,
+    /// Not obtained yet: obtained at the next check (or now, when
+    /// `in_progress`).
+    FirstObtain,
+}
+
+/// The last failed obtain or renewal of a certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LastError {
+    /// The error with its causes (at most 1 KiB).
+    pub message: Option<String>,
+    /// When it failed (`None` for records written before this was kept).
+    #[serde(with = "rfc3339::option")]
+    pub at: Option<SystemTime>,
+    /// Which attempt it was (1 for the first failure, counted since the last success).
+    pub attempt: u32,
+}
+
+/// The state of a certificate's OCSP staple.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StapleState {
+    /// The certificate names no OCSP responder (or none is served yet):
+    /// nothing to staple.
+    None,
+    /// Not fetched yet: at the next OCSP check, or in the background.
+    Pending,
+    /// A good response is stapled.
+    Good {
+        /// When it goes stale.
+        #[serde(with = "rfc3339")]
+        next_update: SystemTime,
+        /// When a newer one is fetched (half way through its validity).
+        #[serde(with = "rfc3339")]
+        refresh_at: SystemTime,
+    },
+    /// The responder reports the certificate revoked; it is renewed at once.
+    Revoked {
+        /// The revocation time the responder gave.
+        #[serde(with = "rfc3339")]
+        revoked_at: SystemTime,
+    },
+    /// The responder does not know the certificate.
+    Unknown {
+        /// When it answered so.
+        #[serde(with = "rfc3339")]
+        at: SystemTime,
+        /// The `nextUpdate` of an earlier good staple still served, if any.
+        #[serde(with = "rfc3339::option")]
+        serving_until: Option<SystemTime>,
+    },
+    /// No usable response could be had.
+    FetchFailing {
+        /// The error, with its causes.
+        error: String,
+        /// When the last fetch failed.
+        #[serde(with = "rfc3339")]
+        at: SystemTime,
+        /// The `nextUpdate` of an earlier good staple still served, if any.
+        #[serde(with = "rfc3339::option")]
+        serving_until: Option<SystemTime>,
+    },
+}
+
+impl Config {
+    /// A snapshot of every managed certificate: what serves it, when it is
+    /// renewed next and why, its last error and its OCSP staple. See the
+    /// [module docs](crate::status) for the form and an example.
+    ///
+    /// Cost: O(managed certificates) work in memory (a cache lookup, a parse
+    /// of the leaf's issuer name and a few map lookups each), yielding to the
+    /// runtime every 256 certificates, plus one storage read per
+    /// certificate whose retry schedule this process has not read yet (the
+    /// first snapshot after a start; later ones read none). It never asks a
+    /// CA or OCSP responder and never takes a certificate lock, so it does
+    /// not wait on obtains or renewals in progress.
+    pub async fn status(&self) -> Status {
+        let now = self.clock().now();
+        let mut managed: Vec<Vec<Identifier>> = self.managed_snapshot().as_ref().clone();
+        managed.sort_by_cached_key(|ids| ids[0].to_string());
+        let mut certificates = Vec::with_capacity(managed.len());
+        for (i, ids) in managed.iter().enumerate() {
+            if i > 0 && i % YIELD_EVERY == 0 {
+                tokio::task::yield_now().await;
+            }
+            certificates.push(self.certificate_status(ids, now).await);
+        }
+        Status {
+            at: now,
+            certificates,
+        }
+    }
+
+    async fn certificate_status(&self, ids: &[Identifier], now: SystemTime) -> CertificateStatus {
+        let primary = &ids[0];
+        let entry = self.cache().get(&primary.as_str());
+        let retry = self.retry_state(primary).await;
+        let in_progress = self.attempt_in_progress(primary);
+
+        // What check_renewals does: the renewal time of the cached
+        // certificate (a revoked one at once), or an obtain when none is
+        // cached; either waits for a pending retry time.
+        let base = match &entry {
+            Some(entry) if self.is_reported_revoked(entry.serial()) => NextRenewal {
+                at: now,
+                reason: RenewalReason::Revoked,
+            },
+            Some(entry) => {
+                let planned = self.planned_renewal(primary, entry);
+                let reason = match planned.basis {
+                    Basis::Ratio { ratio, ari_pending } => {
+                        RenewalReason::Ratio { ratio, ari_pending }
+                    }
+                    Basis::Ari {
+                        window,
+                        explanation_url,
+                        next_fetch,
+                    } => RenewalReason::AriWindow {
+                        window_start: window.start,
+                        window_end: window.end,
+                        explanation_url,
+                        next_check: next_fetch,
+                    },
+                };
+                NextRenewal {
+                    at: planned.at,
+                    reason,
+                }
+            }
+            None => NextRenewal {
+                at: now,
+                reason: RenewalReason::FirstObtain,
+            },
+        };
+        let next_renewal = match &retry {
+            Some(r) if r.due_at() >= base.at => NextRenewal {
+                at: r.due_at(),
+                reason: RenewalReason::Retry {
+                    attempt: r.attempts.saturating_add(1),
+                    backoff_secs: r
+                        .failed_time()
+                        .and_then(|failed| r.due_at().duration_since(failed).ok())
+                        .map(|d| d.as_secs()),
+                },
+            },
+            _ => base,
+        };
+        let last_error = retry.as_ref().map(|r| LastError {
+            message: r.last_error.clone(),
+            at: r.failed_time(),
+            attempt: r.attempts,
+        });
+        let ocsp = entry
+            .as_deref()
+            .map_or(StapleState::None, |e| self.ocsp_state(e));
+        CertificateStatus {
+            name: primary.to_string(),
+            names: ids.iter().map(ToString::to_string).collect(),
+            on_demand: self.is_on_demand(primary),
+            certificate: entry.as_deref().map(serving_certificate),
+            in_progress,
+            next_renewal: Some(next_renewal),
+            last_error,
+            ocsp,
+        }
+    }
+
+    /// The staple state of a cached certificate, from the last stapling outcome.
+    fn ocsp_state(&self, entry: &CachedCert) -> StapleState {
+        if entry.ocsp_urls().is_empty() {
+            return StapleState::None;
+        }
+        let record = self.staple_records().get(entry.serial()).cloned();
+        match record {
+            None | Some(StapleRecord::Pending) => StapleState::Pending,
+            Some(StapleRecord::Good {
+                next_update,
+                refresh_at,
+            }) => StapleState::Good {
+                next_update,
+                refresh_at,
+            },
+            Some(StapleRecord::Revoked { revoked_at }) => StapleState::Revoked { revoked_at },
+            Some(StapleRecord::Failed {
+                unknown: true,
+                at,
+                serving_until,
+                ..
+            }) => StapleState::Unknown { at, serving_until },
+            Some(StapleRecord::Failed {
+                error,
+                at,
+                serving_until,
+                ..
+            }) => StapleState::FetchFailing {
+                error,
+                at,
+                serving_until,
+            },
+        }
+    }
+}
+
+/// The serving-certificate facts of a cache entry.
+fn serving_certificate(entry: &CachedCert) -> ServingCertificate {
+    // The leaf parsed when it was cached; a parse failure here (it cannot
+    // happen) leaves the issuer name empty rather than failing the snapshot.
+    let issuer = entry
+        .certified_key()
+        .cert
+        .first()
+        .and_then(|der| x509_parser::parse_x509_certificate(der).ok())
+        .map(|(_, leaf)| leaf.issuer().to_string())
+        .unwrap_or_default();
+    ServingCertificate {
+        serial: entry.serial().to_owned(),
+        issuer_key: entry.issuer_key().to_owned(),
+        issuer,
+        not_before: entry.not_before(),
+        not_after: entry.not_after(),
+    }
+}
+
+/// `SystemTime` as an RFC 3339 UTC string to the second.
+mod rfc3339 {
+    use super::{Duration, SystemTime};
+    use serde::{Deserialize, Deserializer, Serializer};
+    use time::OffsetDateTime;
+    use time::format_description::well_known::Rfc3339;
+
+    /// `t` as RFC 3339 UTC, to the second; times outside what RFC 3339 can
+    /// write (years after 9999) are written as the last second of 9999.
+    pub(super) fn format(t: SystemTime) -> String {
+        let secs = match t.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            Err(e) => {
+                // Before the epoch: round down to the second.
+                let d = e.duration();
+                let whole = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+                -whole - i64::from(d.subsec_nanos() > 0)
+            }
+        };
+        // 9999-12-31T23:59:59Z, the last second RFC 3339 can write.
+        const MAX: i64 = 253_402_300_799;
+        let dt = OffsetDateTime::from_unix_timestamp(secs.clamp(0, MAX))
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        dt.format(&Rfc3339)
+            .unwrap_or_else(|_| "1970-01-01T00:00:00Z".to_owned())
+    }
+
+    pub(super) fn parse(s: &str) -> Result<SystemTime, String> {
+        let dt = OffsetDateTime::parse(s, &Rfc3339).map_err(|e| format!("{s:?}: {e}"))?;
+        let secs = dt.unix_timestamp();
+        let t = if secs >= 0 {
+            SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
+        } else {
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+        };
+        t.ok_or_else(|| format!("{s:?}: out of range"))
+    }
+
+    pub(super) fn serialize<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*t))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SystemTime, D::Error> {
+        let s = String::deserialize(d)?;
+        parse(&s).map_err(serde::de::Error::custom)
+    }
+
+    /// `Option<SystemTime>` as an RFC 3339 string or `null`.
+    pub(super) mod option {
+        use super::super::SystemTime;
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(in crate::status) fn serialize<S: Serializer>(
+            t: &Option<SystemTime>,
+            s: S,
+        ) -> Result<S::Ok, S::Error> {
+            match t {
+                Some(t) => s.serialize_some(&super::format(*t)),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(in crate::status) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<SystemTime>, D::Error> {
+            Option::<String>::deserialize(d)?
+                .map(|s| super::parse(&s).map_err(serde::de::Error::custom))
+                .transpose()
+        }
+    }
+}
