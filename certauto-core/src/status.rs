@@ -101,8 +101,8 @@ pub struct CertificateStatus {
 pub struct ServingCertificate {
     /// Serial number, lower-case hex.
     pub serial: String,
-    /// The key of the issuer it came from (an ACME CA's key, or `local-ca`,
-    /// see [`LOCAL_CA_ISSUER_KEY`](crate::LOCAL_CA_ISSUER_KEY)).
+    /// The key of the issuer it came from (an ACME CA's key, derived from its
+    /// directory URL, or [`LOCAL_CA_ISSUER_KEY`](crate::LOCAL_CA_ISSUER_KEY)).
     pub issuer_key: String,
     /// The certificate's issuer distinguished name (RFC 4514 form).
     pub issuer: String,
@@ -137,8 +137,9 @@ pub enum RenewalReason {
     Ratio {
         /// The share of the lifetime left at renewal.
         ratio: f64,
-        /// The CA offers ARI and is asked at the next check, whose window
-        /// then replaces the ratio.
+        /// Maintenance has not asked the certificate's CA for an ARI window
+        /// yet and does at the next check: a window it gives then replaces
+        /// the ratio.
         ari_pending: bool,
     },
     /// A time chosen at random inside the CA's ARI window (RFC 9773).
@@ -459,5 +460,214 @@ mod rfc3339 {
                 .map(|s| super::parse(&s).map_err(serde::de::Error::custom))
                 .transpose()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    use serde_json::Value;
+
+    use super::*;
+    use crate::storage::{MemoryStorage, keys};
+    use crate::{ManualClock, Storage};
+
+    const DAY: Duration = Duration::from_secs(24 * 3600);
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn config(clock: &Arc<ManualClock>, storage: &Arc<MemoryStorage>) -> Config {
+        Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .build()
+    }
+
+    fn json(status: &Status) -> Value {
+        serde_json::to_value(status).unwrap()
+    }
+
+    /// The local CA's 7-day leaves renew at half their life (the short-lived
+    /// rule); after the clock passes that and a check renews, the snapshot
+    /// shows the new serial and its own renewal time.
+    #[tokio::test]
+    async fn a_ratio_window_before_and_after_renewal() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let storage = Arc::new(MemoryStorage::new());
+        let config = config(&clock, &storage);
+        config.manage(["b.test", "a.test"]).await.unwrap();
+
+        let status = config.status().await;
+        let names: Vec<_> = status
+            .certificates
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, ["a.test", "b.test"], "sorted by primary name");
+        let a = &status.certificates[0];
+        let cert = a.certificate.clone().unwrap();
+        assert_eq!(cert.serial, config.cache().get("a.test").unwrap().serial());
+        assert_eq!(cert.issuer_key, crate::LOCAL_CA_ISSUER_KEY);
+        assert!(cert.issuer.contains("CN="), "{}", cert.issuer);
+        let next = a.next_renewal.clone().unwrap();
+        let half = cert.not_before + (cert.not_after.duration_since(cert.not_before).unwrap() / 2);
+        let off = next
+            .at
+            .duration_since(half)
+            .unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_millis(1), "{next:?} vs {half:?}");
+        assert_eq!(
+            next.reason,
+            RenewalReason::Ratio {
+                ratio: 0.5,
+                ari_pending: false
+            }
+        );
+        assert_eq!(
+            (a.last_error.clone(), a.ocsp.clone()),
+            (None, StapleState::None)
+        );
+        assert!(!a.on_demand && !a.in_progress);
+
+        let value = json(&status);
+        let a_json = &value["certificates"][0];
+        assert_eq!(a_json["name"], "a.test");
+        assert_eq!(a_json["names"], serde_json::json!(["a.test"]));
+        assert_eq!(a_json["certificate"]["serial"], cert.serial.as_str());
+        assert_eq!(a_json["next_renewal"]["reason"]["kind"], "ratio");
+        assert_eq!(a_json["next_renewal"]["reason"]["ratio"], 0.5);
+        assert_eq!(a_json["next_renewal"]["at"], rfc3339::format(next.at));
+        assert_eq!(a_json["ocsp"]["state"], "none");
+        assert!(a_json["last_error"].is_null());
+        // It reads back, and writes the same JSON again.
+        let back: Status = serde_json::from_value(value.clone()).unwrap();
+        assert_eq!(json(&back), value);
+
+        // Past the renewal time, a maintenance pass renews.
+        clock.set(next.at + Duration::from_secs(1));
+        let report = config.check_renewals().await;
+        assert!(report.renewed.contains(&"a.test".to_owned()), "{report:?}");
+        let after = config.status().await;
+        let renewed = after.certificates[0].certificate.clone().unwrap();
+        assert_ne!(renewed.serial, cert.serial);
+        assert_eq!(
+            renewed.serial,
+            config.cache().get("a.test").unwrap().serial()
+        );
+        // The local CA dates its leaves by the system clock: the new one's
+        // renewal time is again half way through its own validity.
+        let next_after = after.certificates[0].next_renewal.clone().unwrap();
+        assert_half_way(&next_after, &renewed);
+        assert!(after.certificates[0].last_error.is_none());
+    }
+
+    /// A name whose first obtain waits for its retry time is listed without a
+    /// certificate, with the retry as its next renewal; a record written
+    /// before failure times and errors were kept still reads.
+    #[tokio::test]
+    async fn a_pending_retry_without_a_certificate() {
+        let now = at(2_000_000_000);
+        let clock = Arc::new(ManualClock::new(now));
+        let storage = Arc::new(MemoryStorage::new());
+        let id = Identifier::parse("wait.test").unwrap();
+        let due = now + DAY;
+        let old_record = format!(r#"{{"attempts":3,"next_attempt":{}}}"#, unix(due));
+        storage
+            .store(&keys::retry_schedule(&id), old_record.as_bytes())
+            .await
+            .unwrap();
+        let config = config(&clock, &storage);
+        // Deferred: the retry time has not come.
+        let _ = config.manage(["wait.test"]).await;
+        assert!(config.cache().get("wait.test").is_none());
+
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert_eq!(c.name, "wait.test");
+        assert!(c.certificate.is_none());
+        assert_eq!(
+            c.next_renewal,
+            Some(NextRenewal {
+                at: due,
+                reason: RenewalReason::Retry {
+                    attempt: 4,
+                    backoff_secs: None
+                }
+            })
+        );
+        assert_eq!(
+            c.last_error,
+            Some(LastError {
+                message: None,
+                at: None,
+                attempt: 3
+            })
+        );
+        let value = json(&status);
+        assert_eq!(
+            value["certificates"][0]["next_renewal"]["reason"]["kind"],
+            "retry"
+        );
+        assert_eq!(
+            value["certificates"][0]["next_renewal"]["at"],
+            "2033-05-19T03:33:20Z"
+        );
+        assert!(value["certificates"][0]["certificate"].is_null());
+
+        // Once due, the check obtains it and the failure is gone.
+        clock.set(due);
+        let report = config.check_renewals().await;
+        assert_eq!(report.renewed, ["wait.test"], "{report:?}");
+        let c = config.status().await.certificates[0].clone();
+        assert!(c.certificate.is_some() && c.last_error.is_none());
+    }
+
+    /// `next` is the ratio point of `cert`: half way (the short-lived rule).
+    fn assert_half_way(next: &NextRenewal, cert: &ServingCertificate) {
+        let half = cert.not_before + (cert.not_after.duration_since(cert.not_before).unwrap() / 2);
+        let off = next
+            .at
+            .duration_since(half)
+            .unwrap_or_else(|e| e.duration());
+        assert!(off < Duration::from_millis(1), "{next:?} vs {half:?}");
+        assert_eq!(
+            next.reason,
+            RenewalReason::Ratio {
+                ratio: 0.5,
+                ari_pending: false
+            }
+        );
+    }
+
+    fn unix(t: SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn times_are_rfc3339_utc_to_the_second() {
+        assert_eq!(rfc3339::format(at(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339::format(at(1_700_000_000) + Duration::from_millis(999)),
+            "2023-11-14T22:13:20Z"
+        );
+        assert_eq!(
+            rfc3339::parse("2023-11-14T22:13:20Z").unwrap(),
+            at(1_700_000_000)
+        );
+        assert_eq!(
+            rfc3339::parse("2023-11-14T23:13:20+01:00").unwrap(),
+            at(1_700_000_000)
+        );
+        assert!(rfc3339::parse("yesterday").is_err());
+        // Out of RFC 3339's range: clamped, never a panic.
+        assert_eq!(rfc3339::format(UNIX_EPOCH - DAY), "1970-01-01T00:00:00Z");
+        let far = UNIX_EPOCH + Duration::from_secs(400_000_000_000);
+        assert_eq!(rfc3339::format(far), "9999-12-31T23:59:59Z");
     }
 }

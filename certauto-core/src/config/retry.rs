@@ -202,3 +202,36 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_char_boundary() {
+        assert_eq!(bounded_message("short".to_owned()), "short");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = bounded_message(long);
+        assert!(cut.len() <= MAX_ERROR_LEN, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn records_without_the_failure_read_and_new_ones_round_trip() {
+        let old: RetryState = serde_json::from_str(r#"{"attempts":2,"next_attempt":100}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((old.failed_at, old.last_error.as_deref()), (None, None));
+        assert_eq!(old.failed_time(), None);
+        let new = RetryState {
+            last_error: Some("refused".to_owned()),
+            failed_at: Some(40),
+            ..old
+        };
+        let json = serde_json::to_string(&new).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"attempts":2,"next_attempt":100,"failed_at":40,"last_error":"refused"}"#
+        );
+    }
+}

@@ -59,9 +59,9 @@ pub(crate) struct Planned {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Basis {
     /// The renewal ratio (the one applied, after the short-lived rule);
-    /// `ari_pending` when the CA will be asked for an ARI window at the next
-    /// check (the certificate has an ARI CertID and its issuer offers ARI, but no
-    /// answer is kept yet).
+    /// `ari_pending` when the issuer will be asked for an ARI window at the
+    /// next check (the certificate has an ARI CertID, its issuer is an ACME
+    /// CA, and no answer is kept yet).
     Ratio { ratio: f64, ari_pending: bool },
     /// The time chosen in the CA's ARI window.
     Ari {
@@ -128,7 +128,10 @@ impl Config {
     /// What [`renewal_time`](Self::renewal_time) would decide for `entry`
     /// (serving `primary`) from the state kept now, without asking the CA.
     pub(crate) fn planned_renewal(&self, primary: &Identifier, entry: &CachedCert) -> Planned {
-        let ari = entry.ari_cert_id().is_some() && self.issuer_by_key(entry.issuer_key()).is_some();
+        // The local CA has no ARI (its `renewal_info` is the trait's `None`).
+        let ari = entry.ari_cert_id().is_some()
+            && entry.issuer_key() != crate::issuer::LOCAL_CA_ISSUER_KEY
+            && self.issuer_by_key(entry.issuer_key()).is_some();
         if !ari {
             return self.plan(entry, None);
         }
