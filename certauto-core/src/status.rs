@@ -131,7 +131,7 @@ pub struct NextRenewal {
 #[non_exhaustive]
 pub enum RenewalReason {
     /// Less than `ratio` of the certificate's lifetime remains then (the
-    /// configured [renewal ratio](crate::ConfigBuilder::renewal_ratio), or
+    /// configured [renewal ratio](crate::Config::renewal_ratio), or
     /// half for short-lived certificates, see
     /// [`renewal_ratio_for`](crate::renewal_ratio_for)).
     Ratio {
