@@ -60,6 +60,11 @@ use crate::ocsp::staple::StapleRecord;
 /// runtime, so a snapshot of many names never holds a worker thread long.
 const YIELD_EVERY: usize = 256;
 
+/// The longest one [`Config::status`] spends reading retry schedules from
+/// storage (a slow or unreachable storage); those not read by then are
+/// reported as unread (`retry_schedule_unread`).
+pub const STATUS_STORAGE_BUDGET: Duration = Duration::from_secs(5);
+
 /// A snapshot of every managed certificate; see the [module docs](self).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -91,6 +96,10 @@ pub struct CertificateStatus {
     pub next_renewal: Option<NextRenewal>,
     /// The last failed attempt, while it is not followed by a success.
     pub last_error: Option<LastError>,
+    /// The persisted retry schedule could not be read within
+    /// [`STATUS_STORAGE_BUDGET`]: `next_renewal` and `last_error` leave out a
+    /// failure it may hold.
+    pub retry_schedule_unread: bool,
     /// The OCSP staple served with the certificate.
     pub ocsp: StapleState,
 }
@@ -165,7 +174,9 @@ pub enum RenewalReason {
         /// for records written before the failure time was kept).
         backoff_secs: Option<u64>,
     },
-    /// OCSP reported the serving certificate revoked: renewed at once.
+    /// OCSP reported the serving certificate revoked: renewed at once (at
+    /// the next check; after a failed attempt, at the first OCSP check once
+    /// the retry time has come, shown as [`Retry`](Self::Retry)).
     Revoked,
     /// Not obtained yet: obtained at the next check (or now, when
     /// `in_progress`).
@@ -241,19 +252,21 @@ impl Config {
     /// of the leaf's issuer name and a few map lookups each), yielding to the
     /// runtime every 256 certificates, plus one storage read per
     /// certificate whose retry schedule this process has not read yet (the
-    /// first snapshot after a start; later ones read none). It never asks a
-    /// CA or OCSP responder and never takes a certificate lock, so it does
-    /// not wait on obtains or renewals in progress.
+    /// first snapshot after a start; later ones read none), all of them
+    /// within [`STATUS_STORAGE_BUDGET`] per snapshot. It never asks a CA or
+    /// OCSP responder and never takes a certificate lock, so it does not wait
+    /// on obtains or renewals in progress.
     pub async fn status(&self) -> Status {
         let now = self.clock().now();
         let mut managed: Vec<Vec<Identifier>> = self.managed_snapshot().as_ref().clone();
         managed.sort_by_cached_key(|ids| ids[0].to_string());
         let mut certificates = Vec::with_capacity(managed.len());
+        let deadline = tokio::time::Instant::now() + STATUS_STORAGE_BUDGET;
         for (i, ids) in managed.iter().enumerate() {
             if i > 0 && i % YIELD_EVERY == 0 {
                 tokio::task::yield_now().await;
             }
-            certificates.push(self.certificate_status(ids, now).await);
+            certificates.push(self.certificate_status(ids, now, deadline).await);
         }
         Status {
             at: now,
@@ -261,17 +274,29 @@ impl Config {
         }
     }
 
-    async fn certificate_status(&self, ids: &[Identifier], now: SystemTime) -> CertificateStatus {
+    async fn certificate_status(
+        &self,
+        ids: &[Identifier],
+        now: SystemTime,
+        deadline: tokio::time::Instant,
+    ) -> CertificateStatus {
         let primary = &ids[0];
         let entry = self.cache().get(&primary.as_str());
-        let retry = self.retry_state(primary).await;
+        let (retry, retry_schedule_unread) = match self.known_retry_state(primary) {
+            Some(retry) => (retry, false),
+            // Cancelling the read leaves nothing behind: it is kept only once read.
+            None => match tokio::time::timeout_at(deadline, self.retry_state(primary)).await {
+                Ok(retry) => (retry, false),
+                Err(_) => (None, true),
+            },
+        };
         let in_progress = self.attempt_in_progress(primary);
 
         // What check_renewals does: the renewal time of the cached
         // certificate (a revoked one at once), or an obtain when none is
         // cached; either waits for a pending retry time.
         let base = match &entry {
-            Some(entry) if self.is_reported_revoked(entry.serial()) => NextRenewal {
+            Some(entry) if self.is_revoked(entry) => NextRenewal {
                 at: now,
                 reason: RenewalReason::Revoked,
             },
@@ -331,8 +356,20 @@ impl Config {
             in_progress,
             next_renewal: Some(next_renewal),
             last_error,
+            retry_schedule_unread,
             ocsp,
         }
+    }
+
+    /// Whether OCSP reported `entry` revoked: waiting for maintenance, or
+    /// its renewal failed (then renewed again at an OCSP check once its retry
+    /// time has come).
+    fn is_revoked(&self, entry: &CachedCert) -> bool {
+        self.is_reported_revoked(entry.serial())
+            || matches!(
+                self.staple_records().get(entry.serial()),
+                Some(StapleRecord::Revoked { .. })
+            )
     }
 
     /// The staple state of a cached certificate, from the last stapling outcome.
@@ -626,6 +663,178 @@ mod tests {
         assert_eq!(report.renewed, ["wait.test"], "{report:?}");
         let c = config.status().await.certificates[0].clone();
         assert!(c.certificate.is_some() && c.last_error.is_none());
+    }
+
+    /// A certificate on-demand TLS obtained says so; one OCSP reported
+    /// revoked is renewed at the next check.
+    #[tokio::test]
+    async fn on_demand_and_revoked_certificates() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let config = Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .clock(clock.clone())
+            .on_demand(
+                crate::OnDemandConfig::new()
+                    .host_allowlist(["od.test"])
+                    .unwrap(),
+            )
+            .build();
+        config.manage(["managed.test"]).await.unwrap();
+        let hello = crate::handshake::Hello {
+            server_name: Some("od.test".to_owned()),
+            alpn: vec![b"h2".to_vec()],
+            peer: "127.0.0.1:4444".parse().unwrap(),
+        };
+        crate::handshake::on_demand::prepare(&config, &hello).await;
+        assert!(config.cache().get("od.test").is_some());
+
+        let status = config.status().await;
+        let flags: Vec<_> = status
+            .certificates
+            .iter()
+            .map(|c| (c.name.as_str(), c.on_demand, c.certificate.is_some()))
+            .collect();
+        assert_eq!(
+            flags,
+            [("managed.test", false, true), ("od.test", true, true)]
+        );
+        assert_eq!(json(&status)["certificates"][1]["on_demand"], true);
+
+        let ids = vec![Identifier::parse("managed.test").unwrap()];
+        let serial = config
+            .cache()
+            .get("managed.test")
+            .unwrap()
+            .serial()
+            .to_owned();
+        config.report_revoked(ids, serial.clone());
+        let status = config.status().await;
+        let managed = &status.certificates[0];
+        assert_eq!(
+            managed.next_renewal,
+            Some(NextRenewal {
+                at: status.at,
+                reason: RenewalReason::Revoked
+            })
+        );
+        assert_eq!(
+            json(&status)["certificates"][0]["next_renewal"]["reason"]["kind"],
+            "revoked"
+        );
+        let report = config.check_renewals().await;
+        assert_eq!(report.renewed, ["managed.test"], "{report:?}");
+        let status = config.status().await;
+        assert_ne!(
+            status.certificates[0].certificate.as_ref().unwrap().serial,
+            serial
+        );
+        assert!(matches!(
+            status.certificates[0].next_renewal.as_ref().unwrap().reason,
+            RenewalReason::Ratio { .. }
+        ));
+        config.cache().stop();
+    }
+
+    /// A [`MemoryStorage`] whose retry-schedule reads never finish while
+    /// `stall` is set: a storage gone unresponsive.
+    #[derive(Debug, Default)]
+    struct StallingRetries {
+        inner: MemoryStorage,
+        stall: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for StallingRetries {
+        async fn store(&self, key: &str, value: &[u8]) -> Result<(), crate::StorageError> {
+            self.inner.store(key, value).await
+        }
+        async fn store_fenced(
+            &self,
+            guard: &crate::LockGuard,
+            key: &str,
+            value: &[u8],
+        ) -> Result<(), crate::StorageError> {
+            self.inner.store_fenced(guard, key, value).await
+        }
+        async fn load(&self, key: &str) -> Result<Vec<u8>, crate::StorageError> {
+            if key.starts_with("maintenance/retry/")
+                && self.stall.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                std::future::pending::<()>().await;
+            }
+            self.inner.load(key).await
+        }
+        async fn delete(&self, key: &str) -> Result<(), crate::StorageError> {
+            self.inner.delete(key).await
+        }
+        async fn delete_fenced(
+            &self,
+            guard: &crate::LockGuard,
+            key: &str,
+        ) -> Result<(), crate::StorageError> {
+            self.inner.delete_fenced(guard, key).await
+        }
+        async fn remove_stale_temporaries(
+            &self,
+            older_than: Duration,
+        ) -> Result<crate::TemporariesSweep, crate::StorageError> {
+            self.inner.remove_stale_temporaries(older_than).await
+        }
+        async fn exists(&self, key: &str) -> Result<bool, crate::StorageError> {
+            self.inner.exists(key).await
+        }
+        async fn list(
+            &self,
+            prefix: &str,
+            recursive: bool,
+        ) -> Result<Vec<String>, crate::StorageError> {
+            self.inner.list(prefix, recursive).await
+        }
+        async fn stat(&self, key: &str) -> Result<crate::KeyInfo, crate::StorageError> {
+            self.inner.stat(key).await
+        }
+        async fn lock(&self, name: &str) -> Result<crate::LockGuard, crate::StorageError> {
+            self.inner.lock(name).await
+        }
+    }
+
+    /// A storage that stops answering cannot hold a snapshot beyond its
+    /// budget: the schedules not read are reported unread. (Paused tokio
+    /// time: the budget passes without waiting.)
+    #[tokio::test(start_paused = true)]
+    async fn an_unresponsive_storage_is_bounded_by_the_budget() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let storage = Arc::new(StallingRetries::default());
+        let build = || {
+            Config::builder()
+                .storage(storage.clone())
+                .clock(clock.clone())
+                .build()
+        };
+        build().manage(["slow.test"]).await.unwrap();
+        // A second process loads the stored certificate (it is not due, so
+        // its retry schedule is not read) and then storage stops answering.
+        let config = build();
+        config.manage(["slow.test"]).await.unwrap();
+        storage
+            .stall
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Paused time: the bound is virtual, it only turns a hang into a failure.
+        let status = tokio::time::timeout(2 * STATUS_STORAGE_BUDGET, config.status())
+            .await
+            .expect("the snapshot is bounded by its storage budget");
+        let c = &status.certificates[0];
+        assert!(c.retry_schedule_unread && c.certificate.is_some(), "{c:?}");
+        assert_eq!(
+            json(&status)["certificates"][0]["retry_schedule_unread"],
+            true
+        );
+
+        storage
+            .stall
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let status = config.status().await;
+        assert!(!status.certificates[0].retry_schedule_unread);
     }
 
     /// `next` is the ratio point of `cert`: half way (the short-lived rule).

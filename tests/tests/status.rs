@@ -1,7 +1,9 @@
 //! `Config::status()` end to end against a real Pebble: the snapshot through
 //! an ARI window (with its explanation URL) and the renewal inside it, and
 //! through failures with their backoff (the last error, its attempt number and
-//! the retry time), serialised to JSON as an admin endpoint would.
+//! the retry time), and through the OCSP staple's states (good, unknown,
+//! revoked with a failed renewal, fetch failing), serialised to JSON as an
+//! admin endpoint would.
 //!
 //! ARI windows and outages come from [`AriProxy`] in front of Pebble (it
 //! answers a chosen window with an `explanationURL`, and can make the CA
@@ -16,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use certauto::status::{CertificateStatus, NextRenewal, RenewalReason, StapleState, Status};
-use certauto::{AcmeIssuer, Clock, Config, FileStorage, Http01Solver, ManualClock};
-use certauto_tests::{AriAnswer, AriProxy, Outage, Pebble, init_tracing};
+use certauto::{AcmeIssuer, Clock, Config, Event, FileStorage, Http01Solver, ManualClock};
+use certauto_tests::{AriAnswer, AriProxy, OcspResponder, Outage, Pebble, init_tracing};
 use rustls_pki_types::CertificateDer;
 use serde_json::Value;
 
@@ -40,6 +42,9 @@ async fn bounded<F: Future>(what: &str, fut: F) -> F::Output {
 struct Env {
     pebble: Pebble,
     proxy: AriProxy,
+    /// An `openssl ocsp` responder Pebble's certificates name, when started
+    /// with one; every newly obtained serial is marked `good` there.
+    responder: Option<Arc<OcspResponder>>,
     clock: Arc<ManualClock>,
     dir: tempfile::TempDir,
 }
@@ -48,10 +53,26 @@ impl Env {
     async fn start() -> Self {
         init_tracing();
         let pebble = Pebble::builder().start().await;
+        Self::around(pebble, None).await
+    }
+
+    async fn with_ocsp() -> Self {
+        init_tracing();
+        let responder = Arc::new(OcspResponder::bind());
+        let pebble = Pebble::builder()
+            .ocsp_responder_url(responder.url())
+            .start()
+            .await;
+        responder.start(&pebble).await;
+        Self::around(pebble, Some(responder)).await
+    }
+
+    async fn around(pebble: Pebble, responder: Option<Arc<OcspResponder>>) -> Self {
         let proxy = AriProxy::start(&pebble).await;
         Env {
             pebble,
             proxy,
+            responder,
             clock: Arc::new(ManualClock::new(SystemTime::now())),
             dir: tempfile::tempdir().unwrap(),
         }
@@ -71,10 +92,16 @@ impl Env {
             ))))
             .storage(storage.clone())
             .build();
+        let responder = self.responder.clone();
         Config::builder()
             .storage(storage)
             .issuer(issuer)
             .clock(self.clock.clone())
+            .on_event(move |event| {
+                if let (Event::CertObtained { serial, .. }, Some(responder)) = (event, &responder) {
+                    responder.set_good(serial);
+                }
+            })
             .build()
     }
 }
@@ -312,4 +339,85 @@ async fn the_snapshot_reports_failures_with_their_attempt_and_backoff() {
     }
     let (c, _) = snapshot(&config, NAME).await;
     assert_ne!(serial(&c), old.serial());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_follows_the_ocsp_staple() {
+    /// Past half of the responder's one-hour validity: a refresh is due.
+    const PAST_HALF: Duration = Duration::from_secs(31 * 60);
+    const NAME: &str = "status-ocsp.certauto.example";
+    let env = Env::with_ocsp().await;
+    let responder = env.responder.clone().unwrap();
+    let config = env.config();
+    bounded("manage", config.manage([NAME])).await.unwrap();
+    let cert = config.cache().get(NAME).unwrap();
+    let t0 = env.clock.now();
+
+    // Stapled at once: good until its nextUpdate, refreshed half way.
+    let (c, json) = snapshot(&config, NAME).await;
+    let StapleState::Good {
+        next_update,
+        refresh_at,
+    } = c.ocsp.clone()
+    else {
+        panic!("expected a good staple: {:?}", c.ocsp);
+    };
+    assert!(next_update > t0 && refresh_at > t0 && refresh_at < next_update);
+    assert_eq!(json["ocsp"]["state"], "good");
+    assert!(json["ocsp"]["next_update"].as_str().unwrap().ends_with('Z'));
+
+    // The responder forgets the certificate: `unknown`, the good staple
+    // still served until its nextUpdate.
+    responder.forget(cert.serial());
+    env.clock.set(t0 + PAST_HALF);
+    bounded("check_ocsp", config.check_ocsp()).await;
+    let (c, json) = snapshot(&config, NAME).await;
+    assert_eq!(
+        c.ocsp,
+        StapleState::Unknown {
+            at: env.clock.now(),
+            serving_until: Some(next_update),
+        }
+    );
+    assert_eq!(json["ocsp"]["state"], "unknown");
+
+    // Revoked while the CA is down: the staple says so, the renewal failed
+    // and is retried.
+    responder.set_revoked(cert.serial());
+    env.proxy.set_outage(Some(Outage::ServiceUnavailable));
+    env.clock.advance(Duration::from_secs(60));
+    let report = bounded("check_ocsp", config.check_ocsp()).await;
+    assert_eq!(report.revoked, vec![NAME.to_owned()], "{report:?}");
+    assert_eq!(report.failed, vec![NAME.to_owned()], "{report:?}");
+    let (c, json) = snapshot(&config, NAME).await;
+    let StapleState::Revoked { revoked_at } = c.ocsp else {
+        panic!("expected revoked: {:?}", c.ocsp);
+    };
+    // certauto_tests::OCSP_REVOKED_AT, 2024-01-01T00:00:00Z.
+    assert_eq!(unix(revoked_at), 1_704_067_200);
+    assert_eq!(json["ocsp"]["revoked_at"], "2024-01-01T00:00:00Z");
+    assert_eq!(serial(&c), cert.serial());
+    assert_eq!(c.last_error.as_ref().map(|e| e.attempt), Some(1));
+    assert!(
+        matches!(next(&c).reason, RenewalReason::Retry { attempt: 2, .. }),
+        "{c:?}"
+    );
+
+    // The responder goes away: fetching fails, nothing is served.
+    responder.stop();
+    env.clock.advance(Duration::from_secs(60));
+    bounded("check_ocsp", config.check_ocsp()).await;
+    let (c, json) = snapshot(&config, NAME).await;
+    let StapleState::FetchFailing {
+        error,
+        at,
+        serving_until,
+    } = c.ocsp.clone()
+    else {
+        panic!("expected a failing fetch: {:?}", c.ocsp);
+    };
+    assert!(!error.is_empty());
+    assert_eq!((at, serving_until), (env.clock.now(), None));
+    assert_eq!(json["ocsp"]["state"], "fetch_failing");
+    assert!(json["ocsp"]["serving_until"].is_null());
 }

@@ -82,6 +82,12 @@ impl Config {
         self.inner.retries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The retry schedule of `primary` if this process has read it already
+    /// (`Some(None)`: read, no failure); never reads storage.
+    pub(crate) fn known_retry_state(&self, primary: &Identifier) -> Option<Option<RetryState>> {
+        self.retries().get(primary).cloned()
+    }
+
     /// The retry schedule of `primary`, loaded from storage the first time.
     pub(crate) async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
         if let Some(retry) = self.retries().get(primary).cloned() {
