@@ -38,8 +38,7 @@
 //! let status = config.status().await;
 //! let localhost = &status.certificates[0];
 //! assert_eq!(localhost.name, "localhost");
-//! let next = localhost.next_renewal.as_ref().expect("scheduled");
-//! assert!(matches!(next.reason, RenewalReason::Ratio { .. }));
+//! assert!(matches!(localhost.next_renewal.reason, RenewalReason::Ratio { .. }));
 //!
 //! let json = serde_json::to_string(&status)?; // for GET /status
 //! assert!(json.contains(r#""kind":"ratio""#));
@@ -93,7 +92,7 @@ pub struct CertificateStatus {
     /// Whether an obtain or renewal of it is running in this process now.
     pub in_progress: bool,
     /// When maintenance will next renew (or obtain) it, and why.
-    pub next_renewal: Option<NextRenewal>,
+    pub next_renewal: NextRenewal,
     /// The last failed attempt, while it is not followed by a success.
     pub last_error: Option<LastError>,
     /// The persisted retry schedule could not be read within
@@ -354,7 +353,7 @@ impl Config {
             on_demand: self.is_on_demand(primary),
             certificate: entry.as_deref().map(serving_certificate),
             in_progress,
-            next_renewal: Some(next_renewal),
+            next_renewal,
             last_error,
             retry_schedule_unread,
             ocsp,
@@ -552,7 +551,7 @@ mod tests {
         assert_eq!(cert.serial, config.cache().get("a.test").unwrap().serial());
         assert_eq!(cert.issuer_key, crate::LOCAL_CA_ISSUER_KEY);
         assert!(cert.issuer.contains("CN="), "{}", cert.issuer);
-        let next = a.next_renewal.clone().unwrap();
+        let next = a.next_renewal.clone();
         let half = cert.not_before + (cert.not_after.duration_since(cert.not_before).unwrap() / 2);
         let off = next
             .at
@@ -599,7 +598,7 @@ mod tests {
         );
         // The local CA dates its leaves by the system clock: the new one's
         // renewal time is again half way through its own validity.
-        let next_after = after.certificates[0].next_renewal.clone().unwrap();
+        let next_after = after.certificates[0].next_renewal.clone();
         assert_half_way(&next_after, &renewed);
         assert!(after.certificates[0].last_error.is_none());
     }
@@ -630,13 +629,13 @@ mod tests {
         assert!(c.certificate.is_none());
         assert_eq!(
             c.next_renewal,
-            Some(NextRenewal {
+            NextRenewal {
                 at: due,
                 reason: RenewalReason::Retry {
                     attempt: 4,
                     backoff_secs: None
                 }
-            })
+            }
         );
         assert_eq!(
             c.last_error,
@@ -712,10 +711,10 @@ mod tests {
         let managed = &status.certificates[0];
         assert_eq!(
             managed.next_renewal,
-            Some(NextRenewal {
+            NextRenewal {
                 at: status.at,
                 reason: RenewalReason::Revoked
-            })
+            }
         );
         assert_eq!(
             json(&status)["certificates"][0]["next_renewal"]["reason"]["kind"],
@@ -729,7 +728,7 @@ mod tests {
             serial
         );
         assert!(matches!(
-            status.certificates[0].next_renewal.as_ref().unwrap().reason,
+            status.certificates[0].next_renewal.reason,
             RenewalReason::Ratio { .. }
         ));
         config.cache().stop();
