@@ -48,6 +48,7 @@
 //! protocol layer (resources, statuses, account options), [`storage`] the
 //! storage layout (every key) for backend and tool writers, [`ocsp`] OCSP
 //! requests and verification for users who check staples themselves,
+//! [`status`] the snapshot [`Config::status`] returns (for an admin endpoint),
 //! [`env`](mod@env) the `CERTAUTO_*` settings the examples read, [`dns`] the DNS
 //! providers, [`metrics`](mod@metrics) the metric names (recorded with the
 //! `metrics` feature).
@@ -75,6 +76,7 @@ pub mod metrics;
 mod name_table;
 pub mod ocsp;
 mod ratelimit;
+pub mod status;
 pub mod storage;
 
 /// The DNS providers [`Dns01Solver`] writes its TXT records through, one per

@@ -7,7 +7,8 @@
 //!
 //! - replaces the directory's `renewalInfo` with `"https://<proxy>/renewal-info"` and answers
 //!   `GET /renewal-info/<certID>` itself, as configured per test ([`AriAnswer`]: a window,
-//!   optionally with `Retry-After`, malformed JSON or 404), recording every request;
+//!   optionally with `Retry-After` and an `explanationURL`, malformed JSON or 404),
+//!   recording every request;
 //! - records every `POST /order-plz` (newOrder) with its decoded JWS payload and Pebble's
 //!   status, so tests count orders and read `replaces`;
 //! - can stop answering ([`Outage`]), at once or right after the next created order, to
@@ -84,6 +85,8 @@ pub enum AriAnswer {
         end: SystemTime,
         /// `Retry-After` in seconds, if any.
         retry_after: Option<u64>,
+        /// `explanationURL`, if any.
+        explanation_url: Option<String>,
     },
     /// 200 with a body that is not valid JSON.
     Malformed,
@@ -98,16 +101,41 @@ impl AriAnswer {
             start,
             end,
             retry_after: None,
+            explanation_url: None,
         }
     }
 
     /// The same answer with `Retry-After: <secs>` (only windows carry it).
     pub fn retry_after(self, secs: u64) -> Self {
         match self {
-            AriAnswer::Window { start, end, .. } => AriAnswer::Window {
+            AriAnswer::Window {
+                start,
+                end,
+                explanation_url,
+                ..
+            } => AriAnswer::Window {
                 start,
                 end,
                 retry_after: Some(secs),
+                explanation_url,
+            },
+            other => other,
+        }
+    }
+
+    /// The same answer with `explanationURL` (only windows carry it).
+    pub fn explanation_url(self, url: impl Into<String>) -> Self {
+        match self {
+            AriAnswer::Window {
+                start,
+                end,
+                retry_after,
+                ..
+            } => AriAnswer::Window {
+                start,
+                end,
+                retry_after,
+                explanation_url: Some(url.into()),
             },
             other => other,
         }
@@ -448,10 +476,14 @@ fn renewal_info(shared: &Shared, cert_id: &str) -> Response<Full<Bytes>> {
             start,
             end,
             retry_after,
+            explanation_url,
         } => {
-            let body = json!({
+            let mut body = json!({
                 "suggestedWindow": { "start": rfc3339(start), "end": rfc3339(end) },
             });
+            if let Some(url) = explanation_url {
+                body["explanationURL"] = Value::String(url);
+            }
             let mut resp = plain(StatusCode::OK, "application/json", body.to_string());
             if let Some(secs) = retry_after {
                 resp.headers_mut()

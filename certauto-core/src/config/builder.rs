@@ -376,6 +376,7 @@ impl ConfigBuilder {
                 retries: StdMutex::new(HashMap::new()),
                 retry_scheduled: tokio::sync::Notify::new(),
                 revoked: StdMutex::new(Vec::new()),
+                staples: StdMutex::new(HashMap::new()),
                 manage_concurrency: self.manage_concurrency,
                 challenge_tokens,
                 shared_challenges,

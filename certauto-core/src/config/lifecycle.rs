@@ -99,6 +99,19 @@ impl Config {
         })
     }
 
+    /// Whether an obtain or renewal of the certificate whose primary name is
+    /// `primary` is running in this process (its name lock is held). O(1).
+    pub(crate) fn attempt_in_progress(&self, primary: &Identifier) -> bool {
+        let locks = self
+            .inner
+            .name_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks
+            .get(&primary.storage_key())
+            .is_some_and(|m| m.try_lock().is_err())
+    }
+
     /// Loads the stored certificate whose primary name is `names[0]` and which
     /// covers every name: among the records of the configured issuers, the
     /// one valid longest; when they hold none, the one valid longest stored

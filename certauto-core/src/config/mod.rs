@@ -92,6 +92,9 @@ struct Inner {
     /// Certificates OCSP reported revoked, for maintenance to renew: primary
     /// names and the revoked serial.
     revoked: StdMutex<Vec<(Vec<Identifier>, String)>>,
+    /// The last stapling outcome of each cached certificate, by serial (for
+    /// [`Config::status`]; see `ocsp/staple.rs`).
+    staples: StdMutex<crate::ocsp::staple::StapleRecords>,
     /// How many obtains `manage` runs at once.
     manage_concurrency: usize,
     /// HTTP-01 key authorizations, shared by the solvers the builder made
@@ -200,6 +203,24 @@ impl Config {
             }
         }
         self.inner.retry_scheduled.notify_one();
+    }
+
+    /// The last stapling outcome of each cached certificate, by serial.
+    pub(crate) fn staple_records(
+        &self,
+    ) -> std::sync::MutexGuard<'_, crate::ocsp::staple::StapleRecords> {
+        self.inner.staples.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether OCSP reported the certificate `serial` revoked and its
+    /// renewal has not been attempted yet.
+    pub(crate) fn is_reported_revoked(&self, serial: &str) -> bool {
+        self.inner
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|(_, s)| s == serial)
     }
 
     /// The revoked certificates reported since the last call.

@@ -25,6 +25,31 @@ pub(crate) struct RetryState {
     pub(crate) attempts: u32,
     /// When the next attempt is due, Unix seconds.
     pub(crate) next_attempt: u64,
+    /// When the last attempt failed, Unix seconds (absent in records written
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) failed_at: Option<u64>,
+    /// The last attempt's error with its causes, at most
+    /// [`MAX_ERROR_LEN`] bytes (absent in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) last_error: Option<String>,
+}
+
+/// The longest error message kept in a retry record (longer ones are cut at
+/// a character boundary and end with `…`).
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
+
+/// `message` cut to at most [`MAX_ERROR_LEN`] bytes.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_ERROR_LEN {
+        let mut end = MAX_ERROR_LEN - '…'.len_utf8();
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
 }
 
 impl RetryState {
@@ -33,6 +58,12 @@ impl RetryState {
         UNIX_EPOCH
             .checked_add(Duration::from_secs(self.next_attempt))
             .unwrap_or(UNIX_EPOCH)
+    }
+
+    /// When the last attempt failed, if the record says.
+    pub(crate) fn failed_time(&self) -> Option<SystemTime> {
+        self.failed_at
+            .and_then(|secs| UNIX_EPOCH.checked_add(Duration::from_secs(secs)))
     }
 
     /// Whether the next attempt is due at `now`.
@@ -51,8 +82,14 @@ impl Config {
         self.inner.retries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The retry schedule of `primary` if this process has read it already
+    /// (`Some(None)`: read, no failure); never reads storage.
+    pub(crate) fn known_retry_state(&self, primary: &Identifier) -> Option<Option<RetryState>> {
+        self.retries().get(primary).cloned()
+    }
+
     /// The retry schedule of `primary`, loaded from storage the first time.
-    async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
+    pub(crate) async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
         if let Some(retry) = self.retries().get(primary).cloned() {
             return retry;
         }
@@ -159,16 +196,52 @@ impl Config {
                     "renewal failed; retry scheduled"
                 };
                 tracing::warn!(name = %primary, attempt, error = %ErrorChain(&e), retry_at = ?next, "{what}");
+                let message = bounded_message(ErrorChain(&e).to_string());
                 self.set_retry_state(
                     &primary,
                     Some(RetryState {
                         attempts: attempt,
                         next_attempt: unix(next),
+                        failed_at: Some(unix(self.clock().now())),
+                        last_error: Some(message),
                     }),
                 )
                 .await;
                 RenewOutcome::Failed(e)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_error_messages_are_cut_at_a_char_boundary() {
+        assert_eq!(bounded_message("short".to_owned()), "short");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = bounded_message(long);
+        assert!(cut.len() <= MAX_ERROR_LEN, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+        assert!(cut.starts_with("éé"));
+    }
+
+    #[test]
+    fn records_without_the_failure_read_and_new_ones_round_trip() {
+        let old: RetryState = serde_json::from_str(r#"{"attempts":2,"next_attempt":100}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((old.failed_at, old.last_error.as_deref()), (None, None));
+        assert_eq!(old.failed_time(), None);
+        let new = RetryState {
+            last_error: Some("refused".to_owned()),
+            failed_at: Some(40),
+            ..old
+        };
+        let json = serde_json::to_string(&new).unwrap_or_default();
+        assert_eq!(
+            json,
+            r#"{"attempts":2,"next_attempt":100,"failed_at":40,"last_error":"refused"}"#
+        );
     }
 }

@@ -44,6 +44,33 @@ enum Answer<'a> {
     Failed,
 }
 
+/// When maintenance will renew a cached certificate, and on what basis: what
+/// [`Config::renewal_time`] decides, read from the kept ARI state without
+/// asking the CA (for [`Config::status`](crate::Config::status)).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Planned {
+    /// The renewal time (a time in the past means at the next check).
+    pub(crate) at: SystemTime,
+    /// Why then.
+    pub(crate) basis: Basis,
+}
+
+/// The basis of a [`Planned`] renewal time.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Basis {
+    /// The renewal ratio (the one applied, after the short-lived rule);
+    /// `ari_pending` when the issuer will be asked for an ARI window at the
+    /// next check (the certificate has an ARI CertID, its issuer is an ACME
+    /// CA, and no answer is kept yet).
+    Ratio { ratio: f64, ari_pending: bool },
+    /// The time chosen in the CA's ARI window.
+    Ari {
+        window: AriWindow,
+        explanation_url: Option<String>,
+        next_fetch: SystemTime,
+    },
+}
+
 impl Config {
     /// When `entry` (serving `primary`) is due: the time chosen in its ARI
     /// window, else the ratio. Fetches the window when the kept one is stale.
@@ -53,21 +80,14 @@ impl Config {
         entry: &CachedCert,
         now: SystemTime,
     ) -> SystemTime {
-        let by_ratio = ratio_time(entry.not_before(), entry.not_after(), self.renewal_ratio());
         let (Some(cert_id), Some(issuer)) =
             (entry.ari_cert_id(), self.issuer_by_key(entry.issuer_key()))
         else {
-            return by_ratio;
+            return self.plan(entry, None).at;
         };
-        let kept = {
-            let states = self.maintenance_states();
-            states
-                .get(primary)
-                .filter(|a| a.serial == entry.serial())
-                .map(|a| (a.window, a.next_fetch))
-        };
-        let window = match kept {
-            Some((window, next_fetch)) if now < next_fetch => window,
+        let kept = self.kept_ari_state(primary, entry);
+        let state = match kept {
+            Some(state) if now < state.next_fetch => state,
             previous => {
                 let answer = issuer.renewal_info(cert_id).await;
                 let answer = match &answer {
@@ -80,7 +100,7 @@ impl Config {
                 };
                 let fetched = next_state(
                     entry.serial(),
-                    previous.and_then(|(window, _)| window),
+                    previous.and_then(|state| state.window),
                     answer,
                     now,
                 );
@@ -88,12 +108,68 @@ impl Config {
                     let recheck = recheck_after(info.retry_after);
                     tracing::debug!(serial = entry.serial(), ?recheck, "ARI window fetched");
                 }
-                let window = fetched.window;
-                self.maintenance_states().insert(primary.clone(), fetched);
-                window
+                self.maintenance_states()
+                    .insert(primary.clone(), fetched.clone());
+                fetched
             }
         };
-        due_time(window, entry.not_after(), by_ratio)
+        self.plan(entry, Some(&state)).at
+    }
+
+    /// The ARI state kept for `entry` (serving `primary`), if it is about
+    /// this certificate.
+    fn kept_ari_state(&self, primary: &Identifier, entry: &CachedCert) -> Option<AriState> {
+        self.maintenance_states()
+            .get(primary)
+            .filter(|a| a.serial == entry.serial())
+            .cloned()
+    }
+
+    /// What [`renewal_time`](Self::renewal_time) would decide for `entry`
+    /// (serving `primary`) from the state kept now, without asking the CA.
+    pub(crate) fn planned_renewal(&self, primary: &Identifier, entry: &CachedCert) -> Planned {
+        // The local CA has no ARI (its `renewal_info` is the trait's `None`).
+        let ari = entry.ari_cert_id().is_some()
+            && entry.issuer_key() != crate::issuer::LOCAL_CA_ISSUER_KEY
+            && self.issuer_by_key(entry.issuer_key()).is_some();
+        if !ari {
+            return self.plan(entry, None);
+        }
+        match self.kept_ari_state(primary, entry) {
+            Some(state) => self.plan(entry, Some(&state)),
+            None => {
+                let mut planned = self.plan(entry, None);
+                if let Basis::Ratio { ari_pending, .. } = &mut planned.basis {
+                    *ari_pending = true;
+                }
+                planned
+            }
+        }
+    }
+
+    /// The renewal time of `entry` given its ARI `state` (`None`: no ARI).
+    fn plan(&self, entry: &CachedCert, state: Option<&AriState>) -> Planned {
+        let by_ratio = ratio_time(entry.not_before(), entry.not_after(), self.renewal_ratio());
+        let window = state.and_then(|s| s.window);
+        let at = due_time(window, entry.not_after(), by_ratio);
+        let basis = match (state, window) {
+            (Some(state), Some(window)) => Basis::Ari {
+                window,
+                explanation_url: state.explanation_url.clone(),
+                next_fetch: state.next_fetch,
+            },
+            _ => {
+                let lifetime = entry
+                    .not_after()
+                    .duration_since(entry.not_before())
+                    .unwrap_or(Duration::ZERO);
+                Basis::Ratio {
+                    ratio: crate::certificate::renewal_ratio_for(lifetime, self.renewal_ratio()),
+                    ari_pending: false,
+                }
+            }
+        };
+        Planned { at, basis }
     }
 }
 
@@ -120,7 +196,7 @@ fn next_state(
     answer: Answer<'_>,
     now: SystemTime,
 ) -> AriState {
-    let (window, recheck) = match answer {
+    let (window, explanation_url, recheck) = match answer {
         Answer::Window(info) => {
             let chosen = previous
                 .filter(|w| w.start == info.window_start && w.end == info.window_end)
@@ -133,14 +209,19 @@ fn next_state(
                 end: info.window_end,
                 chosen,
             };
-            (Some(window), recheck_after(info.retry_after))
+            (
+                Some(window),
+                info.explanation_url.clone(),
+                recheck_after(info.retry_after),
+            )
         }
-        Answer::NoWindow => (None, ARI_MAX_RECHECK),
-        Answer::Failed => (None, ARI_ERROR_RECHECK),
+        Answer::NoWindow => (None, None, ARI_MAX_RECHECK),
+        Answer::Failed => (None, None, ARI_ERROR_RECHECK),
     };
     AriState {
         serial: serial.to_owned(),
         window,
+        explanation_url,
         next_fetch: saturating_add(now, recheck),
     }
 }

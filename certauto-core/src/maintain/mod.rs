@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 
-mod ari;
+pub(crate) mod ari;
 mod clean;
 mod renew;
 pub(crate) mod state;

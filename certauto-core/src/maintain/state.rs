@@ -17,6 +17,8 @@ pub(crate) struct AriState {
     pub(crate) serial: String,
     /// The window and the time chosen in it; `None` when the CA has no ARI or failed.
     pub(crate) window: Option<AriWindow>,
+    /// The page the CA gave to explain the window (`explanationURL`), if any.
+    pub(crate) explanation_url: Option<String>,
     /// When to ask the CA again.
     pub(crate) next_fetch: SystemTime,
 }

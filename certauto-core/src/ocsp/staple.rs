@@ -1,8 +1,9 @@
 //! Stapling: keeping each managed certificate's staple fresh, in the cache and
 //! in storage, and renewing a revoked certificate.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use super::{OcspResponse, OcspStatus, query, verify};
 use crate::cache::CachedCert;
@@ -46,6 +47,54 @@ pub(crate) enum StapleOutcome {
     /// Storage had no staple good until its refresh time; the responder was
     /// not asked.
     NeedsFetch,
+}
+
+/// The last stapling outcome of each cached certificate, by serial (hex).
+/// Bounded: when it holds more records than the cache has certificates (plus
+/// [`STAPLE_RECORD_SLACK`]), the records of certificates no longer cached are dropped.
+pub(crate) type StapleRecords = HashMap<String, StapleRecord>;
+
+/// Records kept beyond the number of cached certificates before pruning.
+const STAPLE_RECORD_SLACK: usize = 64;
+
+/// The last stapling outcome of one certificate, for [`Config::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StapleRecord {
+    /// A good response is stapled.
+    Good {
+        /// When it goes stale.
+        next_update: SystemTime,
+        /// When a new one is fetched.
+        refresh_at: SystemTime,
+    },
+    /// No staple yet: the responder is asked in the background or at the next check.
+    Pending,
+    /// The responder reported the certificate revoked at `revoked_at`.
+    Revoked {
+        /// The revocation time the responder gave.
+        revoked_at: SystemTime,
+    },
+    /// No usable response at `at`; a still-valid staple keeps being served
+    /// until `serving_until`.
+    Failed {
+        /// The error, with its causes.
+        error: String,
+        /// The responder answered `unknown` (rather than failing).
+        unknown: bool,
+        /// When it failed.
+        at: SystemTime,
+        /// The `nextUpdate` of the staple still served, if one is.
+        serving_until: Option<SystemTime>,
+    },
+}
+
+impl StapleRecord {
+    fn good(resp: &OcspResponse) -> Self {
+        StapleRecord::Good {
+            next_update: resp.next_update,
+            refresh_at: resp.refresh_at(),
+        }
+    }
 }
 
 /// Background OCSP fetches (for certificates loaded from storage) running at
@@ -170,19 +219,29 @@ impl Config {
             return StapleOutcome::NotApplicable;
         }
         let chain = &entry.certified_key().cert;
+        let now = self.clock().now();
         let (Some(leaf), Some(issuer), Some(first_name)) =
             (chain.first(), chain.get(1), entry.names().first())
         else {
+            self.record_staple(
+                entry,
+                StapleRecord::Failed {
+                    error: OcspError::NoIssuer.to_string(),
+                    unknown: false,
+                    at: now,
+                    serving_until: None,
+                },
+            );
             return StapleOutcome::Failed(OcspError::NoIssuer);
         };
-        let now = self.clock().now();
         let good_at = |der: &[u8]| {
             verify(der, leaf, issuer, now)
                 .ok()
                 .filter(|r| r.status == OcspStatus::Good)
         };
         let current = entry.certified_key().ocsp.as_deref().and_then(good_at);
-        if current.as_ref().is_some_and(|c| now < c.refresh_at()) {
+        if let Some(current) = current.as_ref().filter(|c| now < c.refresh_at()) {
+            self.record_staple(entry, StapleRecord::good(current));
             return StapleOutcome::Current;
         }
         let key = keys::ocsp_staple(first_name, leaf);
@@ -202,6 +261,7 @@ impl Config {
         };
         if let Some(best) = best.as_ref().filter(|b| now < b.refresh_at()) {
             self.set_staple(entry, Some(best.der.clone()));
+            self.record_staple(entry, StapleRecord::good(best));
             self.emit_stapled(entry, best);
             return StapleOutcome::Stapled;
         }
@@ -209,12 +269,17 @@ impl Config {
             if let Some(best) = &best {
                 self.set_staple(entry, Some(best.der.clone()));
             }
+            let record = best
+                .as_ref()
+                .map_or(StapleRecord::Pending, StapleRecord::good);
+            self.record_staple(entry, record);
             return StapleOutcome::NeedsFetch;
         }
         match query(entry.ocsp_urls(), leaf, issuer, now).await {
             Ok(resp) => match resp.status {
                 OcspStatus::Good => {
                     self.set_staple(entry, Some(resp.der.clone()));
+                    self.record_staple(entry, StapleRecord::good(&resp));
                     if let Err(e) = self.storage().store(&key, &resp.der).await {
                         tracing::warn!(key = %key, error = %e, "could not persist the OCSP staple");
                     }
@@ -225,6 +290,7 @@ impl Config {
                     tracing::error!(names = ?entry.names(), serial = entry.serial(), ?reason,
                         "the OCSP responder reports the certificate revoked");
                     self.set_staple(entry, None);
+                    self.record_staple(entry, StapleRecord::Revoked { revoked_at: time });
                     if let Err(e) = self.storage().delete(&key).await
                         && !e.is_not_found()
                     {
@@ -239,11 +305,29 @@ impl Config {
                     StapleOutcome::Revoked
                 }
                 OcspStatus::Unknown => {
+                    self.record_staple(
+                        entry,
+                        StapleRecord::Failed {
+                            error: OcspError::UnknownStatus.to_string(),
+                            unknown: true,
+                            at: now,
+                            serving_until: best.as_ref().map(|b| b.next_update),
+                        },
+                    );
                     self.set_staple(entry, best.map(|b| b.der));
                     StapleOutcome::Failed(OcspError::UnknownStatus)
                 }
             },
             Err(e) => {
+                self.record_staple(
+                    entry,
+                    StapleRecord::Failed {
+                        error: crate::ErrorChain(&e).to_string(),
+                        unknown: false,
+                        at: now,
+                        serving_until: best.as_ref().map(|b| b.next_update),
+                    },
+                );
                 // Keep serving a response that is still valid; drop a stale one.
                 self.set_staple(entry, best.map(|b| b.der));
                 StapleOutcome::Failed(e)
@@ -260,6 +344,28 @@ impl Config {
             this_update: resp.this_update,
             next_update: resp.next_update,
         });
+    }
+
+    /// Keeps `record` as the last stapling outcome of `entry`; drops the
+    /// records of certificates no longer cached when there are too many.
+    fn record_staple(&self, entry: &CachedCert, record: StapleRecord) {
+        let bound = self.cache().len().saturating_add(STAPLE_RECORD_SLACK);
+        let len = {
+            let mut records = self.staple_records();
+            records.insert(entry.serial().to_owned(), record);
+            records.len()
+        };
+        if len > bound {
+            // The cache's own lock is not taken under ours.
+            let cached: HashSet<String> = self
+                .cache()
+                .entries()
+                .iter()
+                .map(|e| e.serial().to_owned())
+                .collect();
+            self.staple_records()
+                .retain(|serial, _| cached.contains(serial));
+        }
     }
 
     /// The cache entry serving `names` if it is the certificate `serial`.
