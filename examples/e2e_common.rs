@@ -72,6 +72,7 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
         let root_file = app.write("pebble-root.pem", &root_pem);
         let http_addr = loopback(pebble.http_port());
         let https_addr = loopback(pebble.tls_port());
+        let admin_addr = loopback(free_ports()[0]);
         let storage = app.storage();
         app.spawn(&[
             ("CERTAUTO_DOMAINS", DOMAIN.to_owned()),
@@ -82,6 +83,7 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
             ("CERTAUTO_HTTPS_ADDR", https_addr.to_string()),
             ("CERTAUTO_CHALLENGE", challenge.to_owned()),
             ("CERTAUTO_ON_DEMAND", format!("*.{DOMAIN}")),
+            ("CERTAUTO_ADMIN_ADDR", admin_addr.to_string()),
         ]);
 
         let client = https_client(&root_der, DOMAIN, https_addr);
@@ -108,6 +110,7 @@ pub(crate) async fn pebble_scenario(bin: &str, challenge: &str) {
         )
         .await;
         check_http_port(http_addr, DOMAIN, https_addr.port()).await;
+        check_admin(&root_der, admin_addr, http_addr, https_addr).await;
         app.assert_running();
         return;
     }
@@ -779,11 +782,12 @@ async fn served_chain(root_der: &[u8], name: &str, addr: SocketAddr) -> Vec<Vec<
         .collect()
 }
 
-/// An HTTP/1.1 response: status and headers (names lower-cased).
+/// An HTTP/1.1 response: status, headers (names lower-cased) and body.
 #[derive(Debug)]
 struct RawResponse {
     status: u16,
     headers: Vec<(String, String)>,
+    body: String,
 }
 
 impl RawResponse {
@@ -810,7 +814,8 @@ async fn raw_http_get(addr: SocketAddr, host: &str, target: &str) -> RawResponse
         .unwrap_or_else(|_| panic!("GET http://{addr}{target} timed out"))
         .unwrap_or_else(|e| panic!("GET http://{addr}{target}: {e}"));
     let text = String::from_utf8_lossy(&raw);
-    let head = text.split("\r\n\r\n").next().unwrap_or_default();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = body.to_owned();
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or_default();
     let status = status_line
@@ -822,7 +827,85 @@ async fn raw_http_get(addr: SocketAddr, host: &str, target: &str) -> RawResponse
         .filter_map(|line| line.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
         .collect();
-    RawResponse { status, headers }
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The admin listener (`CERTAUTO_ADMIN_ADDR`): `GET /metrics` is Prometheus
+/// text with CertAuto's metrics of the obtain, handshakes and on-demand
+/// decisions just made; `GET /status` is JSON naming the certificate
+/// served right now (its serial) and its next renewal; other paths are 404.
+/// Neither is reachable on the public ports.
+async fn check_admin(root_der: &[u8], admin: SocketAddr, http: SocketAddr, https: SocketAddr) {
+    let metrics = raw_http_get(admin, "127.0.0.1", "/metrics").await;
+    assert_eq!(metrics.status, 200, "GET /metrics: {metrics:?}");
+    assert!(
+        metrics
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain")),
+        "{metrics:?}"
+    );
+    for wanted in [
+        "certauto_obtains_total{",
+        "result=\"success\"",
+        "certauto_handshake_lookups_total{result=\"hit\"}",
+        "certauto_acme_requests_total{",
+        "endpoint=\"finalize\"",
+        "certauto_on_demand_decisions_total{decision=\"allowed\"}",
+        "certauto_issuance_duration_seconds",
+        "certauto_certificate_expiry_seconds{",
+    ] {
+        assert!(
+            metrics.body.contains(wanted),
+            "GET /metrics lacks {wanted:?}:\n{}",
+            metrics.body
+        );
+    }
+
+    let status = raw_http_get(admin, "127.0.0.1", "/status").await;
+    assert_eq!(status.status, 200, "GET /status: {status:?}");
+    assert_eq!(status.header("content-type"), Some("application/json"));
+    let json: serde_json::Value = serde_json::from_str(&status.body)
+        .unwrap_or_else(|e| panic!("GET /status is not JSON ({e}): {}", status.body));
+    let served = served_chain(root_der, DOMAIN, https).await;
+    let (_, leaf) = x509_parser::parse_x509_certificate(&served[0]).expect("served leaf");
+    let serial = leaf
+        .raw_serial_as_string()
+        .replace(':', "")
+        .to_ascii_lowercase();
+    let text = json.to_string().to_ascii_lowercase();
+    assert!(
+        text.contains(&serial.trim_start_matches('0').to_owned()),
+        "GET /status does not name the served serial {serial}: {json}"
+    );
+    assert!(
+        text.contains(DOMAIN),
+        "GET /status does not name {DOMAIN}: {json}"
+    );
+    assert_eq!(raw_http_get(admin, "127.0.0.1", "/").await.status, 404);
+
+    // Not on the public ports: HTTP redirects everything, HTTPS has no such routes.
+    for target in ["/metrics", "/status"] {
+        let plain = raw_http_get(http, DOMAIN, target).await;
+        assert_ne!(plain.status, 200, "http {target}: {plain:?}");
+        assert!(
+            !plain.body.contains("certauto_"),
+            "http {target}: {plain:?}"
+        );
+        let client = https_client(root_der, DOMAIN, https);
+        let url = format!("https://{DOMAIN}:{}{target}", https.port());
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e:?}"));
+        assert_eq!(response.status(), 404, "GET {url}");
+        let body = response.text().await.unwrap_or_default();
+        assert!(!body.contains("certauto_"), "GET {url}: {body}");
+    }
 }
 
 /// Where `curl` is; a missing curl fails the test.

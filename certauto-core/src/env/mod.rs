@@ -18,6 +18,7 @@
 //! | `CERTAUTO_EAB_HMAC` | EAB MAC key, base64url or base64 (with `CERTAUTO_EAB_KID`) | unset |
 //! | `CERTAUTO_PROFILE` | ACME certificate profile, e.g. `shortlived` | unset (the CA's default) |
 //! | `CERTAUTO_ON_DEMAND` | on-demand TLS allowlist: comma-separated names or `*.suffix` patterns | unset (off) |
+//! | `CERTAUTO_ADMIN_ADDR` | admin listener (`GET /metrics`, `GET /status`), e.g. `127.0.0.1:9090`; never a public port | unset (off) |
 //!
 //! With `CERTAUTO_CHALLENGE=dns-01`, `CERTAUTO_DNS_PROVIDER` names the DNS
 //! provider and `CERTAUTO_DNS_*` its settings (see [`DnsSettings`] and the
@@ -65,6 +66,38 @@ fn bad(var: &'static str, reason: impl Into<String>) -> EnvError {
     }
 }
 
+/// `CERTAUTO_ADMIN_ADDR`: a socket address whose port is neither public
+/// port (the admin endpoints are never served to the public).
+fn admin_addr(value: &str, http: SocketAddr, https: SocketAddr) -> Result<SocketAddr, EnvError> {
+    const VAR: &str = "CERTAUTO_ADMIN_ADDR";
+    let addr: SocketAddr = value
+        .trim()
+        .parse()
+        .map_err(|_| bad(VAR, format!("not a socket address (host:port): {value:?}")))?;
+    if addr.port() == 0 {
+        return Err(bad(VAR, "the port must be given (not 0)"));
+    }
+    for (public, name) in [(http, "CERTAUTO_HTTP_ADDR"), (https, "CERTAUTO_HTTPS_ADDR")] {
+        if addr.port() == public.port() {
+            return Err(bad(
+                VAR,
+                format!(
+                    "port {} is {name}'s: the admin endpoints are never served on a public port",
+                    addr.port()
+                ),
+            ));
+        }
+    }
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            %addr,
+            "CERTAUTO_ADMIN_ADDR is not a loopback address: /metrics and /status are \
+             reachable from the network; keep it behind a firewall"
+        );
+    }
+    Ok(addr)
+}
+
 /// Settings read from `CERTAUTO_*` variables.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -96,6 +129,11 @@ pub struct EnvSettings {
     pub profile: Option<String>,
     /// On-demand TLS for the names `CERTAUTO_ON_DEMAND` allows.
     pub on_demand: Option<OnDemandConfig>,
+    /// The admin listener's address (`CERTAUTO_ADMIN_ADDR`: `GET /metrics`
+    /// and `GET /status` in the examples); `None`: no admin listener. Never
+    /// the port of [`http_addr`](Self::http_addr) or
+    /// [`https_addr`](Self::https_addr).
+    pub admin_addr: Option<SocketAddr>,
 }
 
 /// What [`EnvSettings::build`] wires together.
@@ -275,14 +313,21 @@ impl EnvSettings {
             }
             None => None,
         };
+        let http_addr = addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?;
+        let https_addr = addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?;
+        let admin_addr = match var("CERTAUTO_ADMIN_ADDR") {
+            None => None,
+            Some(v) => Some(admin_addr(&v, http_addr, https_addr)?),
+        };
         Ok(Self {
             domains,
             directories,
             ca_roots,
             email: var("CERTAUTO_EMAIL"),
             storage,
-            http_addr: addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?,
-            https_addr: addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?,
+            http_addr,
+            https_addr,
+            admin_addr,
             challenge,
             dns,
             renew_check,
@@ -399,6 +444,38 @@ mod tests {
             let err = from(&[(k, v)]).unwrap_err();
             assert_eq!(err.var, k);
             assert!(err.to_string().starts_with(k));
+        }
+    }
+
+    #[test]
+    fn admin_listener() {
+        assert_eq!(from(&[]).unwrap().admin_addr, None);
+        let s = from(&[("CERTAUTO_ADMIN_ADDR", "127.0.0.1:9090")]).unwrap();
+        assert_eq!(s.admin_addr, Some("127.0.0.1:9090".parse().unwrap()));
+        for (pairs, wanted) in [
+            (
+                vec![("CERTAUTO_ADMIN_ADDR", "localhost")],
+                "not a socket address",
+            ),
+            (
+                vec![("CERTAUTO_ADMIN_ADDR", "127.0.0.1:0")],
+                "must be given",
+            ),
+            (
+                vec![("CERTAUTO_ADMIN_ADDR", "127.0.0.1:8443")],
+                "CERTAUTO_HTTPS_ADDR's",
+            ),
+            (
+                vec![
+                    ("CERTAUTO_HTTP_ADDR", "0.0.0.0:80"),
+                    ("CERTAUTO_ADMIN_ADDR", "127.0.0.1:80"),
+                ],
+                "CERTAUTO_HTTP_ADDR's",
+            ),
+        ] {
+            let err = from(&pairs).unwrap_err();
+            assert_eq!(err.var, "CERTAUTO_ADMIN_ADDR", "{err}");
+            assert!(err.to_string().contains(wanted), "{err}");
         }
     }
 

@@ -7,13 +7,17 @@
 //! `CERTAUTO_*` variables, see `certauto::env` (`CERTAUTO_ON_DEMAND` turns on on-demand TLS for
 //! an allowlist: the first request for a new allowed name gets its
 //! certificate during the handshake). `GET /` answers 200 over
-//! HTTPS; HTTP redirects.
+//! HTTPS; HTTP redirects. With `CERTAUTO_ADMIN_ADDR`, a separate admin
+//! listener answers `GET /metrics` (Prometheus text,
+//! `metrics-exporter-prometheus`) and `GET /status` (JSON, `Config::status`).
 
 use std::process::ExitCode;
 
-use actix_web::{App, HttpServer, web};
+use actix_web::{App, HttpResponse, HttpServer, web};
+use certauto::Config;
 use certauto::env::EnvSettings;
 use certauto_actix::{acme_http01, https_redirect};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -33,6 +37,11 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
+    // The recorder goes in before anything records.
+    let metrics = match settings.admin_addr {
+        Some(_) => Some(PrometheusBuilder::new().install_recorder()?),
+        None => None,
+    };
     let setup = settings.build().await?;
     let config = setup.config;
     let tokens = setup.tokens;
@@ -56,6 +65,33 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     .bind(settings.http_addr)?
     .run();
 
+    let admin = match (settings.admin_addr, metrics) {
+        (Some(addr), Some(metrics)) => {
+            let config = web::Data::new(config.clone());
+            let metrics = web::Data::new(metrics);
+            tracing::info!(admin = %addr, "admin listener: GET /metrics, GET /status");
+            Some(
+                HttpServer::new(move || {
+                    App::new()
+                        .app_data(config.clone())
+                        .app_data(metrics.clone())
+                        .route("/metrics", web::get().to(render_metrics))
+                        .route("/status", web::get().to(render_status))
+                })
+                .workers(1)
+                .bind(addr)?
+                .run(),
+            )
+        }
+        _ => None,
+    };
+    let admin = async move {
+        match admin {
+            Some(server) => server.await,
+            None => Ok(()),
+        }
+    };
+
     config
         .manage_in_background(settings.domains.iter().map(|d| d.to_string()))
         .await?;
@@ -69,10 +105,31 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         "serving"
     );
     // actix handles SIGINT/SIGTERM: both servers stop gracefully.
-    let (a, b) = tokio::join!(https, http);
+    let (a, b, c) = tokio::join!(https, http, admin);
     config.cache().stop();
     maintenance.await;
     a?;
     b?;
+    c?;
     Ok(())
+}
+
+/// `GET /metrics` on the admin listener: Prometheus text.
+async fn render_metrics(metrics: web::Data<PrometheusHandle>) -> HttpResponse {
+    // Histograms are aggregated on upkeep, which the exporter's own HTTP
+    // listener (not used here) would run.
+    metrics.run_upkeep();
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(metrics.render())
+}
+
+/// `GET /status` on the admin listener: `Config::status` as JSON.
+async fn render_status(config: web::Data<Config>) -> HttpResponse {
+    match serde_json::to_string(&config.status().await) {
+        Ok(json) => HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json),
+        Err(e) => HttpResponse::InternalServerError().body(format!("status: {e}\n")),
+    }
 }

@@ -7,12 +7,20 @@
 //! see `certauto::env` (`CERTAUTO_ON_DEMAND` turns on on-demand TLS for
 //! an allowlist: the first request for a new allowed name gets its
 //! certificate during the handshake). `GET /` answers 200 over HTTPS; HTTP redirects.
+//! With `CERTAUTO_ADMIN_ADDR`, a separate admin listener answers `GET /metrics`
+//! (Prometheus text, `metrics-exporter-prometheus`) and `GET /status` (JSON,
+//! `Config::status`).
 
+use std::future::IntoFuture;
 use std::process::ExitCode;
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
+use certauto::Config;
 use certauto::env::EnvSettings;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -33,8 +41,20 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
+    // The recorder goes in before anything records.
+    let metrics = match settings.admin_addr {
+        Some(_) => Some(PrometheusBuilder::new().install_recorder()?),
+        None => None,
+    };
     let setup = settings.build().await?;
     let config = setup.config;
+    if let (Some(addr), Some(metrics)) = (settings.admin_addr, metrics) {
+        let admin = TcpListener::bind(addr).await?;
+        tracing::info!(admin = %addr, "admin listener: GET /metrics, GET /status");
+        tokio::spawn(
+            certauto_axum::serve_plain(admin, admin_router(&config, metrics))?.into_future(),
+        );
+    }
 
     // Listen first: the challenges are answered on these ports.
     let http = TcpListener::bind(settings.http_addr).await?;
@@ -62,6 +82,38 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.cache().stop();
     maintenance.await;
     Ok(())
+}
+
+/// The admin listener's routes: `GET /metrics` and `GET /status`.
+fn admin_router(config: &Config, metrics: PrometheusHandle) -> Router {
+    let config = config.clone();
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                // Histograms are aggregated on upkeep, which the exporter's
+                // own HTTP listener (not used here) would run.
+                metrics.run_upkeep();
+                let text = metrics.render();
+                async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+            }),
+        )
+        .route(
+            "/status",
+            get(move || {
+                let config = config.clone();
+                async move {
+                    match serde_json::to_string(&config.status().await) {
+                        Ok(json) => (StatusCode::OK, [(CONTENT_TYPE, "application/json")], json),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(CONTENT_TYPE, "text/plain")],
+                            format!("status: {e}\n"),
+                        ),
+                    }
+                }
+            }),
+        )
 }
 
 async fn shutdown_signal() {
