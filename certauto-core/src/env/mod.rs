@@ -223,7 +223,7 @@ impl EnvSettings {
                     format!("{v:?}: expected e.g. 2s, 10m, 1h"),
                 )
             })?,
-            None => Duration::from_secs(600),
+            None => crate::config::DEFAULT_RENEW_INTERVAL,
         };
         let eab = match (var("CERTAUTO_EAB_KID"), var("CERTAUTO_EAB_HMAC")) {
             (None, None) => None,
