@@ -81,21 +81,21 @@ const MAX_SCANNED_PER_PASS: usize = 500;
 /// The most records one cleanup pass cleans up.
 const MAX_CLEANED_PER_PASS: usize = 50;
 /// The largest challenge record read (they are a few hundred bytes).
-const MAX_RECORD_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_RECORD_BYTES: usize = 16 * 1024;
 /// The most records read for one TLS-ALPN-01 name (all of them, unless
 /// more instances than this died with a challenge for one name since the
 /// last cleanup).
-const MAX_RECORDS_PER_NAME: usize = 32;
+pub(crate) const MAX_RECORDS_PER_NAME: usize = 32;
 /// How far after the reader's clock a record may be dated (clock skew
 /// between instances) before it is taken as unreadable.
 const MAX_FUTURE_SKEW: Duration = Duration::from_secs(3600);
 /// How long a name found without a TLS-ALPN-01 record is not looked up again.
-const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+pub(crate) const NEGATIVE_TTL: Duration = Duration::from_secs(1);
 /// The most names kept in the negative cache.
-const MAX_NEGATIVE: usize = 4096;
+pub(crate) const MAX_NEGATIVE: usize = 4096;
 /// The most TLS-ALPN-01 storage lookups per second for names the config
 /// does not manage (on-demand and other names together).
-const MAX_LOOKUPS_PER_SECOND: u32 = 50;
+pub(crate) const MAX_LOOKUPS_PER_SECOND: u32 = 50;
 
 /// Why a TLS-ALPN-01 validation's name may have a record in storage; each
 /// reason has its own share of the lookup budget (per second and at once),

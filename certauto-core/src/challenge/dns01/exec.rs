@@ -20,7 +20,7 @@ const PROVIDER: &str = "exec";
 /// How long the program may run, by default.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most of stdout and of stderr kept (the tail).
-const MAX_OUTPUT: usize = 4096;
+pub(crate) const MAX_OUTPUT: usize = 4096;
 /// The exit code that means "temporary failure" (`EX_TEMPFAIL`).
 const EX_TEMPFAIL: i32 = 75;
 /// The smallest timeout accepted.

@@ -21,9 +21,9 @@ use super::query::{QueryError, ask_over, tcp_exchange_raw, udp_exchange_until};
 /// The provider's name in errors.
 const PROVIDER: &str = "rfc2136";
 /// The TTL of the records added, by default.
-const DEFAULT_TTL: u32 = 60;
+pub(crate) const DEFAULT_TTL: u32 = 60;
 /// The time one exchange (SOA lookup or update) may take, by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest and longest exchange time accepted.
 const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
