@@ -60,9 +60,9 @@ fn duration(d: Duration) -> String {
     }
 }
 
-/// A DNS TTL, in seconds, written as a duration.
-fn ttl(seconds: u32) -> String {
-    duration(Duration::from_secs(u64::from(seconds)))
+/// A number of seconds (a DNS TTL, a TSIG fudge), written as a duration.
+fn ttl(seconds: impl Into<u64>) -> String {
+    duration(Duration::from_secs(seconds.into()))
 }
 
 /// A count: thousands separated by commas from 10,000 on.
@@ -125,13 +125,29 @@ fn rate((events, window): (u32, Duration)) -> String {
 /// Every checked constant: its path in the table's "constant" column and
 /// its value written as the table writes it.
 macro_rules! checks {
-    ($($render:ident($($path:ident)::+);)*) => {
+    ($($render:ident($($path:ident)::+ $(.$field:ident)?);)*) => {
         vec![$(
             (
-                stringify!($($path)::+).replace(' ', ""),
-                $render(crate::$($path)::+),
+                stringify!($($path)::+ $(.$field)?).replace(' ', ""),
+                $render(crate::$($path)::+ $(.$field)?),
             ),
         )*]
+    };
+}
+
+/// A check of a rate: two constants, events and window, in one row.
+macro_rules! rate_check {
+    ($($events:ident)::+ $(.$efield:ident)?, $($window:ident)::+ $(.$wfield:ident)?) => {
+        (
+            format!(
+                "{}, {}",
+                stringify!($($events)::+ $(.$efield)?),
+                stringify!($($window)::+ $(.$wfield)?)
+            )
+            .replace(' ', "")
+            .replace(",", ", "),
+            rate((crate::$($events)::+ $(.$efield)?, crate::$($window)::+ $(.$wfield)?)),
+        )
     };
 }
 
@@ -194,7 +210,27 @@ fn checked() -> Vec<(String, String)> {
         count_usize(challenge::distributed::MAX_RECORDS_PER_NAME);
         duration(challenge::distributed::NEGATIVE_TTL);
         count_usize(challenge::distributed::MAX_NEGATIVE);
-        count(challenge::distributed::MAX_LOOKUPS_PER_SECOND);
+        count_usize(challenge::distributed::MAX_SCANNED_PER_PASS);
+        count_usize(challenge::distributed::MAX_CLEANED_PER_PASS);
+        duration(challenge::distributed::MAX_FUTURE_SKEW);
+        count(challenge::dns01::route53::CHANGE_ATTEMPTS);
+        count_usize(challenge::dns01::route53::MAX_CACHED_ZONES);
+        duration(challenge::dns01::rfc2136::MIN_TIMEOUT);
+        duration(challenge::dns01::rfc2136::MAX_TIMEOUT);
+        ttl(challenge::dns01::rfc2136::FUDGE);
+        duration(challenge::dns01::exec::MIN_TIMEOUT);
+        duration(challenge::dns01::exec::OUTPUT_GRACE);
+        duration(ratelimit::MIN_RATE_LIMIT_WINDOW);
+        opt_rate(issuer::presets::LETS_ENCRYPT_LIMITS.certificates_per_domain);
+        opt_rate(issuer::presets::LETS_ENCRYPT_LIMITS.accounts_per_ip);
+        count_usize(storage::file::temporaries::BOUNDS.depth);
+        count_usize(storage::file::temporaries::BOUNDS.folder_entries);
+        count_usize(storage::file::temporaries::BOUNDS.visited);
+        count_usize(storage::file::temporaries::BOUNDS.removed);
+        count_usize(storage::file::lock::MAX_LOCK_NAME);
+        bytes(storage::file::lock::MAX_LOCK_FILE);
+        count(storage::redis_defaults::CLUSTER_RETRIES);
+        millis(storage::redis_defaults::OP_MEMORY_MS);
         duration(challenge::dns01::DEFAULT_PROPAGATION_TIMEOUT);
         duration(challenge::dns01::MAX_PROPAGATION_TIMEOUT);
         duration(challenge::dns01::DEFAULT_POLLING_INTERVAL);
@@ -255,15 +291,31 @@ fn checked() -> Vec<(String, String)> {
         duration(issuer::local::ROOT_LIFETIME);
         duration(issuer::local::BACKDATE);
     };
-    // A rate is two constants in one row.
-    checks.push((
-        "ratelimit::DEFAULT_RATE_LIMIT_EVENTS, ratelimit::DEFAULT_RATE_LIMIT_WINDOW".to_owned(),
-        rate((
-            crate::ratelimit::DEFAULT_RATE_LIMIT_EVENTS,
-            crate::ratelimit::DEFAULT_RATE_LIMIT_WINDOW,
-        )),
-    ));
+    checks.extend([
+        rate_check!(
+            ratelimit::DEFAULT_RATE_LIMIT_EVENTS,
+            ratelimit::DEFAULT_RATE_LIMIT_WINDOW
+        ),
+        rate_check!(
+            issuer::presets::LETS_ENCRYPT_LIMITS.new_orders,
+            issuer::presets::LETS_ENCRYPT_LIMITS.new_orders_window
+        ),
+        rate_check!(
+            challenge::distributed::MAX_LOOKUPS_PER_SECOND,
+            challenge::distributed::LOOKUP_WINDOW
+        ),
+    ]);
     checks
+}
+
+/// A limit a CA may not have: a rate, or `none`.
+fn opt_rate(limit: Option<(u32, Duration)>) -> String {
+    limit.map_or_else(|| "none".to_owned(), rate)
+}
+
+/// A duration given in milliseconds.
+fn millis(ms: u64) -> String {
+    duration(Duration::from_millis(ms))
 }
 
 /// A fraction `1/divisor` of an OCSP response's validity.

@@ -20,7 +20,7 @@ use crate::identifier::Identifier;
 
 mod acme;
 pub(crate) mod local;
-mod presets;
+pub(crate) mod presets;
 pub(crate) mod set;
 mod zerossl;
 

@@ -22,3 +22,11 @@ pub(crate) const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) const MAX_VALUE: usize = 64 * 1024 * 1024;
 /// The most keys a recursive listing (or directory delete) walks.
 pub(crate) const MAX_LISTED: usize = 1_000_000;
+/// How many times redis-rs's cluster client may send one command again
+/// (after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or a broken node
+/// connection).
+pub(crate) const CLUSTER_RETRIES: u32 = 3;
+/// How long a write's operation id is remembered (ms): far longer than a
+/// command can be in flight (the connect and response timeouts, a cluster
+/// client's retries).
+pub(crate) const OP_MEMORY_MS: u64 = 5 * 60 * 1000;

@@ -25,10 +25,10 @@ pub(crate) const DEFAULT_TTL: u32 = 60;
 /// The time one exchange (SOA lookup or update) may take, by default.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest and longest exchange time accepted.
-const MIN_TIMEOUT: Duration = Duration::from_millis(10);
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// The clock difference the server may allow (RFC 8945 §10 recommends 300 s).
-const FUDGE: u16 = 300;
+pub(crate) const FUDGE: u16 = 300;
 /// The longest character-string in a TXT record.
 const MAX_TXT_STRING: usize = 255;
 

@@ -36,9 +36,9 @@ pub(crate) const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// How many times it is polled at most, by default.
 pub(crate) const DEFAULT_SYNC_POLLS: u32 = 60;
 /// How many times a change that no longer matches the set is re-read and retried.
-const CHANGE_ATTEMPTS: u32 = 3;
+pub(crate) const CHANGE_ATTEMPTS: u32 = 3;
 /// The most zone lookups remembered.
-const MAX_CACHED_ZONES: usize = 256;
+pub(crate) const MAX_CACHED_ZONES: usize = 256;
 
 /// Writes TXT records through the Route 53 API.
 ///

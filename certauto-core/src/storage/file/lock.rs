@@ -29,9 +29,9 @@ pub(super) const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The folder (relative to the root) holding lock files.
 pub(super) const LOCKS_DIR: &str = "locks";
 /// Lock names longer than this are shortened with a hash.
-pub(super) const MAX_LOCK_NAME: usize = 200;
+pub(crate) const MAX_LOCK_NAME: usize = 200;
 /// The most of a lock file read (they hold a short JSON object).
-pub(super) const MAX_LOCK_FILE: u64 = 4096;
+pub(crate) const MAX_LOCK_FILE: u64 = 4096;
 
 /// Lock timings of a [`FileStorage`].
 #[derive(Debug, Clone, Copy)]

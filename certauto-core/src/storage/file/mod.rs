@@ -6,7 +6,7 @@
 mod atomic;
 pub(crate) mod lock;
 mod root;
-mod temporaries;
+pub(crate) mod temporaries;
 #[cfg(test)]
 mod tests;
 
