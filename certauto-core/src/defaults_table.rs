@@ -11,6 +11,10 @@ const TABLE: &str = include_str!("defaults.md");
 /// The README, which holds the same table under its "Defaults" heading.
 const README: &str = include_str!("../../README.md");
 
+/// Rows naming a constant of these crates are checked by that crate's own
+/// `defaults_table` test (this crate cannot see their constants).
+const CHECKED_ELSEWHERE: [&str; 2] = ["certauto_actix::", "certauto_tower::"];
+
 /// The rows of the first table in `text`: each a list of trimmed cells,
 /// without the header and separator rows.
 fn rows(text: &str) -> Vec<Vec<String>> {
@@ -358,6 +362,7 @@ fn differences(table: &str, checks: &[(String, String)]) -> Vec<String> {
             ));
         }
         match by_constant.get(constant.as_str()) {
+            None if CHECKED_ELSEWHERE.iter().any(|c| constant.starts_with(c)) => {}
             None => problems.push(format!(
                 "row {what:?}: no check for `{constant}` (add it to defaults_table.rs)"
             )),
