@@ -157,6 +157,8 @@ macro_rules! rate_check {
 
 fn checked() -> Vec<(String, String)> {
     let mut checks = checks! {
+        text(env::DEFAULT_HTTP_ADDR);
+        text(env::DEFAULT_HTTPS_ADDR);
         duration(config::builder::DEFAULT_RENEW_INTERVAL);
         duration(config::builder::DEFAULT_OCSP_CHECK_INTERVAL);
         duration(config::builder::MIN_CHECK_INTERVAL);
@@ -312,6 +314,11 @@ fn checked() -> Vec<(String, String)> {
     checks
 }
 
+/// A default that is not a number (a listen address), as it is.
+fn text(s: &str) -> String {
+    s.to_owned()
+}
+
 /// A limit a CA may not have: a rate, or `none`.
 fn opt_rate(limit: Option<(u32, Duration)>) -> String {
     limit.map_or_else(|| "none".to_owned(), rate)
@@ -413,6 +420,82 @@ fn the_readme_holds_the_same_table() {
         in_docs.len(),
         in_readme.len(),
         "defaults.md and the README's Defaults table have different numbers of rows"
+    );
+}
+
+/// The default an environment-variable table (`| variable | meaning |
+/// default |`) gives `var`; a row naming several variables gives each the
+/// default at its position.
+fn env_default(text: &str, var: &str) -> Option<String> {
+    let wanted = format!("`{var}`");
+    text.lines()
+        .map(|l| l.trim().trim_start_matches("//!").trim())
+        .filter(|l| l.starts_with('|'))
+        .find_map(|l| {
+            let cells: Vec<&str> = l.trim_matches('|').split('|').map(str::trim).collect();
+            let (names, default) = (cells.first()?, cells.last()?);
+            let names: Vec<&str> = names.split(", ").collect();
+            let position = names.iter().position(|n| *n == wanted)?;
+            let defaults: Vec<&str> = default.split(", ").collect();
+            let default = if defaults.len() == names.len() {
+                defaults[position]
+            } else {
+                default
+            };
+            Some(default.trim_matches('`').to_owned())
+        })
+}
+
+#[test]
+fn the_env_tables_state_the_same_defaults() {
+    // The README's and the `env` module's tables of `CERTAUTO_*` variables
+    // state some of these defaults again, in the variables' own syntax.
+    let env_docs = include_str!("env/mod.rs");
+    let durations = [
+        (
+            "CERTAUTO_RENEW_CHECK",
+            crate::config::DEFAULT_RENEW_INTERVAL,
+        ),
+        (
+            "CERTAUTO_DNS_PROPAGATION_TIMEOUT",
+            crate::challenge::dns01::DEFAULT_PROPAGATION_TIMEOUT,
+        ),
+    ];
+    let addresses = [
+        ("CERTAUTO_HTTP_ADDR", crate::env::DEFAULT_HTTP_ADDR),
+        ("CERTAUTO_HTTPS_ADDR", crate::env::DEFAULT_HTTPS_ADDR),
+    ];
+    for (name, table) in [("README", README), ("env module docs", env_docs)] {
+        for (var, constant) in durations {
+            let Some(stated) = env_default(table, var) else {
+                assert_eq!(name, "env module docs", "the README's table has no {var}");
+                continue;
+            };
+            assert_eq!(
+                crate::env::parse_duration(&stated),
+                Some(constant),
+                "the {name} table says {var} defaults to {stated:?}, the code uses {constant:?}"
+            );
+        }
+        for (var, constant) in addresses {
+            let stated =
+                env_default(table, var).unwrap_or_else(|| panic!("the {name} table has no {var}"));
+            assert_eq!(stated, constant, "the {name} table's {var} default");
+        }
+    }
+    // The Redis connect timeout the README's `CERTAUTO_STORAGE` row states.
+    let storage = env_default(README, "CERTAUTO_STORAGE").map(|_| ());
+    assert!(
+        storage.is_some(),
+        "the README's table has no CERTAUTO_STORAGE"
+    );
+    let redis_connect = format!(
+        "after a {} connect timeout",
+        duration(crate::storage::redis_defaults::DEFAULT_CONNECT_TIMEOUT)
+    );
+    assert!(
+        README.contains(&redis_connect),
+        "the README's CERTAUTO_STORAGE row should say {redis_connect:?}"
     );
 }
 

@@ -129,6 +129,11 @@ fn parse_directories(list: &str) -> Result<Vec<String>, EnvError> {
     Ok(directories)
 }
 
+/// `CERTAUTO_HTTP_ADDR`'s default.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// `CERTAUTO_HTTPS_ADDR`'s default.
+pub(crate) const DEFAULT_HTTPS_ADDR: &str = "127.0.0.1:8443";
+
 /// Parses a duration such as `500ms`, `2s`, `10m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -281,8 +286,8 @@ impl EnvSettings {
             ca_roots,
             email: var("CERTAUTO_EMAIL"),
             storage,
-            http_addr: addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?,
-            https_addr: addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?,
+            http_addr: addr("CERTAUTO_HTTP_ADDR", DEFAULT_HTTP_ADDR)?,
+            https_addr: addr("CERTAUTO_HTTPS_ADDR", DEFAULT_HTTPS_ADDR)?,
             challenge,
             dns,
             renew_check,
