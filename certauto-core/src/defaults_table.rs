@@ -242,6 +242,7 @@ fn checked() -> Vec<(String, String)> {
         duration(challenge::dns01::DEFAULT_POLLING_INTERVAL);
         duration(challenge::dns01::MIN_INTERVAL);
         duration(challenge::dns01::propagation::QUERY_TIMEOUT);
+        count(challenge::dns01::DEFAULT_NAMESERVER_PORT);
         count_usize(challenge::dns01::propagation::MAX_CNAME_HOPS);
         count_usize(challenge::dns01::propagation::MAX_NAME_SERVERS);
         count(challenge::dns01::PROVIDER_ATTEMPTS);

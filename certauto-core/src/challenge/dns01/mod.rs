@@ -45,6 +45,8 @@ use crate::identifier::{DomainName, Identifier};
 pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often it checks meanwhile, by default.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(2);
+/// The port authoritative name servers are asked on, by default.
+pub(crate) const DEFAULT_NAMESERVER_PORT: u16 = 53;
 /// How many times a provider call failing with a retryable error is tried.
 pub(crate) const PROVIDER_ATTEMPTS: u32 = 4;
 /// The first delay before a transiently failed provider call is made again
@@ -171,7 +173,7 @@ impl Dns01Solver {
             check_propagation: true,
             resolvers: Vec::new(),
             bootstrap: None,
-            nameserver_port: 53,
+            nameserver_port: DEFAULT_NAMESERVER_PORT,
             query_timeout: QUERY_TIMEOUT,
             follow_cnames: true,
             override_domain: None,
