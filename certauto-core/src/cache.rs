@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::SystemTime;
 
 use rustls::sign::CertifiedKey;
@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 use crate::acme::http::crypto_provider;
 use crate::certificate::Certificate;
+use crate::clock::Clock;
 use crate::error::CertificateError;
 use crate::identifier::Identifier;
 use crate::name_table::NameTable;
@@ -200,6 +201,9 @@ struct Index {
     live: HashMap<EntryId, (Arc<CachedCert>, usize)>,
     /// Eviction order: unmanaged first, then earliest expiry.
     order: BTreeSet<(bool, SystemTime, EntryId)>,
+    /// Managed entries that stopped serving any name since the last
+    /// [`CertCache::expiry_changes`] (for the expiry gauge).
+    departed: Vec<Arc<CachedCert>>,
 }
 
 impl Index {
@@ -238,6 +242,9 @@ impl Index {
             if *slots == 0 {
                 self.live.remove(&id);
                 self.order.remove(&(e.managed, e.not_after, id));
+                if e.managed {
+                    self.departed.push(e.clone());
+                }
             }
         }
     }
@@ -266,6 +273,20 @@ struct Inner {
     count: std::sync::atomic::AtomicUsize,
     capacity: usize,
     stop: watch::Sender<bool>,
+    /// Set when the expiry gauge is kept: the clock it counts from.
+    expiry_clock: OnceLock<Arc<dyn Clock>>,
+}
+
+/// A change of the expiry gauge: a primary name and its seconds until
+/// expiry, `None` when no certificate serves it any more.
+type ExpiryChange = (String, Option<f64>);
+
+/// Seconds from `now` until `not_after`, negative once it passed.
+fn seconds_until(not_after: SystemTime, now: SystemTime) -> f64 {
+    match not_after.duration_since(now) {
+        Ok(left) => left.as_secs_f64(),
+        Err(past) => -past.duration().as_secs_f64(),
+    }
 }
 
 impl fmt::Debug for CertCache {
@@ -297,6 +318,7 @@ impl CertCache {
                 count: std::sync::atomic::AtomicUsize::new(0),
                 capacity: capacity.max(1),
                 stop: watch::channel(false).0,
+                expiry_clock: OnceLock::new(),
             }),
         }
     }
@@ -320,17 +342,95 @@ impl CertCache {
         Ok(entry)
     }
 
+    /// Keeps the [`CERTIFICATE_EXPIRY_SECONDS`](crate::metrics::CERTIFICATE_EXPIRY_SECONDS)
+    /// gauge of every managed certificate from now on, counting from
+    /// `clock` (the first clock given wins for a cache shared by configs).
+    /// Without the `metrics` feature, nothing is kept.
+    pub(crate) fn track_expiry(&self, clock: Arc<dyn Clock>) {
+        if cfg!(feature = "metrics") && self.inner.expiry_clock.set(clock).is_ok() {
+            self.refresh_expiry_metric();
+        }
+    }
+
+    /// Sets the expiry gauge of every managed certificate in the cache
+    /// (each maintenance renewal check calls it, so the seconds stay current).
+    pub(crate) fn refresh_expiry_metric(&self) {
+        let Some(clock) = self.inner.expiry_clock.get() else {
+            return;
+        };
+        let now = clock.now();
+        let changes: Vec<ExpiryChange> = {
+            let index = self.inner.index.read().unwrap_or_else(|e| e.into_inner());
+            index
+                .live
+                .values()
+                .filter(|(e, _)| e.managed)
+                .filter_map(|(e, _)| {
+                    let primary = e.names.first()?;
+                    Some((
+                        primary.as_str().into_owned(),
+                        Some(seconds_until(e.not_after, now)),
+                    ))
+                })
+                .collect()
+        };
+        publish_expiry(changes);
+    }
+
+    /// After a change of `index` that added `added`: the expiry gauge
+    /// changes (empty when the gauge is not kept). Drains `departed`.
+    fn expiry_changes(&self, index: &mut Index, added: &[&Arc<CachedCert>]) -> Vec<ExpiryChange> {
+        let departed = std::mem::take(&mut index.departed);
+        let Some(clock) = self.inner.expiry_clock.get() else {
+            return Vec::new();
+        };
+        let now = clock.now();
+        let mut changes = Vec::new();
+        for gone in departed {
+            let Some(primary) = gone.names.first() else {
+                continue;
+            };
+            // Still the primary name of a managed certificate serving it
+            // (a renewal): that one's value is set below, not NaN.
+            let name = primary.as_str();
+            let replaced = index
+                .entries
+                .find(&name)
+                .is_some_and(|e| e.managed && e.names.first().is_some_and(|p| p == primary));
+            if !replaced {
+                changes.push((name.into_owned(), None));
+            }
+        }
+        for entry in added {
+            if !entry.managed || !index.live.contains_key(&id_of(entry)) {
+                continue;
+            }
+            if let Some(primary) = entry.names.first() {
+                changes.push((
+                    primary.as_str().into_owned(),
+                    Some(seconds_until(entry.not_after, now)),
+                ));
+            }
+        }
+        changes
+    }
+
     /// Adds a prepared entry. Not part of the API: the benchmarks time the
     /// cache's insertion apart from parsing.
     #[doc(hidden)]
     pub fn insert_entry(&self, entry: Arc<CachedCert>) {
+        let changes = self.insert_locked(&entry);
+        publish_expiry(changes);
+    }
+
+    fn insert_locked(&self, entry: &Arc<CachedCert>) -> Vec<ExpiryChange> {
         let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
         // Each name now points at the new entry; an old entry serving no name is dropped.
         for id in &entry.names {
-            index.put(id, &entry);
+            index.put(id, entry);
         }
         while index.live.len() > self.inner.capacity {
-            let new_id = id_of(&entry);
+            let new_id = id_of(entry);
             let victim = index
                 .order
                 .iter()
@@ -344,6 +444,7 @@ impl CertCache {
         self.inner
             .count
             .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+        self.expiry_changes(&mut index, &[entry])
     }
 
     /// Replaces `current` by `new` (for example the same certificate with a
@@ -354,16 +455,20 @@ impl CertCache {
         let Some(first) = current.names.first() else {
             return false;
         };
-        let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
-        if !index.serves(first, current) {
-            return false;
-        }
-        for id in &new.names {
-            index.put(id, &new);
-        }
-        self.inner
-            .count
-            .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+        let changes = {
+            let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+            if !index.serves(first, current) {
+                return false;
+            }
+            for id in &new.names {
+                index.put(id, &new);
+            }
+            self.inner
+                .count
+                .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+            self.expiry_changes(&mut index, &[&new])
+        };
+        publish_expiry(changes);
         true
     }
 
@@ -382,13 +487,18 @@ impl CertCache {
     /// Removes every entry covering `name` exactly.
     pub fn remove(&self, name: &str) -> Option<Arc<CachedCert>> {
         let id = Identifier::parse(name).ok()?;
-        let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
-        let (table, key) = index.entries.slot(&id);
-        let entry = table.get(&key).cloned()?;
-        index.remove_entry(&entry);
-        self.inner
-            .count
-            .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+        let (entry, changes) = {
+            let mut index = self.inner.index.write().unwrap_or_else(|e| e.into_inner());
+            let (table, key) = index.entries.slot(&id);
+            let entry = table.get(&key).cloned()?;
+            index.remove_entry(&entry);
+            self.inner
+                .count
+                .store(index.live.len(), std::sync::atomic::Ordering::Relaxed);
+            let changes = self.expiry_changes(&mut index, &[]);
+            (entry, changes)
+        };
+        publish_expiry(changes);
         Some(entry)
     }
 
@@ -432,6 +542,13 @@ impl CertCache {
     /// A receiver that changes to `true` when [`stop`](Self::stop) is called.
     pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
         self.inner.stop.subscribe()
+    }
+}
+
+/// Sets the expiry gauges (outside the cache's lock: a recorder may be slow).
+fn publish_expiry(changes: Vec<ExpiryChange>) {
+    for (name, seconds) in changes {
+        crate::metrics::certificate_expiry(&name, seconds);
     }
 }
 

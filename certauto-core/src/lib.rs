@@ -49,7 +49,8 @@
 //! storage layout (every key) for backend and tool writers, [`ocsp`] OCSP
 //! requests and verification for users who check staples themselves,
 //! [`env`](mod@env) the `CERTAUTO_*` settings the examples read, [`dns`] the DNS
-//! providers.
+//! providers, [`metrics`](mod@metrics) the metric names (recorded with the
+//! `metrics` feature).
 //!
 //! Every rustls object CertAuto builds uses the *ring* provider explicitly
 //! ([`crypto_provider`]), never the process default. The ring provider has no
@@ -74,6 +75,7 @@ mod identifier;
 mod issuer;
 mod keys;
 mod maintain;
+pub mod metrics;
 mod name_table;
 pub mod ocsp;
 mod ratelimit;

@@ -21,6 +21,7 @@ use crate::acme::types::{
 };
 use crate::error::{AcmeError, ConfigError};
 use crate::identifier::Identifier;
+use crate::metrics::{self, Endpoint};
 
 /// An ACME account: its URL at the CA, its key and its last known state.
 #[derive(Debug, Clone)]
@@ -177,7 +178,7 @@ impl AcmeClientBuilder {
             nonces: Mutex::new(Vec::new()),
             limits: self.limits,
         };
-        let resp = client.get(&url).await?;
+        let resp = client.get(&url, Endpoint::Directory).await?;
         if !resp.is_success() {
             return Err(client.error_from(resp).into());
         }
@@ -236,11 +237,22 @@ impl AcmeClient {
         &self.limits
     }
 
-    async fn send(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Response, AcmeError> {
-        let resp = req.send().await.map_err(|e| AcmeError::Transport {
-            url: url.to_owned(),
-            source: Box::new(e),
+    /// Sends one request to `endpoint` and reads the answer; every request
+    /// to the CA goes through here (and is counted here).
+    async fn send(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        endpoint: Endpoint,
+    ) -> Result<Response, AcmeError> {
+        let resp = req.send().await.map_err(|e| {
+            metrics::acme_request(endpoint, None);
+            AcmeError::Transport {
+                url: url.to_owned(),
+                source: Box::new(e),
+            }
         })?;
+        metrics::acme_request(endpoint, Some(resp.status().as_u16()));
         let resp = Response::read(url, resp, self.limits.max_body_bytes).await?;
         if let Some(nonce) = &resp.nonce {
             self.pool_nonce(nonce.clone());
@@ -248,10 +260,10 @@ impl AcmeClient {
         Ok(resp)
     }
 
-    async fn get(&self, url: &str) -> Result<Response, AcmeError> {
+    async fn get(&self, url: &str, endpoint: Endpoint) -> Result<Response, AcmeError> {
         let mut transport_failures = 0;
         loop {
-            match self.send(self.http.get(url), url).await {
+            match self.send(self.http.get(url), url, endpoint).await {
                 Err(e) if self.retry_transport(&e, url, &mut transport_failures).await => {}
                 other => return other,
             }
@@ -287,7 +299,9 @@ impl AcmeClient {
             return Ok(n);
         }
         let url = self.directory.new_nonce.clone();
-        let resp = self.send(self.http.head(&url), &url).await?;
+        let resp = self
+            .send(self.http.head(&url), &url, Endpoint::NewNonce)
+            .await?;
         if !resp.is_success() {
             return Err(self.error_from(resp));
         }
@@ -329,6 +343,7 @@ impl AcmeClient {
         url: &str,
         payload: Option<&[u8]>,
         accept: Option<&str>,
+        endpoint: Endpoint,
     ) -> Result<Response, AcmeError> {
         let attempts = self.limits.bad_nonce_retries.saturating_add(1);
         let mut transport_failures = 0;
@@ -355,7 +370,7 @@ impl AcmeClient {
             if let Some(accept) = accept {
                 req = req.header(http::header::ACCEPT, accept);
             }
-            let resp = match self.send(req, url).await {
+            let resp = match self.send(req, url, endpoint).await {
                 // Sent again with a fresh nonce: the one used may have been consumed.
                 Err(e) if self.retry_transport(&e, url, &mut transport_failures).await => {
                     attempt -= 1;
@@ -386,6 +401,7 @@ impl AcmeClient {
         account: &Account,
         url: &str,
         payload: &T,
+        endpoint: Endpoint,
     ) -> Result<Response, AcmeError> {
         let body = serde_json::to_vec(payload).map_err(|e| AcmeError::InvalidResponse {
             url: url.to_owned(),
@@ -397,6 +413,7 @@ impl AcmeClient {
             url,
             Some(&body),
             None,
+            endpoint,
         )
         .await
     }
@@ -407,9 +424,17 @@ impl AcmeClient {
         account: &Account,
         url: &str,
         accept: Option<&str>,
+        endpoint: Endpoint,
     ) -> Result<Response, AcmeError> {
-        self.post(&account.key, KeyId::Kid(&account.url), url, None, accept)
-            .await
+        self.post(
+            &account.key,
+            KeyId::Kid(&account.url),
+            url,
+            None,
+            accept,
+            endpoint,
+        )
+        .await
     }
 
     // ---- accounts (§7.3) ----
@@ -442,7 +467,14 @@ impl AcmeClient {
         }
         let body = payload.to_string();
         let resp = self
-            .post(&key, KeyId::Jwk, &url, Some(body.as_bytes()), None)
+            .post(
+                &key,
+                KeyId::Jwk,
+                &url,
+                Some(body.as_bytes()),
+                None,
+                Endpoint::NewAccount,
+            )
             .await
             .map_err(map_account_errors)?;
         Ok(Account {
@@ -457,7 +489,14 @@ impl AcmeClient {
         let url = self.directory.new_account.clone();
         let body = br#"{"onlyReturnExisting":true}"#;
         let resp = self
-            .post(&key, KeyId::Jwk, &url, Some(body), None)
+            .post(
+                &key,
+                KeyId::Jwk,
+                &url,
+                Some(body),
+                None,
+                Endpoint::NewAccount,
+            )
             .await
             .map_err(map_account_errors)?;
         Ok(Account {
@@ -469,7 +508,7 @@ impl AcmeClient {
 
     /// Fetches the account object.
     pub async fn get_account(&self, account: &Account) -> Result<AccountResource, AcmeError> {
-        self.post_json(account, &account.url, &json!({}))
+        self.post_json(account, &account.url, &json!({}), Endpoint::Other)
             .await?
             .json()
     }
@@ -480,9 +519,14 @@ impl AcmeClient {
         account: &Account,
         contact: &[String],
     ) -> Result<AccountResource, AcmeError> {
-        self.post_json(account, &account.url, &json!({ "contact": contact }))
-            .await?
-            .json()
+        self.post_json(
+            account,
+            &account.url,
+            &json!({ "contact": contact }),
+            Endpoint::Other,
+        )
+        .await?
+        .json()
     }
 
     /// Deactivates the account (§7.3.6). It cannot be used afterwards.
@@ -490,9 +534,14 @@ impl AcmeClient {
         &self,
         account: &Account,
     ) -> Result<AccountResource, AcmeError> {
-        self.post_json(account, &account.url, &json!({ "status": "deactivated" }))
-            .await?
-            .json()
+        self.post_json(
+            account,
+            &account.url,
+            &json!({ "status": "deactivated" }),
+            Endpoint::Other,
+        )
+        .await?
+        .json()
     }
 
     /// Replaces the account key with `new_key` (§7.3.5). Returns the account with the new key.
@@ -521,6 +570,7 @@ impl AcmeClient {
             &url,
             Some(&outer),
             None,
+            Endpoint::KeyChange,
         )
         .await?;
         Ok(Account {
@@ -562,7 +612,9 @@ impl AcmeClient {
             replaces,
             profile,
         };
-        let resp = self.post_json(account, &url, &req).await?;
+        let resp = self
+            .post_json(account, &url, &req, Endpoint::NewOrder)
+            .await?;
         Ok(Order {
             url: resp.require_location()?,
             resource: resp.json()?,
@@ -571,7 +623,10 @@ impl AcmeClient {
 
     /// Fetches an order.
     pub async fn get_order(&self, account: &Account, url: &str) -> Result<Order, AcmeError> {
-        let resource = self.post_as_get(account, url, None).await?.json()?;
+        let resource = self
+            .post_as_get(account, url, None, Endpoint::Order)
+            .await?
+            .json()?;
         Ok(Order {
             url: url.to_owned(),
             resource,
@@ -584,7 +639,9 @@ impl AcmeClient {
         account: &Account,
         url: &str,
     ) -> Result<AuthorizationResource, AcmeError> {
-        self.post_as_get(account, url, None).await?.json()
+        self.post_as_get(account, url, None, Endpoint::Authorization)
+            .await?
+            .json()
     }
 
     /// Tells the CA the challenge is ready to be validated (§7.5.1).
@@ -593,7 +650,9 @@ impl AcmeClient {
         account: &Account,
         url: &str,
     ) -> Result<ChallengeResource, AcmeError> {
-        self.post_json(account, url, &json!({})).await?.json()
+        self.post_json(account, url, &json!({}), Endpoint::Challenge)
+            .await?
+            .json()
     }
 
     /// Deactivates an authorization (§7.5.2), e.g. after a failed attempt.
@@ -602,9 +661,14 @@ impl AcmeClient {
         account: &Account,
         url: &str,
     ) -> Result<AuthorizationResource, AcmeError> {
-        self.post_json(account, url, &json!({ "status": "deactivated" }))
-            .await?
-            .json()
+        self.post_json(
+            account,
+            url,
+            &json!({ "status": "deactivated" }),
+            Endpoint::Authorization,
+        )
+        .await?
+        .json()
     }
 
     /// Polls an authorization until it leaves `pending`, within the poll timeout.
@@ -615,7 +679,9 @@ impl AcmeClient {
     ) -> Result<AuthorizationResource, AcmeError> {
         let mut poller = Poller::new(&self.limits, format!("authorization {url}"));
         loop {
-            let resp = self.post_as_get(account, url, None).await?;
+            let resp = self
+                .post_as_get(account, url, None, Endpoint::Authorization)
+                .await?;
             let authz: AuthorizationResource = resp.json()?;
             if authz.status != AuthorizationStatus::Pending {
                 return Ok(authz);
@@ -636,6 +702,7 @@ impl AcmeClient {
                 account,
                 &order.resource.finalize,
                 &json!({ "csr": b64(csr_der) }),
+                Endpoint::Finalize,
             )
             .await?;
         Ok(Order {
@@ -654,7 +721,9 @@ impl AcmeClient {
     ) -> Result<Order, AcmeError> {
         let mut poller = Poller::new(&self.limits, format!("order {url}"));
         loop {
-            let resp = self.post_as_get(account, url, None).await?;
+            let resp = self
+                .post_as_get(account, url, None, Endpoint::Order)
+                .await?;
             let resource: OrderResource = resp.json()?;
             match resource.status {
                 OrderStatus::Valid | OrderStatus::Invalid => {
@@ -683,7 +752,9 @@ impl AcmeClient {
         alternates: bool,
     ) -> Result<Vec<PemChain>, AcmeError> {
         const PEM_CHAIN: &str = "application/pem-certificate-chain";
-        let resp = self.post_as_get(account, url, Some(PEM_CHAIN)).await?;
+        let resp = self
+            .post_as_get(account, url, Some(PEM_CHAIN), Endpoint::Certificate)
+            .await?;
         let mut chains = vec![pem_chain(&resp)?];
         if alternates {
             let links: Vec<String> = resp
@@ -694,7 +765,9 @@ impl AcmeClient {
                 .take(8)
                 .collect();
             for link in links {
-                let alt = self.post_as_get(account, &link, Some(PEM_CHAIN)).await?;
+                let alt = self
+                    .post_as_get(account, &link, Some(PEM_CHAIN), Endpoint::Certificate)
+                    .await?;
                 chains.push(pem_chain(&alt)?);
             }
         }
@@ -709,7 +782,7 @@ impl AcmeClient {
             return Ok(None);
         };
         let url = format!("{}/{cert_id}", base.trim_end_matches('/'));
-        let resp = self.get(&url).await?;
+        let resp = self.get(&url, Endpoint::RenewalInfo).await?;
         if !resp.is_success() {
             return Err(self.error_from(resp));
         }
@@ -763,6 +836,7 @@ impl AcmeClient {
             &url,
             Some(&payload),
             None,
+            Endpoint::Revoke,
         )
         .await?;
         Ok(())
@@ -777,8 +851,15 @@ impl AcmeClient {
     ) -> Result<(), AcmeError> {
         let url = self.directory.revoke_cert.clone();
         let payload = revocation_payload(cert_der, reason);
-        self.post(cert_key, KeyId::Jwk, &url, Some(&payload), None)
-            .await?;
+        self.post(
+            cert_key,
+            KeyId::Jwk,
+            &url,
+            Some(&payload),
+            None,
+            Endpoint::Revoke,
+        )
+        .await?;
         Ok(())
     }
 }

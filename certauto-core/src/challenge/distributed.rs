@@ -457,7 +457,9 @@ pub(crate) async fn clean_stale(
     if listed.is_empty() {
         return report;
     }
-    let guard = match storage.lock(keys::CHALLENGES_CLEANUP_LOCK).await {
+    let guard = match crate::storage::lock::acquire(storage.as_ref(), keys::CHALLENGES_CLEANUP_LOCK)
+        .await
+    {
         Ok(guard) => guard,
         Err(e) => {
             tracing::warn!(error = %crate::ErrorChain(&e), "could not lock the challenge records for cleanup");

@@ -58,6 +58,7 @@ pub struct ConfigBuilder {
     on_demand: Option<OnDemandConfig>,
     issuer_policy: IssuerPolicy,
     storage_cleaning: crate::maintain::StorageCleaning,
+    expiry_metric: bool,
 }
 
 impl fmt::Debug for ConfigBuilder {
@@ -165,6 +166,17 @@ impl ConfigBuilder {
     /// `.test`) to the configured issuers too, instead of the local CA.
     pub fn public_ca_for_local_names(mut self) -> Self {
         self.local_names_use_local_ca = false;
+        self
+    }
+
+    /// Records no [`certauto_certificate_expiry_seconds`](crate::metrics::CERTIFICATE_EXPIRY_SECONDS)
+    /// gauge. By default (with the `metrics` feature) every managed
+    /// certificate in the cache has a series of its own, labelled with its
+    /// primary name: one per certificate, which a fleet with very many names
+    /// (on-demand TLS, hosting) may not want in its metrics store. The other
+    /// metrics carry no names.
+    pub fn without_certificate_expiry_metric(mut self) -> Self {
+        self.expiry_metric = false;
         self
     }
 
@@ -317,6 +329,9 @@ impl ConfigBuilder {
             local_ca = local_ca.leaf_lifetime(lifetime);
         }
         let cache = self.cache.unwrap_or_default();
+        if self.expiry_metric {
+            cache.track_expiry(self.clock.clone());
+        }
         let shared_challenges = SharedChallenges::new(
             storage.clone(),
             self.tls_alpn.clone(),
@@ -399,6 +414,7 @@ impl Config {
             on_demand: None,
             issuer_policy: IssuerPolicy::default(),
             storage_cleaning: crate::maintain::StorageCleaning::new(),
+            expiry_metric: true,
         }
     }
 }

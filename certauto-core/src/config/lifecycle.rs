@@ -24,6 +24,7 @@ use crate::events::Event;
 use crate::identifier::Identifier;
 use crate::issuer::{IssueRequest, Issuer, LOCAL_CA_ISSUER_KEY, pick_ready};
 use crate::keys::CertificateKey;
+use crate::metrics::{self, Reason};
 use crate::storage::{LockGuard, certs, keys};
 
 use super::Config;
@@ -73,6 +74,8 @@ impl Config {
     /// Takes the in-process and the storage lock of the certificate whose
     /// primary name is `primary`.
     async fn lock_name(&self, primary: &Identifier) -> Result<NameGuard, Error> {
+        // Both waits count as one lock wait.
+        let _waiting = metrics::lock_wait_started();
         let local = {
             let mut locks = self
                 .inner
@@ -87,7 +90,9 @@ impl Config {
                 .clone()
         };
         let local = local.lock_owned().await;
-        let storage = self.inner.storage.lock(&keys::cert_lock(primary)).await?;
+        let storage =
+            crate::storage::lock::acquire(self.inner.storage.as_ref(), &keys::cert_lock(primary))
+                .await?;
         Ok(NameGuard {
             storage,
             _local: local,
@@ -208,8 +213,13 @@ impl Config {
     {
         // A stored certificate inside its renewal window is renewed (and
         // reported as a renewal, with `replaces`).
-        self.renew_inner(Identifier::parse_all(names)?, RenewMode::IfDue, None)
-            .await
+        self.renew_inner(
+            Identifier::parse_all(names)?,
+            RenewMode::IfDue,
+            None,
+            Reason::Requested,
+        )
+        .await
     }
 
     /// Renews the certificate for `names` if it is inside its renewal window
@@ -220,8 +230,13 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.renew_inner(Identifier::parse_all(names)?, RenewMode::IfDue, None)
-            .await
+        self.renew_inner(
+            Identifier::parse_all(names)?,
+            RenewMode::IfDue,
+            None,
+            Reason::Requested,
+        )
+        .await
     }
 
     /// Renews the certificate for `names` now, whatever its remaining lifetime.
@@ -230,27 +245,34 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: AsRef<str>,
     {
-        self.renew_inner(Identifier::parse_all(names)?, RenewMode::Force, None)
-            .await
+        self.renew_inner(
+            Identifier::parse_all(names)?,
+            RenewMode::Force,
+            None,
+            Reason::Forced,
+        )
+        .await
     }
 
     /// Renews `ids`; `retry` is the attempt number and next retry time to
-    /// report if this attempt fails (maintenance's backoff schedule).
+    /// report if this attempt fails (maintenance's backoff schedule);
+    /// `reason` why it runs (the metrics' `reason` label).
     pub(crate) async fn renew_inner(
         &self,
         ids: Vec<Identifier>,
         mode: RenewMode,
         retry: Option<(u32, SystemTime)>,
+        reason: Reason,
     ) -> Result<Certificate, Error> {
         let issuers = self.usable_issuers(&ids)?;
         let guard = match self.lock_name(&ids[0]).await {
             Ok(guard) => guard,
-            Err(e) => return Err(self.failed_before_issuing(&ids, e, retry)),
+            Err(e) => return Err(self.failed_before_issuing(&ids, e, retry, reason)),
         };
         let result = async {
             let existing = match self.load_ids(&ids).await {
                 Ok(existing) => existing,
-                Err(e) => return Err(self.failed_before_issuing(&ids, e, retry)),
+                Err(e) => return Err(self.failed_before_issuing(&ids, e, retry, reason)),
             };
             if let Some(cert) = &existing {
                 let now = self.inner.clock.now();
@@ -280,7 +302,7 @@ impl Config {
                 &guard.storage,
                 &ids,
                 &issuers,
-                existing.is_some(),
+                (existing.is_some(), reason),
                 replaces.as_ref().map(|(k, id)| (k.as_str(), id.as_str())),
                 retry,
             )
@@ -303,8 +325,10 @@ impl Config {
         ids: &[Identifier],
         error: Error,
         retry: Option<(u32, SystemTime)>,
+        reason: Reason,
     ) -> Error {
         let renewal = self.cache().get(&ids[0].as_str()).is_some();
+        metrics::attempt_failed_early(renewal, reason);
         tracing::error!(names = ?ids, error = %ErrorChain(&error), renewal, "could not start the attempt");
         self.emit(&Event::CertFailed {
             names: ids.iter().map(|i| i.as_str().into_owned()).collect(),
@@ -319,16 +343,18 @@ impl Config {
 
     /// Issues through the issuers in order, stores the result and emits events.
     /// `replaces` is the issuer key and ARI CertID of the certificate a
-    /// renewal replaces.
+    /// renewal replaces; `kind` whether this renews, and why it runs.
     async fn issue(
         &self,
         lock: &LockGuard,
         ids: &[Identifier],
         issuers: &[Arc<dyn Issuer>],
-        renewal: bool,
+        kind: (bool, Reason),
         replaces: Option<(&str, &str)>,
         retry: Option<(u32, SystemTime)>,
     ) -> Result<Certificate, Error> {
+        let renewal = kind.0;
+        let _in_flight = metrics::issuance_started();
         let names: Vec<String> = ids.iter().map(|i| i.as_str().into_owned()).collect();
         self.emit(&Event::CertObtaining {
             names: names.clone(),
@@ -336,7 +362,7 @@ impl Config {
         });
         let attempt = retry.map_or(1, |(attempt, _)| attempt);
         let result = self
-            .try_issuers(lock, ids, issuers, replaces, attempt)
+            .try_issuers(lock, ids, issuers, replaces, attempt, kind)
             .await;
         match &result {
             Ok(cert) => {
@@ -380,7 +406,9 @@ impl Config {
     /// Tries `issuers` for `ids` in the issuer set's order (policy, then
     /// per-issuer backoff), each when its rate limiter allows: an issuer
     /// whose limiter allows an order now goes before one that would wait,
-    /// and the attempt waits only when all would (for the soonest).
+    /// and the attempt waits only when all would (for the soonest). Each
+    /// issuer's attempt is counted in the metrics with `kind` (whether it
+    /// renews, and why it runs).
     async fn try_issuers(
         &self,
         lock: &LockGuard,
@@ -388,7 +416,9 @@ impl Config {
         issuers: &[Arc<dyn Issuer>],
         replaces: Option<(&str, &str)>,
         attempt: u32,
+        kind: (bool, Reason),
     ) -> Result<Certificate, Error> {
+        let (renewal, reason) = kind;
         let key = CertificateKey::generate(self.inner.key_type)?;
         let csr = key.csr(ids)?;
         let key_pem = key.to_pem();
@@ -420,6 +450,7 @@ impl Config {
                 .attempt(attempt);
             // A lock lost mid-order ends the order: another instance may be
             // ordering the same name, and this one must not store.
+            let started = std::time::Instant::now();
             let issued = tokio::select! {
                 issued = issuer.issue(&request) => issued,
                 () = lock.lost() => Err(crate::storage::StorageError::LockLost(lock.name().to_owned()).into()),
@@ -427,6 +458,13 @@ impl Config {
             let issued = match issued {
                 Ok(issued) => issued,
                 Err(e) => {
+                    metrics::issuance_finished(
+                        &issuer_key,
+                        renewal,
+                        reason,
+                        false,
+                        started.elapsed(),
+                    );
                     tracing::warn!(issuer = %issuer_key, error = %ErrorChain(&e), "issuer failed");
                     let next = crate::issuer::IssuerSet::fails_over(&e);
                     if next {
@@ -440,11 +478,24 @@ impl Config {
                 }
             };
             set.record_success(&issuer_key, &ids[0]);
-            let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
-            certs::store(self.inner.storage.as_ref(), lock, &cert, &ids[0]).await?;
-            // Stored first, then swapped in: the old certificate serves until now.
-            self.inner.cache.insert(&cert, true)?;
-            return Ok(cert);
+            let stored = async {
+                let cert = Certificate::from_pem(&issued.chain_pem, &key_pem, &issuer_key)?;
+                certs::store(self.inner.storage.as_ref(), lock, &cert, &ids[0]).await?;
+                // Stored first, then swapped in: the old certificate serves until now.
+                self.inner.cache.insert(&cert, true)?;
+                Ok::<_, Error>(cert)
+            }
+            .await;
+            // Counted once it serves: a chain that cannot be used or stored
+            // is a failed attempt.
+            metrics::issuance_finished(
+                &issuer_key,
+                renewal,
+                reason,
+                stored.is_ok(),
+                started.elapsed(),
+            );
+            return stored;
         }
         if errors.len() == 1 {
             // A single issuer's error is more useful unwrapped.

@@ -9,6 +9,7 @@ use crate::events::Event;
 use crate::identifier::{DomainName, Identifier};
 
 use super::{Config, RenewMode, RenewOutcome};
+use crate::metrics::Reason;
 
 /// How many stored certificates [`Config::manage`] loads at once: the reads
 /// overlap, and parsing spreads over the runtime's worker threads.
@@ -217,7 +218,7 @@ impl Config {
                     // Checks storage again, under the lock; a failure is
                     // scheduled for retry.
                     let outcome = config
-                        .renew_with_backoff(vec![id.clone()], RenewMode::IfDue)
+                        .renew_with_backoff(vec![id.clone()], RenewMode::IfDue, Reason::Requested)
                         .await;
                     (id, outcome)
                 });
@@ -269,7 +270,7 @@ impl Config {
                     // Through the retry schedule: a failure is retried by
                     // maintenance after its backoff.
                     if let RenewOutcome::Failed(e) =
-                        config.renew_with_backoff(vec![id.clone()], RenewMode::IfDue).await
+                        config.renew_with_backoff(vec![id.clone()], RenewMode::IfDue, Reason::Requested).await
                     {
                         tracing::debug!(name = %id, error = %crate::ErrorChain(&e), "background obtain failed");
                     }

@@ -131,6 +131,7 @@ impl Config {
         &self,
         ids: Vec<Identifier>,
         mode: RenewMode,
+        reason: crate::metrics::Reason,
     ) -> RenewOutcome {
         let primary = ids[0].clone();
         let now = self.clock().now();
@@ -143,7 +144,10 @@ impl Config {
         let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
         let next = saturating_add(now, jittered_backoff(attempt));
         let first_obtain = self.cache().get(&primary.as_str()).is_none();
-        match self.renew_inner(ids, mode, Some((attempt, next))).await {
+        match self
+            .renew_inner(ids, mode, Some((attempt, next)), reason)
+            .await
+        {
             Ok(_) => {
                 self.set_retry_state(&primary, None).await;
                 RenewOutcome::Renewed

@@ -65,6 +65,7 @@ use crate::config::RenewMode;
 use crate::error::ErrorChain;
 use crate::events::Event;
 use crate::identifier::{Identifier, NameError};
+use crate::metrics;
 use crate::ratelimit::RateLimiter;
 use crate::{Config, Error};
 
@@ -602,6 +603,7 @@ impl OnDemand {
             Some(permit) if wait.is_zero() => Some(permit),
             _ => {
                 tracing::warn!(name = %id, max = self.config.max_in_flight, ?wait, "on-demand issuances in flight at their bound or rate limited; refused for now");
+                metrics::on_demand_decision(metrics::Decision::RateLimited);
                 config.emit(&Event::OnDemandRateLimited {
                     name: id.to_string(),
                 });
@@ -659,6 +661,7 @@ impl OnDemand {
             return None;
         }
         tracing::info!(name = %name, peer = ?request.peer, "on-demand certificate allowed");
+        metrics::on_demand_decision(metrics::Decision::Allowed);
         config.emit(&Event::OnDemandAllowed { name: name.clone() });
         deciding.handed_over = true;
         let config = config.clone();
@@ -717,6 +720,7 @@ impl Drop for InFlight {
 
 fn refused(config: &Config, name: &str, reason: OnDemandRefusal) {
     tracing::debug!(name, ?reason, "on-demand certificate refused");
+    metrics::on_demand_decision(metrics::Decision::Denied);
     config.emit(&Event::OnDemandRefused {
         name: name.to_owned(),
         reason,
@@ -743,7 +747,12 @@ async fn obtain(config: &Config, id: &Identifier) -> Outcome {
             return Ok(None);
         }
         config
-            .renew_inner(ids.clone(), RenewMode::IfDue, None)
+            .renew_inner(
+                ids.clone(),
+                RenewMode::IfDue,
+                None,
+                metrics::Reason::OnDemand,
+            )
             .await
             .map(Some)
     }
@@ -760,6 +769,7 @@ async fn obtain(config: &Config, id: &Identifier) -> Outcome {
         }
         Ok(None) => {
             tracing::warn!(name = %name, "on-demand rate limit reached; refused for now");
+            metrics::on_demand_decision(metrics::Decision::RateLimited);
             config.emit(&Event::OnDemandRateLimited { name });
             Outcome::NotIssued
         }

@@ -15,6 +15,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::cache::CertCache;
 use crate::challenge::tls_alpn01::{ACME_TLS_ALPN, TlsAlpnChallenges};
+use crate::metrics::{self, Lookup};
 
 /// Hook called (synchronously, on the handshake path) with an SNI value the
 /// cache does not hold. On-demand issuance plugs in here.
@@ -118,18 +119,32 @@ impl CertResolver {
             return self.challenges.get(sni?);
         }
         let Some(sni) = sni else {
-            return self.default_key();
+            return self.counted_default();
         };
         if let Some(key) = self.cache.certified_key(sni) {
+            metrics::handshake_lookup(Lookup::Hit);
             return Some(key);
         }
         if hook && let Some(hook) = &self.on_unknown {
             hook(sni);
         }
         if self.default_for_unknown {
-            return self.default_key();
+            return self.counted_default();
         }
+        metrics::handshake_lookup(Lookup::Miss);
         tracing::debug!(sni, "no certificate for this name");
         None
+    }
+
+    /// The default certificate, counted as a `default` lookup (a `miss`
+    /// when there is none).
+    fn counted_default(&self) -> Option<Arc<CertifiedKey>> {
+        let key = self.default_key();
+        metrics::handshake_lookup(if key.is_some() {
+            Lookup::Default
+        } else {
+            Lookup::Miss
+        });
+        key
     }
 }

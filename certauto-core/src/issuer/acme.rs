@@ -508,7 +508,7 @@ impl AcmeIssuer {
         let storage = &self.inner.storage;
         let email = self.inner.email.as_deref();
         let lock = keys::account_lock(&self.inner.issuer_key, email);
-        let lock = storage.lock(&lock).await?;
+        let lock = crate::storage::lock::acquire(storage.as_ref(), &lock).await?;
         let result = self.load_or_create_account(&client, &lock).await;
         if let Err(e) = lock.release().await {
             tracing::warn!(error = %crate::ErrorChain(&e), "could not release the account lock");

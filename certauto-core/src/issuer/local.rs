@@ -142,7 +142,7 @@ impl LocalCa {
     async fn root(&self) -> Result<Arc<Root>, Error> {
         self.root
             .get_or_try_init(|| async {
-                let lock = self.storage.lock(ROOT_LOCK).await?;
+                let lock = crate::storage::lock::acquire(self.storage.as_ref(), ROOT_LOCK).await?;
                 let result = self.load_or_create_root(&lock).await;
                 if let Err(e) = lock.release().await {
                     tracing::warn!(error = %crate::ErrorChain(&e), "could not release the local CA lock");

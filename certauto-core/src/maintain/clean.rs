@@ -531,7 +531,11 @@ impl Pass<'_> {
     ) -> bool {
         let storage = self.config.storage().clone();
         let dir = keys::cert_dir(issuer, id);
-        let lock = tokio::time::timeout(CERT_LOCK_WAIT, storage.lock(&keys::cert_lock(id))).await;
+        let lock = tokio::time::timeout(
+            CERT_LOCK_WAIT,
+            crate::storage::lock::acquire(storage.as_ref(), &keys::cert_lock(id)),
+        )
+        .await;
         let cert_guard = match lock {
             Ok(Ok(guard)) => guard,
             Ok(Err(e)) => {

@@ -12,6 +12,7 @@
 use crate::config::{Config, RenewMode, RenewOutcome};
 use crate::handshake::on_demand::RenewalGate;
 use crate::identifier::Identifier;
+use crate::metrics::Reason;
 
 /// What one renewal check did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -36,6 +37,7 @@ impl Config {
     /// check found revoked are renewed first. Returns what it did.
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
+        self.cache().refresh_expiry_metric();
         self.renew_revoked(&mut report.renewed, &mut report.failed)
             .await;
         for ids in self.managed_snapshot().iter() {
@@ -45,15 +47,18 @@ impl Config {
             let primary = &ids[0];
             let now = self.clock().now();
             report.checked += 1;
-            let mode = match self.cache().get(&primary.as_str()) {
+            let (mode, reason) = match self.cache().get(&primary.as_str()) {
                 Some(entry) => {
                     if now < self.renewal_time(primary, &entry, now).await {
                         continue;
                     }
-                    RenewMode::Replace(entry.serial().to_owned())
+                    (
+                        RenewMode::Replace(entry.serial().to_owned()),
+                        self.due_reason(primary, entry.serial()),
+                    )
                 }
                 // Managed but never obtained (a first obtain failed): obtain it.
-                None => RenewMode::IfDue,
+                None => (RenewMode::IfDue, Reason::Requested),
             };
             let name = primary.to_string();
             match self.on_demand_renewal_allowed(primary).await {
@@ -66,7 +71,7 @@ impl Config {
                 RenewalGate::Dropped => continue,
             }
             report.due.push(name.clone());
-            match self.renew_now(ids.clone(), mode).await {
+            match self.renew_now(ids.clone(), mode, reason).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
                 RenewOutcome::Failed(_) => report.failed.push(name),
                 RenewOutcome::Deferred => report.deferred.push(name),
@@ -89,7 +94,10 @@ impl Config {
     pub(super) async fn renew_revoked(&self, renewed: &mut Vec<String>, failed: &mut Vec<String>) {
         for (ids, serial) in self.take_revoked() {
             let name = ids[0].to_string();
-            match self.renew_now(ids, RenewMode::Replace(serial)).await {
+            match self
+                .renew_now(ids, RenewMode::Replace(serial), Reason::Revoked)
+                .await
+            {
                 RenewOutcome::Renewed => renewed.push(name),
                 RenewOutcome::Failed(_) | RenewOutcome::Deferred => failed.push(name),
             }
@@ -98,13 +106,33 @@ impl Config {
 
     /// Renews `ids` through the retry schedule; after a renewal, the ARI
     /// state of the replaced certificate is stale and dropped.
-    async fn renew_now(&self, ids: Vec<Identifier>, mode: RenewMode) -> RenewOutcome {
+    async fn renew_now(
+        &self,
+        ids: Vec<Identifier>,
+        mode: RenewMode,
+        reason: Reason,
+    ) -> RenewOutcome {
         let primary = ids[0].clone();
-        let outcome = self.renew_with_backoff(ids, mode).await;
+        let outcome = self.renew_with_backoff(ids, mode, reason).await;
         if let RenewOutcome::Renewed = outcome {
             self.maintenance_states().remove(&primary);
         }
         outcome
+    }
+
+    /// Why the certificate `serial` serving `primary` is due, as
+    /// [`renewal_time`](Self::renewal_time) decided: the ARI window when one
+    /// is kept for it, else the ratio.
+    fn due_reason(&self, primary: &Identifier, serial: &str) -> Reason {
+        let ari = self
+            .maintenance_states()
+            .get(primary)
+            .is_some_and(|state| state.serial == serial && state.window.is_some());
+        if ari {
+            Reason::AriWindow
+        } else {
+            Reason::RatioWindow
+        }
     }
 }
 

@@ -21,7 +21,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::watch;
 
-use super::StorageError;
+use super::{Storage, StorageError};
+
+/// Takes `name`'s lock on `storage` (see [`Storage::lock`]), counted in the
+/// [`LOCK_WAITS`](crate::metrics::LOCK_WAITS) gauge while it waits (a drop
+/// guard: a cancelled wait takes its count back).
+pub(crate) async fn acquire(storage: &dyn Storage, name: &str) -> Result<LockGuard, StorageError> {
+    let _waiting = crate::metrics::lock_wait_started();
+    storage.lock(name).await
+}
 
 /// The release action of a lock, run once.
 type Release = Box<

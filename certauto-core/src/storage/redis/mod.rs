@@ -544,7 +544,9 @@ fn unix_millis(time: SystemTime) -> u64 {
 /// - `{<prefix>}:lock:<name>`: a lock, holding `<fence>:<token>` while held
 ///   (it expires with its lease);
 /// - `{<prefix>}:fence`: the deployment's one fencing counter (for every
-///   lock name: nothing is kept per name once a lock is released).
+///   lock name: nothing is kept per name once a lock is released);
+/// - `{<prefix>}:op:<id>`: a write's or delete's operation id, kept five
+///   minutes (see [When Redis is unreachable](#when-redis-is-unreachable)).
 ///
 /// As in a file system, a key cannot hold a value and have keys below it
 /// ([`StorageError::InvalidKey`]). Values larger than 64 MiB are refused, on
@@ -609,9 +611,16 @@ fn unix_millis(time: SystemTime) -> u64 {
 /// works again once the server is back, without being rebuilt. An operation
 /// that meets a connection that died unnoticed (the server restarted, a
 /// firewall cut an idle connection) is sent again once on a new connection,
-/// so the first operation after a restart succeeds: every command this
-/// storage sends is safe to repeat (a lock acquisition whose first attempt
-/// took the lock finds its own token there and keeps it, with its fence). Certificates
+/// so the first operation after a restart succeeds. The first sending may
+/// have run before its reply was lost, so every command this storage sends
+/// is safe to run twice: a lock acquisition whose first sending took the
+/// lock finds its own token there and keeps it, with its fence; a write or
+/// delete carries a random operation id that Redis remembers for five
+/// minutes (one small key per write), so a second sending answers as the
+/// first did without writing again: it cannot overwrite a value another
+/// client stored in between, nor delete one stored since. (A Redis Cluster
+/// client also sends a command again after `MOVED`, `ASK`, `TRYAGAIN` or a
+/// broken node connection, at most 3 times; the same holds.) Certificates
 /// already loaded keep being served from the in-memory cache meanwhile;
 /// maintenance fails with that error and retries with its backoff.
 #[derive(Clone)]
