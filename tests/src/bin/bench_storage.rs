@@ -218,7 +218,9 @@ async fn run() -> BenchResult<()> {
         verify_loaded(&config, &names)?;
         let first = config.check_renewals().await;
         if !first.due.is_empty() || !first.failed.is_empty() {
-            return Err(format!("{what}: the first pass found due certificates: {first:?}"));
+            return Err(format!(
+                "{what}: the first pass found due certificates: {first:?}"
+            ));
         }
         counting.take();
         checks.push((what, config, counting, Vec::with_capacity(CHECK_PASSES)));
