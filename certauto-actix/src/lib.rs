@@ -91,6 +91,8 @@
 //!   §3), and one that does not is closed by the header-read timeout like
 //!   any silent client.
 
+#[cfg(test)]
+mod defaults_table;
 mod serve;
 
 use std::fmt;

@@ -26,7 +26,7 @@ use certauto_core::{AcmeAcceptorBuilder, AcmeHandshaker, ServerLimits};
 use tokio::net::TcpStream;
 
 /// The most workers actix-server runs.
-const MAX_WORKERS: usize = 512;
+pub(crate) const MAX_WORKERS: usize = 512;
 
 /// An actix-web server over HTTPS whose handshakes run in certauto-core, not
 /// yet running: set its [`limits`](Self::limits) and actix settings, then

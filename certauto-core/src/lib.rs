@@ -56,6 +56,8 @@
 //! Every rustls object CertAuto builds uses the *ring* provider explicitly
 //! ([`crypto_provider`]), never the process default. The ring provider has no
 //! post-quantum hybrid key exchange.
+//!
+#![doc = include_str!("defaults.md")]
 
 pub mod acme;
 mod cache;
@@ -63,6 +65,8 @@ mod certificate;
 mod challenge;
 mod clock;
 mod config;
+#[cfg(test)]
+mod defaults_table;
 mod der;
 pub mod env;
 mod error;

@@ -45,7 +45,7 @@ pub const DEFAULT_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(3 * 3600);
 /// The longest rate-limit window accepted (a week).
 pub const MAX_RATE_LIMIT_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The shortest rate-limit window accepted (a millisecond); shorter ones are raised to it.
-const MIN_RATE_LIMIT_WINDOW: Duration = Duration::from_millis(1);
+pub(crate) const MIN_RATE_LIMIT_WINDOW: Duration = Duration::from_millis(1);
 
 /// A CA's published rate limits, as far as a client can respect them.
 ///

@@ -96,6 +96,8 @@
 
 pub mod acme_challenge;
 mod body;
+#[cfg(test)]
+mod defaults_table;
 pub mod redirect;
 
 pub use acme_challenge::{AcmeLayer, AcmeService};

@@ -56,7 +56,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 
 /// The default HTTPS port, left out of redirect URLs.
-const DEFAULT_HTTPS_PORT: u16 = 443;
+pub(crate) const DEFAULT_HTTPS_PORT: u16 = 443;
 
 /// Applies [`HttpsRedirect`], which redirects requests to HTTPS, to a service.
 ///

@@ -90,16 +90,31 @@ pub struct ClientLimits {
     pub request_timeout: Duration,
 }
 
+/// The default [`ClientLimits::max_body_bytes`].
+pub(crate) const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+/// The default [`ClientLimits::bad_nonce_retries`].
+pub(crate) const DEFAULT_BAD_NONCE_RETRIES: u32 = 20;
+/// The default [`ClientLimits::transport_retries`].
+pub(crate) const DEFAULT_TRANSPORT_RETRIES: u32 = 2;
+/// The default [`ClientLimits::poll_initial_interval`].
+pub(crate) const DEFAULT_POLL_INITIAL_INTERVAL: Duration = Duration::from_millis(50);
+/// The default [`ClientLimits::poll_max_interval`].
+pub(crate) const DEFAULT_POLL_MAX_INTERVAL: Duration = Duration::from_secs(10);
+/// The default [`ClientLimits::poll_timeout`].
+pub(crate) const DEFAULT_POLL_TIMEOUT: Duration = Duration::from_secs(300);
+/// The default [`ClientLimits::request_timeout`].
+pub(crate) const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for ClientLimits {
     fn default() -> Self {
         Self {
-            max_body_bytes: 1 << 20,
-            bad_nonce_retries: 20,
-            transport_retries: 2,
-            poll_initial_interval: Duration::from_millis(50),
-            poll_max_interval: Duration::from_secs(10),
-            poll_timeout: Duration::from_secs(300),
-            request_timeout: Duration::from_secs(30),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            bad_nonce_retries: DEFAULT_BAD_NONCE_RETRIES,
+            transport_retries: DEFAULT_TRANSPORT_RETRIES,
+            poll_initial_interval: DEFAULT_POLL_INITIAL_INTERVAL,
+            poll_max_interval: DEFAULT_POLL_MAX_INTERVAL,
+            poll_timeout: DEFAULT_POLL_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -179,7 +194,7 @@ fn placeholder_directory() -> Directory {
     .unwrap_or_else(|_| unreachable!("static JSON matches Directory"))
 }
 
-const MAX_POOLED_NONCES: usize = 32;
+pub(crate) const MAX_POOLED_NONCES: usize = 32;
 
 /// A client for one ACME CA (RFC 8555).
 ///
@@ -894,11 +909,11 @@ struct Poller {
 }
 
 /// The first delay before a request that failed in transport is sent again.
-const TRANSPORT_RETRY_DELAY: Duration = Duration::from_millis(250);
+pub(crate) const TRANSPORT_RETRY_DELAY: Duration = Duration::from_millis(250);
 
 /// The longest poll interval or timeout accepted from [`ClientLimits`] (a
 /// day); longer values are clamped, so no arithmetic on them overflows.
-const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_LIMIT: Duration = Duration::from_secs(24 * 3600);
 
 /// Now plus `d` (clamped to [`MAX_LIMIT`]).
 fn deadline_after(d: Duration) -> Instant {

@@ -7,6 +7,12 @@ use rustls_pki_types::CertificateDer;
 
 use crate::error::{AcmeError, ConfigError};
 
+/// The longest a connection to a CA (or an OCSP responder, a DNS API) may
+/// take to open; a shorter request timeout lowers it.
+pub(crate) const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest `Retry-After` honoured; longer ones are capped to it.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
 /// The rustls crypto provider used everywhere in CertAuto: ring, never the process default.
 pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -60,7 +66,7 @@ pub(crate) fn build_http_client_with_redirects(
         .tls_backend_preconfigured(tls)
         .user_agent(user_agent)
         .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
         .redirect(redirects)
         .build()
         .map_err(|e| ConfigError::InvalidRoots(format!("HTTP client: {e}")))
@@ -196,13 +202,16 @@ fn is_valid_nonce(n: &str) -> bool {
 /// Parses `Retry-After`: delta-seconds or an HTTP-date (RFC 9110 §10.2.3).
 /// A date in the past gives zero; absurd values are capped at one day.
 pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    const CAP: Duration = Duration::from_secs(86_400);
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs).min(CAP));
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(now).unwrap_or(Duration::ZERO).min(CAP))
+    Some(
+        when.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
 }
 
 /// Parses one `Link` header value into `(rel, url)` pairs (RFC 8288, the subset ACME uses).

@@ -17,7 +17,7 @@ use crate::identifier::Identifier;
 
 pub(crate) mod distributed;
 pub(crate) mod dns01;
-mod http01;
+pub(crate) mod http01;
 pub(crate) mod tls_alpn01;
 
 pub use distributed::{

@@ -31,7 +31,7 @@ use crate::identifier::Identifier;
 pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// How long a validation handshake may take on the solver's own listener.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The SNI a validator sends for an identifier: the name itself, or for an IP
 /// address its reverse-DNS name (RFC 8738 §6).

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime};
 pub const MIN_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 /// The longest delay between retries.
 pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The jitter on each retry delay: it is moved by up to this fraction either way.
+pub(crate) const RETRY_JITTER: f64 = 0.1;
 
 /// The delay before retry number `attempt + 1` (`attempt` ≥ 1 failures so
 /// far): a minute doubled per failure, at most 30 days, before jitter.
@@ -29,7 +31,7 @@ pub(crate) fn random_fraction() -> f64 {
 /// [`retry_backoff`] with ±10 % jitter, still at most 30 days.
 pub(crate) fn jittered_backoff(attempt: u32) -> Duration {
     let base = retry_backoff(attempt).as_secs_f64();
-    let jittered = base * (0.9 + 0.2 * random_fraction());
+    let jittered = base * (1.0 - RETRY_JITTER + 2.0 * RETRY_JITTER * random_fraction());
     Duration::try_from_secs_f64(jittered)
         .unwrap_or(MAX_RETRY_BACKOFF)
         .min(MAX_RETRY_BACKOFF)

@@ -33,6 +33,9 @@ pub const DEFAULT_OCSP_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// The longest interval between maintenance checks (renewal and OCSP)
 /// accepted from configuration (a year); longer values are clamped to it.
 pub const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The shortest interval between maintenance checks accepted from
+/// configuration; shorter values are raised to it (no busy loop).
+pub(crate) const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Builds a [`Config`].
 pub struct ConfigBuilder {
@@ -201,7 +204,7 @@ impl ConfigBuilder {
     /// How often [`start_maintenance`](crate::start_maintenance) checks for
     /// renewals (default 10 minutes; clamped to between 10 ms and a year).
     pub fn renew_check_interval(mut self, interval: Duration) -> Self {
-        self.renew_interval = interval.clamp(Duration::from_millis(10), MAX_CHECK_INTERVAL);
+        self.renew_interval = interval.clamp(MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL);
         self
     }
 
@@ -209,7 +212,7 @@ impl ConfigBuilder {
     /// OCSP staples with [`Config::check_ocsp`] (default 1 hour; clamped to
     /// between 10 ms and a year).
     pub fn ocsp_check_interval(mut self, interval: Duration) -> Self {
-        self.ocsp_interval = interval.clamp(Duration::from_millis(10), MAX_CHECK_INTERVAL);
+        self.ocsp_interval = interval.clamp(MIN_CHECK_INTERVAL, MAX_CHECK_INTERVAL);
         self
     }
 

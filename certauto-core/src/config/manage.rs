@@ -13,7 +13,7 @@ use crate::metrics::Reason;
 
 /// How many stored certificates [`Config::manage`] loads at once: the reads
 /// overlap, and parsing spreads over the runtime's worker threads.
-const LOAD_CONCURRENCY: usize = 8;
+pub(crate) const LOAD_CONCURRENCY: usize = 8;
 
 /// How many missing certificates [`Config::manage`] obtains at once by default.
 pub const DEFAULT_MANAGE_CONCURRENCY: usize = 8;

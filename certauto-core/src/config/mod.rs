@@ -6,9 +6,9 @@
 //! checked first, so a certificate another instance already obtained is reused.
 
 pub(crate) mod backoff;
-mod builder;
+pub(crate) mod builder;
 mod lifecycle;
-mod manage;
+pub(crate) mod manage;
 mod retry;
 
 pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};

@@ -167,6 +167,11 @@ fn parse_directories(list: &str) -> Result<Vec<String>, EnvError> {
     Ok(directories)
 }
 
+/// `CERTAUTO_HTTP_ADDR`'s default.
+pub(crate) const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8080";
+/// `CERTAUTO_HTTPS_ADDR`'s default.
+pub(crate) const DEFAULT_HTTPS_ADDR: &str = "127.0.0.1:8443";
+
 /// Parses a duration such as `500ms`, `2s`, `10m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
@@ -261,7 +266,7 @@ impl EnvSettings {
                     format!("{v:?}: expected e.g. 2s, 10m, 1h"),
                 )
             })?,
-            None => Duration::from_secs(600),
+            None => crate::config::DEFAULT_RENEW_INTERVAL,
         };
         let eab = match (var("CERTAUTO_EAB_KID"), var("CERTAUTO_EAB_HMAC")) {
             (None, None) => None,
@@ -313,8 +318,8 @@ impl EnvSettings {
             }
             None => None,
         };
-        let http_addr = addr("CERTAUTO_HTTP_ADDR", "127.0.0.1:8080")?;
-        let https_addr = addr("CERTAUTO_HTTPS_ADDR", "127.0.0.1:8443")?;
+        let http_addr = addr("CERTAUTO_HTTP_ADDR", DEFAULT_HTTP_ADDR)?;
+        let https_addr = addr("CERTAUTO_HTTPS_ADDR", DEFAULT_HTTPS_ADDR)?;
         let admin_addr = match var("CERTAUTO_ADMIN_ADDR") {
             None => None,
             Some(v) => Some(admin_addr(&v, http_addr, https_addr)?),

@@ -25,7 +25,7 @@ pub const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 4096;
 
 /// How long the accept loop pauses after a failed `accept` (out of file
 /// descriptors and the like) before it tries again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+pub(crate) const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A finished handshake waiting to be taken, with the slot it holds.
 type Accepted = (TlsStream<TcpStream>, SocketAddr, OwnedSemaphorePermit);

@@ -8,8 +8,8 @@
 //! `ServerConfig` for it, finishes the handshake with that config (whose
 //! resolver reads the cache), and hands the stream on.
 
-mod acceptor;
-mod limits;
+pub(crate) mod acceptor;
+pub(crate) mod limits;
 pub(crate) mod on_demand;
 mod resolver;
 

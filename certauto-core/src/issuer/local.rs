@@ -33,7 +33,13 @@ pub const DEFAULT_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3
 /// The longest local CA leaf lifetime accepted (397 days, the most browsers
 /// accept); a longer one is clamped.
 pub const MAX_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(397 * 24 * 3600);
-const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// The lifetime of the local CA's root (ten 365-day years).
+pub(crate) const ROOT_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How far before now certificates of the local CA start being valid, for
+/// clients whose clocks are behind.
+pub(crate) const BACKDATE: Duration = Duration::from_secs(3600);
+/// The shortest local CA leaf lifetime accepted; a shorter one is raised to it.
+pub(crate) const MIN_LOCAL_LEAF_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Whether no public CA can issue for `id` (Caddy's rule): `localhost`, a
 /// name under `.localhost`, `.local`, `.internal` or `.home.arpa`, or a
@@ -124,7 +130,7 @@ impl LocalCa {
 
     /// Sets the lifetime of issued leaves (default 7 days).
     pub fn leaf_lifetime(mut self, lifetime: Duration) -> Self {
-        self.leaf_lifetime = lifetime.clamp(Duration::from_secs(60), MAX_LOCAL_LEAF_LIFETIME);
+        self.leaf_lifetime = lifetime.clamp(MIN_LOCAL_LEAF_LIFETIME, MAX_LOCAL_LEAF_LIFETIME);
         self
     }
 
@@ -180,7 +186,7 @@ impl LocalCa {
                     rcgen::KeyUsagePurpose::DigitalSignature,
                 ];
                 let now = time::OffsetDateTime::now_utc();
-                params.not_before = offset(now, Duration::from_secs(3600), false);
+                params.not_before = offset(now, BACKDATE, false);
                 params.not_after = offset(now, ROOT_LIFETIME, true);
                 params.serial_number = Some(serial());
                 let cert = params.self_signed(&key).map_err(ca_error)?;
@@ -271,7 +277,7 @@ impl Issuer for LocalCa {
             })
             .collect::<Result<_, _>>()?;
         let now = time::OffsetDateTime::now_utc();
-        params.not_before = offset(now, Duration::from_secs(3600), false);
+        params.not_before = offset(now, BACKDATE, false);
         params.not_after = offset(now, self.leaf_lifetime, true);
         params.serial_number = Some(serial());
         params.is_ca = rcgen::IsCa::ExplicitNoCa;

@@ -19,9 +19,9 @@ use crate::error::Error;
 use crate::identifier::Identifier;
 
 mod acme;
-mod local;
-mod presets;
-mod set;
+pub(crate) mod local;
+pub(crate) mod presets;
+pub(crate) mod set;
 mod zerossl;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder};

@@ -78,9 +78,10 @@ pub struct CaPreset {
 /// 300 new orders per account per 3 hours, 50 certificates per registered
 /// domain per week, 10 new accounts per IP address per 3 hours; all refilling
 /// buckets.
-const LETS_ENCRYPT_LIMITS: RateLimits = RateLimits::new_orders(300, Duration::from_secs(3 * HOUR))
-    .with_certificates_per_domain(50, Duration::from_secs(WEEK))
-    .with_accounts_per_ip(10, Duration::from_secs(3 * HOUR));
+pub(crate) const LETS_ENCRYPT_LIMITS: RateLimits =
+    RateLimits::new_orders(300, Duration::from_secs(3 * HOUR))
+        .with_certificates_per_domain(50, Duration::from_secs(WEEK))
+        .with_accounts_per_ip(10, Duration::from_secs(3 * HOUR));
 
 impl CaPreset {
     /// Let's Encrypt, production: no EAB; IP-address certificates only with

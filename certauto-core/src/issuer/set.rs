@@ -14,7 +14,7 @@ use crate::storage::StorageError;
 
 /// The most (issuer, name) backoff entries kept; expired ones are dropped
 /// first when it is reached, and beyond it new failures are not recorded.
-const MAX_BACKOFF_ENTRIES: usize = 65_536;
+pub(crate) const MAX_BACKOFF_ENTRIES: usize = 65_536;
 
 /// In which order the configured issuers are tried for each attempt
 /// ([`ConfigBuilder::issuer_policy`](crate::ConfigBuilder::issuer_policy)).

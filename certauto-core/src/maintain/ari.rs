@@ -26,12 +26,12 @@ use super::state::{AriState, AriWindow};
 
 /// How long to wait before asking the CA for a new ARI window, when it does
 /// not say (`Retry-After`).
-const ARI_DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
+pub(crate) const ARI_DEFAULT_RECHECK: Duration = Duration::from_secs(6 * 3600);
 /// The bounds on the CA's `Retry-After`.
-const ARI_MIN_RECHECK: Duration = Duration::from_secs(60);
-const ARI_MAX_RECHECK: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const ARI_MIN_RECHECK: Duration = Duration::from_secs(60);
+pub(crate) const ARI_MAX_RECHECK: Duration = Duration::from_secs(24 * 3600);
 /// After a failed ARI request, the ratio rules until this much later.
-const ARI_ERROR_RECHECK: Duration = Duration::from_secs(3600);
+pub(crate) const ARI_ERROR_RECHECK: Duration = Duration::from_secs(3600);
 
 /// What the CA answered to one `renewalInfo` request.
 #[derive(Debug, Clone, Copy)]

@@ -18,31 +18,31 @@ use crate::identifier::Identifier;
 use crate::storage::{LockGuard, StorageError, certs, keys};
 
 /// The default time between two cleaning passes of a cluster (a day).
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(24 * 3600);
 /// The default time a certificate stays in storage after it expired (a day).
-const DEFAULT_EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DEFAULT_EXPIRED_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// The default age after which challenge state is stale (an hour).
-const DEFAULT_CHALLENGE_MAX_AGE: Duration = crate::challenge::STALE_CHALLENGE_AGE;
+pub(crate) const DEFAULT_CHALLENGE_MAX_AGE: Duration = crate::challenge::STALE_CHALLENGE_AGE;
 /// The default age after which a temporary file is a crash's (an hour).
-const DEFAULT_TEMPORARY_MAX_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const DEFAULT_TEMPORARY_MAX_AGE: Duration = Duration::from_secs(3600);
 /// The shortest ages and interval accepted (shorter values are raised).
-const MIN_AGE: Duration = Duration::from_secs(60);
+pub(crate) const MIN_AGE: Duration = Duration::from_secs(60);
 /// How often maintenance looks whether a pass is due (at most).
-const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 /// When a pass that used up its budget is due again.
-const RESUME_AFTER: Duration = Duration::from_secs(3600);
+pub(crate) const RESUME_AFTER: Duration = Duration::from_secs(3600);
 /// The most keys one pass removes (challenge records and temporary files
 /// have their own bounds).
-const MAX_REMOVALS_PER_PASS: usize = 1000;
+pub(crate) const MAX_REMOVALS_PER_PASS: usize = 1000;
 /// The most keys one pass reads under `certificates/`, `ocsp/`,
 /// `maintenance/retry/` and `acme/challenge_tokens/` each.
-const MAX_SCANNED_PER_PREFIX: usize = 100_000;
+pub(crate) const MAX_SCANNED_PER_PREFIX: usize = 100_000;
 /// How long a removal waits for a certificate's lock (an obtain in
 /// progress): the certificate is skipped, and tried again next pass.
-const CERT_LOCK_WAIT: Duration = Duration::from_secs(30);
+pub(crate) const CERT_LOCK_WAIT: Duration = Duration::from_secs(30);
 /// A staple whose certificate is not in storage is removed only once it is
 /// this old: its certificate may have been stored after the pass listed them.
-const MIN_ORPHAN_STAPLE_AGE: Duration = Duration::from_secs(3600);
+pub(crate) const MIN_ORPHAN_STAPLE_AGE: Duration = Duration::from_secs(3600);
 
 /// How storage cleaning (CertMagic's `CleanStorage`) runs, given to
 /// [`ConfigBuilder::storage_cleaning`](crate::ConfigBuilder::storage_cleaning).

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 
 pub(crate) mod ari;
-mod clean;
+pub(crate) mod clean;
 mod renew;
 pub(crate) mod state;
 
@@ -44,7 +44,7 @@ pub use renew::RenewalReport;
 
 /// The longest the maintenance task sleeps between looks at the retry
 /// schedule (it also wakes whenever a retry is scheduled).
-const MAX_RETRY_SLEEP: Duration = Duration::from_secs(3600);
+pub(crate) const MAX_RETRY_SLEEP: Duration = Duration::from_secs(3600);
 
 /// The handle of the maintenance task: await it after
 /// [`CertCache::stop`](crate::CertCache::stop) for a graceful shutdown.

@@ -67,7 +67,9 @@ pub const OCSP_RESPONSE_LIMIT: usize = 64 * 1024;
 /// How far in the future `thisUpdate` may be (clock skew between us and the responder).
 pub const OCSP_CLOCK_SKEW: Duration = Duration::from_secs(300);
 /// The time bound of one request to a responder.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// A staple is refreshed once this fraction of its validity has passed (a half).
+pub(crate) const REFRESH_DIVISOR: u32 = 2;
 const USER_AGENT: &str = concat!("certauto/", env!("CARGO_PKG_VERSION"));
 
 /// Why a certificate was revoked (RFC 5280 §5.3.1 `CRLReason`).
@@ -203,7 +205,7 @@ impl OcspResponse {
             .next_update
             .duration_since(self.this_update)
             .unwrap_or(Duration::ZERO);
-        self.this_update + validity / 2
+        self.this_update + validity / REFRESH_DIVISOR
     }
 }
 

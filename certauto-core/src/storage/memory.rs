@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use super::{KeyInfo, LockGuard, LockLoss, Storage, StorageError, validate_key};
 
 /// How long [`MemoryStorage::lock`] waits for a lock held by another task.
-const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const LOCK_WAIT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A [`Storage`] that keeps everything in memory.
 ///

@@ -40,6 +40,7 @@ pub(crate) mod lock;
 pub(crate) mod memory;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod redis_defaults;
 
 // Re-exported at the crate root (their one public path); here for the
 // crate's own `crate::storage::…` paths.

@@ -21,7 +21,7 @@ const PROVIDER: &str = "acme-dns";
 /// The length acme-dns requires of a TXT value (a base64url SHA-256 digest).
 const VALUE_LEN: usize = 43;
 /// The largest accounts file read.
-const MAX_ACCOUNTS_FILE: u64 = 1 << 20;
+pub(crate) const MAX_ACCOUNTS_FILE: u64 = 1 << 20;
 
 /// One acme-dns account, as `POST /register` returns it and lego stores it.
 ///

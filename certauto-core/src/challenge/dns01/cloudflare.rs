@@ -19,7 +19,7 @@ use super::provider::{DnsError, DnsProvider};
 const PROVIDER: &str = "cloudflare";
 const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4";
 /// The TTL given to new records by default (seconds).
-const DEFAULT_TTL: u32 = 120;
+pub(crate) const DEFAULT_TTL: u32 = 120;
 /// The most pages of 100 records read when looking for a value.
 pub(crate) const MAX_PAGES: u32 = 20;
 /// Records asked for per page.

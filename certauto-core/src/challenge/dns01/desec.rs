@@ -22,7 +22,7 @@ use super::provider::{DnsError, DnsProvider};
 const PROVIDER: &str = "desec";
 const DEFAULT_API_URL: &str = "https://desec.io/api/v1";
 /// deSEC's usual minimum TTL, the default for new RRsets.
-const DEFAULT_TTL: u32 = 3600;
+pub(crate) const DEFAULT_TTL: u32 = 3600;
 
 /// Writes DNS-01 TXT records through the deSEC API
 /// (`https://desec.io/api/v1`) with an API token (`Authorization: Token`).

@@ -22,7 +22,7 @@ use super::provider::{DnsError, DnsProvider};
 const PROVIDER: &str = "digitalocean";
 const DEFAULT_API_URL: &str = "https://api.digitalocean.com/v2";
 /// The TTL given to new records by default: DigitalOcean's minimum.
-const DEFAULT_TTL: u32 = 30;
+pub(crate) const DEFAULT_TTL: u32 = 30;
 /// The most pages of 200 records read when looking for a value.
 pub(crate) const MAX_PAGES: u32 = 10;
 /// Records asked for per page.

@@ -20,14 +20,14 @@ const PROVIDER: &str = "exec";
 /// How long the program may run, by default.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// The most of stdout and of stderr kept (the tail).
-const MAX_OUTPUT: usize = 4096;
+pub(crate) const MAX_OUTPUT: usize = 4096;
 /// The exit code that means "temporary failure" (`EX_TEMPFAIL`).
 const EX_TEMPFAIL: i32 = 75;
 /// The smallest timeout accepted.
-const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 /// How long stdout and stderr are still read once the program has exited
 /// (a process it left in the background may keep them open).
-const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+pub(crate) const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
 /// Runs a program to add and remove TXT records, as lego's `exec` provider
 /// does.

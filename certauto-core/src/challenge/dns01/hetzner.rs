@@ -23,11 +23,11 @@ use super::provider::{DnsError, DnsProvider};
 const PROVIDER: &str = "hetzner";
 const DEFAULT_API_URL: &str = "https://api.hetzner.cloud/v1";
 /// The TTL given to new RRsets by default: Hetzner's minimum.
-const DEFAULT_TTL: u32 = 60;
+pub(crate) const DEFAULT_TTL: u32 = 60;
 /// How many times a running action is polled before giving up.
 pub(crate) const MAX_ACTION_POLLS: u32 = 30;
 /// The wait between two polls of a running action.
-const ACTION_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const ACTION_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Writes DNS-01 TXT records through Hetzner DNS's API, part of the Hetzner
 /// Cloud API (`https://api.hetzner.cloud/v1`, zones and RRsets), with a

@@ -16,7 +16,7 @@ pub(crate) mod hetzner;
 pub(crate) mod http;
 pub(crate) mod name_lock;
 pub(crate) mod powerdns;
-mod propagation;
+pub(crate) mod propagation;
 mod provider;
 #[cfg(test)]
 mod provider_checks;
@@ -45,14 +45,19 @@ use crate::identifier::{DomainName, Identifier};
 pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often it checks meanwhile, by default.
 pub const DEFAULT_POLLING_INTERVAL: Duration = Duration::from_secs(2);
+/// The port authoritative name servers are asked on, by default.
+pub(crate) const DEFAULT_NAMESERVER_PORT: u16 = 53;
 /// How many times a provider call failing with a retryable error is tried.
-const PROVIDER_ATTEMPTS: u32 = 4;
+pub(crate) const PROVIDER_ATTEMPTS: u32 = 4;
+/// The first delay before a transiently failed provider call is made again
+/// (it doubles, up to [`MAX_PROVIDER_RETRY_DELAY`]).
+pub(crate) const DEFAULT_PROVIDER_RETRY_DELAY: Duration = Duration::from_secs(1);
 /// The longest wait between provider attempts, whatever a `Retry-After` says.
-const MAX_PROVIDER_RETRY_DELAY: Duration = Duration::from_secs(30);
+pub(crate) const MAX_PROVIDER_RETRY_DELAY: Duration = Duration::from_secs(30);
 /// The smallest polling interval accepted (no busy loop).
-const MIN_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// The longest propagation timeout accepted.
-const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const MAX_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Solves DNS-01 challenges through a [`DnsProvider`].
 ///
@@ -168,11 +173,11 @@ impl Dns01Solver {
             check_propagation: true,
             resolvers: Vec::new(),
             bootstrap: None,
-            nameserver_port: 53,
+            nameserver_port: DEFAULT_NAMESERVER_PORT,
             query_timeout: QUERY_TIMEOUT,
             follow_cnames: true,
             override_domain: None,
-            retry_delay: Duration::from_secs(1),
+            retry_delay: DEFAULT_PROVIDER_RETRY_DELAY,
         }
     }
 

@@ -22,7 +22,7 @@ use super::provider::{DnsError, DnsProvider};
 /// The provider's name in errors.
 const PROVIDER: &str = "powerdns";
 /// The TTL of RRsets this provider creates, by default.
-const DEFAULT_TTL: u32 = 60;
+pub(crate) const DEFAULT_TTL: u32 = 60;
 /// The server id of a single PowerDNS server.
 const DEFAULT_SERVER_ID: &str = "localhost";
 

@@ -24,7 +24,7 @@ use super::query::{QueryError, ask};
 /// The longest CNAME chain followed at `_acme-challenge.<name>`.
 pub(crate) const MAX_CNAME_HOPS: usize = 8;
 /// The most authoritative servers (addresses) asked per check.
-const MAX_NAME_SERVERS: usize = 16;
+pub(crate) const MAX_NAME_SERVERS: usize = 16;
 /// The time one DNS exchange may take.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 

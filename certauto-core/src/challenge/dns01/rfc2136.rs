@@ -21,14 +21,14 @@ use super::query::{QueryError, ask_over, tcp_exchange_raw, udp_exchange_until};
 /// The provider's name in errors.
 const PROVIDER: &str = "rfc2136";
 /// The TTL of the records added, by default.
-const DEFAULT_TTL: u32 = 60;
+pub(crate) const DEFAULT_TTL: u32 = 60;
 /// The time one exchange (SOA lookup or update) may take, by default.
-const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The shortest and longest exchange time accepted.
-const MIN_TIMEOUT: Duration = Duration::from_millis(10);
-const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 /// The clock difference the server may allow (RFC 8945 §10 recommends 300 s).
-const FUDGE: u16 = 300;
+pub(crate) const FUDGE: u16 = 300;
 /// The longest character-string in a TXT record.
 const MAX_TXT_STRING: usize = 255;
 

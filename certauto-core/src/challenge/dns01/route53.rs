@@ -30,15 +30,15 @@ const REGION: &str = "us-east-1";
 const SERVICE: &str = "route53";
 const XMLNS: &str = "https://route53.amazonaws.com/doc/2013-04-01/";
 /// The TTL of a record set we create.
-const DEFAULT_TTL: u32 = 60;
+pub(crate) const DEFAULT_TTL: u32 = 60;
 /// How often `GetChange` is polled, by default.
-const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(2);
+pub(crate) const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// How many times it is polled at most, by default.
-const DEFAULT_SYNC_POLLS: u32 = 60;
+pub(crate) const DEFAULT_SYNC_POLLS: u32 = 60;
 /// How many times a change that no longer matches the set is re-read and retried.
-const CHANGE_ATTEMPTS: u32 = 3;
+pub(crate) const CHANGE_ATTEMPTS: u32 = 3;
 /// The most zone lookups remembered.
-const MAX_CACHED_ZONES: usize = 256;
+pub(crate) const MAX_CACHED_ZONES: usize = 256;
 
 /// Writes TXT records through the Route 53 API.
 ///

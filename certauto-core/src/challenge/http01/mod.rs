@@ -26,7 +26,9 @@ pub(crate) use tokens::is_token;
 pub use tokens::{ChallengeTokens, HTTP01_CONTENT_TYPE, HTTP01_PATH_PREFIX, Http01Answer};
 
 /// How long one connection to the challenge listener may live.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a client of the challenge listener may take to send its request headers.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Answers HTTP-01 challenges on its own HTTP listener.
 ///
@@ -154,7 +156,7 @@ impl Http01Solver {
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(TokioTimer::new())
-                        .header_read_timeout(Duration::from_secs(10))
+                        .header_read_timeout(HEADER_READ_TIMEOUT)
                         .serve_connection(TokioIo::new(stream), service);
                     let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
                 });

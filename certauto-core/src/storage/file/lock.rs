@@ -18,20 +18,20 @@ use super::atomic::{create_private_dirs, create_private_file, unique_suffix, wri
 use super::{FileStorage, blocking, io_fail};
 use crate::storage::{LockGuard, LockLoss, StorageError};
 
-pub(super) const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
-pub(super) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
-pub(super) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
-pub(super) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
-pub(super) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_KEEPALIVE: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
+pub(crate) const MAX_POLL_INTERVAL: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
 /// The smallest interval accepted for polling and keepalive, so that a zero
 /// does not turn into a busy loop.
 pub(super) const MIN_INTERVAL: Duration = Duration::from_millis(1);
 /// The folder (relative to the root) holding lock files.
 pub(super) const LOCKS_DIR: &str = "locks";
 /// Lock names longer than this are shortened with a hash.
-pub(super) const MAX_LOCK_NAME: usize = 200;
+pub(crate) const MAX_LOCK_NAME: usize = 200;
 /// The most of a lock file read (they hold a short JSON object).
-pub(super) const MAX_LOCK_FILE: u64 = 4096;
+pub(crate) const MAX_LOCK_FILE: u64 = 4096;
 
 /// Lock timings of a [`FileStorage`].
 #[derive(Debug, Clone, Copy)]

@@ -4,9 +4,9 @@
 //! files, `root` finds the OS default folder.
 
 mod atomic;
-mod lock;
+pub(crate) mod lock;
 mod root;
-mod temporaries;
+pub(crate) mod temporaries;
 #[cfg(test)]
 mod tests;
 

@@ -27,21 +27,21 @@ use super::atomic::is_temp_name;
 
 /// How far one walk goes.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Bounds {
+pub(crate) struct Bounds {
     /// The deepest folder the walk enters below the root (keys are a few
     /// components deep; this only bounds a strange tree).
-    pub(super) depth: usize,
+    pub(crate) depth: usize,
     /// The most names read from one folder (the rest of a larger folder is
     /// never looked at; reported).
-    pub(super) folder_entries: usize,
+    pub(crate) folder_entries: usize,
     /// The most entries one walk looks at (the next walk resumes there).
-    pub(super) visited: usize,
+    pub(crate) visited: usize,
     /// The most files one walk removes (the next walk removes the rest).
-    pub(super) removed: usize,
+    pub(crate) removed: usize,
 }
 
 /// The bounds of [`remove_stale`].
-pub(super) const BOUNDS: Bounds = Bounds {
+pub(crate) const BOUNDS: Bounds = Bounds {
     depth: 32,
     folder_entries: 100_000,
     visited: 200_000,

@@ -217,11 +217,8 @@ fn is_dead_connection(err: &RedisError) -> bool {
         && !err.is_timeout()
 }
 
-/// How many times redis-rs's cluster client may send one command again
-/// (after `MOVED`, `ASK`, `TRYAGAIN`, `CLUSTERDOWN` or a broken node
-/// connection).
 #[cfg(feature = "redis-cluster")]
-pub(super) const CLUSTER_RETRIES: u32 = 3;
+pub(super) use crate::storage::redis_defaults::CLUSTER_RETRIES;
 
 /// Maps a failed command to a [`StorageError`].
 pub(super) fn command_error(err: RedisError) -> StorageError {

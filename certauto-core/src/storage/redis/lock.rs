@@ -10,9 +10,9 @@ use tokio::time::Instant;
 use super::{MAX_LOCK_NAME, RedisStorage};
 use crate::storage::{LockGuard, LockLoss, StorageError};
 
-pub(super) const DEFAULT_LEASE: Duration = Duration::from_secs(10);
-pub(super) const DEFAULT_POLL: Duration = Duration::from_millis(250);
-pub(super) const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(super) use crate::storage::redis_defaults::{
+    DEFAULT_LEASE, DEFAULT_POLL, DEFAULT_WAIT_TIMEOUT,
+};
 
 /// The lock timings of a [`RedisStorage`].
 #[derive(Debug, Clone, Copy)]

@@ -20,26 +20,23 @@ use tokio::sync::Notify;
 use self::conn::{Connection, Server, Target};
 use self::lock::LockTimings;
 use self::scripts::Scripts;
+use super::redis_defaults::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_RESPONSE_TIMEOUT, KEEPALIVE_DIVISOR, MAX_LISTED, MAX_VALUE,
+};
 use super::{KeyInfo, LockGuard, Storage, StorageError, validate_key};
 
 /// The default key prefix.
 const DEFAULT_PREFIX: &str = "certauto";
 /// The longest key prefix accepted.
 const MAX_PREFIX: usize = 64;
-/// The largest value stored or read.
-const MAX_VALUE: usize = 64 * 1024 * 1024;
 /// The longest lock name accepted.
 const MAX_LOCK_NAME: usize = 1024;
-/// The most keys a recursive listing (or directory delete) walks.
-const MAX_LISTED: usize = 1_000_000;
 /// The most `HSCAN` round trips one listing makes.
 const MAX_SCAN_ROUNDS: usize = 100_000;
 /// Entries asked for per `HSCAN`.
 const SCAN_COUNT: usize = 1000;
 /// Values deleted per pipeline when a directory is deleted.
 const DELETE_BATCH: usize = 256;
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a [`RedisStorageBuilder`] could not build (carried by
 /// [`StorageError::Backend`]).
@@ -242,7 +239,7 @@ impl RedisStorageBuilder {
         if !valid_prefix(&self.prefix) {
             return Err(setup(SetupError::Prefix(self.prefix)));
         }
-        let keepalive = self.keepalive.unwrap_or(self.lease / 3);
+        let keepalive = self.keepalive.unwrap_or(self.lease / KEEPALIVE_DIVISOR);
         if keepalive >= self.lease || keepalive.is_zero() {
             return Err(setup(SetupError::Timings {
                 keepalive,

@@ -24,10 +24,7 @@
 use redis::aio::ConnectionLike;
 use redis::{Cmd, ErrorKind, FromRedisValue, RedisResult, ServerErrorKind, ToRedisArgs};
 
-/// How long a write's operation id is remembered (ms): far longer than a
-/// command can be in flight (the connect and response timeouts, a cluster
-/// client's retries).
-pub(super) const OP_MEMORY_MS: u64 = 5 * 60 * 1000;
+pub(super) use crate::storage::redis_defaults::OP_MEMORY_MS;
 
 /// A Lua script and its SHA1.
 #[derive(Debug)]
