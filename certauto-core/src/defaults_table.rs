@@ -174,6 +174,10 @@ fn checked() -> Vec<(String, String)> {
         duration(config::backoff::MAX_RETRY_BACKOFF);
         jitter(config::backoff::RETRY_JITTER);
         duration(maintain::MAX_RETRY_SLEEP);
+        duration(status::STATUS_STORAGE_BUDGET);
+        count_usize(status::YIELD_EVERY);
+        bytes(config::retry::MAX_ERROR_LEN);
+        count_usize(ocsp::staple::STAPLE_RECORD_SLACK);
         count_usize(config::manage::DEFAULT_MANAGE_CONCURRENCY);
         count_usize(config::manage::LOAD_CONCURRENCY);
         duration(ratelimit::MAX_RATE_LIMIT_WINDOW);

@@ -57,7 +57,7 @@ use crate::ocsp::staple::StapleRecord;
 
 /// How many certificates [`Config::status`] looks at before yielding to the
 /// runtime, so a snapshot of many names never holds a worker thread long.
-const YIELD_EVERY: usize = 256;
+pub(crate) const YIELD_EVERY: usize = 256;
 
 /// The longest one [`Config::status`] spends reading retry schedules from
 /// storage (a slow or unreachable storage); those not read by then are

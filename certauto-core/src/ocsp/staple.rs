@@ -55,7 +55,7 @@ pub(crate) enum StapleOutcome {
 pub(crate) type StapleRecords = HashMap<String, StapleRecord>;
 
 /// Records kept beyond the number of cached certificates before pruning.
-const STAPLE_RECORD_SLACK: usize = 64;
+pub(crate) const STAPLE_RECORD_SLACK: usize = 64;
 
 /// The last stapling outcome of one certificate, for [`Config::status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
