@@ -7,7 +7,7 @@
 //! HTTPS, and then checks it from the outside like a user would: reqwest,
 //! a raw TLS handshake, `curl`, and raw HTTP on the redirect port.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -848,49 +848,98 @@ async fn check_admin(root_der: &[u8], admin: SocketAddr, http: SocketAddr, https
             .is_some_and(|v| v.starts_with("text/plain")),
         "{metrics:?}"
     );
-    for wanted in [
-        "certauto_obtains_total{",
-        "result=\"success\"",
-        "certauto_handshake_lookups_total{result=\"hit\"}",
-        "certauto_acme_requests_total{",
-        "endpoint=\"finalize\"",
-        "certauto_on_demand_decisions_total{decision=\"allowed\"}",
-        "certauto_issuance_duration_seconds",
-        "certauto_certificate_expiry_seconds{",
+    let text = &metrics.body;
+    // One series, found by its name and some of its labels; its value.
+    let value = |name: &str, labels: &[(&str, &str)]| -> f64 {
+        prometheus_series(text, name)
+            .into_iter()
+            .find(|(have, _)| {
+                labels
+                    .iter()
+                    .all(|(k, v)| have.get(*k).map(String::as_str) == Some(*v))
+            })
+            .map(|(_, value)| value)
+            .unwrap_or_else(|| panic!("GET /metrics has no {name} {labels:?}:\n{text}"))
+    };
+    let obtained = value(
+        "certauto_obtains_total",
+        &[("result", "success"), ("reason", "new")],
+    );
+    assert!(obtained >= 1.0, "obtains: {obtained}");
+    assert!(value("certauto_handshake_lookups_total", &[("result", "hit")]) >= 1.0);
+    // The on-demand name curl asked for above.
+    assert!(
+        value(
+            "certauto_on_demand_decisions_total",
+            &[("decision", "allowed")]
+        ) >= 1.0
+    );
+    for (endpoint, code) in [
+        ("new_order", "201"),
+        ("finalize", "200"),
+        ("certificate", "200"),
     ] {
-        assert!(
-            metrics.body.contains(wanted),
-            "GET /metrics lacks {wanted:?}:\n{}",
-            metrics.body
+        let requests = value(
+            "certauto_acme_requests_total",
+            &[("endpoint", endpoint), ("status", code)],
         );
+        assert!(requests >= 1.0, "{endpoint}: {requests}");
     }
+    // A histogram (buckets), not a summary.
+    assert!(
+        value(
+            "certauto_issuance_duration_seconds_count",
+            &[("result", "success")]
+        ) >= 1.0
+    );
+    assert!(
+        value(
+            "certauto_issuance_duration_seconds_bucket",
+            &[("result", "success"), ("le", "+Inf")]
+        ) >= 1.0
+    );
+    let expiry = value("certauto_certificate_expiry_seconds", &[("name", DOMAIN)]);
+    assert!(expiry > 0.0, "seconds until expiry: {expiry}");
 
     let status = raw_http_get(admin, "127.0.0.1", "/status").await;
     assert_eq!(status.status, 200, "GET /status: {status:?}");
     assert_eq!(status.header("content-type"), Some("application/json"));
     let json: serde_json::Value = serde_json::from_str(&status.body)
         .unwrap_or_else(|e| panic!("GET /status is not JSON ({e}): {}", status.body));
+    let entry = json["certificates"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == DOMAIN))
+        .unwrap_or_else(|| panic!("GET /status has no entry for {DOMAIN}: {json}"));
     let served = served_chain(root_der, DOMAIN, https).await;
     let (_, leaf) = x509_parser::parse_x509_certificate(&served[0]).expect("served leaf");
-    let serial = leaf
-        .raw_serial_as_string()
-        .replace(':', "")
-        .to_ascii_lowercase();
-    let text = json.to_string().to_ascii_lowercase();
-    assert!(
-        text.contains(&serial.trim_start_matches('0').to_owned()),
-        "GET /status does not name the served serial {serial}: {json}"
+    let normalise = |s: &str| {
+        s.replace(':', "")
+            .to_ascii_lowercase()
+            .trim_start_matches('0')
+            .to_owned()
+    };
+    assert_eq!(
+        entry["certificate"]["serial"].as_str().map(normalise),
+        Some(normalise(&leaf.raw_serial_as_string())),
+        "GET /status names the served certificate: {entry}"
     );
+    let reason = entry["next_renewal"]["reason"]["kind"].as_str();
     assert!(
-        text.contains(DOMAIN),
-        "GET /status does not name {DOMAIN}: {json}"
+        matches!(reason, Some("ratio" | "ari_window")),
+        "GET /status: next renewal of a fresh certificate: {entry}"
     );
+    assert!(entry["last_error"].is_null(), "{entry}");
     assert_eq!(raw_http_get(admin, "127.0.0.1", "/").await.status, 404);
 
     // Not on the public ports: HTTP redirects everything, HTTPS has no such routes.
     for target in ["/metrics", "/status"] {
         let plain = raw_http_get(http, DOMAIN, target).await;
-        assert_ne!(plain.status, 200, "http {target}: {plain:?}");
+        assert_eq!(plain.status, 308, "http {target}: {plain:?}");
+        assert_eq!(
+            plain.header("location"),
+            Some(format!("https://{DOMAIN}:{}{target}", https.port()).as_str()),
+            "http {target}: {plain:?}"
+        );
         assert!(
             !plain.body.contains("certauto_"),
             "http {target}: {plain:?}"
@@ -906,6 +955,31 @@ async fn check_admin(root_der: &[u8], admin: SocketAddr, http: SocketAddr, https
         let body = response.text().await.unwrap_or_default();
         assert!(!body.contains("certauto_"), "GET {url}: {body}");
     }
+}
+
+/// The series of the metric `name` in Prometheus text: labels and value.
+fn prometheus_series(text: &str, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let mut found = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, labels) = match series.split_once('{') {
+            Some((metric, rest)) => (metric, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if metric != name {
+            continue;
+        }
+        let labels = labels
+            .split("\",")
+            .filter(|pair| !pair.is_empty())
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.trim_matches('"').to_owned()))
+            .collect();
+        found.push((labels, value.parse().unwrap_or(f64::NAN)));
+    }
+    found
 }
 
 /// Where `curl` is; a missing curl fails the test.

@@ -101,6 +101,15 @@ pub const LOCK_WAITS: &str = "certauto_lock_waits";
 /// Gauge: seconds until each cached managed certificate expires, by `name`.
 pub const CERTIFICATE_EXPIRY_SECONDS: &str = "certauto_certificate_expiry_seconds";
 
+/// Histogram bucket bounds (seconds) that suit
+/// [`ISSUANCE_DURATION_SECONDS`]: an issuance takes from about a second (a
+/// valid authorization reused) to minutes (DNS-01 propagation, a slow CA).
+/// For exporters that need buckets to render a histogram (the examples give
+/// them to `metrics-exporter-prometheus`).
+pub const ISSUANCE_DURATION_BUCKETS: &[f64] = &[
+    0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+];
+
 /// Label key: the issuer's stable key.
 pub const LABEL_ISSUER: &str = "issuer";
 /// Label key: `success` or `failure`; for handshake lookups `hit`, `miss` or `default`.

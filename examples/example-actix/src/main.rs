@@ -17,7 +17,8 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use certauto::Config;
 use certauto::env::EnvSettings;
 use certauto_actix::{acme_http01, https_redirect};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 
 #[actix_web::main]
 async fn main() -> ExitCode {
@@ -39,7 +40,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
     // The recorder goes in before anything records.
     let metrics = match settings.admin_addr {
-        Some(_) => Some(PrometheusBuilder::new().install_recorder()?),
+        Some(_) => Some(prometheus(&settings)?),
         None => None,
     };
     let setup = settings.build().await?;
@@ -112,6 +113,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     b?;
     c?;
     Ok(())
+}
+
+/// The Prometheus recorder behind `GET /metrics`: the issuance duration as a
+/// histogram (buckets, not client-side quantiles, so instances aggregate),
+/// and gauges no one has updated for three renewal checks (at least an hour)
+/// dropped, so the expiry series of certificates that left the cache (set to
+/// NaN, refreshed by no check since) do not pile up.
+fn prometheus(settings: &EnvSettings) -> Result<PrometheusHandle, BuildError> {
+    let idle = (settings.renew_check * 3).max(std::time::Duration::from_secs(3600));
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(certauto::metrics::ISSUANCE_DURATION_SECONDS.to_owned()),
+            certauto::metrics::ISSUANCE_DURATION_BUCKETS,
+        )?
+        .idle_timeout(MetricKindMask::GAUGE, Some(idle))
+        .install_recorder()
 }
 
 /// `GET /metrics` on the admin listener: Prometheus text.

@@ -11,7 +11,6 @@
 //! (Prometheus text, `metrics-exporter-prometheus`) and `GET /status` (JSON,
 //! `Config::status`).
 
-use std::future::IntoFuture;
 use std::process::ExitCode;
 
 use axum::Router;
@@ -20,7 +19,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::routing::get;
 use certauto::Config;
 use certauto::env::EnvSettings;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_util::MetricKindMask;
 use tokio::net::TcpListener;
 
 #[tokio::main]
@@ -43,7 +43,7 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     let settings = EnvSettings::from_env()?;
     // The recorder goes in before anything records.
     let metrics = match settings.admin_addr {
-        Some(_) => Some(PrometheusBuilder::new().install_recorder()?),
+        Some(_) => Some(prometheus(&settings)?),
         None => None,
     };
     let setup = settings.build().await?;
@@ -51,9 +51,12 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     if let (Some(addr), Some(metrics)) = (settings.admin_addr, metrics) {
         let admin = TcpListener::bind(addr).await?;
         tracing::info!(admin = %addr, "admin listener: GET /metrics, GET /status");
-        tokio::spawn(
-            certauto_axum::serve_plain(admin, admin_router(&config, metrics))?.into_future(),
-        );
+        let admin = certauto_axum::serve_plain(admin, admin_router(&config, metrics))?;
+        tokio::spawn(async move {
+            if let Err(e) = admin.await {
+                tracing::error!(error = %e, "admin listener stopped: no /metrics, /status");
+            }
+        });
     }
 
     // Listen first: the challenges are answered on these ports.
@@ -82,6 +85,22 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
     config.cache().stop();
     maintenance.await;
     Ok(())
+}
+
+/// The Prometheus recorder behind `GET /metrics`: the issuance duration as a
+/// histogram (buckets, not client-side quantiles, so instances aggregate),
+/// and gauges no one has updated for three renewal checks (at least an hour)
+/// dropped, so the expiry series of certificates that left the cache (set to
+/// NaN, refreshed by no check since) do not pile up.
+fn prometheus(settings: &EnvSettings) -> Result<PrometheusHandle, BuildError> {
+    let idle = (settings.renew_check * 3).max(std::time::Duration::from_secs(3600));
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(certauto::metrics::ISSUANCE_DURATION_SECONDS.to_owned()),
+            certauto::metrics::ISSUANCE_DURATION_BUCKETS,
+        )?
+        .idle_timeout(MetricKindMask::GAUGE, Some(idle))
+        .install_recorder()
 }
 
 /// The admin listener's routes: `GET /metrics` and `GET /status`.
