@@ -55,6 +55,8 @@
 //! ([`crypto_provider`]), never the process default. The ring provider has no
 //! post-quantum hybrid key exchange.
 
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod acme;
 mod cache;
 mod certificate;

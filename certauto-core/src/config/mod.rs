@@ -9,7 +9,7 @@ pub(crate) mod backoff;
 mod builder;
 mod lifecycle;
 mod manage;
-mod retry;
+pub(crate) mod retry;
 
 pub use backoff::{MAX_RETRY_BACKOFF, MIN_RETRY_BACKOFF};
 pub use builder::{

@@ -18,11 +18,11 @@ use crate::certificate::Certificate;
 use crate::error::Error;
 use crate::identifier::Identifier;
 
-mod acme;
+pub(crate) mod acme;
 mod local;
 mod presets;
 mod set;
-mod zerossl;
+pub(crate) mod zerossl;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder};
 pub use local::{

@@ -35,7 +35,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 
 mod ari;
-mod clean;
+pub(crate) mod clean;
 mod renew;
 pub(crate) mod state;
 

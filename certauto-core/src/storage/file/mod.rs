@@ -4,7 +4,7 @@
 //! files, `root` finds the OS default folder.
 
 mod atomic;
-mod lock;
+pub(crate) mod lock;
 mod root;
 mod temporaries;
 #[cfg(test)]
