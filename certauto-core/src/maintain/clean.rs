@@ -272,9 +272,9 @@ fn passed(t: SystemTime, d: Duration, now: SystemTime) -> bool {
 
 /// The identifier whose [`Identifier::storage_key`] is `key`, if any.
 pub(crate) fn identifier_from_storage_key(key: &str) -> Option<Identifier> {
-    // The mapped forms first: `ipv6-2001-db8--1` is also a DNS name.
+    // The mapped forms first (`ipv6_2001-db8--1`, `wildcard_.example.com`).
     let mut candidates = Vec::new();
-    if let Some(rest) = key.strip_prefix("ipv6-") {
+    if let Some(rest) = key.strip_prefix("ipv6_") {
         candidates.push(rest.replace('-', ":"));
     }
     if let Some(rest) = key.strip_prefix("wildcard_.") {
@@ -1622,6 +1622,8 @@ mod tests {
             "192.0.2.1",
             "2001:db8::1",
             "ipv6-x.test",
+            "ipv6---1",
+            "::1",
         ] {
             let id = Identifier::parse(name).unwrap();
             assert_eq!(identifier_from_storage_key(&id.storage_key()), Some(id));
