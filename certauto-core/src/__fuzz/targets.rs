@@ -158,6 +158,9 @@ pub fn account_key(data: &[u8]) {
         "thumbprint is base64url"
     );
     assert_eq!(key.key_authorization("tok"), format!("tok.{thumbprint}"));
+    if let Err(e) = key.sign(b"fuzz") {
+        panic!("an accepted account key cannot sign: {e}");
+    }
     let jwk = serde_json::to_value(key.jwk()).unwrap_or_default();
     assert!(jwk.get("kty").is_some(), "a JWK names its key type");
     let again = match AccountKey::from_pem(&key.to_pem()) {
