@@ -35,3 +35,7 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 cargo test --workspace --locked
+
+# Every fuzz target for a short bounded time (FUZZING.md has the long runs):
+# 10 s each, without ASan to keep CI's build small; a crash fails the run.
+FUZZ_SANITIZER=none ./scripts/fuzz.sh 10

@@ -292,6 +292,11 @@ pub enum KeyError {
     /// Signing failed.
     #[error("signing failed")]
     Signing,
+    /// The private key's signatures do not verify with its public key (a
+    /// corrupted or inconsistent key, such as an RSA key with a bad CRT
+    /// parameter, that parses but cannot sign).
+    #[error("the private key does not sign what its public key verifies")]
+    Inconsistent,
     /// The EAB MAC key is not valid base64url.
     #[error("the External Account Binding MAC key is not valid base64url")]
     InvalidEabKey,

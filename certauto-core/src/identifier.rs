@@ -289,15 +289,18 @@ impl Identifier {
     }
 
     /// A form safe to use as one component of a storage key or a file name:
-    /// lower case, `*` encoded as `wildcard_`, and `:` in IPv6 addresses as `-`.
+    /// lower case, `*` encoded as `wildcard_`, and an IPv6 address as
+    /// `ipv6_` followed by the address with `:` as `-` (`ipv6_2001-db8--1`).
     ///
     /// The result contains only `[a-z0-9._-]`, is never `.` or `..`, and is
-    /// distinct for distinct identifiers.
+    /// distinct for distinct identifiers: `_` appears in no DNS name, so the
+    /// two forms that use it cannot be a DNS name's key, and an IPv4
+    /// address's last label is all digits, which no accepted DNS name's is.
     pub fn storage_key(&self) -> String {
         match self {
             Identifier::Dns(d) => d.as_str().replacen('*', "wildcard_", 1),
             Identifier::Ip(IpAddr::V4(ip)) => ip.to_string(),
-            Identifier::Ip(IpAddr::V6(ip)) => format!("ipv6-{}", ip.to_string().replace(':', "-")),
+            Identifier::Ip(IpAddr::V6(ip)) => format!("ipv6_{}", ip.to_string().replace(':', "-")),
         }
     }
 }
@@ -364,7 +367,7 @@ mod tests {
         );
         let v6 = Identifier::parse("[::1]").unwrap();
         assert_eq!(v6.acme_type(), "ip");
-        assert_eq!(v6.storage_key(), "ipv6---1");
+        assert_eq!(v6.storage_key(), "ipv6_--1");
     }
 
     #[test]

@@ -138,6 +138,7 @@ impl CertificateKey {
         } else {
             return Err(KeyError::Unsupported);
         };
+        check_signs(&key_pair, key_type)?;
         Ok(Self { key_pair, key_type })
     }
 
@@ -184,6 +185,26 @@ impl CertificateKey {
     pub(crate) fn key_pair(&self) -> &rcgen::KeyPair {
         &self.key_pair
     }
+}
+
+/// Signs a test message and verifies it with the public key: a key read
+/// from storage or a file may parse and still be unable to sign (ring
+/// checks an RSA key's CRT values only when it signs), and such a key would
+/// fail every TLS handshake instead of being replaced.
+fn check_signs(key_pair: &rcgen::KeyPair, key_type: KeyType) -> Result<(), KeyError> {
+    use rcgen::SigningKey as _;
+    use ring::signature;
+    const MESSAGE: &[u8] = b"certauto: does this key sign?";
+    let algorithm: &dyn signature::VerificationAlgorithm = match key_type {
+        KeyType::EcdsaP256 => &signature::ECDSA_P256_SHA256_ASN1,
+        KeyType::EcdsaP384 => &signature::ECDSA_P384_SHA384_ASN1,
+        KeyType::Ed25519 => &signature::ED25519,
+        KeyType::Rsa2048 | KeyType::Rsa4096 => &signature::RSA_PKCS1_2048_8192_SHA256,
+    };
+    let sig = key_pair.sign(MESSAGE).map_err(|_| KeyError::Inconsistent)?;
+    signature::UnparsedPublicKey::new(algorithm, key_pair.public_key_raw())
+        .verify(MESSAGE, &sig)
+        .map_err(|_| KeyError::Inconsistent)
 }
 
 const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
@@ -366,6 +387,19 @@ mod tests {
             (len, 2 + n)
         };
         (&b[hdr..hdr + len], &b[hdr + len..])
+    }
+
+    /// Found by the `certificate_key` fuzz target: an RSA key with a
+    /// damaged CRT value parses but cannot sign; it is refused on load.
+    #[test]
+    fn a_key_that_cannot_sign_is_refused() {
+        let pem = include_str!(
+            "../../fuzz/regressions/certificate_key/crash-97351902c796f54c86935797f1d7560c10987000"
+        );
+        assert!(matches!(
+            CertificateKey::from_pem(pem),
+            Err(KeyError::Inconsistent)
+        ));
     }
 
     #[test]

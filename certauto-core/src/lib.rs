@@ -59,6 +59,8 @@
 //!
 #![doc = include_str!("defaults.md")]
 
+#[doc(hidden)]
+pub mod __fuzz;
 pub mod acme;
 mod cache;
 mod certificate;

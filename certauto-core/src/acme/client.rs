@@ -786,39 +786,7 @@ impl AcmeClient {
         if !resp.is_success() {
             return Err(self.error_from(resp));
         }
-        #[derive(serde::Deserialize)]
-        #[serde(rename_all = "camelCase")]
-        struct Wire {
-            suggested_window: WireWindow,
-            #[serde(rename = "explanationURL", default)]
-            explanation_url: Option<String>,
-        }
-        #[derive(serde::Deserialize)]
-        struct WireWindow {
-            start: String,
-            end: String,
-        }
-        let wire: Wire = resp.json()?;
-        let invalid = |reason: String| AcmeError::InvalidResponse {
-            url: url.clone(),
-            reason,
-        };
-        let parse = |s: &str| {
-            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
-                .map(std::time::SystemTime::from)
-                .map_err(|e| invalid(format!("bad time {s:?}: {e}")))
-        };
-        let start = parse(&wire.suggested_window.start)?;
-        let end = parse(&wire.suggested_window.end)?;
-        if end <= start {
-            return Err(invalid("suggested window ends before it starts".into()));
-        }
-        Ok(Some(RenewalInfo {
-            window_start: start,
-            window_end: end,
-            explanation_url: wire.explanation_url,
-            retry_after: resp.retry_after,
-        }))
+        parse_renewal_info(&resp.body, &url, resp.retry_after).map(Some)
     }
 
     /// Revokes a certificate (DER), signing with the account key (§7.6).
@@ -944,4 +912,46 @@ impl Poller {
         tokio::time::sleep(delay).await;
         Ok(())
     }
+}
+
+/// Parses a `renewalInfo` response body (RFC 9773 §4.2): the suggested
+/// window, which must end after it starts, and its explanation URL.
+pub(crate) fn parse_renewal_info(
+    body: &[u8],
+    url: &str,
+    retry_after: Option<Duration>,
+) -> Result<RenewalInfo, AcmeError> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Wire {
+        suggested_window: WireWindow,
+        #[serde(rename = "explanationURL", default)]
+        explanation_url: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct WireWindow {
+        start: String,
+        end: String,
+    }
+    let invalid = |reason: String| AcmeError::InvalidResponse {
+        url: url.to_owned(),
+        reason,
+    };
+    let wire: Wire = serde_json::from_slice(body).map_err(|e| invalid(e.to_string()))?;
+    let parse = |s: &str| {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+            .map(std::time::SystemTime::from)
+            .map_err(|e| invalid(format!("bad time {s:?}: {e}")))
+    };
+    let start = parse(&wire.suggested_window.start)?;
+    let end = parse(&wire.suggested_window.end)?;
+    if end <= start {
+        return Err(invalid("suggested window ends before it starts".into()));
+    }
+    Ok(RenewalInfo {
+        window_start: start,
+        window_end: end,
+        explanation_url: wire.explanation_url,
+        retry_after,
+    })
 }

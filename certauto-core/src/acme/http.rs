@@ -214,37 +214,85 @@ pub(crate) fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration
     )
 }
 
-/// Parses one `Link` header value into `(rel, url)` pairs (RFC 8288, the subset ACME uses).
+/// Parses one `Link` header value into `(rel, url)` pairs (RFC 8288 §3, the
+/// subset ACME uses): each link is `<url>` followed by `;`-separated
+/// parameters up to the next `,`; separators inside a quoted string (and
+/// `\`-escaped characters in it) are part of the parameter's value, so a
+/// `title="a, b; rel=x"` neither ends the link nor adds a relation.
 pub(crate) fn parse_link_header(value: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut rest = value;
     while let Some(start) = rest.find('<') {
-        let Some(end) = rest[start..].find('>') else {
+        let after_open = &rest[start + 1..];
+        let Some(end) = after_open.find('>') else {
             break;
         };
-        let url = rest[start + 1..start + end].trim().to_owned();
-        let after = &rest[start + end + 1..];
-        // The parameters run until the next link (a comma followed by '<') or the end.
-        let params_end = after.find(",").and_then(|c| {
-            after[c..]
-                .trim_start_matches([',', ' '])
-                .starts_with('<')
-                .then_some(c)
-        });
-        let params = &after[..params_end.unwrap_or(after.len())];
-        for param in params.split(';') {
-            let param = param.trim();
-            if let Some((k, v)) = param.split_once('=')
-                && k.trim().eq_ignore_ascii_case("rel")
-            {
-                for rel in v.trim().trim_matches('"').split_whitespace() {
-                    out.push((rel.to_ascii_lowercase(), url.clone()));
+        let url = after_open[..end].trim();
+        let (params, next) = link_params(&after_open[end + 1..]);
+        for (name, value) in params {
+            if name.eq_ignore_ascii_case("rel") {
+                for rel in value.split_whitespace() {
+                    out.push((rel.to_ascii_lowercase(), url.to_owned()));
                 }
             }
         }
-        rest = &after[params_end.unwrap_or(after.len())..];
+        rest = next;
     }
     out
+}
+
+/// The parameters of one link (`; name=value` pairs, values unquoted) and
+/// the text after the `,` that ends it.
+fn link_params(text: &str) -> (Vec<(String, String)>, &str) {
+    let mut params = Vec::new();
+    let mut name = String::new();
+    let mut value = String::new();
+    let mut in_value = false;
+    let mut quoted = false;
+    let mut chars = text.char_indices();
+    let mut next = "";
+    while let Some((i, c)) = chars.next() {
+        if quoted {
+            match c {
+                '\\' => {
+                    if let Some((_, escaped)) = chars.next() {
+                        value.push(escaped);
+                    }
+                }
+                '"' => quoted = false,
+                _ => value.push(c),
+            }
+            continue;
+        }
+        match c {
+            ',' => {
+                next = &text[i + 1..];
+                break;
+            }
+            ';' => {
+                push_param(&mut params, &mut name, &mut value);
+                in_value = false;
+            }
+            '=' if !in_value => in_value = true,
+            '"' if in_value && value.trim().is_empty() => {
+                value.clear();
+                quoted = true;
+            }
+            _ if in_value => value.push(c),
+            _ => name.push(c),
+        }
+    }
+    push_param(&mut params, &mut name, &mut value);
+    (params, next)
+}
+
+fn push_param(params: &mut Vec<(String, String)>, name: &mut String, value: &mut String) {
+    let n = name.trim();
+    if !n.is_empty() {
+        params.push((n.to_owned(), value.trim().to_owned()));
+    }
+    name.clear();
+    value.clear();
 }
 
 #[cfg(test)]
@@ -270,6 +318,33 @@ mod tests {
         );
         assert!(parse_link_header("garbage").is_empty());
         assert!(parse_link_header("<unterminated").is_empty());
+    }
+
+    /// Found by the `link_header` fuzz target: `;` and `,` inside a quoted
+    /// parameter value split it, so a title could add a relation or end
+    /// the link early.
+    #[test]
+    fn quoted_parameters_hold_separators() {
+        assert_eq!(
+            parse_link_header(r#"<https://ca/a>; rel="x"; title="nr; rel=up""#),
+            vec![("x".into(), "https://ca/a".into())]
+        );
+        assert_eq!(
+            parse_link_header(
+                r#"<https://ca/a>; title="a, b"; rel="alternate", <https://ca/d>; rel=index"#
+            ),
+            vec![
+                ("alternate".into(), "https://ca/a".into()),
+                ("index".into(), "https://ca/d".into())
+            ]
+        );
+        assert_eq!(
+            parse_link_header(r#"<https://ca/a>; title="q\"; rel=up"; rel="UP next""#),
+            vec![
+                ("up".into(), "https://ca/a".into()),
+                ("next".into(), "https://ca/a".into())
+            ]
+        );
     }
 
     #[test]

@@ -142,20 +142,20 @@ impl AccountKey {
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P256_SHA256_FIXED_SIGNING, der, &rng)
         {
             let jwk = ec_jwk("P-256", kp.public_key().as_ref(), 32)?;
-            return Ok(Self::assemble(Signer::Ecdsa(kp), "ES256", der, jwk));
+            return Self::assemble(Signer::Ecdsa(kp), "ES256", der, jwk);
         }
         if let Ok(kp) =
             EcdsaKeyPair::from_pkcs8(&signature::ECDSA_P384_SHA384_FIXED_SIGNING, der, &rng)
         {
             let jwk = ec_jwk("P-384", kp.public_key().as_ref(), 48)?;
-            return Ok(Self::assemble(Signer::Ecdsa(kp), "ES384", der, jwk));
+            return Self::assemble(Signer::Ecdsa(kp), "ES384", der, jwk);
         }
         if let Ok(kp) = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der) {
             let jwk = Jwk::Okp {
                 crv: "Ed25519",
                 x: b64(kp.public_key().as_ref()),
             };
-            return Ok(Self::assemble(Signer::Ed25519(kp), "EdDSA", der, jwk));
+            return Self::assemble(Signer::Ed25519(kp), "EdDSA", der, jwk);
         }
         if let Ok(kp) = RsaKeyPair::from_pkcs8(der) {
             let parts: ring::rsa::PublicKeyComponents<Vec<u8>> = kp.public().into();
@@ -163,7 +163,7 @@ impl AccountKey {
                 n: b64(strip_leading_zeros(&parts.n)),
                 e: b64(strip_leading_zeros(&parts.e)),
             };
-            return Ok(Self::assemble(Signer::Rsa(kp), "RS256", der, jwk));
+            return Self::assemble(Signer::Rsa(kp), "RS256", der, jwk);
         }
         Err(KeyError::Unsupported)
     }
@@ -177,15 +177,46 @@ impl AccountKey {
         }
     }
 
-    fn assemble(signer: Signer, alg: &'static str, der: &[u8], jwk: Jwk) -> Self {
+    fn assemble(signer: Signer, alg: &'static str, der: &[u8], jwk: Jwk) -> Result<Self, KeyError> {
         let thumbprint = jwk.thumbprint();
-        Self {
+        let key = Self {
             signer,
             alg,
             pkcs8: der.to_vec(),
             jwk,
             thumbprint,
-        }
+        };
+        key.check_signs()?;
+        Ok(key)
+    }
+
+    /// Signs a test message and verifies it with the public key: a key read
+    /// from storage may parse and still be unable to sign (ring checks an
+    /// RSA key's CRT values only when it signs), and an account whose key
+    /// cannot sign can do nothing at the CA.
+    fn check_signs(&self) -> Result<(), KeyError> {
+        use ring::signature::KeyPair as _;
+        const MESSAGE: &[u8] = b"certauto: does this key sign?";
+        let sig = self.sign(MESSAGE).map_err(|_| KeyError::Inconsistent)?;
+        let (algorithm, public): (&dyn signature::VerificationAlgorithm, &[u8]) = match &self.signer
+        {
+            Signer::Ecdsa(kp) if self.alg == "ES384" => (
+                &signature::ECDSA_P384_SHA384_FIXED,
+                kp.public_key().as_ref(),
+            ),
+            Signer::Ecdsa(kp) => (
+                &signature::ECDSA_P256_SHA256_FIXED,
+                kp.public_key().as_ref(),
+            ),
+            Signer::Ed25519(kp) => (&signature::ED25519, kp.public_key().as_ref()),
+            Signer::Rsa(kp) => (
+                &signature::RSA_PKCS1_2048_8192_SHA256,
+                kp.public_key().as_ref(),
+            ),
+        };
+        signature::UnparsedPublicKey::new(algorithm, public)
+            .verify(MESSAGE, &sig)
+            .map_err(|_| KeyError::Inconsistent)
     }
 
     /// The private key as PKCS#8 PEM. Handle with care: store with mode 0600.
@@ -588,6 +619,20 @@ mod tests {
         for bad in ["-/-_AQ", "+_+/AQ", "ab*d", "====", "ab=cd", "A", " "] {
             assert!(ExternalAccountKey::new("k", bad).is_err(), "{bad:?}");
         }
+    }
+
+    /// Found by the `account_key` fuzz target: a PKCS#8 RSA key with a
+    /// damaged value parses but cannot sign; it is refused on load.
+    #[test]
+    fn a_key_that_cannot_sign_is_refused() {
+        let input = include_bytes!(
+            "../../../fuzz/regressions/account_key/crash-912874e54c3941bbc02666fae4f2abfd7861c305"
+        );
+        // The first byte is the target's mode (1: PKCS#8 DER).
+        assert!(matches!(
+            AccountKey::from_pkcs8_der(&input[1..]),
+            Err(KeyError::Inconsistent)
+        ));
     }
 
     #[test]

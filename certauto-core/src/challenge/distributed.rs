@@ -341,7 +341,7 @@ async fn delete_record(storage: &Arc<dyn Storage>, key: &str, challenge: &Challe
 
 /// One challenge in progress, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Record {
+pub(crate) struct Record {
     /// The [`DistributedSolver::solver_id`] that presented it.
     solver: String,
     identifier: String,

@@ -323,7 +323,7 @@ struct Inner {
 
 /// The account record kept beside the account key.
 #[derive(Debug, Serialize, Deserialize)]
-struct AccountRecord {
+pub(crate) struct AccountRecord {
     url: String,
     #[serde(default)]
     contact: Vec<String>,

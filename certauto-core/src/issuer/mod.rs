@@ -18,11 +18,11 @@ use crate::certificate::Certificate;
 use crate::error::Error;
 use crate::identifier::Identifier;
 
-mod acme;
+pub(crate) mod acme;
 pub(crate) mod local;
 pub(crate) mod presets;
 pub(crate) mod set;
-mod zerossl;
+pub(crate) mod zerossl;
 
 pub use acme::{AcmeIssuer, AcmeIssuerBuilder};
 pub use local::{

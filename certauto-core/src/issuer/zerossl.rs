@@ -81,7 +81,7 @@ fn describe(code: Option<i64>, kind: Option<&str>) -> String {
 
 /// The EAB credentials as stored (and as ZeroSSL names them).
 #[derive(Serialize, Deserialize)]
-struct StoredEab {
+pub(crate) struct StoredEab {
     eab_kid: String,
     eab_hmac_key: String,
 }

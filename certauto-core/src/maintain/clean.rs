@@ -253,7 +253,7 @@ impl CleanReport {
 
 /// The cluster's cleaning schedule, kept at [`keys::STORAGE_CLEAN_STATE`].
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-struct CleanState {
+pub(crate) struct CleanState {
     /// When the last pass ran, Unix seconds.
     last_run: u64,
     /// When the next pass is due, Unix seconds.
@@ -271,10 +271,10 @@ fn passed(t: SystemTime, d: Duration, now: SystemTime) -> bool {
 }
 
 /// The identifier whose [`Identifier::storage_key`] is `key`, if any.
-fn identifier_from_storage_key(key: &str) -> Option<Identifier> {
-    // The mapped forms first: `ipv6-2001-db8--1` is also a DNS name.
+pub(crate) fn identifier_from_storage_key(key: &str) -> Option<Identifier> {
+    // The mapped forms first (`ipv6_2001-db8--1`, `wildcard_.example.com`).
     let mut candidates = Vec::new();
-    if let Some(rest) = key.strip_prefix("ipv6-") {
+    if let Some(rest) = key.strip_prefix("ipv6_") {
         candidates.push(rest.replace('-', ":"));
     }
     if let Some(rest) = key.strip_prefix("wildcard_.") {
@@ -288,7 +288,7 @@ fn identifier_from_storage_key(key: &str) -> Option<Identifier> {
 }
 
 /// The name part of a staple key `ocsp/<name>-<hash>`.
-fn staple_name(key: &str) -> Option<&str> {
+pub(crate) fn staple_name(key: &str) -> Option<&str> {
     key.strip_prefix(keys::OCSP_PREFIX)?
         .strip_prefix('/')?
         .rsplit_once('-')
@@ -1626,6 +1626,8 @@ mod tests {
             "192.0.2.1",
             "2001:db8::1",
             "ipv6-x.test",
+            "ipv6---1",
+            "::1",
         ] {
             let id = Identifier::parse(name).unwrap();
             assert_eq!(identifier_from_storage_key(&id.storage_key()), Some(id));

@@ -59,7 +59,7 @@ use std::time::{Duration, SystemTime};
 use crate::error::OcspError;
 
 pub(crate) mod staple;
-mod verify;
+pub(crate) mod verify;
 
 pub use verify::{request, verify};
 /// The largest OCSP response accepted, from a responder or from storage.

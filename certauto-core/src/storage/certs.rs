@@ -33,15 +33,21 @@ pub(crate) async fn load(
     primary: &Identifier,
 ) -> Result<Option<Certificate>, Error> {
     match storage.load(&keys::cert_record(issuer_key, primary)).await {
-        Ok(bundle) => {
-            let bundle = String::from_utf8(bundle)
-                .map_err(|_| CertificateError::Record("the record is not UTF-8 PEM"))?;
-            let (key, chain) = split_bundle(&bundle)?;
-            Ok(Some(Certificate::from_pem(&chain, &key, issuer_key)?))
-        }
+        Ok(bundle) => Ok(Some(parse_record(&bundle, issuer_key)?)),
         Err(e) if e.is_not_found() => load_legacy(storage, issuer_key, primary).await,
         Err(e) => Err(e.into()),
     }
+}
+
+/// Parses a stored record: UTF-8 PEM, the key then the chain (see [`bundle`]).
+pub(crate) fn parse_record(
+    bundle: &[u8],
+    issuer_key: &str,
+) -> Result<Certificate, CertificateError> {
+    let bundle = std::str::from_utf8(bundle)
+        .map_err(|_| CertificateError::Record("the record is not UTF-8 PEM"))?;
+    let (key, chain) = split_bundle(bundle)?;
+    Certificate::from_pem(&chain, &key, issuer_key)
 }
 
 /// The three-key layout of CertAuto 0.1.
@@ -119,7 +125,7 @@ async fn delete_if_present(storage: &dyn Storage, key: &str) -> Result<(), Stora
 }
 
 /// The record's text: the key PEM, then the chain PEM.
-fn bundle(cert: &Certificate) -> String {
+pub(crate) fn bundle(cert: &Certificate) -> String {
     let key = cert.key_pem().trim_end();
     let chain = cert.chain_pem().trim_end();
     format!("{key}\n{chain}\n")

@@ -55,7 +55,7 @@ impl Default for LockConfig {
 
 /// The content of a lock file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub(super) struct LockMeta {
+pub(crate) struct LockMeta {
     /// When the lock was taken, Unix seconds (informative only: freshness is
     /// the file's modification time).
     pub(super) created: f64,
@@ -104,7 +104,7 @@ pub(super) fn owner_token() -> String {
 }
 
 /// Turns a lock name into a lock file name (without the `.lock` extension).
-pub(super) fn lock_file_stem(name: &str) -> Result<String, StorageError> {
+pub(crate) fn lock_file_stem(name: &str) -> Result<String, StorageError> {
     if name.is_empty() {
         return Err(StorageError::InvalidKey {
             key: String::new(),

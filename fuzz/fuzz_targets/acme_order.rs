@@ -1,0 +1,6 @@
+#![no_main]
+//! See `certauto_core::__fuzz::targets::acme_order` for what this checks.
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| certauto_core::__fuzz::targets::acme_order(data));

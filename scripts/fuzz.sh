@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Runs CertAuto's cargo-fuzz targets (fuzz/, see FUZZING.md), one at a time,
+# each for a bounded time; fails on the first crash, leaving the input in
+# fuzz/artifacts/<target>/.
+#
+#   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 10 s, every target
+#
+# FUZZ_SANITIZER: address (the default, for long runs) or none (CI's short
+# runs: builds about twice as fast and runs faster; a crash is still a
+# panic, but memory errors in C code such as ring's are not caught).
+# FUZZ_RSS_LIMIT_MB (default 2048) bounds each run's memory.
+# Installs what it needs when missing: the nightly toolchain (rustup,
+# minimal profile) and cargo-fuzz (crates.io, pinned version).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CARGO_FUZZ_VERSION=0.13.2
+seconds="${1:-10}"
+shift || true
+sanitizer="${FUZZ_SANITIZER:-address}"
+rss="${FUZZ_RSS_LIMIT_MB:-2048}"
+
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+  echo "installing the nightly toolchain (minimal profile)"
+  rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version 2>/dev/null | grep -qF "$CARGO_FUZZ_VERSION"; then
+  echo "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install cargo-fuzz --locked --version "$CARGO_FUZZ_VERSION"
+fi
+
+targets=("$@")
+if ((${#targets[@]} == 0)); then
+  mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+
+# One build for every target, reused by each run below (same flags).
+cargo +nightly fuzz build --sanitizer "$sanitizer"
+
+for target in "${targets[@]}"; do
+  corpus="fuzz/corpus/$target"
+  mkdir -p "$corpus"
+  args=(-max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -print_final_stats=1)
+  [ -f "fuzz/dict/$target.dict" ] && args+=(-dict="fuzz/dict/$target.dict")
+  echo "== fuzz $target for ${seconds}s"
+  cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "$corpus" "fuzz/seeds/$target" -- "${args[@]}"
+done
