@@ -10,7 +10,8 @@
 # panic, but memory errors in C code such as ring's are not caught).
 # FUZZ_RSS_LIMIT_MB (default 2048) bounds each run's memory.
 # Installs what it needs when missing: the nightly toolchain (rustup,
-# minimal profile) and cargo-fuzz (crates.io, pinned version).
+# minimal profile; without a sanitizer, the stable one with RUSTC_BOOTSTRAP=1
+# when nightly cannot be installed) and cargo-fuzz (crates.io, pinned version).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +21,21 @@ shift || true
 sanitizer="${FUZZ_SANITIZER:-address}"
 rss="${FUZZ_RSS_LIMIT_MB:-2048}"
 
+toolchain=nightly
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "installing the nightly toolchain (minimal profile)"
-  rustup toolchain install nightly --profile minimal
+  if ! rustup toolchain install nightly --profile minimal; then
+    # No nightly (a machine whose rustup cannot download toolchains):
+    # without a sanitizer, cargo-fuzz's flags build on the stable compiler
+    # when it is told to accept them.
+    if [ "$sanitizer" != none ]; then
+      echo "fuzz: no nightly toolchain, and FUZZ_SANITIZER=$sanitizer needs one" >&2
+      exit 1
+    fi
+    echo "fuzz: no nightly toolchain; building on stable with RUSTC_BOOTSTRAP=1"
+    toolchain=stable
+    export RUSTC_BOOTSTRAP=1
+  fi
 fi
 if ! cargo fuzz --version 2>/dev/null | grep -qF "$CARGO_FUZZ_VERSION"; then
   echo "installing cargo-fuzz $CARGO_FUZZ_VERSION"
@@ -31,11 +44,11 @@ fi
 
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  mapfile -t targets < <(cargo +nightly fuzz list)
+  mapfile -t targets < <(cargo "+$toolchain" fuzz list)
 fi
 
 # One build for every target, reused by each run below (same flags).
-cargo +nightly fuzz build --sanitizer "$sanitizer"
+cargo "+$toolchain" fuzz build --sanitizer "$sanitizer"
 
 for target in "${targets[@]}"; do
   corpus="fuzz/corpus/$target"
@@ -43,5 +56,5 @@ for target in "${targets[@]}"; do
   args=(-max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=10 -print_final_stats=1)
   [ -f "fuzz/dict/$target.dict" ] && args+=(-dict="fuzz/dict/$target.dict")
   echo "== fuzz $target for ${seconds}s"
-  cargo +nightly fuzz run --sanitizer "$sanitizer" "$target" "$corpus" "fuzz/seeds/$target" -- "${args[@]}"
+  cargo "+$toolchain" fuzz run --sanitizer "$sanitizer" "$target" "$corpus" "fuzz/seeds/$target" -- "${args[@]}"
 done
