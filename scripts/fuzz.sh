@@ -24,7 +24,7 @@ rss="${FUZZ_RSS_LIMIT_MB:-2048}"
 toolchain=nightly
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "installing the nightly toolchain (minimal profile)"
-  if ! rustup toolchain install nightly --profile minimal; then
+  if ! timeout 600 rustup toolchain install nightly --profile minimal; then
     # No nightly (a machine whose rustup cannot download toolchains):
     # without a sanitizer, cargo-fuzz's flags build on the stable compiler
     # when it is told to accept them.
