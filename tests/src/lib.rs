@@ -36,6 +36,7 @@ mod ocsp;
 mod pebble;
 mod pki;
 mod powerdns;
+mod recording;
 mod redis;
 mod util;
 mod verify;
@@ -58,6 +59,7 @@ pub use pebble::{
     pebble_bin_dir, serial_hex,
 };
 pub use powerdns::{PowerDnsServer, PowerDnsServerBuilder};
+pub use recording::RecordingStorage;
 pub use redis::{RedisCluster, RedisServer, RedisServerBuilder};
 pub use util::{find_on_path, is_executable};
 pub use verify::SignatureOnly;

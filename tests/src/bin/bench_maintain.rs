@@ -52,17 +52,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use certauto::LOCAL_CA_ISSUER_KEY;
 use certauto::storage::keys;
 use certauto::{
-    CachedCert, CertCache, Certificate, Clock, Config, Event, FileStorage, Identifier, KeyInfo,
-    LocalCa, LockGuard, ManualClock, Storage, StorageError,
+    CachedCert, CertCache, Certificate, Clock, Config, Event, FileStorage, Identifier, LocalCa,
+    ManualClock, Storage,
 };
+use certauto_tests::RecordingStorage;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -406,104 +406,12 @@ fn write_private(path: &Path, value: &[u8]) -> BenchResult<()> {
 /// The kinds of [`Storage`] calls.
 const OPS: [&str; 7] = ["store", "load", "delete", "exists", "list", "stat", "lock"];
 
-/// A [`Storage`] that delegates every call to `inner` and records it (kind and key).
-#[derive(Debug)]
-struct CountingStorage {
-    inner: Arc<dyn Storage>,
-    calls: Mutex<Vec<(&'static str, String)>>,
-}
-
-impl CountingStorage {
-    fn new(inner: Arc<dyn Storage>) -> Self {
-        Self {
-            inner,
-            calls: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn record(&self, op: &'static str, key: &str) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((op, key.to_owned()));
-    }
-
-    /// The calls recorded since the last `take`.
-    fn take(&self) -> Vec<(&'static str, String)> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
 /// Calls per kind, in [`OPS`] order, as "load 20000, stat 0, ...".
 fn count_by_op(calls: &[(&'static str, String)]) -> String {
     OPS.iter()
         .map(|op| format!("{op} {}", calls.iter().filter(|(o, _)| o == op).count()))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-#[async_trait]
-impl Storage for CountingStorage {
-    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.record("store", key);
-        self.inner.store(key, value).await
-    }
-
-    async fn store_fenced(
-        &self,
-        guard: &LockGuard,
-        key: &str,
-        value: &[u8],
-    ) -> Result<(), StorageError> {
-        self.record("store", key);
-        self.inner.store_fenced(guard, key, value).await
-    }
-
-    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        self.record("load", key);
-        self.inner.load(key).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.record("delete", key);
-        self.inner.delete(key).await
-    }
-
-    async fn delete_fenced(&self, guard: &LockGuard, key: &str) -> Result<(), StorageError> {
-        self.record("delete", key);
-        self.inner.delete_fenced(guard, key).await
-    }
-
-    async fn remove_stale_temporaries(
-        &self,
-        older_than: Duration,
-    ) -> Result<certauto::TemporariesSweep, StorageError> {
-        self.inner.remove_stale_temporaries(older_than).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.record("exists", key);
-        self.inner.exists(key).await
-    }
-
-    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
-        self.record("list", prefix);
-        self.inner.list(prefix, recursive).await
-    }
-
-    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError> {
-        self.record("stat", key);
-        self.inner.stat(key).await
-    }
-
-    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
-        self.record("lock", name);
-        self.inner.lock(name).await
-    }
-
-    fn local_path(&self, key: &str) -> Option<PathBuf> {
-        self.inner.local_path(key)
-    }
 }
 
 // ----- (a) startup -----
@@ -834,7 +742,7 @@ fn check_bench(
     generated: &Generated,
     t0: SystemTime,
 ) -> BenchResult<CheckFigures> {
-    let counting = Arc::new(CountingStorage::new(Arc::new(FileStorage::new(root))));
+    let counting = Arc::new(RecordingStorage::new(Arc::new(FileStorage::new(root))));
     let clock = Arc::new(ManualClock::new(t0));
     let (config, events) = build_config(counting.clone(), clock.clone());
     rt.block_on(config.manage(&generated.names))
@@ -941,7 +849,7 @@ fn key_names(key: &str) -> impl Iterator<Item = &str> {
 fn variant_bench(
     rt: &tokio::runtime::Runtime,
     config: &Config,
-    counting: &CountingStorage,
+    counting: &RecordingStorage,
     clock: &ManualClock,
     generated: &Generated,
 ) -> BenchResult<Variant> {

@@ -22,18 +22,16 @@
 //!
 //! Results go to stdout, progress to stderr; a failed check makes the binary exit non-zero.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use certauto::storage::keys;
 use certauto::{
-    Config, FileStorage, Identifier, KeyInfo, LOCAL_CA_ISSUER_KEY, LocalCa, LockGuard, ManualClock,
-    MemoryStorage, RedisStorage, Storage, StorageError,
+    Config, FileStorage, Identifier, LOCAL_CA_ISSUER_KEY, LocalCa, ManualClock, MemoryStorage,
+    RedisStorage, Storage,
 };
-use certauto_tests::RedisServer;
+use certauto_tests::{RecordingStorage, RedisServer};
 
 /// The command that runs this benchmark.
 const COMMAND: &str = "cargo run --release -p certauto-tests --bin bench-storage";
@@ -206,7 +204,7 @@ async fn run() -> BenchResult<()> {
     ));
     let mut checks = Vec::new();
     for (what, storage) in [("RedisStorage", &red), ("FileStorage", &file)] {
-        let counting = Arc::new(CountingStorage::new(storage.clone()));
+        let counting = Arc::new(RecordingStorage::new(storage.clone()));
         let config = Config::builder()
             .storage(counting.clone())
             .clock(clock.clone())
@@ -417,91 +415,4 @@ fn redis_version() -> String {
                 .find_map(|w| w.strip_prefix("v=").map(str::to_owned))
         })
         .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// A [`Storage`] that delegates to `inner` and records every call (kind and key).
-#[derive(Debug)]
-struct CountingStorage {
-    inner: Arc<dyn Storage>,
-    calls: Mutex<Vec<(&'static str, String)>>,
-}
-
-impl CountingStorage {
-    fn new(inner: Arc<dyn Storage>) -> Self {
-        Self {
-            inner,
-            calls: Mutex::new(Vec::new()),
-        }
-    }
-
-    fn record(&self, op: &'static str, key: &str) {
-        self.calls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push((op, key.to_owned()));
-    }
-
-    /// The calls recorded since the last `take`.
-    fn take(&self) -> Vec<(&'static str, String)> {
-        std::mem::take(&mut *self.calls.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-#[async_trait]
-impl Storage for CountingStorage {
-    async fn store(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
-        self.record("store", key);
-        self.inner.store(key, value).await
-    }
-
-    async fn store_fenced(
-        &self,
-        guard: &LockGuard,
-        key: &str,
-        value: &[u8],
-    ) -> Result<(), StorageError> {
-        self.record("store", key);
-        self.inner.store_fenced(guard, key, value).await
-    }
-
-    async fn load(&self, key: &str) -> Result<Vec<u8>, StorageError> {
-        self.record("load", key);
-        self.inner.load(key).await
-    }
-
-    async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.record("delete", key);
-        self.inner.delete(key).await
-    }
-
-    async fn exists(&self, key: &str) -> Result<bool, StorageError> {
-        self.record("exists", key);
-        self.inner.exists(key).await
-    }
-
-    async fn list(&self, prefix: &str, recursive: bool) -> Result<Vec<String>, StorageError> {
-        self.record("list", prefix);
-        self.inner.list(prefix, recursive).await
-    }
-
-    async fn stat(&self, key: &str) -> Result<KeyInfo, StorageError> {
-        self.record("stat", key);
-        self.inner.stat(key).await
-    }
-
-    async fn lock(&self, name: &str) -> Result<LockGuard, StorageError> {
-        self.record("lock", name);
-        self.inner.lock(name).await
-    }
-
-    async fn remove_stale_temporaries(
-        &self,
-        older_than: Duration,
-    ) -> Result<certauto::TemporariesSweep, StorageError> {
-        self.inner.remove_stale_temporaries(older_than).await
-    }
-
-    fn local_path(&self, key: &str) -> Option<PathBuf> {
-        self.inner.local_path(key)
-    }
 }
