@@ -43,13 +43,16 @@
 //!   [`Config::renew`] of a due certificate), `ari_window` (the CA's ARI
 //!   window, RFC 9773), `revoked` (OCSP reported the certificate revoked),
 //!   `forced` ([`Config::force_renew`]). An attempt that fails before any
-//!   issuer is asked counts once with `issuer` = `none`: no configured
-//!   issuer accepts the names (a wildcard without DNS-01, an IP address the
-//!   CA cannot certify, EAB missing, no issuers), the storage lock or the
+//!   issuer is asked counts once with `issuer` = `none` (and is a renewal
+//!   when the cache holds a certificate for the name): no configured issuer
+//!   accepts the names (a wildcard without DNS-01, an IP address the CA
+//!   cannot certify, EAB missing, no issuers), the storage lock or the
 //!   stored record could not be had, the kept certificate could not be
-//!   cached, the key or the CSR could not be made. Why an attempt failed is in the
-//!   [`Event::CertFailed`](crate::Event::CertFailed) event and the logs, not
-//!   in a label.
+//!   cached, the key or the CSR could not be made, no issuer was left to
+//!   try. ([`Config::manage`] refusing a name at the call, before any
+//!   attempt, is not counted: it returns the error.) Why an attempt failed
+//!   is in the [`Event::CertFailed`](crate::Event::CertFailed) event and the
+//!   logs, not in a label.
 //! - **Issuance duration**: one issuer's attempt, from the order to the
 //!   certificate (or the failure); storage writes not included.
 //! - **ACME requests**: every HTTP request to a CA, sent again after a
