@@ -13,6 +13,9 @@
 //! handles, so a TLS handshake costs one atomic increment and takes no lock
 //! in the recorder's registry. A recorder installed later still gets every
 //! other metric, but not those two, for the `Config`s built before it.
+//! For the same reason an exporter that drops idle series must not drop
+//! counters (with `metrics-exporter-prometheus`, give `idle_timeout` the
+//! gauge mask only): a dropped counter's held handle would count unseen.
 //!
 //! Every label value is one of a fixed, documented set, except `issuer` (the
 //! issuer's stable key, as in storage: one per configured issuer, so bounded
