@@ -7,6 +7,16 @@
 //! at all (the functions here are empty and inlined away); the names below
 //! stay available either way, so dashboards and tests can refer to them.
 //!
+//! **Install the recorder before building the [`Config`](crate::Config)**
+//! (as the examples do): the handshake-lookup and on-demand-decision
+//! counters are registered once, when the `Config` is built, and kept as
+//! handles, so a TLS handshake costs one atomic increment and takes no lock
+//! in the recorder's registry. A recorder installed later still gets every
+//! other metric, but not those two, for the `Config`s built before it.
+//! For the same reason an exporter that drops idle series must not drop
+//! counters (with `metrics-exporter-prometheus`, give `idle_timeout` the
+//! gauge mask only): a dropped counter's held handle would count unseen.
+//!
 //! Every label value is one of a fixed, documented set, except `issuer` (the
 //! issuer's stable key, as in storage: one per configured issuer, so bounded
 //! by configuration) and the `name` of the per-certificate expiry gauge.
@@ -36,10 +46,16 @@
 //!   [`Config::renew`] of a due certificate), `ari_window` (the CA's ARI
 //!   window, RFC 9773), `revoked` (OCSP reported the certificate revoked),
 //!   `forced` ([`Config::force_renew`]). An attempt that fails before any
-//!   issuer is asked (the storage lock or the stored record could not be
-//!   had) counts with `issuer` = `none`. Why an attempt failed is in the
-//!   [`Event::CertFailed`](crate::Event::CertFailed) event and the logs, not
-//!   in a label.
+//!   issuer is asked counts once with `issuer` = `none` (and is a renewal
+//!   when the cache holds a certificate for the name): no configured issuer
+//!   accepts the names (a wildcard without DNS-01, an IP address the CA
+//!   cannot certify, EAB missing, no issuers), the storage lock or the
+//!   stored record could not be had, the kept certificate could not be
+//!   cached, the key or the CSR could not be made, no issuer was left to
+//!   try. ([`Config::manage`] refusing a name at the call, before any
+//!   attempt, is not counted: it returns the error.) Why an attempt failed
+//!   is in the [`Event::CertFailed`](crate::Event::CertFailed) event and the
+//!   logs, not in a label.
 //! - **Issuance duration**: one issuer's attempt, from the order to the
 //!   certificate (or the failure); storage writes not included.
 //! - **ACME requests**: every HTTP request to a CA, sent again after a
@@ -60,9 +76,12 @@
 //!   [`CertResolver::default_for_unknown_names`](crate::CertResolver::default_for_unknown_names)),
 //!   `miss` (no certificate: the handshake fails).
 //! - **In flight**: issuances running now (inside the name lock, across
-//!   issuers). **Lock waits**: tasks waiting now for a certificate's storage
-//!   lock (including the in-process lock in front of it). Both are kept by
-//!   drop guards, so a cancelled task cannot leave a count behind.
+//!   issuers). **Lock waits**: tasks waiting now for any storage lock
+//!   CertAuto takes: a certificate's (with the in-process lock in front of
+//!   it: one waiting task counts once, whichever of the two it waits for),
+//!   an ACME account's, the local CA root's, the distributed-challenge
+//!   cleanup's and the storage cleaning's. Both are kept by drop guards, so
+//!   a cancelled task cannot leave a count behind.
 //! - **Certificate expiry**: seconds until `notAfter` (negative once expired)
 //!   of each managed certificate in the cache, by primary name; set when one
 //!   is cached or replaced, and refreshed by every maintenance renewal check.
@@ -96,7 +115,9 @@ pub const ON_DEMAND_DECISIONS_TOTAL: &str = "certauto_on_demand_decisions_total"
 pub const HANDSHAKE_LOOKUPS_TOTAL: &str = "certauto_handshake_lookups_total";
 /// Gauge: issuances running now.
 pub const ISSUANCES_IN_FLIGHT: &str = "certauto_issuances_in_flight";
-/// Gauge: tasks waiting now for a certificate's storage lock.
+/// Gauge: tasks waiting now for a storage lock CertAuto takes (a
+/// certificate's, an account's, the local CA root's, a cleanup's; see the
+/// module docs).
 pub const LOCK_WAITS: &str = "certauto_lock_waits";
 /// Gauge: seconds until each cached managed certificate expires, by `name`.
 pub const CERTIFICATE_EXPIRY_SECONDS: &str = "certauto_certificate_expiry_seconds";
@@ -302,7 +323,90 @@ pub(crate) fn acme_request(endpoint: Endpoint, status: Option<u16>) {
     let _ = (endpoint, status);
 }
 
-/// Records one on-demand gate decision.
+/// The [`ON_DEMAND_DECISIONS_TOTAL`] counters, registered once with the
+/// recorder installed then (see the module docs): recording one is an
+/// atomic increment. Without the feature, empty.
+#[derive(Debug, Clone)]
+pub(crate) struct DecisionCounters {
+    #[cfg(feature = "metrics")]
+    allowed: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    denied: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    rate_limited: ::metrics::Counter,
+}
+
+impl DecisionCounters {
+    /// Registers the three counters with the current recorder.
+    pub(crate) fn register() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            allowed: ::metrics::counter!(ON_DEMAND_DECISIONS_TOTAL, LABEL_DECISION => "allowed"),
+            #[cfg(feature = "metrics")]
+            denied: ::metrics::counter!(ON_DEMAND_DECISIONS_TOTAL, LABEL_DECISION => "denied"),
+            #[cfg(feature = "metrics")]
+            rate_limited: ::metrics::counter!(ON_DEMAND_DECISIONS_TOTAL, LABEL_DECISION => "rate_limited"),
+        }
+    }
+
+    /// Records one decision.
+    #[inline]
+    pub(crate) fn record(&self, decision: Decision) {
+        #[cfg(feature = "metrics")]
+        match decision {
+            Decision::Allowed => self.allowed.increment(1),
+            Decision::Denied => self.denied.increment(1),
+            Decision::RateLimited => self.rate_limited.increment(1),
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = decision;
+    }
+}
+
+/// The [`HANDSHAKE_LOOKUPS_TOTAL`] counters, registered once with the
+/// recorder installed then (see the module docs): a handshake's lookup is
+/// one atomic increment, with no lock and no allocation. Without the
+/// feature, empty.
+#[derive(Debug, Clone)]
+pub(crate) struct LookupCounters {
+    #[cfg(feature = "metrics")]
+    hit: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    miss: ::metrics::Counter,
+    #[cfg(feature = "metrics")]
+    default: ::metrics::Counter,
+}
+
+impl LookupCounters {
+    /// Registers the three counters with the current recorder.
+    pub(crate) fn register() -> Self {
+        Self {
+            #[cfg(feature = "metrics")]
+            hit: ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, LABEL_RESULT => "hit"),
+            #[cfg(feature = "metrics")]
+            miss: ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, LABEL_RESULT => "miss"),
+            #[cfg(feature = "metrics")]
+            default: ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, LABEL_RESULT => "default"),
+        }
+    }
+
+    /// Records one lookup.
+    #[inline]
+    pub(crate) fn record(&self, lookup: Lookup) {
+        #[cfg(feature = "metrics")]
+        match lookup {
+            Lookup::Hit => self.hit.increment(1),
+            Lookup::Miss => self.miss.increment(1),
+            Lookup::Default => self.default.increment(1),
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = lookup;
+    }
+}
+
+/// Records one on-demand gate decision through the facade (registering
+/// the counter on each call); [`DecisionCounters`] where a `Config`'s
+/// on-demand state is at hand.
 #[inline]
 pub(crate) fn on_demand_decision(decision: Decision) {
     #[cfg(feature = "metrics")]
@@ -320,24 +424,6 @@ pub(crate) fn on_demand_decision(decision: Decision) {
     }
     #[cfg(not(feature = "metrics"))]
     let _ = decision;
-}
-
-/// Records one handshake lookup. The hot path: static keys and labels (the
-/// facade builds no key and allocates nothing here).
-#[inline]
-pub(crate) fn handshake_lookup(lookup: Lookup) {
-    #[cfg(feature = "metrics")]
-    match lookup {
-        Lookup::Hit => ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, "result" => "hit").increment(1),
-        Lookup::Miss => {
-            ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, "result" => "miss").increment(1)
-        }
-        Lookup::Default => {
-            ::metrics::counter!(HANDSHAKE_LOOKUPS_TOTAL, "result" => "default").increment(1)
-        }
-    }
-    #[cfg(not(feature = "metrics"))]
-    let _ = lookup;
 }
 
 /// Which gauge a [`GaugeGuard`] holds up.

@@ -587,3 +587,400 @@ async fn the_expiry_gauge_can_be_switched_off() {
     );
     config.cache().stop();
 }
+
+/// The in-flight and lock-wait gauges as changed since a baseline: the
+/// debugging recorder hands out each gauge's change since the previous
+/// snapshot (it swaps it to zero), so the changes are summed here.
+struct Gauges {
+    net: BTreeMap<&'static str, f64>,
+    /// Each gauge's change in the latest snapshot.
+    last: BTreeMap<&'static str, f64>,
+}
+
+impl Gauges {
+    const WATCHED: [&'static str; 2] = [m::ISSUANCES_IN_FLIGHT, m::LOCK_WAITS];
+
+    /// Starts from now: the changes before are read and dropped.
+    fn baseline() -> Self {
+        let mut gauges = Self {
+            net: BTreeMap::new(),
+            last: BTreeMap::new(),
+        };
+        gauges.read();
+        gauges.net.clear();
+        gauges
+    }
+
+    fn read(&mut self) {
+        let snap = snapshot();
+        for gauge in Self::WATCHED {
+            let change = snap.gauge(gauge, &[]).unwrap_or(0.0);
+            *self.net.entry(gauge).or_default() += change;
+            self.last.insert(gauge, change);
+        }
+    }
+
+    fn net(&self, gauge: &str) -> f64 {
+        self.net.get(gauge).copied().unwrap_or(0.0)
+    }
+
+    fn last(&self, gauge: &str) -> f64 {
+        self.last.get(gauge).copied().unwrap_or(0.0)
+    }
+
+    /// Reads until `gauge` has risen since the baseline, yielding to the
+    /// spawned tasks in between (a current-thread runtime: they run only
+    /// there, so a read never falls in the middle of one's step). Bounded
+    /// in count; no sleeps.
+    async fn until_raised(&mut self, gauge: &str) {
+        for _ in 0..10_000 {
+            self.read();
+            if self.net(gauge) != 0.0 {
+                // One more round: whatever the step that raised it did
+                // next is in too.
+                tokio::task::yield_now().await;
+                self.read();
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("{gauge} never rose: {:?}", self.net);
+    }
+}
+
+/// An issuer whose `issue` blocks until the test lets it go (it never
+/// does here: the tasks are cancelled), so an issuance is observably in
+/// flight while it holds the certificate's lock.
+#[derive(Debug, Default)]
+struct Blocked {
+    gate: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl Issuer for Blocked {
+    fn issuer_key(&self) -> String {
+        "blocked".to_owned()
+    }
+
+    async fn issue(
+        &self,
+        _request: &certauto::IssueRequest<'_>,
+    ) -> Result<certauto::IssuedCertificate, certauto::Error> {
+        self.gate.notified().await;
+        Err(certauto::Error::Other {
+            context: "the blocked test issuer",
+            source: "let go".into(),
+        })
+    }
+
+    async fn revoke(
+        &self,
+        _certificate: &certauto::Certificate,
+        _reason: Option<certauto::RevocationReason>,
+    ) -> Result<(), certauto::Error> {
+        Ok(())
+    }
+}
+
+/// The gauges observed, not only their balance: an obtain blocked inside
+/// its issuer reads `certauto_issuances_in_flight` exactly 1; a second
+/// `Config` on the same storage waiting for that certificate's lock reads
+/// `certauto_lock_waits` exactly 1 (one task, counted once); cancelling
+/// each task takes its one back.
+#[tokio::test]
+async fn gauges_read_one_while_waiting_or_issuing_and_go_back_on_cancel() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    snapshotter();
+    const NAME: &str = "gauges.metrics.example";
+    let storage = Arc::new(MemoryStorage::new());
+    let blocked = Arc::new(Blocked::default());
+    let holder = Config::builder()
+        .storage(storage.clone())
+        .issuer(ArcIssuer(blocked.clone()))
+        .build();
+    let waiter = Config::builder()
+        .storage(storage.clone())
+        .issuer(ArcIssuer(blocked.clone()))
+        .build();
+    let mut gauges = Gauges::baseline();
+
+    // The holder: in its issuer, holding the certificate's lock.
+    let issuing = tokio::spawn({
+        let holder = holder.clone();
+        async move { holder.obtain([NAME]).await }
+    });
+    gauges.until_raised(m::ISSUANCES_IN_FLIGHT).await;
+    assert_eq!(gauges.net(m::ISSUANCES_IN_FLIGHT), 1.0, "{:?}", gauges.net);
+    assert_eq!(gauges.net(m::LOCK_WAITS), 0.0, "{:?}", gauges.net);
+
+    // The waiter: another instance on the same storage waits for the lock.
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.obtain([NAME]).await }
+    });
+    gauges.until_raised(m::LOCK_WAITS).await;
+    assert_eq!(gauges.net(m::LOCK_WAITS), 1.0, "{:?}", gauges.net);
+    assert_eq!(gauges.net(m::ISSUANCES_IN_FLIGHT), 1.0, "{:?}", gauges.net);
+
+    // Cancelled while waiting: the wait is taken back.
+    waiting.abort();
+    assert!(waiting.await.unwrap_err().is_cancelled());
+    gauges.read();
+    assert_eq!(gauges.last(m::LOCK_WAITS), -1.0, "{:?}", gauges.last);
+    assert_eq!(gauges.net(m::LOCK_WAITS), 0.0, "{:?}", gauges.net);
+    assert_eq!(gauges.net(m::ISSUANCES_IN_FLIGHT), 1.0, "{:?}", gauges.net);
+
+    // Cancelled mid-issuance: the issuance is taken back.
+    issuing.abort();
+    assert!(issuing.await.unwrap_err().is_cancelled());
+    gauges.read();
+    assert_eq!(
+        gauges.last(m::ISSUANCES_IN_FLIGHT),
+        -1.0,
+        "{:?}",
+        gauges.last
+    );
+    assert_eq!(gauges.net(m::ISSUANCES_IN_FLIGHT), 0.0, "{:?}", gauges.net);
+    assert_eq!(gauges.net(m::LOCK_WAITS), 0.0, "{:?}", gauges.net);
+    holder.cache().stop();
+    waiter.cache().stop();
+}
+
+/// The storage-cleaning lock counts as a lock wait too (every storage lock
+/// CertAuto takes does): a clean waiting for the lock another instance
+/// holds reads `certauto_lock_waits` exactly 1, and its cancellation takes
+/// it back.
+#[tokio::test]
+async fn a_storage_clean_waiting_for_its_lock_is_a_lock_wait() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    snapshotter();
+    let storage = Arc::new(MemoryStorage::new());
+    let config = Config::builder()
+        .storage(storage.clone())
+        .issuer(ArcIssuer(Arc::new(Blocked::default())))
+        .build();
+    // Another instance on the same storage is cleaning.
+    let held = certauto::Storage::lock(
+        storage.as_ref(),
+        certauto::storage::keys::STORAGE_CLEAN_LOCK,
+    )
+    .await
+    .unwrap();
+    let mut gauges = Gauges::baseline();
+    let cleaning = tokio::spawn({
+        let config = config.clone();
+        async move { config.clean_storage().await }
+    });
+    gauges.until_raised(m::LOCK_WAITS).await;
+    assert_eq!(gauges.net(m::LOCK_WAITS), 1.0, "{:?}", gauges.net);
+    cleaning.abort();
+    assert!(cleaning.await.unwrap_err().is_cancelled());
+    gauges.read();
+    assert_eq!(gauges.last(m::LOCK_WAITS), -1.0, "{:?}", gauges.last);
+    assert_eq!(gauges.net(m::LOCK_WAITS), 0.0, "{:?}", gauges.net);
+    held.release().await.unwrap();
+    config.cache().stop();
+}
+
+/// Shares one [`Blocked`] between two `Config`s.
+#[derive(Debug)]
+struct ArcIssuer(Arc<Blocked>);
+
+#[async_trait::async_trait]
+impl Issuer for ArcIssuer {
+    fn issuer_key(&self) -> String {
+        self.0.issuer_key()
+    }
+
+    async fn issue(
+        &self,
+        request: &certauto::IssueRequest<'_>,
+    ) -> Result<certauto::IssuedCertificate, certauto::Error> {
+        self.0.issue(request).await
+    }
+
+    async fn revoke(
+        &self,
+        certificate: &certauto::Certificate,
+        reason: Option<certauto::RevocationReason>,
+    ) -> Result<(), certauto::Error> {
+        self.0.revoke(certificate, reason).await
+    }
+}
+
+/// An obtain no configured issuer accepts (a wildcard, only HTTP-01): it
+/// fails before any issuer is asked, counted once with `issuer="none"` and
+/// reported once with `CertFailed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_obtain_before_any_issuer_is_counted_once() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    snapshotter();
+    let storage = Arc::new(MemoryStorage::new());
+    // Never contacted: the precheck refuses first.
+    let issuer = AcmeIssuer::builder()
+        .ca("https://127.0.0.1:9/dir")
+        .email("metrics@certauto.example")
+        .agreed(true)
+        .only_trusted_roots()
+        .storage(storage.clone())
+        .http01_solver(Http01Solver::bind(SocketAddr::from(([127, 0, 0, 1], 0))))
+        .build();
+    let failed = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let config = Config::builder()
+        .storage(storage)
+        .issuer(issuer)
+        .on_event({
+            let failed = failed.clone();
+            move |e| {
+                if let certauto::Event::CertFailed { names, renewal, .. } = e {
+                    failed.lock().unwrap().push((names.clone(), *renewal));
+                }
+            }
+        })
+        .build();
+    let before = snapshot();
+    let err = bounded("obtain", config.obtain(["*.wild.metrics.example"]))
+        .await
+        .unwrap_err();
+    let after = snapshot();
+    assert_eq!(
+        after.grown(&before, m::OBTAINS_TOTAL),
+        BTreeMap::from([(
+            labels(&[
+                ("issuer", m::NO_ISSUER),
+                ("result", "failure"),
+                ("reason", "new")
+            ]),
+            1
+        )]),
+        "{err}"
+    );
+    assert!(after.grown(&before, m::RENEWALS_TOTAL).is_empty());
+    assert!(after.grown(&before, m::ACME_REQUESTS_TOTAL).is_empty());
+    assert_eq!(
+        *failed.lock().unwrap(),
+        [(vec!["*.wild.metrics.example".to_owned()], false)],
+        "{err}"
+    );
+    config.cache().stop();
+}
+
+/// A recorder that counts registrations of each counter and what was
+/// added to it, for one test through `metrics::with_local_recorder`.
+#[derive(Debug, Default)]
+struct Registrations {
+    counters: std::sync::Mutex<BTreeMap<String, (u64, Arc<std::sync::atomic::AtomicU64>)>>,
+}
+
+impl Registrations {
+    /// (times registered, total added) of `name{label}`.
+    fn get(&self, name: &str, label: (&str, &str)) -> (u64, u64) {
+        let key = format!("{name}{{{}={}}}", label.0, label.1);
+        self.counters
+            .lock()
+            .unwrap()
+            .get(&key)
+            .map_or((0, 0), |(n, v)| {
+                (*n, v.load(std::sync::atomic::Ordering::SeqCst))
+            })
+    }
+}
+
+impl metrics::Recorder for Registrations {
+    fn describe_counter(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_gauge(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+    fn describe_histogram(
+        &self,
+        _: metrics::KeyName,
+        _: Option<metrics::Unit>,
+        _: metrics::SharedString,
+    ) {
+    }
+
+    fn register_counter(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Counter {
+        let labels: Vec<String> = key
+            .labels()
+            .map(|l| format!("{}={}", l.key(), l.value()))
+            .collect();
+        let id = format!("{}{{{}}}", key.name(), labels.join(","));
+        let mut counters = self.counters.lock().unwrap();
+        let entry = counters.entry(id).or_default();
+        entry.0 += 1;
+        metrics::Counter::from_arc(entry.1.clone())
+    }
+
+    fn register_gauge(&self, _: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+        metrics::Gauge::noop()
+    }
+
+    fn register_histogram(
+        &self,
+        _: &metrics::Key,
+        _: &metrics::Metadata<'_>,
+    ) -> metrics::Histogram {
+        metrics::Histogram::noop()
+    }
+}
+
+/// The handshake hot path: the lookup counters are registered once, when
+/// the `Config` is built (with the recorder installed then), and every
+/// handshake only increments the handles: the recorder sees three
+/// registrations however many handshakes there are, and every lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_lookups_are_registered_once_at_build() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    snapshotter();
+    let recorder = Arc::new(Registrations::default());
+    let config = metrics::with_local_recorder(recorder.as_ref(), || {
+        Config::builder()
+            .storage(Arc::new(MemoryStorage::new()))
+            .issuer(ArcIssuer(Arc::new(Blocked::default())))
+            .build()
+    });
+    for result in ["hit", "miss", "default"] {
+        assert_eq!(
+            recorder.get(m::HANDSHAKE_LOOKUPS_TOTAL, ("result", result)),
+            (1, 0),
+            "{result}"
+        );
+    }
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let app = Router::new().route("/", get(|| async { "hello" }));
+    let serve = certauto_axum::serve(tcp, app, &config).unwrap();
+    let server = tokio::spawn(async move { serve.into_future().await.unwrap() });
+    // Handshakes for names the cache does not hold: each a miss, on the
+    // server's tasks (where no local recorder is set).
+    let client = trusting(
+        rcgen::generate_simple_self_signed(["unused.example".to_owned()])
+            .unwrap()
+            .cert
+            .der(),
+    );
+    for i in 0..3 {
+        let name = format!("unknown{i}.metrics.example");
+        assert!(!bounded("handshake", handshake(addr, &name, client.clone())).await);
+    }
+    assert_eq!(
+        recorder.get(m::HANDSHAKE_LOOKUPS_TOTAL, ("result", "miss")),
+        (1, 3)
+    );
+    server.abort();
+    config.cache().stop();
+}

@@ -74,7 +74,9 @@ impl Config {
     /// Takes the in-process and the storage lock of the certificate whose
     /// primary name is `primary`.
     async fn lock_name(&self, primary: &Identifier) -> Result<NameGuard, Error> {
-        // Both waits count as one lock wait.
+        // Both waits count as one lock wait: the storage lock is taken with
+        // `Storage::lock` directly, not `storage::lock::acquire`, which would
+        // count this task a second time.
         let _waiting = metrics::lock_wait_started();
         let local = {
             let mut locks = self
@@ -90,9 +92,7 @@ impl Config {
                 .clone()
         };
         let local = local.lock_owned().await;
-        let storage =
-            crate::storage::lock::acquire(self.inner.storage.as_ref(), &keys::cert_lock(primary))
-                .await?;
+        let storage = self.inner.storage.lock(&keys::cert_lock(primary)).await?;
         Ok(NameGuard {
             storage,
             _local: local,
@@ -277,7 +277,10 @@ impl Config {
         retry: Option<(u32, SystemTime)>,
         reason: Reason,
     ) -> Result<Certificate, Error> {
-        let issuers = self.usable_issuers(&ids)?;
+        let issuers = match self.usable_issuers(&ids) {
+            Ok(issuers) => issuers,
+            Err(e) => return Err(self.failed_before_issuing(&ids, e, retry, reason)),
+        };
         let guard = match self.lock_name(&ids[0]).await {
             Ok(guard) => guard,
             Err(e) => return Err(self.failed_before_issuing(&ids, e, retry, reason)),
@@ -302,7 +305,9 @@ impl Config {
                     }
                 };
                 if keep {
-                    self.ensure_cached(cert)?;
+                    if let Err(e) = self.ensure_cached(cert) {
+                        return Err(self.failed_before_issuing(&ids, e, retry, reason));
+                    }
                     return Ok(cert.clone());
                 }
             }
@@ -329,10 +334,12 @@ impl Config {
         result
     }
 
-    /// Reports an attempt that failed before reaching the issuers (the
-    /// storage lock or the stored record could not be had, e.g. storage
-    /// unreachable) with `cert_failed`, as [`issue`](Self::issue) reports
-    /// the failures after; returns `error`.
+    /// Reports an attempt that failed before reaching the issuers (no
+    /// configured issuer accepts the names, the storage lock or the stored
+    /// record could not be had, e.g. storage unreachable, or the stored
+    /// certificate could not be cached): counted once with `issuer` =
+    /// `none` and reported with `CertFailed`, as [`issue`](Self::issue)
+    /// reports the failures after; returns `error`.
     fn failed_before_issuing(
         &self,
         ids: &[Identifier],
@@ -432,8 +439,21 @@ impl Config {
         kind: (bool, Reason),
     ) -> Result<Certificate, Error> {
         let (renewal, reason) = kind;
-        let key = CertificateKey::generate(self.inner.key_type)?;
-        let csr = key.csr(ids)?;
+        // Failures before any issuer is asked count once, with no issuer
+        // (`issue` reports them with `CertFailed` like the others).
+        let prepared = CertificateKey::generate(self.inner.key_type)
+            .map_err(Error::from)
+            .and_then(|key| {
+                let csr = key.csr(ids)?;
+                Ok::<_, Error>((key, csr))
+            });
+        let (key, csr) = match prepared {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                metrics::attempt_failed_early(renewal, reason);
+                return Err(e);
+            }
+        };
         let key_pem = key.to_pem();
         let set = &self.inner.issuers;
         let mut remaining = set.order(&ids[0], issuers.to_vec(), self.inner.clock.now());
@@ -509,6 +529,10 @@ impl Config {
                 started.elapsed(),
             );
             return stored;
+        }
+        if errors.is_empty() {
+            // No issuer was asked (none left to try): one failure, no issuer.
+            metrics::attempt_failed_early(renewal, reason);
         }
         if errors.len() == 1 {
             // A single issuer's error is more useful unwrapped.

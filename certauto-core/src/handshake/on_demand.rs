@@ -484,6 +484,8 @@ pub(crate) struct OnDemand {
     refusals: Mutex<Refusals>,
     in_flight: Mutex<HashMap<Identifier, watch::Receiver<Option<Outcome>>>>,
     slots: Arc<Semaphore>,
+    /// Registered once, when the `Config` is built.
+    decisions: metrics::DecisionCounters,
 }
 
 impl fmt::Debug for OnDemand {
@@ -518,6 +520,7 @@ impl OnDemand {
             refusals: Mutex::new(Refusals::default()),
             in_flight: Mutex::new(HashMap::new()),
             slots,
+            decisions: metrics::DecisionCounters::register(),
         }
     }
 
@@ -603,7 +606,7 @@ impl OnDemand {
             Some(permit) if wait.is_zero() => Some(permit),
             _ => {
                 tracing::warn!(name = %id, max = self.config.max_in_flight, ?wait, "on-demand issuances in flight at their bound or rate limited; refused for now");
-                metrics::on_demand_decision(metrics::Decision::RateLimited);
+                self.decisions.record(metrics::Decision::RateLimited);
                 config.emit(&Event::OnDemandRateLimited {
                     name: id.to_string(),
                 });
@@ -661,7 +664,7 @@ impl OnDemand {
             return None;
         }
         tracing::info!(name = %name, peer = ?request.peer, "on-demand certificate allowed");
-        metrics::on_demand_decision(metrics::Decision::Allowed);
+        self.decisions.record(metrics::Decision::Allowed);
         config.emit(&Event::OnDemandAllowed { name: name.clone() });
         deciding.handed_over = true;
         let config = config.clone();
@@ -720,7 +723,10 @@ impl Drop for InFlight {
 
 fn refused(config: &Config, name: &str, reason: OnDemandRefusal) {
     tracing::debug!(name, ?reason, "on-demand certificate refused");
-    metrics::on_demand_decision(metrics::Decision::Denied);
+    match config.on_demand() {
+        Some(od) => od.decisions.record(metrics::Decision::Denied),
+        None => metrics::on_demand_decision(metrics::Decision::Denied),
+    }
     config.emit(&Event::OnDemandRefused {
         name: name.to_owned(),
         reason,
@@ -769,7 +775,7 @@ async fn obtain(config: &Config, id: &Identifier) -> Outcome {
         }
         Ok(None) => {
             tracing::warn!(name = %name, "on-demand rate limit reached; refused for now");
-            metrics::on_demand_decision(metrics::Decision::RateLimited);
+            od.decisions.record(metrics::Decision::RateLimited);
             config.emit(&Event::OnDemandRateLimited { name });
             Outcome::NotIssued
         }

@@ -15,7 +15,7 @@ use rustls::sign::CertifiedKey;
 
 use crate::cache::CertCache;
 use crate::challenge::tls_alpn01::{ACME_TLS_ALPN, TlsAlpnChallenges};
-use crate::metrics::{self, Lookup};
+use crate::metrics::{Lookup, LookupCounters};
 
 /// Hook called (synchronously, on the handshake path) with an SNI value the
 /// cache does not hold. On-demand issuance plugs in here.
@@ -28,6 +28,8 @@ pub struct CertResolver {
     default_name: RwLock<Option<String>>,
     default_for_unknown: bool,
     on_unknown: Option<UnknownNameHook>,
+    /// Registered once, here: a lookup is one atomic increment.
+    lookups: LookupCounters,
 }
 
 impl fmt::Debug for CertResolver {
@@ -42,6 +44,10 @@ impl fmt::Debug for CertResolver {
 
 impl CertResolver {
     /// A resolver over `cache`, answering TLS-ALPN-01 from `challenges`.
+    ///
+    /// With the `metrics` feature, its handshake-lookup counters are
+    /// registered here, with the recorder installed now: install the
+    /// application's recorder first (see [`crate::metrics`]).
     pub fn new(cache: CertCache, challenges: TlsAlpnChallenges) -> Self {
         Self {
             cache,
@@ -49,6 +55,7 @@ impl CertResolver {
             default_name: RwLock::new(None),
             default_for_unknown: false,
             on_unknown: None,
+            lookups: LookupCounters::register(),
         }
     }
 
@@ -122,7 +129,7 @@ impl CertResolver {
             return self.counted_default();
         };
         if let Some(key) = self.cache.certified_key(sni) {
-            metrics::handshake_lookup(Lookup::Hit);
+            self.lookups.record(Lookup::Hit);
             return Some(key);
         }
         if hook && let Some(hook) = &self.on_unknown {
@@ -131,7 +138,7 @@ impl CertResolver {
         if self.default_for_unknown {
             return self.counted_default();
         }
-        metrics::handshake_lookup(Lookup::Miss);
+        self.lookups.record(Lookup::Miss);
         tracing::debug!(sni, "no certificate for this name");
         None
     }
@@ -140,7 +147,7 @@ impl CertResolver {
     /// when there is none).
     fn counted_default(&self) -> Option<Arc<CertifiedKey>> {
         let key = self.default_key();
-        metrics::handshake_lookup(if key.is_some() {
+        self.lookups.record(if key.is_some() {
             Lookup::Default
         } else {
             Lookup::Miss

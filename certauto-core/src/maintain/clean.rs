@@ -804,7 +804,9 @@ impl Config {
         if !due(self.load_clean_state().await?, self.clock().now()) {
             return Ok(None);
         }
-        let guard = self.storage().lock(keys::STORAGE_CLEAN_LOCK).await?;
+        let guard =
+            crate::storage::lock::acquire(self.storage().as_ref(), keys::STORAGE_CLEAN_LOCK)
+                .await?;
         let result = self.run_clean_locked(&guard, options, force, due).await;
         let _ = guard.release().await;
         let report = result?;
