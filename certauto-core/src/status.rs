@@ -95,9 +95,11 @@ pub struct CertificateStatus {
     pub next_renewal: NextRenewal,
     /// The last failed attempt, while it is not followed by a success.
     pub last_error: Option<LastError>,
-    /// The persisted retry schedule could not be read within
-    /// [`STATUS_STORAGE_BUDGET`]: `next_renewal` and `last_error` leave out a
-    /// failure it may hold.
+    /// The persisted retry schedule could not be read (a storage error, or
+    /// not within [`STATUS_STORAGE_BUDGET`]): `next_renewal` and
+    /// `last_error` leave out a failure it may hold. Maintenance does not
+    /// renew the certificate until the schedule is read (it tries again at
+    /// each check).
     pub retry_schedule_unread: bool,
     /// The OCSP staple served with the certificate.
     pub ocsp: StapleState,
@@ -169,8 +171,9 @@ pub enum RenewalReason {
     Retry {
         /// The attempt this will be (failures so far plus one).
         attempt: u32,
-        /// The delay from the last failure to the retry, in seconds (`None`
-        /// for records written before the failure time was kept).
+        /// The delay from the last failure to the retry, in seconds (it
+        /// counts from the failure, not from the attempt's start; `None`
+        /// only for records written before the failure time was kept).
         backoff_secs: Option<u64>,
     },
     /// OCSP reported the serving certificate revoked: renewed at once (at
@@ -285,8 +288,9 @@ impl Config {
             Some(retry) => (retry, false),
             // Cancelling the read leaves nothing behind: it is kept only once read.
             None => match tokio::time::timeout_at(deadline, self.retry_state(primary)).await {
-                Ok(retry) => (retry, false),
-                Err(_) => (None, true),
+                Ok(Ok(retry)) => (retry, false),
+                // A storage error: read again by the next snapshot.
+                Ok(Err(_)) | Err(_) => (None, true),
             },
         };
         let in_progress = self.attempt_in_progress(primary);
@@ -331,10 +335,11 @@ impl Config {
                 at: r.due_at(),
                 reason: RenewalReason::Retry {
                     attempt: r.attempts.saturating_add(1),
+                    // A retry due before the failure time (records written
+                    // when the delay counted from the attempt's start): 0.
                     backoff_secs: r
                         .failed_time()
-                        .and_then(|failed| r.due_at().duration_since(failed).ok())
-                        .map(|d| d.as_secs()),
+                        .map(|failed| r.due_at().duration_since(failed).map_or(0, |d| d.as_secs())),
                 },
             },
             _ => base,
@@ -740,6 +745,8 @@ mod tests {
     struct StallingRetries {
         inner: MemoryStorage,
         stall: std::sync::atomic::AtomicBool,
+        /// Retry-schedule reads fail with an I/O error while set.
+        fail: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -760,6 +767,14 @@ mod tests {
                 && self.stall.load(std::sync::atomic::Ordering::SeqCst)
             {
                 std::future::pending::<()>().await;
+            }
+            if key.starts_with("maintenance/retry/")
+                && self.fail.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(crate::StorageError::Io {
+                    key: key.to_owned(),
+                    source: std::io::Error::other("injected read failure"),
+                });
             }
             self.inner.load(key).await
         }
@@ -834,6 +849,70 @@ mod tests {
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let status = config.status().await;
         assert!(!status.certificates[0].retry_schedule_unread);
+    }
+
+    /// A storage error while reading a retry schedule is not taken for "no
+    /// failure": the snapshot flags it unread, maintenance does not order
+    /// (the persisted backoff holds), and once storage answers again the
+    /// schedule reads as stored.
+    #[tokio::test]
+    async fn a_retry_schedule_read_error_is_not_cached_as_no_failure() {
+        let now = at(2_000_000_000);
+        let clock = Arc::new(ManualClock::new(now));
+        let storage = Arc::new(StallingRetries::default());
+        let id = Identifier::parse("flaky.test").unwrap();
+        let due = now + 16 * DAY;
+        let record = format!(
+            r#"{{"attempts":5,"next_attempt":{},"failed_at":{},"last_error":"refused"}}"#,
+            unix(due),
+            unix(now)
+        );
+        storage
+            .inner
+            .store(&keys::retry_schedule(&id), record.as_bytes())
+            .await
+            .unwrap();
+        storage
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .build();
+        // Not ordered: the schedule could not be read.
+        assert!(config.manage(["flaky.test"]).await.is_err());
+        assert!(config.cache().get("flaky.test").is_none());
+
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert!(c.retry_schedule_unread, "{c:?}");
+        assert!(c.last_error.is_none() && c.certificate.is_none(), "{c:?}");
+        // Asked again (not cached): still unread, and maintenance waits.
+        assert!(config.status().await.certificates[0].retry_schedule_unread);
+        let report = config.check_renewals().await;
+        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
+        assert!(config.cache().get("flaky.test").is_none());
+
+        storage
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert!(!c.retry_schedule_unread, "{c:?}");
+        assert_eq!(
+            c.next_renewal,
+            NextRenewal {
+                at: due,
+                reason: RenewalReason::Retry {
+                    attempt: 6,
+                    backoff_secs: Some(16 * 24 * 3600)
+                }
+            }
+        );
+        assert_eq!(c.last_error.as_ref().map(|e| e.attempt), Some(5));
+        // The persisted backoff was kept: still deferred.
+        let report = config.check_renewals().await;
+        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
     }
 
     /// `next` is the ratio point of `cert`: half way (the short-lived rule).
