@@ -177,8 +177,10 @@ pub enum RenewalReason {
         backoff_secs: Option<u64>,
     },
     /// OCSP reported the serving certificate revoked: renewed at once (at
-    /// the next check; after a failed attempt, at the first OCSP check once
-    /// the retry time has come, shown as [`Retry`](Self::Retry)).
+    /// the next check; after a failed attempt, by the first renewal check
+    /// once the retry time has come, shown as [`Retry`](Self::Retry)). The
+    /// revocation is remembered until a renewal replaces the certificate,
+    /// even when later OCSP fetches fail.
     Revoked,
     /// Not obtained yet: obtained at the next check (or now, when
     /// `in_progress`).
@@ -365,15 +367,12 @@ impl Config {
         }
     }
 
-    /// Whether OCSP reported `entry` revoked: waiting for maintenance, or
-    /// its renewal failed (then renewed again at an OCSP check once its retry
-    /// time has come).
+    /// Whether OCSP reported `entry` revoked and no renewal replaced it yet
+    /// (waiting for maintenance, or its renewal failed: then renewed by the
+    /// first renewal check once its retry time has come), whatever later
+    /// OCSP fetches gave.
     fn is_revoked(&self, entry: &CachedCert) -> bool {
         self.is_reported_revoked(entry.serial())
-            || matches!(
-                self.staple_records().get(entry.serial()),
-                Some(StapleRecord::Revoked { .. })
-            )
     }
 
     /// The staple state of a cached certificate, from the last stapling outcome.
