@@ -9,7 +9,10 @@
 //! a first obtain), the last error with its time and attempt number, the
 //! OCSP staple's state ([`StapleState`]), and whether on-demand TLS obtained
 //! it. Names that are managed but have no certificate yet (being obtained, or
-//! failing) are listed too, without a certificate.
+//! failing) are listed too, without a certificate; so are certificates that
+//! are stored but were evicted from the cache at its capacity (fleets larger
+//! than the cache): they show [`RenewalReason::NotCached`] until maintenance
+//! loads them again.
 //!
 //! The renewal time is computed by the functions maintenance decides with
 //! (the same ARI state, ratio rule and retry schedule), from the state kept
@@ -60,8 +63,10 @@ use crate::ocsp::staple::StapleRecord;
 pub(crate) const YIELD_EVERY: usize = 256;
 
 /// The longest one [`Config::status`] spends reading retry schedules from
-/// storage (a slow or unreachable storage); those not read by then are
-/// reported as unread (`retry_schedule_unread`).
+/// storage and checking for stored certificates the cache does not hold (a
+/// slow or unreachable storage); schedules not read by then are reported as
+/// unread (`retry_schedule_unread`), certificates not looked up as
+/// [`RenewalReason::NotCached`].
 pub const STATUS_STORAGE_BUDGET: Duration = Duration::from_secs(5);
 
 /// A snapshot of every managed certificate; see the [module docs](self).
@@ -87,7 +92,8 @@ pub struct CertificateStatus {
     /// each renewal) rather than the application's configuration.
     pub on_demand: bool,
     /// The certificate serving the names; `None` when none was obtained yet
-    /// (being obtained, or failing: see `last_error`).
+    /// (being obtained, or failing: see `last_error`), or when the stored
+    /// one is not in the cache ([`RenewalReason::NotCached`]).
     pub certificate: Option<ServingCertificate>,
     /// Whether an obtain or renewal of it is running in this process now.
     pub in_progress: bool,
@@ -185,6 +191,12 @@ pub enum RenewalReason {
     /// Not obtained yet: obtained at the next check (or now, when
     /// `in_progress`).
     FirstObtain,
+    /// A certificate is stored but not in this process's cache (evicted at
+    /// the cache's capacity, earliest expiry first): maintenance loads it
+    /// from storage at the next check, and renews it then if it is due.
+    /// `certificate` is `None` until then. (Also reported when storage could
+    /// not be asked within [`STATUS_STORAGE_BUDGET`].)
+    NotCached,
 }
 
 /// The last failed obtain or renewal of a certificate.
@@ -256,7 +268,10 @@ impl Config {
     /// of the leaf's issuer name and a few map lookups each), yielding to the
     /// runtime every 256 certificates, plus one storage read per
     /// certificate whose retry schedule this process has not read yet (the
-    /// first snapshot after a start; later ones read none), all of them
+    /// first snapshot after a start; later ones read none) and, for each
+    /// managed name with no certificate in the cache, one existence check
+    /// per configured issuer (to tell a certificate evicted from the cache,
+    /// [`RenewalReason::NotCached`], from one never obtained), all of them
     /// within [`STATUS_STORAGE_BUDGET`] per snapshot. It never asks a CA or
     /// OCSP responder and never takes a certificate lock, so it does not wait
     /// on obtains or renewals in progress.
@@ -329,7 +344,11 @@ impl Config {
             }
             None => NextRenewal {
                 at: now,
-                reason: RenewalReason::FirstObtain,
+                reason: if self.stored_uncached(ids, deadline).await {
+                    RenewalReason::NotCached
+                } else {
+                    RenewalReason::FirstObtain
+                },
             },
         };
         let next_renewal = match &retry {
@@ -365,6 +384,31 @@ impl Config {
             retry_schedule_unread,
             ocsp,
         }
+    }
+
+    /// Whether storage holds a certificate for `ids` that the cache does not
+    /// (one existence check per configured issuer, within the snapshot's
+    /// storage budget); `true` when storage cannot tell (an error, or the
+    /// budget spent), so a stored certificate is never reported as a first
+    /// obtain.
+    async fn stored_uncached(&self, ids: &[Identifier], deadline: tokio::time::Instant) -> bool {
+        let keys: Vec<String> = self
+            .candidate_issuers(ids)
+            .iter()
+            .map(|issuer| crate::storage::keys::cert_record(&issuer.issuer_key(), &ids[0]))
+            .collect();
+        let lookup = async {
+            for key in &keys {
+                match self.storage().exists(key).await {
+                    Ok(false) => {}
+                    Ok(true) | Err(_) => return true,
+                }
+            }
+            false
+        };
+        tokio::time::timeout_at(deadline, lookup)
+            .await
+            .unwrap_or(true)
     }
 
     /// Whether OCSP reported `entry` revoked and no renewal replaced it yet
@@ -735,6 +779,64 @@ mod tests {
             status.certificates[0].next_renewal.reason,
             RenewalReason::Ratio { .. }
         ));
+        config.cache().stop();
+    }
+
+    /// A managed certificate evicted from a full cache is reported as stored
+    /// but not cached, not as a first obtain; a name with nothing stored is
+    /// still a first obtain.
+    #[tokio::test]
+    async fn a_certificate_evicted_from_the_cache_is_not_a_first_obtain() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let storage = Arc::new(MemoryStorage::new());
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .cache(crate::CertCache::with_capacity(1))
+            .build();
+        config.manage(["a.test", "b.test"]).await.unwrap();
+        let cached: Vec<bool> = ["a.test", "b.test"]
+            .iter()
+            .map(|n| config.cache().get(n).is_some())
+            .collect();
+        assert_eq!(cached.iter().filter(|c| **c).count(), 1, "{cached:?}");
+
+        let status = config.status().await;
+        for (c, cached) in status.certificates.iter().zip(cached) {
+            if cached {
+                assert!(c.certificate.is_some(), "{c:?}");
+                assert!(
+                    matches!(c.next_renewal.reason, RenewalReason::Ratio { .. }),
+                    "{c:?}"
+                );
+            } else {
+                assert!(c.certificate.is_none(), "{c:?}");
+                assert_eq!(c.next_renewal.reason, RenewalReason::NotCached, "{c:?}");
+                assert_eq!(c.next_renewal.at, status.at);
+            }
+        }
+        let evicted = status
+            .certificates
+            .iter()
+            .position(|c| c.certificate.is_none())
+            .unwrap();
+        assert_eq!(
+            json(&status)["certificates"][evicted]["next_renewal"]["reason"]["kind"],
+            "not_cached"
+        );
+
+        // Nothing stored for it: a first obtain.
+        let gone = Identifier::parse(&status.certificates[evicted].name).unwrap();
+        for key in storage.list("certificates", true).await.unwrap() {
+            if key.contains(&*gone.as_str()) {
+                storage.delete(&key).await.unwrap();
+            }
+        }
+        let status = config.status().await;
+        assert_eq!(
+            status.certificates[evicted].next_renewal.reason,
+            RenewalReason::FirstObtain
+        );
         config.cache().stop();
     }
 
