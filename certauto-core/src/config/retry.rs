@@ -187,11 +187,10 @@ impl Config {
     ) -> RenewOutcome {
         let primary = ids[0].clone();
         let now = self.clock().now();
-        let previous = match self.retry_state(&primary).await {
-            Ok(previous) => previous,
-            // Not read: a persisted backoff may be pending. Tried again at
-            // the next pass, which reads the schedule again.
-            Err(_) => return RenewOutcome::Deferred,
+        // Not read: a persisted backoff may be pending. Tried again at the
+        // next pass, which reads the schedule again.
+        let Ok(previous) = self.retry_state(&primary).await else {
+            return RenewOutcome::Deferred;
         };
         if let Some(r) = &previous
             && !r.is_due(now)
