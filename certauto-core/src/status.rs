@@ -980,8 +980,10 @@ mod tests {
             .storage(storage.clone())
             .clock(clock.clone())
             .build();
-        // Not ordered: the schedule could not be read.
-        assert!(config.manage(["flaky.test"]).await.is_err());
+        // Not ordered: the schedule could not be read, and manage says why.
+        let err = config.manage(["flaky.test"]).await.unwrap_err();
+        let chain = crate::ErrorChain(&err).to_string();
+        assert!(chain.contains("injected read failure"), "{chain}");
         assert!(config.cache().get("flaky.test").is_none());
 
         let status = config.status().await;

@@ -173,6 +173,10 @@ pub(crate) enum RenewOutcome {
     Failed(Error),
     /// Not tried: a previous failure's retry time has not come yet.
     Deferred,
+    /// Not tried: the persisted retry schedule could not be read (it may hold
+    /// a backoff), so nothing was ordered and nothing was recorded; the next
+    /// pass reads it again.
+    ScheduleUnread(Error),
 }
 
 impl Config {
@@ -189,8 +193,9 @@ impl Config {
         let now = self.clock().now();
         // Not read: a persisted backoff may be pending. Tried again at the
         // next pass, which reads the schedule again.
-        let Ok(previous) = self.retry_state(&primary).await else {
-            return RenewOutcome::Deferred;
+        let previous = match self.retry_state(&primary).await {
+            Ok(previous) => previous,
+            Err(e) => return RenewOutcome::ScheduleUnread(e.into()),
         };
         if let Some(r) = &previous
             && !r.is_due(now)

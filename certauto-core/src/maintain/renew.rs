@@ -26,8 +26,9 @@ pub struct RenewalReport {
     pub renewed: Vec<String>,
     /// Primary names whose renewal failed (a retry is scheduled).
     pub failed: Vec<String>,
-    /// Primary names due but waiting for their retry time (or, obtained
-    /// on demand, whose decision timed out: asked again at the next pass).
+    /// Primary names due but waiting for their retry time (or whose retry
+    /// schedule could not be read from storage, or, obtained on demand,
+    /// whose decision timed out: asked again at the next pass).
     pub deferred: Vec<String>,
 }
 
@@ -80,7 +81,9 @@ impl Config {
             match self.renew_now(ids.clone(), mode, reason).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
                 RenewOutcome::Failed(_) => report.failed.push(name),
-                RenewOutcome::Deferred => report.deferred.push(name),
+                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                    report.deferred.push(name);
+                }
             }
         }
         report
@@ -136,7 +139,9 @@ impl Config {
                     renewed.push(name);
                 }
                 RenewOutcome::Failed(_) => failed.push(name),
-                RenewOutcome::Deferred => deferred.push(name),
+                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                    deferred.push(name);
+                }
             }
         }
     }
