@@ -9,7 +9,10 @@
 //! a first obtain), the last error with its time and attempt number, the
 //! OCSP staple's state ([`StapleState`]), and whether on-demand TLS obtained
 //! it. Names that are managed but have no certificate yet (being obtained, or
-//! failing) are listed too, without a certificate.
+//! failing) are listed too, without a certificate; so are certificates that
+//! are stored but were evicted from the cache at its capacity (fleets larger
+//! than the cache): they show [`RenewalReason::NotCached`] until maintenance
+//! loads them again.
 //!
 //! The renewal time is computed by the functions maintenance decides with
 //! (the same ARI state, ratio rule and retry schedule), from the state kept
@@ -60,8 +63,10 @@ use crate::ocsp::staple::StapleRecord;
 pub(crate) const YIELD_EVERY: usize = 256;
 
 /// The longest one [`Config::status`] spends reading retry schedules from
-/// storage (a slow or unreachable storage); those not read by then are
-/// reported as unread (`retry_schedule_unread`).
+/// storage and checking for stored certificates the cache does not hold (a
+/// slow or unreachable storage); schedules not read by then are reported as
+/// unread (`retry_schedule_unread`), certificates not looked up as
+/// [`RenewalReason::NotCached`].
 pub const STATUS_STORAGE_BUDGET: Duration = Duration::from_secs(5);
 
 /// A snapshot of every managed certificate; see the [module docs](self).
@@ -87,7 +92,8 @@ pub struct CertificateStatus {
     /// each renewal) rather than the application's configuration.
     pub on_demand: bool,
     /// The certificate serving the names; `None` when none was obtained yet
-    /// (being obtained, or failing: see `last_error`).
+    /// (being obtained, or failing: see `last_error`), or when the stored
+    /// one is not in the cache ([`RenewalReason::NotCached`]).
     pub certificate: Option<ServingCertificate>,
     /// Whether an obtain or renewal of it is running in this process now.
     pub in_progress: bool,
@@ -95,9 +101,11 @@ pub struct CertificateStatus {
     pub next_renewal: NextRenewal,
     /// The last failed attempt, while it is not followed by a success.
     pub last_error: Option<LastError>,
-    /// The persisted retry schedule could not be read within
-    /// [`STATUS_STORAGE_BUDGET`]: `next_renewal` and `last_error` leave out a
-    /// failure it may hold.
+    /// The persisted retry schedule could not be read (a storage error, or
+    /// not within [`STATUS_STORAGE_BUDGET`]): `next_renewal` and
+    /// `last_error` leave out a failure it may hold. Maintenance does not
+    /// renew the certificate until the schedule is read (it tries again at
+    /// each check).
     pub retry_schedule_unread: bool,
     /// The OCSP staple served with the certificate.
     pub ocsp: StapleState,
@@ -169,17 +177,26 @@ pub enum RenewalReason {
     Retry {
         /// The attempt this will be (failures so far plus one).
         attempt: u32,
-        /// The delay from the last failure to the retry, in seconds (`None`
-        /// for records written before the failure time was kept).
+        /// The delay from the last failure to the retry, in seconds (it
+        /// counts from the failure, not from the attempt's start; `None`
+        /// only for records written before the failure time was kept).
         backoff_secs: Option<u64>,
     },
     /// OCSP reported the serving certificate revoked: renewed at once (at
-    /// the next check; after a failed attempt, at the first OCSP check once
-    /// the retry time has come, shown as [`Retry`](Self::Retry)).
+    /// the next check; after a failed attempt, by the first renewal check
+    /// once the retry time has come, shown as [`Retry`](Self::Retry)). The
+    /// revocation is remembered until a renewal replaces the certificate,
+    /// even when later OCSP fetches fail.
     Revoked,
     /// Not obtained yet: obtained at the next check (or now, when
     /// `in_progress`).
     FirstObtain,
+    /// A certificate is stored but not in this process's cache (evicted at
+    /// the cache's capacity, earliest expiry first): maintenance loads it
+    /// from storage at the next check, and renews it then if it is due.
+    /// `certificate` is `None` until then. (Also reported when storage could
+    /// not be asked within [`STATUS_STORAGE_BUDGET`].)
+    NotCached,
 }
 
 /// The last failed obtain or renewal of a certificate.
@@ -251,7 +268,10 @@ impl Config {
     /// of the leaf's issuer name and a few map lookups each), yielding to the
     /// runtime every 256 certificates, plus one storage read per
     /// certificate whose retry schedule this process has not read yet (the
-    /// first snapshot after a start; later ones read none), all of them
+    /// first snapshot after a start; later ones read none) and, for each
+    /// managed name with no certificate in the cache, one existence check
+    /// per configured issuer (to tell a certificate evicted from the cache,
+    /// [`RenewalReason::NotCached`], from one never obtained), all of them
     /// within [`STATUS_STORAGE_BUDGET`] per snapshot. It never asks a CA or
     /// OCSP responder and never takes a certificate lock, so it does not wait
     /// on obtains or renewals in progress.
@@ -285,8 +305,9 @@ impl Config {
             Some(retry) => (retry, false),
             // Cancelling the read leaves nothing behind: it is kept only once read.
             None => match tokio::time::timeout_at(deadline, self.retry_state(primary)).await {
-                Ok(retry) => (retry, false),
-                Err(_) => (None, true),
+                Ok(Ok(retry)) => (retry, false),
+                // A storage error: read again by the next snapshot.
+                Ok(Err(_)) | Err(_) => (None, true),
             },
         };
         let in_progress = self.attempt_in_progress(primary);
@@ -323,7 +344,11 @@ impl Config {
             }
             None => NextRenewal {
                 at: now,
-                reason: RenewalReason::FirstObtain,
+                reason: if self.stored_uncached(ids, deadline).await {
+                    RenewalReason::NotCached
+                } else {
+                    RenewalReason::FirstObtain
+                },
             },
         };
         let next_renewal = match &retry {
@@ -331,10 +356,11 @@ impl Config {
                 at: r.due_at(),
                 reason: RenewalReason::Retry {
                     attempt: r.attempts.saturating_add(1),
+                    // A retry due before the failure time (records written
+                    // when the delay counted from the attempt's start): 0.
                     backoff_secs: r
                         .failed_time()
-                        .and_then(|failed| r.due_at().duration_since(failed).ok())
-                        .map(|d| d.as_secs()),
+                        .map(|failed| r.due_at().duration_since(failed).map_or(0, |d| d.as_secs())),
                 },
             },
             _ => base,
@@ -360,15 +386,37 @@ impl Config {
         }
     }
 
-    /// Whether OCSP reported `entry` revoked: waiting for maintenance, or
-    /// its renewal failed (then renewed again at an OCSP check once its retry
-    /// time has come).
+    /// Whether storage holds a certificate for `ids` that the cache does not
+    /// (one existence check per configured issuer, within the snapshot's
+    /// storage budget); `true` when storage cannot tell (an error, or the
+    /// budget spent), so a stored certificate is never reported as a first
+    /// obtain.
+    async fn stored_uncached(&self, ids: &[Identifier], deadline: tokio::time::Instant) -> bool {
+        let keys: Vec<String> = self
+            .candidate_issuers(ids)
+            .iter()
+            .map(|issuer| crate::storage::keys::cert_record(&issuer.issuer_key(), &ids[0]))
+            .collect();
+        let lookup = async {
+            for key in &keys {
+                match self.storage().exists(key).await {
+                    Ok(false) => {}
+                    Ok(true) | Err(_) => return true,
+                }
+            }
+            false
+        };
+        tokio::time::timeout_at(deadline, lookup)
+            .await
+            .unwrap_or(true)
+    }
+
+    /// Whether OCSP reported `entry` revoked and no renewal replaced it yet
+    /// (waiting for maintenance, or its renewal failed: then renewed by the
+    /// first renewal check once its retry time has come), whatever later
+    /// OCSP fetches gave.
     fn is_revoked(&self, entry: &CachedCert) -> bool {
         self.is_reported_revoked(entry.serial())
-            || matches!(
-                self.staple_records().get(entry.serial()),
-                Some(StapleRecord::Revoked { .. })
-            )
     }
 
     /// The staple state of a cached certificate, from the last stapling outcome.
@@ -734,12 +782,72 @@ mod tests {
         config.cache().stop();
     }
 
+    /// A managed certificate evicted from a full cache is reported as stored
+    /// but not cached, not as a first obtain; a name with nothing stored is
+    /// still a first obtain.
+    #[tokio::test]
+    async fn a_certificate_evicted_from_the_cache_is_not_a_first_obtain() {
+        let clock = Arc::new(ManualClock::new(SystemTime::now()));
+        let storage = Arc::new(MemoryStorage::new());
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .cache(crate::CertCache::with_capacity(1))
+            .build();
+        config.manage(["a.test", "b.test"]).await.unwrap();
+        let cached: Vec<bool> = ["a.test", "b.test"]
+            .iter()
+            .map(|n| config.cache().get(n).is_some())
+            .collect();
+        assert_eq!(cached.iter().filter(|c| **c).count(), 1, "{cached:?}");
+
+        let status = config.status().await;
+        for (c, cached) in status.certificates.iter().zip(cached) {
+            if cached {
+                assert!(c.certificate.is_some(), "{c:?}");
+                assert!(
+                    matches!(c.next_renewal.reason, RenewalReason::Ratio { .. }),
+                    "{c:?}"
+                );
+            } else {
+                assert!(c.certificate.is_none(), "{c:?}");
+                assert_eq!(c.next_renewal.reason, RenewalReason::NotCached, "{c:?}");
+                assert_eq!(c.next_renewal.at, status.at);
+            }
+        }
+        let evicted = status
+            .certificates
+            .iter()
+            .position(|c| c.certificate.is_none())
+            .unwrap();
+        assert_eq!(
+            json(&status)["certificates"][evicted]["next_renewal"]["reason"]["kind"],
+            "not_cached"
+        );
+
+        // Nothing stored for it: a first obtain.
+        let gone = Identifier::parse(&status.certificates[evicted].name).unwrap();
+        for key in storage.list("certificates", true).await.unwrap() {
+            if key.contains(&*gone.as_str()) {
+                storage.delete(&key).await.unwrap();
+            }
+        }
+        let status = config.status().await;
+        assert_eq!(
+            status.certificates[evicted].next_renewal.reason,
+            RenewalReason::FirstObtain
+        );
+        config.cache().stop();
+    }
+
     /// A [`MemoryStorage`] whose retry-schedule reads never finish while
     /// `stall` is set: a storage gone unresponsive.
     #[derive(Debug, Default)]
     struct StallingRetries {
         inner: MemoryStorage,
         stall: std::sync::atomic::AtomicBool,
+        /// Retry-schedule reads fail with an I/O error while set.
+        fail: std::sync::atomic::AtomicBool,
     }
 
     #[async_trait::async_trait]
@@ -760,6 +868,14 @@ mod tests {
                 && self.stall.load(std::sync::atomic::Ordering::SeqCst)
             {
                 std::future::pending::<()>().await;
+            }
+            if key.starts_with("maintenance/retry/")
+                && self.fail.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(crate::StorageError::Io {
+                    key: key.to_owned(),
+                    source: std::io::Error::other("injected read failure"),
+                });
             }
             self.inner.load(key).await
         }
@@ -834,6 +950,72 @@ mod tests {
             .store(false, std::sync::atomic::Ordering::SeqCst);
         let status = config.status().await;
         assert!(!status.certificates[0].retry_schedule_unread);
+    }
+
+    /// A storage error while reading a retry schedule is not taken for "no
+    /// failure": the snapshot flags it unread, maintenance does not order
+    /// (the persisted backoff holds), and once storage answers again the
+    /// schedule reads as stored.
+    #[tokio::test]
+    async fn a_retry_schedule_read_error_is_not_cached_as_no_failure() {
+        let now = at(2_000_000_000);
+        let clock = Arc::new(ManualClock::new(now));
+        let storage = Arc::new(StallingRetries::default());
+        let id = Identifier::parse("flaky.test").unwrap();
+        let due = now + 16 * DAY;
+        let record = format!(
+            r#"{{"attempts":5,"next_attempt":{},"failed_at":{},"last_error":"refused"}}"#,
+            unix(due),
+            unix(now)
+        );
+        storage
+            .inner
+            .store(&keys::retry_schedule(&id), record.as_bytes())
+            .await
+            .unwrap();
+        storage
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(clock.clone())
+            .build();
+        // Not ordered: the schedule could not be read, and manage says why.
+        let err = config.manage(["flaky.test"]).await.unwrap_err();
+        let chain = crate::ErrorChain(&err).to_string();
+        assert!(chain.contains("injected read failure"), "{chain}");
+        assert!(config.cache().get("flaky.test").is_none());
+
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert!(c.retry_schedule_unread, "{c:?}");
+        assert!(c.last_error.is_none() && c.certificate.is_none(), "{c:?}");
+        // Asked again (not cached): still unread, and maintenance waits.
+        assert!(config.status().await.certificates[0].retry_schedule_unread);
+        let report = config.check_renewals().await;
+        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
+        assert!(config.cache().get("flaky.test").is_none());
+
+        storage
+            .fail
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert!(!c.retry_schedule_unread, "{c:?}");
+        assert_eq!(
+            c.next_renewal,
+            NextRenewal {
+                at: due,
+                reason: RenewalReason::Retry {
+                    attempt: 6,
+                    backoff_secs: Some(16 * 24 * 3600)
+                }
+            }
+        );
+        assert_eq!(c.last_error.as_ref().map(|e| e.attempt), Some(5));
+        // The persisted backoff was kept: still deferred.
+        let report = config.check_renewals().await;
+        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
     }
 
     /// `next` is the ratio point of `cert`: half way (the short-lived rule).

@@ -418,4 +418,32 @@ async fn the_snapshot_follows_the_ocsp_staple() {
     assert_eq!((at, serving_until), (env.clock.now(), None));
     assert_eq!(json["ocsp"]["state"], "fetch_failing");
     assert!(json["ocsp"]["serving_until"].is_null());
+    // The revocation is not forgotten with the failed fetch: still retried
+    // (or renewed at once), not a ratio renewal far away.
+    let retry = next(&c);
+    assert!(
+        matches!(
+            retry.reason,
+            RenewalReason::Retry { .. } | RenewalReason::Revoked
+        ),
+        "{retry:?}"
+    );
+
+    // The CA is back: a renewal check (not an OCSP check) past the retry
+    // time replaces the revoked certificate.
+    env.proxy.set_outage(None);
+    env.clock
+        .set(retry.at.max(env.clock.now()) + Duration::from_secs(1));
+    let report = bounded("check", config.check_renewals()).await;
+    assert!(report.renewed.contains(&NAME.to_owned()), "{report:?}");
+    let (c, _) = snapshot(&config, NAME).await;
+    assert_ne!(serial(&c), cert.serial());
+    assert!(c.last_error.is_none(), "{c:?}");
+    assert!(
+        !matches!(
+            next(&c).reason,
+            RenewalReason::Retry { .. } | RenewalReason::Revoked
+        ),
+        "{c:?}"
+    );
 }

@@ -15,7 +15,7 @@
 //! lock is still held; a lock lost mid-order stops the order.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::Duration;
 
 use crate::acme::types::RevocationReason;
 use crate::certificate::Certificate;
@@ -28,6 +28,7 @@ use crate::metrics::{self, Reason};
 use crate::storage::{LockGuard, certs, keys};
 
 use super::Config;
+use super::backoff::saturating_add;
 
 /// When [`Config::renew_inner`] orders a new certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,14 +268,15 @@ impl Config {
         .await
     }
 
-    /// Renews `ids`; `retry` is the attempt number and next retry time to
-    /// report if this attempt fails (maintenance's backoff schedule);
+    /// Renews `ids`; `retry` is the attempt number and the backoff delay to
+    /// report if this attempt fails (maintenance's backoff schedule: the
+    /// retry is due that long after the failure);
     /// `reason` why it runs (the metrics' `reason` label).
     pub(crate) async fn renew_inner(
         &self,
         ids: Vec<Identifier>,
         mode: RenewMode,
-        retry: Option<(u32, SystemTime)>,
+        retry: Option<(u32, Duration)>,
         reason: Reason,
     ) -> Result<Certificate, Error> {
         let issuers = match self.usable_issuers(&ids) {
@@ -344,7 +346,7 @@ impl Config {
         &self,
         ids: &[Identifier],
         error: Error,
-        retry: Option<(u32, SystemTime)>,
+        retry: Option<(u32, Duration)>,
         reason: Reason,
     ) -> Error {
         let renewal = self.cache().get(&ids[0].as_str()).is_some();
@@ -356,7 +358,7 @@ impl Config {
             error: ErrorChain(&error).to_string(),
             problem: None,
             attempt: retry.map_or(1, |(attempt, _)| attempt),
-            retry_at: retry.map(|(_, at)| at),
+            retry_at: retry.map(|(_, delay)| saturating_add(self.inner.clock.now(), delay)),
         });
         error
     }
@@ -371,7 +373,7 @@ impl Config {
         issuers: &[Arc<dyn Issuer>],
         kind: (bool, Reason),
         replaces: Option<(&str, &str)>,
-        retry: Option<(u32, SystemTime)>,
+        retry: Option<(u32, Duration)>,
     ) -> Result<Certificate, Error> {
         let renewal = kind.0;
         let _in_flight = metrics::issuance_started();
@@ -416,7 +418,7 @@ impl Config {
                     error: ErrorChain(e).to_string(),
                     problem: e.problem().cloned().map(Box::new),
                     attempt: retry.map_or(1, |(attempt, _)| attempt),
-                    retry_at: retry.map(|(_, at)| at),
+                    retry_at: retry.map(|(_, delay)| saturating_add(self.inner.clock.now(), delay)),
                 });
             }
         }

@@ -226,7 +226,9 @@ impl Config {
             match tasks.join_next().await {
                 Some(Ok((id, outcome))) => match outcome {
                     RenewOutcome::Renewed => {}
-                    RenewOutcome::Failed(e) => failed.push((id.to_string(), e)),
+                    RenewOutcome::Failed(e) | RenewOutcome::ScheduleUnread(e) => {
+                        failed.push((id.to_string(), e));
+                    }
                     RenewOutcome::Deferred => {
                         failed.push((
                             id.to_string(),

@@ -90,7 +90,8 @@ struct Inner {
     /// maintenance task looks at its schedule again.
     retry_scheduled: tokio::sync::Notify,
     /// Certificates OCSP reported revoked, for maintenance to renew: primary
-    /// names and the revoked serial.
+    /// names and the revoked serial, kept until a renewal replaces that
+    /// serial (or it is no longer served).
     revoked: StdMutex<Vec<(Vec<Identifier>, String)>>,
     /// The last stapling outcome of each cached certificate, by serial (for
     /// [`Config::status`]; see `ocsp/staple.rs`).
@@ -212,8 +213,9 @@ impl Config {
         self.inner.staples.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether OCSP reported the certificate `serial` revoked and its
-    /// renewal has not been attempted yet.
+    /// Whether OCSP reported the certificate `serial` revoked and no renewal
+    /// has replaced it yet (a failed renewal keeps it here, whatever later
+    /// OCSP fetches give).
     pub(crate) fn is_reported_revoked(&self, serial: &str) -> bool {
         self.inner
             .revoked
@@ -223,9 +225,22 @@ impl Config {
             .any(|(_, s)| s == serial)
     }
 
-    /// The revoked certificates reported since the last call.
-    pub(crate) fn take_revoked(&self) -> Vec<(Vec<Identifier>, String)> {
-        std::mem::take(&mut *self.inner.revoked.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The revoked certificates waiting for a renewal that replaces them.
+    pub(crate) fn revoked_pending(&self) -> Vec<(Vec<Identifier>, String)> {
+        self.inner
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Forgets the revoked certificate `serial`: replaced, or no longer served.
+    pub(crate) fn forget_revoked(&self, serial: &str) {
+        self.inner
+            .revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, s)| s != serial);
     }
 
     /// The issuer a stored certificate came from, by issuer key.

@@ -13,7 +13,7 @@ use super::backoff::{jittered_backoff, saturating_add};
 use super::{Config, RenewMode};
 use crate::error::{Error, ErrorChain};
 use crate::identifier::Identifier;
-use crate::storage::keys;
+use crate::storage::{StorageError, keys};
 
 /// The retry schedules, by primary name: `None` inside means "loaded, no failure".
 pub(crate) type Retries = HashMap<Identifier, Option<RetryState>>;
@@ -89,33 +89,48 @@ impl Config {
     }
 
     /// The retry schedule of `primary`, loaded from storage the first time.
-    pub(crate) async fn retry_state(&self, primary: &Identifier) -> Option<RetryState> {
+    ///
+    /// A storage error other than not-found is returned and nothing is
+    /// remembered: the schedule is read again next time (it may hold a
+    /// backoff that must not be taken for "no failure").
+    pub(crate) async fn retry_state(
+        &self,
+        primary: &Identifier,
+    ) -> Result<Option<RetryState>, StorageError> {
         if let Some(retry) = self.retries().get(primary).cloned() {
-            return retry;
+            return Ok(retry);
         }
         let loaded = match self.storage().load(&keys::retry_schedule(primary)).await {
-            Ok(bytes) => serde_json::from_slice::<RetryState>(&bytes).ok(),
-            Err(e) => {
-                if !e.is_not_found() {
-                    tracing::warn!(name = %primary, error = %ErrorChain(&e), "could not load the retry schedule");
+            Ok(bytes) => match serde_json::from_slice::<RetryState>(&bytes) {
+                Ok(state) => Some(state),
+                Err(e) => {
+                    tracing::warn!(name = %primary, error = %e, "unreadable retry schedule record; treated as no failure");
+                    None
                 }
-                None
+            },
+            Err(e) if e.is_not_found() => None,
+            Err(e) => {
+                tracing::warn!(name = %primary, error = %ErrorChain(&e), "could not load the retry schedule; read again next time");
+                return Err(e);
             }
         };
         self.retries().insert(primary.clone(), loaded.clone());
         if loaded.is_some() {
             self.retry_scheduled().notify_one();
         }
-        loaded
+        Ok(loaded)
     }
 
     /// Whether a failed obtain or renewal of `primary` is waiting for its
     /// retry time (the schedule is persisted, so this holds across restarts).
+    /// A schedule that cannot be read counts as pending: the attempt waits
+    /// for a later pass rather than ignoring a persisted backoff.
     pub(crate) async fn retry_pending(&self, primary: &Identifier) -> bool {
         let now = self.clock().now();
-        self.retry_state(primary)
-            .await
-            .is_some_and(|r| !r.is_due(now))
+        match self.retry_state(primary).await {
+            Ok(retry) => retry.is_some_and(|r| !r.is_due(now)),
+            Err(_) => true,
+        }
     }
 
     async fn set_retry_state(&self, primary: &Identifier, retry: Option<RetryState>) {
@@ -158,6 +173,10 @@ pub(crate) enum RenewOutcome {
     Failed(Error),
     /// Not tried: a previous failure's retry time has not come yet.
     Deferred,
+    /// Not tried: the persisted retry schedule could not be read (it may hold
+    /// a backoff), so nothing was ordered and nothing was recorded; the next
+    /// pass reads it again.
+    ScheduleUnread(Error),
 }
 
 impl Config {
@@ -172,17 +191,24 @@ impl Config {
     ) -> RenewOutcome {
         let primary = ids[0].clone();
         let now = self.clock().now();
-        let previous = self.retry_state(&primary).await;
+        // Not read: a persisted backoff may be pending. Tried again at the
+        // next pass, which reads the schedule again.
+        let previous = match self.retry_state(&primary).await {
+            Ok(previous) => previous,
+            Err(e) => return RenewOutcome::ScheduleUnread(e.into()),
+        };
         if let Some(r) = &previous
             && !r.is_due(now)
         {
             return RenewOutcome::Deferred;
         }
         let attempt = previous.map_or(1, |r| r.attempts.saturating_add(1));
-        let next = saturating_add(now, jittered_backoff(attempt));
+        // The delay counts from the failure (the clock after the attempt),
+        // not from the attempt's start.
+        let backoff = jittered_backoff(attempt);
         let first_obtain = self.cache().get(&primary.as_str()).is_none();
         match self
-            .renew_inner(ids, mode, Some((attempt, next)), reason)
+            .renew_inner(ids, mode, Some((attempt, backoff)), reason)
             .await
         {
             Ok(_) => {
@@ -190,6 +216,8 @@ impl Config {
                 RenewOutcome::Renewed
             }
             Err(e) => {
+                let failed_at = self.clock().now();
+                let next = saturating_add(failed_at, backoff);
                 let what = if first_obtain {
                     "obtain failed; retry scheduled"
                 } else {
@@ -202,7 +230,7 @@ impl Config {
                     Some(RetryState {
                         attempts: attempt,
                         next_attempt: unix(next),
-                        failed_at: Some(unix(self.clock().now())),
+                        failed_at: Some(unix(failed_at)),
                         last_error: Some(message),
                     }),
                 )
@@ -216,6 +244,81 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Clock;
+
+    /// An issuer whose orders take `takes` of the config's clock and fail.
+    #[derive(Debug)]
+    struct SlowFailingCa {
+        clock: std::sync::Arc<crate::ManualClock>,
+        takes: Duration,
+    }
+
+    #[async_trait::async_trait]
+    impl crate::issuer::Issuer for SlowFailingCa {
+        fn issuer_key(&self) -> String {
+            "slow-failing-ca".to_owned()
+        }
+
+        async fn issue(
+            &self,
+            _: &crate::issuer::IssueRequest<'_>,
+        ) -> Result<crate::issuer::IssuedCertificate, Error> {
+            self.clock.advance(self.takes);
+            Err(crate::error::AcmeError::InvalidResponse {
+                url: "fault-injector".into(),
+                reason: "refused".into(),
+            }
+            .into())
+        }
+
+        async fn revoke(
+            &self,
+            _: &crate::Certificate,
+            _: Option<crate::acme::types::RevocationReason>,
+        ) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// The first retry is due a minute (±10 %) after the attempt failed,
+    /// however long the attempt took, and the snapshot gives that backoff.
+    #[tokio::test]
+    async fn the_retry_delay_counts_from_the_failure() {
+        #![allow(clippy::unwrap_used)]
+        let start = UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let clock = std::sync::Arc::new(crate::ManualClock::new(start));
+        let takes = Duration::from_secs(600);
+        let config = Config::builder()
+            .storage(std::sync::Arc::new(crate::MemoryStorage::new()))
+            .clock(clock.clone())
+            .issuer(SlowFailingCa {
+                clock: clock.clone(),
+                takes,
+            })
+            .build();
+        let id = Identifier::parse("slow.test").unwrap();
+        // manage goes through renew_with_backoff; its attempt fails.
+        assert!(config.manage(["slow.test"]).await.is_err());
+        let state = config.retry_state(&id).await.unwrap().unwrap();
+        let failed_at = unix(start + takes);
+        assert_eq!(state.failed_at, Some(failed_at));
+        let delay = state.next_attempt - failed_at;
+        assert!((54..=66).contains(&delay), "{state:?}");
+        assert!(!state.is_due(clock.now()));
+
+        let status = config.status().await;
+        let c = &status.certificates[0];
+        assert!(
+            matches!(
+                c.next_renewal.reason,
+                crate::status::RenewalReason::Retry {
+                    attempt: 2,
+                    backoff_secs: Some(secs)
+                } if secs == delay
+            ),
+            "{c:?}"
+        );
+    }
 
     #[test]
     fn long_error_messages_are_cut_at_a_char_boundary() {

@@ -139,8 +139,8 @@ pub fn start_maintenance(config: &Config) -> MaintenanceHandle {
                     }
                 }
                 () = config.retry_scheduled().notified() => {
-                    let (mut renewed, mut failed) = (Vec::new(), Vec::new());
-                    config.renew_revoked(&mut renewed, &mut failed).await;
+                    let (mut renewed, mut failed, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
+                    config.renew_revoked(&mut renewed, &mut failed, &mut deferred).await;
                     if !renewed.is_empty() || !failed.is_empty() {
                         tracing::info!(?renewed, ?failed, "revoked certificates renewed");
                     }

@@ -26,8 +26,9 @@ pub struct RenewalReport {
     pub renewed: Vec<String>,
     /// Primary names whose renewal failed (a retry is scheduled).
     pub failed: Vec<String>,
-    /// Primary names due but waiting for their retry time (or, obtained
-    /// on demand, whose decision timed out: asked again at the next pass).
+    /// Primary names due but waiting for their retry time (or whose retry
+    /// schedule could not be read from storage, or, obtained on demand,
+    /// whose decision timed out: asked again at the next pass).
     pub deferred: Vec<String>,
 }
 
@@ -38,8 +39,14 @@ impl Config {
     pub async fn check_renewals(&self) -> RenewalReport {
         let mut report = RenewalReport::default();
         self.cache().refresh_expiry_metric();
-        self.renew_revoked(&mut report.renewed, &mut report.failed)
-            .await;
+        let mut revoked_deferred = Vec::new();
+        self.renew_revoked(
+            &mut report.renewed,
+            &mut report.failed,
+            &mut revoked_deferred,
+        )
+        .await;
+        report.deferred.extend(revoked_deferred);
         for ids in self.managed_snapshot().iter() {
             if self.cache().is_stopped() {
                 break;
@@ -74,7 +81,9 @@ impl Config {
             match self.renew_now(ids.clone(), mode, reason).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
                 RenewOutcome::Failed(_) => report.failed.push(name),
-                RenewOutcome::Deferred => report.deferred.push(name),
+                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                    report.deferred.push(name);
+                }
             }
         }
         report
@@ -84,22 +93,55 @@ impl Config {
     /// certificate the responder reported revoked, at once.
     pub async fn check_ocsp(&self) -> crate::OcspReport {
         let mut report = self.staple_pass().await;
-        self.renew_revoked(&mut report.renewed, &mut report.failed)
+        let mut deferred = Vec::new();
+        self.renew_revoked(&mut report.renewed, &mut report.failed, &mut deferred)
             .await;
+        for name in deferred {
+            if !report.failed.contains(&name) {
+                report.failed.push(name);
+            }
+        }
         report
     }
 
     /// Renews the certificates OCSP reported revoked (see
-    /// [`Config::report_revoked`]); pushes the primary names to `renewed` or `failed`.
-    pub(super) async fn renew_revoked(&self, renewed: &mut Vec<String>, failed: &mut Vec<String>) {
-        for (ids, serial) in self.take_revoked() {
-            let name = ids[0].to_string();
+    /// [`Config::report_revoked`]); pushes the primary names to `renewed`,
+    /// `failed` or `deferred` (waiting for the retry time of a failed
+    /// attempt). A revoked serial is kept until a renewal replaces it, so a
+    /// failed renewal is tried again by a later renewal check once its retry
+    /// is due, whatever later OCSP fetches give; it is dropped once the
+    /// cache serves another certificate for the name, or the name is no
+    /// longer managed.
+    pub(super) async fn renew_revoked(
+        &self,
+        renewed: &mut Vec<String>,
+        failed: &mut Vec<String>,
+        deferred: &mut Vec<String>,
+    ) {
+        for (ids, serial) in self.revoked_pending() {
+            let primary = &ids[0];
+            let replaced = self
+                .cache()
+                .get(&primary.as_str())
+                .is_some_and(|entry| entry.serial() != serial);
+            let managed = self.managed_snapshot().iter().any(|m| m[0] == *primary);
+            if replaced || !managed {
+                self.forget_revoked(&serial);
+                continue;
+            }
+            let name = primary.to_string();
             match self
-                .renew_now(ids, RenewMode::Replace(serial), Reason::Revoked)
+                .renew_now(ids, RenewMode::Replace(serial.clone()), Reason::Revoked)
                 .await
             {
-                RenewOutcome::Renewed => renewed.push(name),
-                RenewOutcome::Failed(_) | RenewOutcome::Deferred => failed.push(name),
+                RenewOutcome::Renewed => {
+                    self.forget_revoked(&serial);
+                    renewed.push(name);
+                }
+                RenewOutcome::Failed(_) => failed.push(name),
+                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                    deferred.push(name);
+                }
             }
         }
     }
