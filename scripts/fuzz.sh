@@ -21,6 +21,11 @@ shift || true
 sanitizer="${FUZZ_SANITIZER:-address}"
 rss="${FUZZ_RSS_LIMIT_MB:-2048}"
 
+if ! command -v c++ >/dev/null 2>&1; then
+  echo "fuzz: no C++ compiler: libFuzzer (libfuzzer-sys) needs one; install g++" >&2
+  exit 1
+fi
+
 toolchain=nightly
 if ! rustup run nightly rustc --version >/dev/null 2>&1; then
   echo "installing the nightly toolchain (minimal profile)"

@@ -2,7 +2,7 @@
 # The whole CertAuto test suite, on a fresh Debian machine or a developer's.
 #
 # Installs what the suite runs against when it is missing: the system packages
-# (a C compiler, curl, openssl; BIND9 for RFC 2136 and PowerDNS with its SQLite
+# (a C and a C++ compiler, curl, openssl; BIND9 for RFC 2136 and PowerDNS with its SQLite
 # backend for the DNS-01 tests; redis-server for the Redis storage tests) with apt, and the test CA, Pebble and its DNS
 # companion pebble-challtestsrv, built with `go install` into .tools/bin (see
 # scripts/install-pebble.sh; CERTAUTO_PEBBLE_DIR overrides the folder). Then it
@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 
 packages=()
 command -v cc >/dev/null 2>&1 || packages+=(gcc)
+# libFuzzer (the fuzz step) is C++.
+command -v c++ >/dev/null 2>&1 || packages+=(g++)
 command -v curl >/dev/null 2>&1 || packages+=(curl)
 command -v openssl >/dev/null 2>&1 || packages+=(openssl)
 [ -x /usr/sbin/named ] || packages+=(bind9)

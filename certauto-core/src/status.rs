@@ -953,13 +953,13 @@ mod tests {
     }
 
     /// A storage error while reading a retry schedule is not taken for "no
-    /// failure": the snapshot flags it unread, maintenance does not order
-    /// (the persisted backoff holds), and once storage answers again the
-    /// schedule reads as stored.
+    /// failure": nothing is remembered, each read tries again, and once
+    /// storage answers the schedule reads as stored. (The snapshot's
+    /// `retry_schedule_unread` for a read that does not finish is checked by
+    /// the stalling test above.)
     #[tokio::test]
     async fn a_retry_schedule_read_error_is_not_cached_as_no_failure() {
         let now = at(2_000_000_000);
-        let clock = Arc::new(ManualClock::new(now));
         let storage = Arc::new(StallingRetries::default());
         let id = Identifier::parse("flaky.test").unwrap();
         let due = now + 16 * DAY;
@@ -978,44 +978,65 @@ mod tests {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         let config = Config::builder()
             .storage(storage.clone())
-            .clock(clock.clone())
+            .clock(Arc::new(ManualClock::new(now)))
             .build();
-        // Not ordered: the schedule could not be read, and manage says why.
-        let err = config.manage(["flaky.test"]).await.unwrap_err();
-        let chain = crate::ErrorChain(&err).to_string();
-        assert!(chain.contains("injected read failure"), "{chain}");
-        assert!(config.cache().get("flaky.test").is_none());
-
-        let status = config.status().await;
-        let c = &status.certificates[0];
-        assert!(c.retry_schedule_unread, "{c:?}");
-        assert!(c.last_error.is_none() && c.certificate.is_none(), "{c:?}");
-        // Asked again (not cached): still unread, and maintenance waits.
-        assert!(config.status().await.certificates[0].retry_schedule_unread);
-        let report = config.check_renewals().await;
-        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
-        assert!(config.cache().get("flaky.test").is_none());
-
+        for _ in 0..2 {
+            let err = config.retry_state(&id).await.unwrap_err();
+            assert!(
+                crate::ErrorChain(&err)
+                    .to_string()
+                    .contains("injected read failure")
+            );
+            assert_eq!(config.known_retry_state(&id), None, "nothing remembered");
+        }
         storage
             .fail
             .store(false, std::sync::atomic::Ordering::SeqCst);
+        let state = config.retry_state(&id).await.unwrap().unwrap();
+        assert_eq!(state.attempts, 5);
+        assert_eq!(config.known_retry_state(&id), Some(Some(state)));
+    }
+
+    /// A retry schedule that cannot be read does not stop a name from being
+    /// obtained (a record the storage keeps refusing would otherwise block
+    /// it for good): the attempt goes ahead, and its success is recorded.
+    #[tokio::test]
+    async fn an_unreadable_retry_schedule_does_not_block_obtaining() {
+        let now = at(2_000_000_000);
+        let storage = Arc::new(StallingRetries::default());
+        let id = Identifier::parse("flaky.test").unwrap();
+        let record = format!(
+            r#"{{"attempts":5,"next_attempt":{},"failed_at":{},"last_error":"refused"}}"#,
+            unix(now + 16 * DAY),
+            unix(now)
+        );
+        storage
+            .inner
+            .store(&keys::retry_schedule(&id), record.as_bytes())
+            .await
+            .unwrap();
+        storage
+            .fail
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let config = Config::builder()
+            .storage(storage.clone())
+            .clock(Arc::new(ManualClock::new(now)))
+            .build();
+        config.manage(["flaky.test"]).await.unwrap();
+        assert!(config.cache().get("flaky.test").is_some());
         let status = config.status().await;
         let c = &status.certificates[0];
-        assert!(!c.retry_schedule_unread, "{c:?}");
-        assert_eq!(
-            c.next_renewal,
-            NextRenewal {
-                at: due,
-                reason: RenewalReason::Retry {
-                    attempt: 6,
-                    backoff_secs: Some(16 * 24 * 3600)
-                }
-            }
+        assert!(!c.retry_schedule_unread && c.last_error.is_none(), "{c:?}");
+        assert!(c.certificate.is_some(), "{c:?}");
+        // The success cleared the record.
+        assert!(
+            storage
+                .inner
+                .load(&keys::retry_schedule(&id))
+                .await
+                .unwrap_err()
+                .is_not_found()
         );
-        assert_eq!(c.last_error.as_ref().map(|e| e.attempt), Some(5));
-        // The persisted backoff was kept: still deferred.
-        let report = config.check_renewals().await;
-        assert_eq!(report.deferred, ["flaky.test"], "{report:?}");
     }
 
     /// `next` is the ratio point of `cert`: half way (the short-lived rule).

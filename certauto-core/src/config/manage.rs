@@ -226,7 +226,7 @@ impl Config {
             match tasks.join_next().await {
                 Some(Ok((id, outcome))) => match outcome {
                     RenewOutcome::Renewed => {}
-                    RenewOutcome::Failed(e) | RenewOutcome::ScheduleUnread(e) => {
+                    RenewOutcome::Failed(e) => {
                         failed.push((id.to_string(), e));
                     }
                     RenewOutcome::Deferred => {

@@ -123,13 +123,13 @@ impl Config {
 
     /// Whether a failed obtain or renewal of `primary` is waiting for its
     /// retry time (the schedule is persisted, so this holds across restarts).
-    /// A schedule that cannot be read counts as pending: the attempt waits
-    /// for a later pass rather than ignoring a persisted backoff.
+    /// A schedule that cannot be read does not count as pending (see
+    /// [`renew_with_backoff`](Self::renew_with_backoff)).
     pub(crate) async fn retry_pending(&self, primary: &Identifier) -> bool {
         let now = self.clock().now();
         match self.retry_state(primary).await {
             Ok(retry) => retry.is_some_and(|r| !r.is_due(now)),
-            Err(_) => true,
+            Err(_) => false,
         }
     }
 
@@ -173,10 +173,6 @@ pub(crate) enum RenewOutcome {
     Failed(Error),
     /// Not tried: a previous failure's retry time has not come yet.
     Deferred,
-    /// Not tried: the persisted retry schedule could not be read (it may hold
-    /// a backoff), so nothing was ordered and nothing was recorded; the next
-    /// pass reads it again.
-    ScheduleUnread(Error),
 }
 
 impl Config {
@@ -191,12 +187,12 @@ impl Config {
     ) -> RenewOutcome {
         let primary = ids[0].clone();
         let now = self.clock().now();
-        // Not read: a persisted backoff may be pending. Tried again at the
-        // next pass, which reads the schedule again.
-        let previous = match self.retry_state(&primary).await {
-            Ok(previous) => previous,
-            Err(e) => return RenewOutcome::ScheduleUnread(e.into()),
-        };
+        // Not readable (logged by `retry_state`, not remembered, read again
+        // next time): the attempt goes ahead as if no failure were recorded.
+        // Waiting instead would never renew a name whose record stays
+        // unreadable (a key the storage refuses, a permission error); a
+        // persisted backoff is then not honoured while it cannot be read.
+        let previous = self.retry_state(&primary).await.unwrap_or(None);
         if let Some(r) = &previous
             && !r.is_due(now)
         {

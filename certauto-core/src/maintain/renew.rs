@@ -81,7 +81,7 @@ impl Config {
             match self.renew_now(ids.clone(), mode, reason).await {
                 RenewOutcome::Renewed => report.renewed.push(name),
                 RenewOutcome::Failed(_) => report.failed.push(name),
-                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                RenewOutcome::Deferred => {
                     report.deferred.push(name);
                 }
             }
@@ -139,7 +139,7 @@ impl Config {
                     renewed.push(name);
                 }
                 RenewOutcome::Failed(_) => failed.push(name),
-                RenewOutcome::Deferred | RenewOutcome::ScheduleUnread(_) => {
+                RenewOutcome::Deferred => {
                     deferred.push(name);
                 }
             }
