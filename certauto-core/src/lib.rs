@@ -60,6 +60,8 @@
 #![doc = include_str!("defaults.md")]
 
 #[doc(hidden)]
+pub mod __defaults;
+#[doc(hidden)]
 pub mod __fuzz;
 pub mod acme;
 mod cache;
