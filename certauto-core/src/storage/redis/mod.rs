@@ -450,6 +450,32 @@ impl Keys {
     fn op(&self, op: &str) -> String {
         format!("{{{}}}:op:{op}", self.prefix)
     }
+
+    /// The last keys and arguments of [`STORE`](scripts) and
+    /// [`DELETE_VALUE`](scripts): the lock, fence and token of a fenced
+    /// call (empty arguments for an unfenced one), then a new operation id
+    /// and how long Redis remembers it.
+    fn fence_and_op(
+        &self,
+        invocation: &mut scripts::Call<'_>,
+        fence: Option<&Fence<'_>>,
+    ) -> Result<(), StorageError> {
+        match fence {
+            Some(fence) => {
+                invocation
+                    .key(self.lock(fence.name))
+                    .arg(fence.fence.to_string())
+                    .arg(fence.token.as_deref().unwrap_or(""));
+            }
+            None => {
+                invocation.arg("").arg("");
+            }
+        }
+        invocation
+            .key(self.op(&lock::token()?))
+            .arg(scripts::OP_MEMORY_MS);
+        Ok(())
+    }
 }
 
 /// The components of a (validated) key and its ancestors: for `a/b/c`,
@@ -762,20 +788,7 @@ impl RedisStorage {
         for component in &components {
             invocation.arg(*component);
         }
-        match fence {
-            Some(fence) => {
-                invocation.key(keys.lock(fence.name));
-                invocation
-                    .arg(fence.fence.to_string())
-                    .arg(fence.token.as_deref().unwrap_or(""));
-            }
-            None => {
-                invocation.arg("").arg("");
-            }
-        }
-        invocation
-            .key(keys.op(&lock::token()?))
-            .arg(scripts::OP_MEMORY_MS);
+        keys.fence_and_op(&mut invocation, fence)?;
         let outcome: i64 = self
             .inner
             .conn
@@ -843,20 +856,7 @@ impl RedisStorage {
         for component in &components {
             invocation.arg(*component);
         }
-        match fence {
-            Some(fence) => {
-                invocation.key(keys.lock(fence.name));
-                invocation
-                    .arg(fence.fence.to_string())
-                    .arg(fence.token.as_deref().unwrap_or(""));
-            }
-            None => {
-                invocation.arg("").arg("");
-            }
-        }
-        invocation
-            .key(keys.op(&lock::token()?))
-            .arg(scripts::OP_MEMORY_MS);
+        keys.fence_and_op(&mut invocation, fence)?;
         Ok(invocation)
     }
 
