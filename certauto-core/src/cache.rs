@@ -548,7 +548,7 @@ impl CertCache {
 /// Sets the expiry gauges (outside the cache's lock: a recorder may be slow).
 fn publish_expiry(changes: Vec<ExpiryChange>) {
     for (name, seconds) in changes {
-        crate::metrics::certificate_expiry(&name, seconds);
+        crate::metrics::certificate_expiry(name, seconds);
     }
 }
 

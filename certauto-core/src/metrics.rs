@@ -478,9 +478,9 @@ pub(crate) fn lock_wait_started() -> GaugeGuard {
 /// Sets the expiry gauge of the certificate whose primary name is `name`;
 /// `None` (it left the cache) sets it to NaN.
 #[inline]
-pub(crate) fn certificate_expiry(name: &str, seconds: Option<f64>) {
+pub(crate) fn certificate_expiry(name: String, seconds: Option<f64>) {
     #[cfg(feature = "metrics")]
-    ::metrics::gauge!(CERTIFICATE_EXPIRY_SECONDS, LABEL_NAME => name.to_owned())
+    ::metrics::gauge!(CERTIFICATE_EXPIRY_SECONDS, LABEL_NAME => name)
         .set(seconds.unwrap_or(f64::NAN));
     #[cfg(not(feature = "metrics"))]
     let _ = (name, seconds);
